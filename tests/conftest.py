@@ -1,0 +1,65 @@
+"""Shared fixtures: a real S3 endpoint on loopback (moto's ThreadedMotoServer over HTTP, as in
+s3fs's own tests), small local Hugging Face datasets, and offline settings."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_datasets_sleep():
+    import datasets.config
+
+    datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
+    yield
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on 127.0.0.1 and a free port; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    old = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ["AWS_ACCESS_KEY_ID"] = "testing"
+    os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+    yield f"http://{host}:{port}"
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def s3(s3_server):
+    """Storage options for the loopback S3 with an empty bucket ``test``; reset after the test."""
+    import requests
+    import s3fs
+
+    opts = {"client_kwargs": {"endpoint_url": s3_server}, "key": "testing",
+            "secret": "testing"}
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem(**opts)
+    fs.mkdir("test")
+    yield {"endpoint": s3_server, "storage_options": opts, "bucket": "test", "fs": fs}
+    requests.post(f"{s3_server}/moto-api/reset", timeout=10)
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
+def small_hf_dataset(tmp_path_factory):
+    """48 rows (image, audio, text, id, label) in 4 parquet files: 4 partitions."""
+    from wdstream.sources.sample_data import build_parquet_dataset
+
+    folder = tmp_path_factory.mktemp("hfds")
+    return build_parquet_dataset(str(folder), 48, n_files=4)

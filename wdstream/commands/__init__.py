@@ -1,0 +1,1 @@
+"""Subcommands of the ``wdstream`` CLI, one module each (see ``wdstream.cli``)."""

@@ -1,0 +1,137 @@
+"""One flat, typed configuration for converter, reader and model-facing sizes.
+
+The names match what the training code already uses (``vocab_size``, ``vision_dim``,
+``max_audio_length``, ``cache_size``...). ``configs/default.yaml`` maps one to one onto it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["Config", "load_config", "config_fields"]
+
+
+@dataclass(kw_only=True)
+class Config:
+    """All wdstream settings. Unknown keys are rejected by :func:`load_config`."""
+
+    # --- model-facing sizes (names from the training code) ---
+    vocab_size: int = 384  # ByT5's vocabulary; must exceed every token id
+    vision_dim: int = 224  # image side in pixels after resize + centre crop
+    max_audio_length: int = 16000  # audio samples after crop/pad (1 s at 16 kHz)
+    audio_sample_rate: int = 16000
+    max_text_length: int = 128
+    tokenizer: str = "byt5"  # "byt5" (no download), a local folder, or a Hub id
+    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    max_image_pixels: int = 89_478_485  # decompression-bomb limit (pillow's default)
+
+    # --- reader ---
+    batch_size: int = 8
+    num_workers: int = 2
+    cache_size: int = 1000  # shuffle-buffer bound, in samples
+    seed: int = 0
+    shuffle: bool = True
+    drop_last: bool = True  # True: drop < world*batch samples an epoch; False: pad by repeating
+    exact: bool = True  # manifest sources: exact sample-level epochs (False: shard streaming)
+    epoch_length: int | None = None  # nominal samples per epoch when there is no manifest
+    use_streaming: bool = True  # False: synthetic data only (the seed API's behaviour)
+    fallback: str = "error"  # "error" | "synthetic"
+    error_tolerance: int = 100  # skipped samples/shards per worker before the loader stops
+    pin_memory: str = "auto"  # "auto" (when CUDA is present) | "true" | "false"
+    persistent_workers: bool = True
+    prefetch_factor: int = 2
+    shard_cache_dir: str | None = None  # optional local LRU cache of whole shards
+    shard_cache_bytes: int = 10 * 2**30
+    read_block_size: int = 8 * 2**20  # bytes per ranged GET when streaming a shard
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    synthetic_samples: int = 256  # size of a synthetic epoch
+    modalities: tuple[str, ...] = ("text", "image", "audio")  # for synthetic data
+
+    # --- selection and mixing ---
+    dataset_name: str | None = None
+    task_type: str | None = None
+    split: str = "train"
+    weights: dict[str, float] = field(default_factory=dict)  # source name -> weight
+    mix_exhausted: str = "stop"  # "stop" | "resample" when one mixed source runs out
+    max_samples_per_dataset: int | None = None
+
+    # --- converter ---
+    max_samples_per_shard: int = 1000
+    max_shard_bytes: int = 256 * 2**20
+    workers: int | None = None  # converter processes; None = number of cores
+    executor: str = "local"  # "local" | "ray"
+    ray_address: str | None = None
+    image_column: str | None = None
+    audio_column: str | None = None
+    text_columns: tuple[str, ...] = ()
+    limit: int | None = None
+    quiet: bool = False
+    skip_bad_rows: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("image_mean", "image_std", "text_columns", "modalities"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v]
+            setattr(self, name, tuple(value))
+        if self.fallback not in ("error", "synthetic"):
+            raise ConfigError(f"fallback must be 'error' or 'synthetic', not {self.fallback!r}")
+        if self.mix_exhausted not in ("stop", "resample"):
+            raise ConfigError(
+                f"mix_exhausted must be 'stop' or 'resample', not {self.mix_exhausted!r}")
+        if str(self.pin_memory).lower() not in ("auto", "true", "false"):
+            raise ConfigError(f"pin_memory must be auto/true/false, not {self.pin_memory!r}")
+        self.pin_memory = str(self.pin_memory).lower()
+        for name in ("batch_size", "vision_dim", "max_audio_length", "max_text_length",
+                     "audio_sample_rate", "max_samples_per_shard", "max_shard_bytes"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
+        if self.num_workers < 0 or self.cache_size < 0:
+            raise ConfigError("num_workers and cache_size must be >= 0")
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some fields changed (unknown names raise ConfigError)."""
+        _check_keys(changes)
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config)]
+
+
+def _check_keys(keys, where: str = "") -> None:
+    valid = config_fields()
+    for key in keys:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r}{where}{hint}", key=key)
+
+
+def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Config:
+    """Load a YAML file (keys map one to one onto :class:`Config`) and apply overrides.
+
+    Raises ConfigError for an unknown key, naming the key and the closest valid one.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        import yaml
+
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+        _check_keys(data, f" in {path}")
+    _check_keys(overrides)
+    data.update({k: v for k, v in overrides.items()})
+    return Config(**data)

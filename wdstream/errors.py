@@ -1,0 +1,133 @@
+"""Errors raised by wdstream, and the error budget used for skip-and-count policies.
+
+Every error carries the place it happened (``url``, ``shard``, ``key``) and its message says
+what to do. Errors subclass the builtin a caller would already catch (``OSError`` for I/O,
+``ValueError`` for bad data or arguments), as litdata does.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+
+__all__ = [
+    "WdstreamError",
+    "ConfigError",
+    "SourceError",
+    "HubUnreachableError",
+    "ColumnError",
+    "StorageError",
+    "CredentialsError",
+    "ShardReadError",
+    "SampleError",
+    "SkipSample",
+    "TooManyErrors",
+    "ErrorBudget",
+    "redact",
+]
+
+log = logging.getLogger(__name__)
+
+
+def redact(url: str) -> str:
+    """Drop credentials and query strings (signed URLs) from a URL before it is logged."""
+    if not isinstance(url, str):
+        return repr(url)
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        host, slash, path = rest.partition("/")
+        if "@" in host:
+            host = "***@" + host.rsplit("@", 1)[1]
+        rest = host + slash + path
+        url = scheme + sep + rest
+    return url.split("?", 1)[0]
+
+
+class WdstreamError(Exception):
+    """Base class. ``url``, ``shard`` and ``key`` say where the problem is, when known."""
+
+    def __init__(self, message: str, *, url: str | None = None, shard: str | None = None,
+                 key: str | None = None):
+        self.url = redact(url) if url else url
+        self.shard = redact(shard) if shard else shard
+        self.key = key
+        super().__init__(message)
+
+
+class ConfigError(WdstreamError, ValueError):
+    """A bad config key or value, or a bad argument."""
+
+
+class SourceError(WdstreamError, OSError):
+    """A data source (a Hugging Face dataset, a manifest, a shard pattern) cannot be opened."""
+
+
+class HubUnreachableError(SourceError):
+    """The Hugging Face Hub cannot be reached (offline, DNS, firewall)."""
+
+
+class ColumnError(WdstreamError, KeyError):
+    """A named column does not exist in the source."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class StorageError(WdstreamError, OSError):
+    """An output or input location cannot be written or read."""
+
+
+class CredentialsError(StorageError):
+    """Object-store credentials are missing or rejected."""
+
+
+class ShardReadError(WdstreamError, OSError):
+    """A shard is truncated, corrupt or unreadable."""
+
+
+class SampleError(WdstreamError, ValueError):
+    """One sample cannot be decoded or is incomplete."""
+
+
+class SkipSample(SampleError):
+    """Raised by a stage to drop one sample; counted against the error budget."""
+
+
+class TooManyErrors(WdstreamError, RuntimeError):
+    """More errors than the configured tolerance."""
+
+
+class ErrorBudget:
+    """Counts skipped samples and shards by reason; raises once ``tolerance`` is exceeded.
+
+    ``tolerance < 0`` means unlimited. Thread-safe; one budget per process (workers count
+    their own, the totals are reported per worker).
+    """
+
+    def __init__(self, tolerance: int = 100, *, what: str = "errors"):
+        self.tolerance = tolerance
+        self.what = what
+        self.counts: Counter[str] = Counter()
+        self.examples: list[str] = []
+        self._lock = threading.Lock()
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def record(self, reason: str, where: str, exc: BaseException | None = None) -> None:
+        """Count one skip; log it with its place; raise TooManyErrors past the tolerance."""
+        with self._lock:
+            self.counts[reason] += 1
+            if len(self.examples) < 10:
+                self.examples.append(f"{where}: {reason}" + (f" ({exc})" if exc else ""))
+            total = self.total
+        log.warning("skipped %s: %s%s", where, reason, f" ({exc})" if exc else "")
+        if 0 <= self.tolerance < total:
+            raise TooManyErrors(
+                f"{total} {self.what} exceed the tolerance of {self.tolerance}: "
+                f"{dict(self.counts)}; first ones: {self.examples}. Fix or remove the bad data, "
+                f"or raise the tolerance (config.error_tolerance).",
+                url=None,
+            ) from exc

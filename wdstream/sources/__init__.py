@@ -1,0 +1,1 @@
+"""Sample sources for the converter: Hugging Face datasets (``hf``) and seeded synthetic data."""

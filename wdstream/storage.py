@@ -1,0 +1,256 @@
+"""All I/O goes through fsspec: URLs, storage options, commit-or-abort writes, brace expansion.
+
+A write is published only when it completed: :func:`atomic_write` opens the target with
+``autocommit=False`` (a local temp file renamed on commit; an S3 multipart upload completed on
+commit and aborted on discard) and never relies on ``__exit__``, which fsspec's buffered files
+treat as a commit even while an exception is in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import fsspec
+import fsspec.core
+
+from .errors import CredentialsError, StorageError, redact
+
+__all__ = [
+    "url_to_fs",
+    "join_url",
+    "is_absolute_url",
+    "expand_urls",
+    "AtomicFile",
+    "atomic_write",
+    "write_bytes",
+    "read_bytes",
+    "open_read",
+    "exists",
+    "check_writable",
+    "check_readable",
+    "translate_error",
+]
+
+log = logging.getLogger(__name__)
+
+
+def url_to_fs(url: str, storage_options: dict[str, Any] | None = None):
+    """``(filesystem, path)`` for any fsspec URL, with the user's storage options."""
+    try:
+        return fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except (ImportError, ValueError) as exc:
+        raise StorageError(f"cannot open a filesystem for {redact(url)}: {exc}", url=url) from exc
+
+
+def is_absolute_url(url: str) -> bool:
+    return "://" in url or url.startswith("/")
+
+
+def join_url(base: str, name: str) -> str:
+    """``base`` joined with a relative ``name``; an absolute ``name`` is returned as is."""
+    if is_absolute_url(name):
+        return name
+    return base.rstrip("/") + "/" + name
+
+
+def expand_urls(spec: str | list[str]) -> list[str]:
+    """Expand brace patterns (``shard-{000..009}.tar``); lists are expanded element-wise."""
+    import braceexpand
+
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for s in specs:
+        out.extend(braceexpand.braceexpand(s))
+    return out
+
+
+def translate_error(exc: BaseException, url: str, action: str) -> StorageError:
+    """Map a filesystem/botocore exception onto a StorageError that names the URL."""
+    text = f"{type(exc).__name__}: {exc}"
+    shown = redact(url)
+    if "NoCredentials" in text or "Unable to locate credentials" in text or \
+            "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text:
+        return CredentialsError(
+            f"cannot {action} {shown}: no valid object-store credentials. Set AWS_ACCESS_KEY_ID/"
+            f"AWS_SECRET_ACCESS_KEY (or a profile), or pass --storage-option key=... "
+            f"--storage-option secret=...", url=url)
+    if isinstance(exc, PermissionError) or "AccessDenied" in text:
+        return CredentialsError(
+            f"cannot {action} {shown}: access denied; check the credentials' permissions "
+            f"for this bucket/prefix", url=url)
+    if isinstance(exc, FileNotFoundError) or "NoSuchBucket" in text:
+        return StorageError(
+            f"cannot {action} {shown}: it does not exist (missing bucket or prefix?)", url=url)
+    if "Connect" in text or "Could not connect" in text or "EndpointConnectionError" in text:
+        return StorageError(
+            f"cannot {action} {shown}: connection failed ({type(exc).__name__}); check "
+            f"endpoint_url and the network", url=url)
+    return StorageError(f"cannot {action} {shown}: {text}", url=url)
+
+
+class AtomicFile:
+    """A file that becomes visible at its URL only on :meth:`commit`.
+
+    Opened with ``autocommit=False``: a local temp file renamed on commit, an S3 multipart
+    upload completed on commit and aborted on :meth:`discard`. Counts bytes and computes the
+    sha256 of what was written, so nothing is read back.
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None,
+                 *, fs=None, path: str | None = None):
+        import hashlib
+
+        if fs is None:
+            fs, path = url_to_fs(url, storage_options)
+        self.url = url
+        parent = posixpath.dirname(path)
+        self._local_tmp: str | None = None
+        self._path = path
+        try:
+            if _is_local(fs):
+                # fsspec's local autocommit=False writes to /tmp and *moves* (copies across
+                # devices) on commit; we want a same-folder temp name and an atomic rename.
+                os.makedirs(parent or ".", exist_ok=True)
+                base = posixpath.basename(path)
+                self._local_tmp = posixpath.join(parent, f".{base}.partial-{uuid.uuid4().hex[:12]}")
+                self._f = open(self._local_tmp, "wb")
+            else:
+                if parent and not _is_object_store(fs):
+                    fs.makedirs(parent, exist_ok=True)
+                self._f = fs.open(path, "wb", autocommit=False)
+        except Exception as exc:
+            raise translate_error(exc, url, "write") from exc
+        self.bytes = 0
+        self._sha = hashlib.sha256()
+        self.done = False
+
+    def write(self, data: bytes) -> int:
+        try:
+            self._f.write(data)
+        except Exception as exc:
+            raise translate_error(exc, self.url, "write") from exc
+        self._sha.update(data)
+        self.bytes += len(data)
+        return len(data)
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+    def commit(self) -> None:
+        """Finish the upload and publish the object."""
+        try:
+            self._f.close()
+            if self._local_tmp is not None:
+                os.replace(self._local_tmp, self._path)
+            else:
+                self._f.commit()
+        except Exception as exc:
+            self.discard()
+            raise translate_error(exc, self.url, "commit") from exc
+        self.done = True
+
+    def discard(self) -> None:
+        """Throw the partial object away; nothing becomes visible. Idempotent."""
+        if self.done:
+            return
+        self.done = True
+        if self._local_tmp is not None:
+            with contextlib.suppress(Exception):
+                self._f.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self._local_tmp)
+            return
+        with contextlib.suppress(Exception):
+            self._f.discard()
+        # fsspec would commit in close()/__del__ of an autocommit=False file only via commit();
+        # mark it closed so no later close() uploads what is left in its buffer.
+        with contextlib.suppress(Exception):
+            self._f.closed = True
+
+
+@contextlib.contextmanager
+def atomic_write(url: str, storage_options: dict[str, Any] | None = None,
+                 *, fs=None, path: str | None = None) -> Iterator[AtomicFile]:
+    """Context manager around :class:`AtomicFile`: commit on success, discard on any error."""
+    f = AtomicFile(url, storage_options, fs=fs, path=path)
+    try:
+        yield f
+    except BaseException:
+        f.discard()
+        raise
+    f.commit()
+
+
+def _is_local(fs) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
+def _is_object_store(fs) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return any(p in ("s3", "s3a", "gs", "gcs", "az", "abfs", "memory") for p in protocols)
+
+
+def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
+    """Write a small object atomically (manifest, index, partition record)."""
+    with atomic_write(url, storage_options) as w:
+        w.write(data)
+
+
+def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes:
+    fs, path = url_to_fs(url, storage_options)
+    try:
+        return fs.cat_file(path)
+    except Exception as exc:
+        raise translate_error(exc, url, "read") from exc
+
+
+def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
+    fs, path = url_to_fs(url, storage_options)
+    try:
+        return fs.exists(path)
+    except Exception as exc:
+        raise translate_error(exc, url, "check") from exc
+
+
+def open_read(url: str, storage_options: dict[str, Any] | None = None, *, offset: int = 0,
+              block_size: int | None = None, fs=None, path: str | None = None) -> BinaryIO:
+    """Open a shard for streaming reads from ``offset`` (a ranged read on object stores)."""
+    if fs is None:
+        fs, path = url_to_fs(url, storage_options)
+    kwargs: dict[str, Any] = {}
+    if block_size and _is_object_store(fs) and "memory" not in str(fs.protocol):
+        kwargs = {"block_size": block_size, "cache_type": "readahead"}
+    try:
+        f = fs.open(path, "rb", **kwargs)
+        if offset:
+            f.seek(offset)
+        return f
+    except Exception as exc:
+        raise translate_error(exc, url, "read") from exc
+
+
+def check_writable(url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Fail fast, before any work, when ``url`` cannot be written (credentials, bucket, path)."""
+    probe = join_url(url, "_wdstream_write_probe")
+    write_bytes(probe, b"ok", storage_options)
+    fs, path = url_to_fs(probe, storage_options)
+    try:
+        fs.rm_file(path)
+    except Exception as exc:
+        raise translate_error(exc, probe, "delete") from exc
+
+
+def check_readable(url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Fail fast when ``url`` (a shard or manifest) cannot be reached or does not exist."""
+    fs, path = url_to_fs(url, storage_options)
+    try:
+        fs.info(path)
+    except Exception as exc:
+        raise translate_error(exc, url, "read") from exc

@@ -1,0 +1,130 @@
+"""Deterministic tar writing and streaming tar reading, grouped into WebDataset samples.
+
+Writing: members get a fixed mtime, uid/gid 0, no user names, and a sorted order, so the same
+samples always give the same bytes. The byte offset of each sample's first header is returned,
+so readers can start mid-shard with a ranged read.
+
+Reading: members are streamed (``tarfile`` stream mode, gzip detected) and grouped into samples
+by WebDataset's key rule: the key is the member path up to the first dot of its base name.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
+
+__all__ = [
+    "TarStreamWriter",
+    "split_key",
+    "iter_members",
+    "group_samples",
+    "MTIME",
+]
+
+MTIME = 1_700_000_000  # fixed member mtime, so archives are byte-for-byte reproducible
+BLOCK = tarfile.BLOCKSIZE
+RECORD = tarfile.RECORDSIZE
+_KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
+
+
+def split_key(name: str) -> tuple[str, str] | None:
+    """``"dir/abc.seg.jpg" -> ("dir/abc", "seg.jpg")``; ``None`` for names with no extension."""
+    m = _KEY_RE.match(name)
+    return (m.group(1), m.group(2)) if m else None
+
+
+class TarStreamWriter:
+    """Writes samples as tar members to a binary stream; never seeks.
+
+    ``write_sample`` returns the offset of the sample's first header; ``close`` writes the
+    end-of-archive blocks and pads to a full record (as ``tarfile`` does).
+    """
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.offset = 0
+
+    def _write(self, data: bytes) -> None:
+        self.stream.write(data)
+        self.offset += len(data)
+
+    def write_sample(self, key: str, fields: dict[str, bytes]) -> int:
+        start = self.offset
+        for ext in sorted(fields):
+            data = fields[ext]
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            info.mtime = MTIME
+            info.mode = 0o444
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            self._write(info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape"))
+            self._write(data)
+            pad = (-len(data)) % BLOCK
+            if pad:
+                self._write(b"\0" * pad)
+        return start
+
+    def close(self) -> int:
+        """Finish the archive; returns the total size in bytes."""
+        self._write(b"\0" * (2 * BLOCK))
+        pad = (-self.offset) % RECORD
+        if pad:
+            self._write(b"\0" * pad)
+        return self.offset
+
+
+def iter_members(stream: BinaryIO, *, name: str = "<shard>") -> Iterator[tuple[str, bytes]]:
+    """Stream ``(member name, bytes)`` of regular files; plain tar or gzip-compressed.
+
+    Truncation or corruption raises ``tarfile.ReadError``/``EOFError`` from where it is found;
+    the caller decides whether to skip the rest of the shard.
+    """
+    with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        for info in tar:
+            if not info.isreg():
+                continue
+            f = tar.extractfile(info)
+            data = f.read() if f is not None else b""
+            if len(data) != info.size:
+                raise EOFError(f"{name}: member {info.name} truncated "
+                               f"({len(data)} of {info.size} bytes)")
+            yield info.name, data
+
+
+def group_samples(members: Iterable[tuple[str, bytes]]) -> Iterator[dict[str, bytes | str]]:
+    """Group adjacent members with the same key into ``{"__key__": key, ext: bytes, ...}``.
+
+    A key that reappears after another key started yields a second sample with that key;
+    callers that need unique keys check for it (foreign shards with non-adjacent members).
+    Names without an extension are ignored, as in webdataset.
+    """
+    current: dict[str, bytes | str] | None = None
+    for name, data in members:
+        parts = split_key(name)
+        if parts is None:
+            continue
+        key, ext = parts
+        if current is None or current["__key__"] != key:
+            if current is not None:
+                yield current
+            current = {"__key__": key}
+        if ext in current:
+            # A duplicate extension inside one sample: keep the first, as webdataset does.
+            continue
+        current[ext] = data
+    if current is not None:
+        yield current
+
+
+def tar_bytes(samples: Iterable[tuple[str, dict[str, bytes]]]) -> bytes:
+    """A whole archive in memory (tests and synthetic in-memory shards)."""
+    buf = io.BytesIO()
+    w = TarStreamWriter(buf)
+    for key, fields in samples:
+        w.write_sample(key, fields)
+    w.close()
+    return buf.getvalue()
