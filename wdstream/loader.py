@@ -61,6 +61,9 @@ def resolve_source(source: Any, config: Config, name: str | None = None) -> Sour
     if not isinstance(source, str):
         raise ConfigError(f"unsupported source {source!r}: give a manifest URL, a brace "
                           f"pattern, a list of shard URLs, or a dict of named sources")
+    from .manifest import manifest_url_for
+
+    storage.check_readable(manifest_url_for(source), opts)
     manifest = load_manifest(source, opts)
     if not manifest.shards:
         raise SourceError(f"manifest {redact(source)} lists no shards", url=source)

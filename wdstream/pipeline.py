@@ -90,11 +90,13 @@ def decode_stage(items: Iterable[dict], decoder: Callable[[dict], dict], budget:
 
 
 def exact_batches(items: Iterable[Any], batch_size: int, n_batches: int,
-                  collate: Callable[[list[dict]], dict]) -> Iterator[dict]:
+                  collate: Callable[[list[dict]], dict],
+                  borrow: Callable[[], dict | None] | None = None) -> Iterator[dict]:
     """Exactly ``n_batches`` batches of ``batch_size`` consecutive items.
 
     A bad item is replaced by a good sample of the same batch (or the last good one before),
     so batch boundaries stay where the plan put them; the replacement is already counted.
+    When a slot has no good sample at all, ``borrow()`` supplies one from elsewhere.
     """
     it = iter(items)
     last_good: dict | None = None
@@ -115,6 +117,12 @@ def exact_batches(items: Iterable[Any], batch_size: int, n_batches: int,
             yield collate([last_good] * len(held))
         waiting = []
         yield collate(batch)
+    if waiting and borrow is not None:
+        last_good = borrow()
+        if last_good is not None:
+            for held in waiting:
+                yield collate([last_good] * len(held))
+            return
     if waiting:
         raise TooManyErrors(f"{len(waiting) * batch_size} samples in a row could not be read "
                             f"or decoded; no good sample to fill the batches with")
@@ -243,7 +251,20 @@ class ShardDataset(torch.utils.data.IterableDataset):
         shuffled = buffer_shuffle(items, layout.cache_size, seed)
         decoded = decode_stage(shuffled, self.decoder, budget, self.source.name,
                                self.source.synthetic)
-        yield from exact_batches(decoded, c.batch_size, n_batches, self.collate)
+        yield from exact_batches(decoded, c.batch_size, n_batches, self.collate,
+                                 borrow=lambda: self._borrow(reader, budget))
+
+    def _borrow(self, reader: ShardReader, budget: ErrorBudget) -> dict | None:
+        """The first good sample of the source: fills a slot none of whose samples could be
+        read, so that its rank still yields every planned batch (DDP must not hang)."""
+        for shard in self.source.shards:
+            for item in decode_stage(reader.iter_shard(shard), self.decoder, budget,
+                                     self.source.name, self.source.synthetic):
+                if not isinstance(item, _Bad):
+                    log.warning("rank %d: no readable sample in its span; repeating %s to keep "
+                                "the batch count", self.rank, item.get("key"))
+                    return item
+        return None
 
     def _read_span(self, reader: ShardReader, span: np.ndarray,
                    starts: np.ndarray) -> Iterator[dict]:

@@ -247,9 +247,24 @@ def check_writable(url: str, storage_options: dict[str, Any] | None = None) -> N
         raise translate_error(exc, probe, "delete") from exc
 
 
+def _fast_fail_options(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """Storage options for a one-shot probe: on S3, one attempt and a short connect timeout
+    (botocore and s3fs would otherwise retry a refused connection for ~15 s)."""
+    opts = dict(storage_options or {})
+    if url.startswith(("s3://", "s3a://")):
+        ck = dict(opts.get("config_kwargs") or {})
+        ck.setdefault("retries", {"max_attempts": 1, "mode": "standard"})
+        ck.setdefault("connect_timeout", 5)
+        opts["config_kwargs"] = ck
+    return opts
+
+
 def check_readable(url: str, storage_options: dict[str, Any] | None = None) -> None:
-    """Fail fast when ``url`` (a shard or manifest) cannot be reached or does not exist."""
-    fs, path = url_to_fs(url, storage_options)
+    """Fail fast when ``url`` (a shard or manifest) cannot be reached or does not exist:
+    missing bucket or prefix, no credentials, refused connection. The error names the URL."""
+    fs, path = url_to_fs(url, _fast_fail_options(url, storage_options))
+    if "s3" in str(fs.protocol):
+        fs.retries = 1  # this instance is only used for the probe
     try:
         fs.info(path)
     except Exception as exc:

@@ -93,6 +93,12 @@ def iter_members(stream: BinaryIO, *, name: str = "<shard>") -> Iterator[tuple[s
                 raise EOFError(f"{name}: member {info.name} truncated "
                                f"({len(data)} of {info.size} bytes)")
             yield info.name, data
+        # tarfile ends quietly when the data stops at or inside a header; a complete archive
+        # ends with a zero block, which tarfile has then read in full.
+        pos = getattr(tar.fileobj, "pos", None)
+        if pos is not None and pos < tar.offset + BLOCK:
+            raise EOFError(f"{name}: truncated after {tar.offset} bytes "
+                           f"(no end-of-archive marker)")
 
 
 def group_samples(members: Iterable[tuple[str, bytes]]) -> Iterator[dict[str, bytes | str]]:
