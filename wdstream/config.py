@@ -61,6 +61,7 @@ class Config:
     weights: dict[str, float] = field(default_factory=dict)  # source name -> weight
     mix_exhausted: str = "stop"  # "stop" | "resample" when one mixed source runs out
     max_samples_per_dataset: int | None = None
+    shards: list[str] | None = None  # shard URLs/pattern for MultimodalDataset (seed API)
 
     # --- converter ---
     max_samples_per_shard: int = 1000

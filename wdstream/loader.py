@@ -114,12 +114,9 @@ def make_loader(source: Any, config: Config | None = None, tokenizer=None, *,
     from .tokenizer import check_vocab, load_tokenizer, pad_token_id
 
     config = config or Config()
-    if isinstance(source, dict):
-        raise ConfigError("mixing several sources: use wdstream.make_mixed_loader")
     if tokenizer is None:
         tokenizer = load_tokenizer(config)
     check_vocab(tokenizer, config)
-    spec = _resolve_or_fallback(source, config)
     r, w = dist_info()
     rank = r if rank is None else rank
     world = w if world is None else world
@@ -127,6 +124,19 @@ def make_loader(source: Any, config: Config | None = None, tokenizer=None, *,
         raise ConfigError(f"rank {rank} is outside world size {world}")
     decoder = SampleDecoder(config, tokenizer)
     collate_fn = functools.partial(collate, config=config, pad_token_id=pad_token_id(tokenizer))
+    if isinstance(source, dict):
+        from .mixing import MixedDataset
+
+        if not source:
+            raise ConfigError("no sources to mix: the dict is empty")
+        parts = {}
+        for name, src in source.items():
+            spec = _resolve_or_fallback(src, config)
+            spec.name = name
+            parts[name] = ShardDataset(spec, config, decoder, collate_fn, rank=rank,
+                                       world=world)
+        return Loader(MixedDataset(parts, config, collate_fn, rank=rank, world=world), config)
+    spec = _resolve_or_fallback(source, config)
     dataset = ShardDataset(spec, config, decoder, collate_fn, rank=rank, world=world)
     return Loader(dataset, config)
 
@@ -192,6 +202,10 @@ class Loader:
 
     @property
     def synthetic(self) -> bool:
+        """True when the data is synthetic (fallback or ``use_streaming=False``)."""
+        parts = getattr(self.dataset, "parts", None)
+        if parts is not None:
+            return any(p.source.synthetic for p in parts.values())
         return self.dataset.source.synthetic
 
     def __len__(self) -> int:
@@ -223,8 +237,9 @@ class Loader:
         """Progress through the current epoch: JSON-serialisable, a few hundred bytes."""
         ds = self.dataset
         if not ds.exact:
-            raise WdstreamError("mid-epoch state needs exact mode: a manifest source and "
-                                "config.exact=True")
+            raise WdstreamError("mid-epoch state needs exact mode: one manifest source and "
+                                "config.exact=True (mixed and shard-list sources restart "
+                                "their epoch)")
         runs = [{**layout.to_dict(), "batches": k} for layout, k in self._history()]
         runs.append({**ds.layout().to_dict(), "batches": self._batches})
         return {"version": STATE_VERSION, "epoch": self._epoch, "seed": self.config.seed,

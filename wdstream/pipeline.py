@@ -68,8 +68,12 @@ class _Bad:
 
 
 def decode_stage(items: Iterable[dict], decoder: Callable[[dict], dict], budget: ErrorBudget,
-                 source: str | None = None, synthetic: bool = False) -> Iterator[Any]:
-    """Decode each item; undecodable ones are counted, logged and passed on as ``_Bad``."""
+                 source: str | None = None, synthetic: bool = False,
+                 force_source: bool = False) -> Iterator[Any]:
+    """Decode each item; undecodable ones are counted, logged and passed on as ``_Bad``.
+
+    ``source`` fills the sample's source when its metadata names none (``force_source``:
+    always, as when mixing named sources)."""
     for item in items:
         if "__error__" in item:
             yield _Bad(item.get("__key__"), item["__error__"])
@@ -82,7 +86,7 @@ def decode_stage(items: Iterable[dict], decoder: Callable[[dict], dict], budget:
                           exc)
             yield _Bad(item.get("__key__"), reason)
             continue
-        if source is not None and not out.get("source"):
+        if source is not None and (force_source or not out.get("source")):
             out["source"] = source
         if synthetic:
             out["synthetic"] = True
@@ -244,11 +248,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         n_batches = split.worker_batches(k, layout.workers, worker)
         if n_batches == 0:
             return
-        span = split.slot_span(pool, layout, self.rank, worker)
-        starts = split.shard_starts(self.source.sizes)
-        items = self._read_span(reader, span, starts)
-        seed = split.slot_seed(c.seed, epoch, len(history), self.rank, worker)
-        shuffled = buffer_shuffle(items, layout.cache_size, seed)
+        shuffled = self.slot_items(reader, pool, epoch, len(history), worker)
         decoded = decode_stage(shuffled, self.decoder, budget, self.source.name,
                                self.source.synthetic)
         yield from exact_batches(decoded, c.batch_size, n_batches, self.collate,
@@ -265,6 +265,16 @@ class ShardDataset(torch.utils.data.IterableDataset):
                                 "the batch count", self.rank, item.get("key"))
                     return item
         return None
+
+    def slot_items(self, reader: ShardReader, pool: np.ndarray, epoch: int, generation: int,
+                   worker: int, rank: int | None = None) -> Iterator[dict]:
+        """Raw items of one slot in emission order: its span read, then buffer-shuffled."""
+        layout = self.layout()
+        rank = self.rank if rank is None else rank
+        span = split.slot_span(pool, layout, rank, worker)
+        items = self._read_span(reader, span, split.shard_starts(self.source.sizes))
+        seed = split.slot_seed(self.config.seed, epoch, generation, rank, worker)
+        return buffer_shuffle(items, layout.cache_size, seed)
 
     def _read_span(self, reader: ShardReader, span: np.ndarray,
                    starts: np.ndarray) -> Iterator[dict]:
