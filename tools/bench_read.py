@@ -15,6 +15,8 @@ wdstream shards), in one process:
 
 each at 0 and 2 DataLoader workers. Prints samples/s, the ratios a/b, a/c, a/e, and (a)'s
 memory (PSS: the process and its workers, shared pages counted once) after each of 3 epochs.
+Then (issue 4) exact mode against streaming mode in turns, and the time to the first batch
+after resuming halfway through the epoch.
 
     .venv/bin/python tools/bench_read.py              # 2,000 samples
     .venv/bin/python tools/bench_read.py --samples 256 --workers 0   # a quick run
@@ -287,6 +289,50 @@ def memory_over_epochs(shards, config, tokenizer, workers: int, epochs: int = 3)
     return out
 
 
+def exact_vs_streaming(shards, config, tokenizer, workers: int, rounds: int = 3):
+    """Issue 4: exact mode against streaming mode (resampled shards, nominal epoch from the
+    manifest), in turns A B A B ... so machine noise hits both alike. Returns medians."""
+    import statistics
+
+    import wdstream
+
+    rates: dict[str, list[float]] = {"exact": [], "streaming": []}
+    for _ in range(rounds):
+        for mode in ("exact", "streaming"):
+            cfg = config.replace(num_workers=workers, exact=(mode == "exact"),
+                                 persistent_workers=False)
+            loader = wdstream.make_loader(shards, cfg, tokenizer)
+            t, n = time.perf_counter(), 0
+            for batch in loader:
+                n += len(batch["keys"])
+            rates[mode].append(n / (time.perf_counter() - t))
+            loader.close()
+    return {m: statistics.median(v) for m, v in rates.items()}, rates
+
+
+def resume_time_to_first_batch(shards, config, tokenizer, workers: int) -> tuple[float, float]:
+    """Issue 4: time to the first batch of a fresh epoch, and after resuming halfway."""
+    import wdstream
+
+    cfg = config.replace(num_workers=workers, persistent_workers=False)
+    t = time.perf_counter()
+    loader = wdstream.make_loader(shards, cfg, tokenizer)
+    it = iter(loader)
+    next(it)
+    fresh = time.perf_counter() - t
+    for _ in range(len(loader) // 2 - 1):
+        next(it)
+    state = json.loads(json.dumps(loader.state_dict()))
+    loader.close()
+    t = time.perf_counter()
+    resumed = wdstream.make_loader(shards, cfg, tokenizer)
+    resumed.load_state_dict(state)
+    next(iter(resumed))
+    after = time.perf_counter() - t
+    resumed.close()
+    return fresh, after
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=2000)
@@ -297,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=os.path.join(ROOT, ".bench"))
     parser.add_argument("--rebuild", action="store_true")
     parser.add_argument("--repeat", type=int, default=1, help="runs per pipeline; best is kept")
+    parser.add_argument("--exact-rounds", type=int, default=3,
+                        help="rounds of exact vs streaming mode (issue 4); 0 skips them")
     parser.add_argument("--memory-only", action="store_true",
                         help="only (a)'s memory over --epochs (run in a fresh process by default)")
     args = parser.parse_args(argv)
@@ -342,6 +390,17 @@ def main(argv: list[str] | None = None) -> int:
             if ("a", workers) in results and (other, workers) in results:
                 print(f"  workers={workers} a/{other} = "
                       f"{results['a', workers] / results[other, workers]:.2f}", flush=True)
+    if args.exact_rounds:
+        for workers in workers_list:
+            med, all_rates = exact_vs_streaming(shards, config, tokenizer, workers,
+                                                args.exact_rounds)
+            print(f"  workers={workers} exact mode {med['exact']:.1f} samples/s, streaming mode "
+                  f"{med['streaming']:.1f} samples/s (medians of {args.exact_rounds}, in turns; "
+                  f"all: {all_rates}); exact/streaming = {med['exact'] / med['streaming']:.2f}",
+                  flush=True)
+            fresh, after = resume_time_to_first_batch(shards, config, tokenizer, workers)
+            print(f"  workers={workers} time to first batch: fresh epoch {fresh:.2f} s, after a "
+                  f"resume halfway through the epoch {after:.2f} s", flush=True)
     if args.epochs and "a" in args.pipes:  # a fresh process: nothing left from the runs above
         import subprocess
 
