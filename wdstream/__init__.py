@@ -23,6 +23,11 @@ from .errors import (
 )
 from .manifest import Manifest, ShardInfo, load_manifest
 
+# Eager on purpose: ``wdstream.convert`` and ``wdstream.collate`` are functions that share their
+# module's name; importing them here binds the function before anything imports the module.
+from .collate import collate  # noqa: E402
+from .convert import convert  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -48,10 +53,8 @@ __all__ = [
 ]
 
 _LAZY = {
-    "convert": ("wdstream.convert", "convert"),
     "make_loader": ("wdstream.loader", "make_loader"),
     "Loader": ("wdstream.loader", "Loader"),
-    "collate": ("wdstream.collate", "collate"),
     "MultimodalDataset": ("wdstream.dataset", "MultimodalDataset"),
 }
 

@@ -61,6 +61,7 @@ class PartitionRecord:
     shards: list[ShardInfo]
     samples: int
     skipped: dict[str, int] = field(default_factory=dict)
+    fields: list[str] = field(default_factory=list)  # member extensions written
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
@@ -69,7 +70,8 @@ class PartitionRecord:
     def from_json(cls, data: bytes) -> PartitionRecord:
         d = json.loads(data)
         return cls(partition=d["partition"], shards=[ShardInfo.from_dict(s) for s in d["shards"]],
-                   samples=d["samples"], skipped=d.get("skipped", {}))
+                   samples=d["samples"], skipped=d.get("skipped", {}),
+                   fields=d.get("fields", []))
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any
 
 from . import storage
 from .manifest import ShardInfo
-from .tario import TarStreamWriter
+from .tario import RECORD, TarStreamWriter
 
 __all__ = ["ShardWriter", "shard_name"]
 
@@ -52,8 +52,10 @@ class ShardWriter:
 
     def write(self, key: str, fields: dict[str, bytes]) -> None:
         size = self.sample_size(fields)
+        # the archive ends with two zero blocks and is padded to a full 10 KiB record
+        end = -(-(self._tar.offset + size + 1024) // RECORD) * RECORD if self._tar else 0
         if self._tar is not None and (len(self._offsets) >= self.max_samples or
-                                      self._tar.offset + size + 1024 > self.max_bytes):
+                                      end > self.max_bytes):
             self._finish()
         if self._tar is None:
             self._start()

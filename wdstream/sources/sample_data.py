@@ -24,7 +24,7 @@ def encode_image(rng: random.Random, width: int, height: int, fmt: str = "JPEG")
     y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
     x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
     c = [rng.random() for _ in range(3)]
-    arr = np.stack([(x * c[0] + y * (1 - c[0])), (x * c[1]), (y * c[2])], axis=-1)
+    arr = np.stack(np.broadcast_arrays(x * c[0] + y * (1 - c[0]), x * c[1], y * c[2]), axis=-1)
     noise = np.frombuffer(rng.randbytes(width * height * 3), dtype=np.uint8).reshape(height, width, 3)
     arr = (0.85 * arr + 0.15 * noise).clip(0, 255).astype(np.uint8)
     img = Image.fromarray(arr, "RGB")

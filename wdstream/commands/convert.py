@@ -1,0 +1,122 @@
+"""``wdstream convert SOURCE OUTPUT``: a Hugging Face dataset -> WebDataset shards + manifest.
+
+Also holds the option parsers the other commands share: ``--storage-option KEY=VALUE`` and
+sizes such as ``256MB`` or ``1GiB``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["HELP", "add_arguments", "run", "parse_size", "parse_storage_options",
+           "add_storage_option_argument"]
+
+HELP = "convert a Hugging Face dataset into WebDataset shards with a manifest (resumable)"
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
+          "gb": 1000**3, "t": 1000**4, "tb": 1000**4, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "tib": 2**40}
+
+
+def parse_size(text: str | int) -> int:
+    """``"256MB"`` -> 256_000_000, ``"1GiB"`` -> 2**30, ``"4096"`` -> 4096 (KB/MB/GB are
+    powers of 1000, KiB/MiB/GiB powers of 1024). Raises ConfigError for anything else."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ConfigError(f"cannot read size {text!r}; write e.g. 256MB, 512MiB, 1GiB or a "
+                          f"number of bytes")
+    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value <= 0:
+        raise ConfigError(f"size {text!r} must be positive")
+    return value
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)  # true/false/null, numbers, {...}, [...]
+    except ValueError:
+        return text
+
+
+def parse_storage_options(items: list[str] | None) -> dict[str, Any]:
+    """``["endpoint_url=http://h:9000", "anon=false", "client_kwargs.region_name=x"]`` ->
+    fsspec storage options. ``endpoint_url`` also goes into s3fs's ``client_kwargs``; dotted
+    keys make nested dicts; values are read as JSON when they parse (true, 3, {...})."""
+    options: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--storage-option {item!r} is not KEY=VALUE")
+        value = _value(raw)
+        parts = key.split(".")
+        target = options
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = value
+        if key == "endpoint_url":
+            options.setdefault("client_kwargs", {})["endpoint_url"] = value
+    return options
+
+
+def add_storage_option_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="fsspec/s3fs option, repeatable (endpoint_url=..., anon=true, "
+                             "key=..., secret=...; prefer AWS env variables for credentials)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="Hub id, local dataset folder, or builder (e.g. parquet) "
+                                  "with --data-files")
+    p.add_argument("output", help="output folder URL: s3://bucket/prefix, a local path, "
+                                  "memory://...")
+    p.add_argument("--name", default=None, help="dataset config name")
+    p.add_argument("--split", default=None, help="split (default: train)")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    p.add_argument("--data-files", nargs="+", default=None, metavar="PATTERN",
+                   help="data files / glob patterns for a builder source")
+    p.add_argument("--image-column", default=None)
+    p.add_argument("--audio-column", default=None)
+    p.add_argument("--text-column", action="append", default=None, dest="text_columns",
+                   help="text column (repeatable; several are joined by newlines)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="convert only the first N rows (as one partition)")
+    p.add_argument("--max-samples-per-shard", type=int, default=None)
+    p.add_argument("--max-shard-bytes", type=parse_size, default=None, metavar="SIZE",
+                   help="e.g. 256MB, 1GiB")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes (default: number of cores)")
+    add_storage_option_argument(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--config", default=None, metavar="YAML", help="config file (wdstream.Config "
+                                                                   "keys); options above win")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..convert import convert
+
+    overrides: dict[str, Any] = {}
+    for name in ("image_column", "audio_column", "limit", "max_samples_per_shard",
+                 "max_shard_bytes", "workers"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.text_columns:
+        overrides["text_columns"] = tuple(args.text_columns)
+    if args.storage_option:
+        overrides["storage_options"] = parse_storage_options(args.storage_option)
+    if args.quiet:
+        overrides["quiet"] = True
+    config = load_config(args.config, **overrides)
+    manifest = convert(args.source, args.output, name=args.name, split=args.split,
+                       data_files=args.data_files, revision=args.revision, config=config)
+    skipped = ", ".join(f"{k}={v}" for k, v in sorted(manifest.skipped.items())) or "none"
+    print(f"{args.output}: {manifest.samples} samples in {len(manifest.shards)} shards "
+          f"({manifest.bytes / 1e6:.1f} MB); skipped: {skipped}")
+    return 0
