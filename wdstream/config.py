@@ -50,6 +50,7 @@ class Config:
     shard_cache_dir: str | None = None  # optional local LRU cache of whole shards
     shard_cache_bytes: int = 10 * 2**30
     read_block_size: int = 8 * 2**20  # bytes per ranged GET when streaming a shard
+    readahead: int = 64  # samples read ahead by a background thread per slot (0: none)
     storage_options: dict[str, Any] = field(default_factory=dict)
     synthetic_samples: int = 256  # size of a synthetic epoch
     modalities: tuple[str, ...] = ("text", "image", "audio")  # for synthetic data

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import queue
 import random
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ __all__ = ["SourceSpec", "ResumeInfo", "ShardDataset", "decode_stage", "exact_ba
            "plain_batches"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -65,6 +68,65 @@ class _Bad:
 
     def __init__(self, key: str | None, reason: str):
         self.key, self.reason = key, reason
+
+
+class _Raised:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_DONE = object()
+
+
+def readahead(items: Iterable[T], depth: int) -> Iterator[T]:
+    """Pull ``items`` in a background thread, at most ``depth`` ahead, keeping their order.
+
+    Shard reads and tar parsing then overlap with decoding (pillow and soundfile release the
+    GIL). Errors are re-raised here; closing this generator stops and joins the thread.
+    """
+    if depth <= 0:
+        yield from items
+        return
+    q: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    source = iter(items)
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for x in source:
+                if not put(x):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put(_Raised(exc))
+
+    thread = threading.Thread(target=run, name="wdstream-readahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            x = q.get()
+            if x is _DONE:
+                return
+            if isinstance(x, _Raised):
+                raise x.exc
+            yield x
+    finally:
+        stop.set()
+        thread.join()
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
 
 
 def decode_stage(items: Iterable[dict], decoder: Callable[[dict], dict], budget: ErrorBudget,
@@ -272,7 +334,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
         layout = self.layout()
         rank = self.rank if rank is None else rank
         span = split.slot_span(pool, layout, rank, worker)
-        items = self._read_span(reader, span, split.shard_starts(self.source.sizes))
+        items = readahead(self._read_span(reader, span, split.shard_starts(self.source.sizes)),
+                          self.config.readahead)
         seed = split.slot_seed(self.config.seed, epoch, generation, rank, worker)
         return buffer_shuffle(items, layout.cache_size, seed)
 
@@ -297,7 +360,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
             n_batches = split.worker_batches(k, workers, worker)
             if n_batches == 0:
                 return
-        shuffled = buffer_shuffle(samples, c.cache_size if c.shuffle else 0, seed)
+        shuffled = buffer_shuffle(readahead(samples, c.readahead),
+                                  c.cache_size if c.shuffle else 0, seed)
         decoded = decode_stage(shuffled, self.decoder, budget, self.source.name,
                                self.source.synthetic)
         yield from plain_batches(decoded, c.batch_size, self.collate, n_batches=n_batches,
