@@ -184,7 +184,7 @@ def _local_dataset(entry: Entry, folder, rows: int = 3):
     """A parquet dataset with exactly the entry's columns, streamed back with ``datasets``."""
     import datasets
 
-    indexed = {spec[0] for parts, _ in entry._lines for _, spec in parts if spec and spec[1]}
+    indexed = {spec[0] for parts, _ in entry.template._lines for _, spec in parts if spec and spec[1]}
     cols: dict[str, list] = {c: [] for c in entry.columns}
     for i in range(rows):
         for c in entry.columns:

@@ -22,7 +22,7 @@ import os
 import re
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -32,6 +32,7 @@ from .errors import ColumnError, ConfigError
 __all__ = [
     "TASK_TYPES",
     "Entry",
+    "TextTemplate",
     "load_registry",
     "get_registry",
     "select_datasets",
@@ -79,52 +80,25 @@ def _template_lines(template: str, where: str):
     return lines
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One registry entry: where a Hub dataset lives and how its columns map onto a sample."""
+class TextTemplate:
+    """A text template over a row's columns: ``"{instruction}\n{input}\n{output}"``.
 
-    name: str
-    hub_id: str
-    split: str = "train"
-    config: str | None = None
-    revision: str = "main"
-    task_types: tuple[str, ...] = ()
-    image_column: str | None = None
-    audio_column: str | None = None
-    text_template: str = ""
-    columns: tuple[str, ...] = ()  # every column the entry relies on; () = not listed
-    license: str = "unknown"
-    default: bool = False
-    verified: bool = False
-    notes: str = ""
-    _lines: tuple = field(default=(), repr=False, compare=False)
+    ``None`` and missing list items format as empty; a line whose fields are all empty is
+    dropped (so an empty ``input`` leaves no blank line). Used by registry entries when
+    streaming and by the converter (``--text-template``); picklable.
+    """
 
-    def __post_init__(self) -> None:
-        where = f"dataset {self.name!r}"
-        if not _NAME_RE.match(self.name):
-            raise ConfigError(f"{where}: names are lower-case letters, digits and '_'")
-        if "/" not in self.hub_id and not self.hub_id.startswith(("/", ".")):
-            raise ConfigError(f"{where}: hub_id {self.hub_id!r} should be 'owner/name'")
-        tts = tuple(self.task_types)
-        bad = [t for t in tts if t not in TASK_TYPES]
-        if not tts or bad:
-            raise ConfigError(f"{where}: task_types {list(tts)} must be a non-empty list of "
-                              f"{list(TASK_TYPES)}")
-        object.__setattr__(self, "task_types", tts)
-        object.__setattr__(self, "columns", tuple(self.columns))
-        if not self.text_template and not (self.image_column or self.audio_column):
-            raise ConfigError(f"{where}: give a text_template, an image_column or an audio_column")
-        object.__setattr__(self, "_lines", tuple(_template_lines(self.text_template, where)))
-        if self.columns:
-            missing = [c for c in self.required_columns if c not in self.columns]
-            if missing:
-                raise ConfigError(f"{where}: the mapping uses {missing}, which are not in its "
-                                  f"columns {list(self.columns)}")
+    def __init__(self, template: str, where: str = "text template"):
+        self.template = template
+        self.where = where
+        self._lines = tuple(_template_lines(template, where))
 
-    # --- columns ---------------------------------------------------------------------------
+    def __reduce__(self):
+        return (TextTemplate, (self.template, self.where))
+
     @property
-    def template_columns(self) -> tuple[str, ...]:
-        """The columns the text template reads, in order of first use."""
+    def columns(self) -> tuple[str, ...]:
+        """The columns the template reads, in order of first use."""
         seen: list[str] = []
         for parts, _ in self._lines:
             for _, spec in parts:
@@ -132,30 +106,8 @@ class Entry:
                     seen.append(spec[0])
         return tuple(seen)
 
-    @property
-    def required_columns(self) -> tuple[str, ...]:
-        """Image and audio columns plus the template's columns."""
-        cols = [c for c in (self.image_column, self.audio_column) if c]
-        return tuple(cols + [c for c in self.template_columns if c not in cols])
-
-    def check_columns(self, available: Iterable[str]) -> None:
-        """Raise ColumnError if a column the mapping needs is not in ``available``."""
-        have = list(available)
-        missing = [c for c in self.required_columns if c not in have]
-        if missing:
-            raise ColumnError(
-                f"dataset {self.name!r} ({self.hub_id}): column(s) {missing} not found; the "
-                f"source has {have}. Fix the entry in configs/datasets.yaml (or pass "
-                f"--image-column/--audio-column/--text-columns).", key=missing[0])
-
-    # --- mapping a row ---------------------------------------------------------------------
-    def row_to_text(self, row: Mapping[str, Any]) -> str:
-        """The text of ``row`` formed by the template.
-
-        ``None`` and missing list items format as empty; a template line whose fields are all
-        empty is dropped (so an empty ``input`` leaves no blank line). Raises ColumnError if a
-        template column is not in the row.
-        """
+    def render(self, row: Mapping[str, Any]) -> str:
+        """The text of ``row``. Raises ColumnError if a template column is not in the row."""
         out: list[str] = []
         for parts, has_fields in self._lines:
             pieces: list[str] = []
@@ -182,9 +134,8 @@ class Entry:
             value = row[column]
         except KeyError:
             raise ColumnError(
-                f"dataset {self.name!r}: text template column {column!r} is not in the row "
-                f"(columns: {sorted(row)}); fix text_template in configs/datasets.yaml",
-                key=column) from None
+                f"{self.where}: column {column!r} is not in the row (columns: {sorted(row)}); "
+                f"fix the text template", key=column) from None
         for i in index:
             try:
                 value = value[i]
@@ -193,6 +144,81 @@ class Entry:
             if value is None:
                 return None
         return value
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registry entry: where a Hub dataset lives and how its columns map onto a sample."""
+
+    name: str
+    hub_id: str
+    split: str = "train"
+    config: str | None = None
+    revision: str = "main"
+    task_types: tuple[str, ...] = ()
+    image_column: str | None = None
+    audio_column: str | None = None
+    text_template: str = ""
+    columns: tuple[str, ...] = ()  # every column the entry relies on; () = not listed
+    license: str = "unknown"
+    default: bool = False
+    verified: bool = False
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        where = f"dataset {self.name!r}"
+        if not _NAME_RE.match(self.name):
+            raise ConfigError(f"{where}: names are lower-case letters, digits and '_'")
+        if "/" not in self.hub_id and not self.hub_id.startswith(("/", ".")):
+            raise ConfigError(f"{where}: hub_id {self.hub_id!r} should be 'owner/name'")
+        tts = tuple(self.task_types)
+        bad = [t for t in tts if t not in TASK_TYPES]
+        if not tts or bad:
+            raise ConfigError(f"{where}: task_types {list(tts)} must be a non-empty list of "
+                              f"{list(TASK_TYPES)}")
+        object.__setattr__(self, "task_types", tts)
+        object.__setattr__(self, "columns", tuple(self.columns))
+        if not self.text_template and not (self.image_column or self.audio_column):
+            raise ConfigError(f"{where}: give a text_template, an image_column or an audio_column")
+        _template_lines(self.text_template, where)  # a bad template fails at load time
+        if self.columns:
+            missing = [c for c in self.required_columns if c not in self.columns]
+            if missing:
+                raise ConfigError(f"{where}: the mapping uses {missing}, which are not in its "
+                                  f"columns {list(self.columns)}")
+
+    # --- columns ---------------------------------------------------------------------------
+    @property
+    def template(self) -> TextTemplate:
+        return TextTemplate(self.text_template,
+                            f"dataset {self.name!r} ({self.hub_id}) text_template in "
+                            f"configs/datasets.yaml")
+
+    @property
+    def template_columns(self) -> tuple[str, ...]:
+        """The columns the text template reads, in order of first use."""
+        return self.template.columns
+
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        """Image and audio columns plus the template's columns."""
+        cols = [c for c in (self.image_column, self.audio_column) if c]
+        return tuple(cols + [c for c in self.template_columns if c not in cols])
+
+    def check_columns(self, available: Iterable[str]) -> None:
+        """Raise ColumnError if a column the mapping needs is not in ``available``."""
+        have = list(available)
+        missing = [c for c in self.required_columns if c not in have]
+        if missing:
+            raise ColumnError(
+                f"dataset {self.name!r} ({self.hub_id}): column(s) {missing} not found; the "
+                f"source has {have}. Fix the entry in configs/datasets.yaml (or pass "
+                f"--image-column/--audio-column/--text-columns).", key=missing[0])
+
+    # --- mapping a row ---------------------------------------------------------------------
+    def row_to_text(self, row: Mapping[str, Any]) -> str:
+        """The text of ``row`` formed by the template (see :class:`TextTemplate`)."""
+        return self.template.render(row)
 
     # --- use -------------------------------------------------------------------------------
     def load_kwargs(self) -> dict[str, Any]:

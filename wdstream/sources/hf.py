@@ -83,6 +83,7 @@ class ColumnMap:
     text: tuple[str, ...] = ()
     extra: tuple[str, ...] = ()
     dropped: tuple[str, ...] = field(default=())  # media columns besides the chosen ones
+    template: str | None = None  # the text from ``text`` columns by a template (registry)
 
 
 # --------------------------------------------------------------------------- opening
@@ -353,7 +354,7 @@ def _read_path(path: str) -> bytes:
 class RowEncoder:
     """Turn one row (a dict of mapped columns) into WebDataset members.
 
-    ``txt``: the text column(s), joined by newlines. ``json``: ``{"source": name, ...other
+    ``txt``: the text column(s), joined by newlines, or formed by ``columns.template``. ``json``: ``{"source": name, ...other
     columns}`` made JSON-safe. The image goes under its own format's extension and the audio
     likewise, byte for byte when they arrive encoded. A row whose image or audio is missing
     its bytes or fails a cheap header check (PIL ``open`` + ``verify``; soundfile ``info``),
@@ -364,11 +365,18 @@ class RowEncoder:
         self.columns = columns
         self.source_name = source_name
         self.verify = verify
+        self._template = None
+        if columns.template:
+            from ..registry import TextTemplate
+
+            self._template = TextTemplate(columns.template, f"text template of {source_name}")
 
     def __call__(self, row: dict[str, Any], key: str) -> dict[str, bytes]:
         fields: dict[str, bytes] = {}
         cols = self.columns
-        if cols.text:
+        if cols.template:
+            fields["txt"] = self._template.render(row).encode()
+        elif cols.text:
             parts = [row.get(c) for c in cols.text]
             fields["txt"] = "\n".join("" if p is None else str(p) for p in parts).encode()
         meta: dict[str, Any] = {"source": self.source_name}
