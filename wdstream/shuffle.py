@@ -17,6 +17,7 @@ import numpy as np
 __all__ = ["derive_seed", "shard_order", "buffer_shuffle", "buffer_order"]
 
 T = TypeVar("T")
+_END = object()
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -44,21 +45,28 @@ def shard_order(n_shards: int, seed: int, epoch: int, shuffle: bool = True) -> n
 def buffer_shuffle(items: Iterable[T], size: int, seed: int) -> Iterator[T]:
     """Shuffle a stream in a buffer of at most ``size`` items (``size <= 1``: unchanged order).
 
-    While the buffer fills, nothing is emitted; then each new item replaces a randomly chosen
-    buffered item, which is emitted; at the end the rest is emitted in random order.
+    As webdataset's ``shuffle(bufsize, initial)``: emitting starts once ``size // 10`` items are
+    buffered (so the first batch does not wait for a full buffer), and while the buffer is below
+    ``size`` each emitted item is replaced by two new ones, so it grows to ``size``. Each emitted
+    item is a random one of the buffer; at the end the rest comes out in random order.
     """
     if size <= 1:
         yield from items
         return
+    initial = max(1, size // 10)
     rng = random.Random(seed)
+    source = iter(items)
     buf: list[T] = []
-    for item in items:
+    for item in source:
+        buf.append(item)
         if len(buf) < size:
-            buf.append(item)
-            continue
-        i = rng.randrange(size)
-        out, buf[i] = buf[i], item
-        yield out
+            more = next(source, _END)
+            if more is not _END:
+                buf.append(more)
+        if len(buf) >= initial:
+            i = rng.randrange(len(buf))
+            buf[i], buf[-1] = buf[-1], buf[i]
+            yield buf.pop()
     while buf:
         i = rng.randrange(len(buf))
         buf[i], buf[-1] = buf[-1], buf[i]
