@@ -846,11 +846,11 @@ def plot(res: Results, args, path: str) -> None:
                color=colors.get(name, None), edgecolor="black" if name == "wdstream" else None)
         for x, y, ratio in zip(xs, ys, ratios, strict=True):
             if name != "wdstream" and ratio:
-                ax.text(x, y, f"{ratio:.2f}×", ha="center", va="bottom", fontsize=6.5,
-                        rotation=90)
+                ax.text(x, y * 0.04, f"{ratio:.2f}×", ha="center", va="bottom", fontsize=7.5,
+                        rotation=90, color="white", fontweight="bold")
     ax.set_xticks(range(len(settings)))
     ax.set_xticklabels([f"{s}\n{w} workers" for s, w in settings])
-    ax.set_ylabel("samples/s (median of rounds; whiskers min–max)\nlabels: × wdstream")
+    ax.set_ylabel("samples/s (median of rounds; whiskers min–max)\nin the bars: × wdstream")
     ax.set_title(f"Reading with the same decode (batch {args.batch_size}, {args.samples} samples)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
@@ -931,8 +931,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     res = Results.load(args.report_only) if args.report_only else run_benchmark(args)
     if args.report_only:
-        args.argv = [a for i, a in enumerate(argv) if a != "--report-only" and
-                     (i == 0 or argv[i - 1] != "--report-only")]
+        args.argv = [a for i, a in enumerate(argv) if a not in ("--report-only", "--no-plot")
+                     and (i == 0 or argv[i - 1] != "--report-only")]
     body = render_markdown(res, args)
     print()
     print(body)
