@@ -64,6 +64,7 @@ def test_s3_abort_mid_shard_no_object_no_upload(s3):
     w = ShardWriter("s3://test/w", 0, max_samples=10, storage_options=opts)
     w.write("k0", _fields(0, 6 * 2**20))  # past the 5 MiB block: a multipart upload starts
     w.write("k1", _fields(1, 10))
+    w._file.flush()  # parts upload on a background thread: wait until the upload is open
     assert fs.call_s3("list_multipart_uploads", Bucket="test").get("Uploads")
     try:
         raise RuntimeError("forced")

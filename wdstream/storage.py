@@ -12,6 +12,8 @@ import contextlib
 import logging
 import os
 import posixpath
+import queue
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -94,6 +96,74 @@ def translate_error(exc: BaseException, url: str, action: str) -> StorageError:
     return StorageError(f"cannot {action} {shown}: {text}", url=url)
 
 
+class _BackgroundWriter:
+    """Writes chunks to a file on a thread, so the producer keeps encoding while a part
+    uploads (s3fs uploads a part inside ``write``). At most ``depth`` chunks wait; memory is
+    bounded by ``(depth + 2) * chunk`` bytes."""
+
+    def __init__(self, f, chunk: int = 8 * 2**20, depth: int = 2):
+        self.f = f
+        self.chunk = chunk
+        self.pending = bytearray()
+        self.q: queue.Queue = queue.Queue(depth)
+        self.error: BaseException | None = None
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="wdstream-upload", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            data = self.q.get()
+            if data is None:
+                return
+            if self.error is None and not self.stopped.is_set():
+                try:
+                    self.f.write(data)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the producer
+                    self.error = exc
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def write(self, data: bytes) -> None:
+        self._check()
+        self.pending += data
+        if len(self.pending) >= self.chunk:
+            self.q.put(bytes(self.pending))
+            self.pending.clear()
+
+    def drain(self) -> None:
+        """Hand everything written so far to the file, and wait for it."""
+        if self.pending:
+            self.q.put(bytes(self.pending))
+            self.pending.clear()
+        self.q.put(None)
+        self.thread.join()
+        self._check()
+        self.thread = threading.Thread(target=self._run, name="wdstream-upload", daemon=True)
+        self.thread.start()
+
+    def finish(self) -> None:
+        if self.pending:
+            self.q.put(bytes(self.pending))
+            self.pending.clear()
+        self.q.put(None)
+        self.thread.join()
+        self._check()
+
+    def abort(self) -> None:
+        self.stopped.set()
+        self.pending.clear()
+        while True:  # make room for the sentinel without blocking
+            try:
+                self.q.get_nowait()
+            except queue.Empty:
+                break
+        self.q.put(None)
+        self.thread.join()
+
+
 class AtomicFile:
     """A file that becomes visible at its URL only on :meth:`commit`.
 
@@ -103,7 +173,7 @@ class AtomicFile:
     """
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None,
-                 *, fs=None, path: str | None = None):
+                 *, fs=None, path: str | None = None, background: bool = True):
         import hashlib
 
         if fs is None:
@@ -126,13 +196,19 @@ class AtomicFile:
                 self._f = fs.open(path, "wb", autocommit=False)
         except Exception as exc:
             raise translate_error(exc, url, "write") from exc
+        # object stores upload parts inside write(): do that on a thread, off the encoder's path
+        self._bg = _BackgroundWriter(self._f) if background and self._local_tmp is None \
+            and _is_object_store(fs) and "memory" not in str(fs.protocol) else None
         self.bytes = 0
         self._sha = hashlib.sha256()
         self.done = False
 
     def write(self, data: bytes) -> int:
         try:
-            self._f.write(data)
+            if self._bg is not None:
+                self._bg.write(data)
+            else:
+                self._f.write(data)
         except Exception as exc:
             raise translate_error(exc, self.url, "write") from exc
         self._sha.update(data)
@@ -142,9 +218,17 @@ class AtomicFile:
     def hexdigest(self) -> str:
         return self._sha.hexdigest()
 
+    def flush(self) -> None:
+        """Push what was written so far to the store (an object store starts its upload)."""
+        if self._bg is not None:
+            self._bg.drain()
+        self._f.flush()
+
     def commit(self) -> None:
         """Finish the upload and publish the object."""
         try:
+            if self._bg is not None:
+                self._bg.finish()
             self._f.close()
             if self._local_tmp is not None:
                 os.replace(self._local_tmp, self._path)
@@ -160,6 +244,8 @@ class AtomicFile:
         if self.done:
             return
         self.done = True
+        if self._bg is not None:
+            self._bg.abort()
         if self._local_tmp is not None:
             with contextlib.suppress(Exception):
                 self._f.close()
@@ -178,7 +264,7 @@ class AtomicFile:
 def atomic_write(url: str, storage_options: dict[str, Any] | None = None,
                  *, fs=None, path: str | None = None) -> Iterator[AtomicFile]:
     """Context manager around :class:`AtomicFile`: commit on success, discard on any error."""
-    f = AtomicFile(url, storage_options, fs=fs, path=path)
+    f = AtomicFile(url, storage_options, fs=fs, path=path, background=False)
     try:
         yield f
     except BaseException:
