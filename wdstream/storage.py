@@ -134,17 +134,13 @@ class _BackgroundWriter:
             self.pending.clear()
 
     def drain(self) -> None:
-        """Hand everything written so far to the file, and wait for it."""
-        if self.pending:
-            self.q.put(bytes(self.pending))
-            self.pending.clear()
-        self.q.put(None)
-        self.thread.join()
-        self._check()
+        """Hand everything written so far to the file, wait for it, and carry on."""
+        self.finish()
         self.thread = threading.Thread(target=self._run, name="wdstream-upload", daemon=True)
         self.thread.start()
 
     def finish(self) -> None:
+        """Hand everything to the file and stop the thread; raises the upload's error."""
         if self.pending:
             self.q.put(bytes(self.pending))
             self.pending.clear()
