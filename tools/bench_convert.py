@@ -12,6 +12,8 @@ worker too), so runs do not pollute each other:
   shards (our ``TarStreamWriter``) with no other work;
 * ``wdstream.convert`` to a local folder (1 worker, then 2), on all rows and on half the files
   (peak RSS should not grow with the dataset size);
+* the same conversion as Ray tasks on a local Ray with 1 and then 2 CPUs (when ray is
+  installed; ``--no-ray`` skips it);
 * raw and ``wdstream.convert`` to moto's ThreadedMotoServer on 127.0.0.1 (started here, in
   this process; the conversions run in children). moto keeps objects in memory at ~4x their
   size, so the S3 part uses a subset of the files and deletes the objects after each run.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import json
 import os
 import platform
@@ -144,22 +147,50 @@ def child_raw(files: list[str], output: str, opts: dict, max_bytes: int) -> dict
             "bytes": nbytes}
 
 
+def _warm(task, progress=None):
+    """A one-row conversion inside a worker, so the executor's workers are started and warm
+    (imports, first ``load_dataset``) before the measured run; each task holds its worker a
+    moment, so N tasks warm N workers."""
+    from wdstream.convert import convert
+
+    files, output, opts = task
+    convert("parquet", output, data_files=files[:1], limit=1, workers=1, quiet=True,
+            storage_options=opts)
+    time.sleep(0.5)
+    return os.getpid()
+
+
 def child_convert(files: list[str], output: str, opts: dict, max_bytes: int,
-                  workers: int) -> dict:
+                  workers: int, executor: str = "local") -> dict:
     import datasets
 
     datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
     from wdstream.convert import convert
+    from wdstream.executors import LocalExecutor
 
     # a one-row conversion first: imports (datasets pulls in torch) and first-open costs
     convert("parquet", output + "-warmup", data_files=files[:1], limit=1, workers=1,
             quiet=True, storage_options=opts)
+    pool = None
+    if executor == "ray":
+        from wdstream.executors_ray import RayExecutor
+
+        pool = RayExecutor(num_cpus=workers)  # starts a local Ray with `workers` CPUs
+    elif workers > 1:
+        pool = LocalExecutor(workers)
+    if pool is not None:  # start the workers (and Ray) outside the measured time
+        list(pool.map_unordered(_warm, [(files, f"{output}-warm{i}", opts)
+                                        for i in range(workers)]))
     t0 = time.perf_counter()
     startup = t0 - T_START
-    m = convert("parquet", output, data_files=files, workers=workers, quiet=True,
-                max_shard_bytes=max_bytes, max_samples_per_shard=10**9,
-                storage_options=opts)
-    seconds = time.perf_counter() - t0
+    try:
+        m = convert("parquet", output, data_files=files, workers=workers, quiet=True,
+                    max_shard_bytes=max_bytes, max_samples_per_shard=10**9,
+                    storage_options=opts, executor=pool)
+        seconds = time.perf_counter() - t0
+    finally:
+        if pool is not None:
+            pool.close()
     return {"seconds": seconds, "cold_seconds": seconds + startup, "samples": m.samples,
             "bytes": m.bytes}
 
@@ -197,7 +228,9 @@ def _fmt(name: str, r: dict, raw: dict | None) -> str:
     cold = r["samples"] / r["cold_seconds"]
     cold_ratio = f"{cold / (raw['samples'] / raw['cold_seconds']):.2f}" if raw else "1.00"
     rss = f"{r['rss_mb']:.0f}"
-    if r.get("workers", 1) > 1:
+    if r.get("executor") == "ray":
+        rss += f" (+ largest Ray process {r['worker_rss_mb']:.0f})"
+    elif r.get("workers", 1) > 1:
         rss += f" (+ worker {r['worker_rss_mb']:.0f})"
     return (f"| {name} | {r['samples']} | {r['bytes'] / 1e6:.0f} | {r['seconds']:.1f} | "
             f"{sps:.0f} | {mbs:.0f} | {ratio} | {r['cold_seconds']:.1f} | {cold_ratio} | "
@@ -226,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-shard-bytes", type=int, default=64 * 2**20)
     p.add_argument("--cache", default=os.path.join(ROOT, ".bench"))
     p.add_argument("--no-docs", action="store_true")
+    p.add_argument("--no-ray", action="store_true", help="skip the Ray runs (they run when "
+                                                          "ray is installed)")
     args = p.parse_args(argv)
 
     folder = build_dataset(os.path.join(args.cache, f"jpeg-{args.rows}-{args.files}"),
@@ -242,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             r = run_child(kind, files=sub, output=out, opts={},
                           max_bytes=args.max_shard_bytes, **kw)
             r["workers"] = kw.get("workers", 1)
+            r["executor"] = kw.get("executor", "local")
             shutil.rmtree(out, ignore_errors=True)
             print(f"  {name}: {r}", file=sys.stderr, flush=True)
             return r
@@ -253,6 +289,14 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(_fmt("wdstream convert, local, 1 worker", c1, raw))
         c2 = local("convert w2", "convert", files, workers=2)
         rows.append(_fmt("wdstream convert, local, 2 workers", c2, raw))
+        if not args.no_ray and importlib.util.find_spec("ray") is not None:
+            for cpus in (1, 2):
+                rr = local(f"ray {cpus}", "convert", files, workers=cpus, executor="ray")
+                rows.append(_fmt(f"wdstream convert, local, Ray, {cpus} CPU"
+                                 f"{'s' if cpus > 1 else ''}", rr, raw))
+        elif not args.no_ray:
+            print("  ray is not installed: no Ray runs (pip install 'wdstream[ray]')",
+                  file=sys.stderr)
         raw_half = local("raw half", "raw", half)
         ch = local("convert half", "convert", half, workers=1)
         rows.append(_fmt(f"wdstream convert, local, 1 worker, half ({len(half)} files)", ch,
@@ -304,9 +348,13 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {os.cpu_count()} cores (shared with other jobs while measured), "
         f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}.", "",
         "Each line runs in its own child process; RSS is that process's peak (VmHWM, MB), and "
-        "the largest worker's with 2 workers. `s`, samples/s and MB/s time the conversion in "
-        "a process whose imports are done (a one-row conversion ran first); `cold s` adds the "
-        "process start-up (Python imports: `datasets` imports torch, about 2-3 s here). "
+        "the largest worker's with 2 workers (with Ray: the largest of Ray's processes, its "
+        "GCS, raylet and workers). `s`, samples/s and MB/s time the conversion in "
+        "a process whose imports are done (a one-row conversion ran first) and whose "
+        "executor is started and warm (each of the pool's or Ray's workers ran a one-row "
+        "conversion); "
+        "`cold s` adds the process start-up (Python imports: `datasets` imports torch, about "
+        "2-3 s here), and for pools and Ray the start of the workers (and of Ray itself). "
         "`ratio` is samples/s over the raw limit of the same "
         "rows (local raw for local runs, S3 raw for S3 runs). The S3 runs use moto's "
         "ThreadedMotoServer on 127.0.0.1 in the benchmark's own process; moto holds objects "
@@ -320,8 +368,11 @@ def main(argv: list[str] | None = None) -> int:
         "Arrow batch and one shard's upload buffer, and it does not grow with the dataset "
         "(compare the full and half runs). The fixed start-up (imports, `load_dataset` "
         "resolution) is what separates the cold ratio from the warm one on a dataset this "
-        "small. On this shared 2-core machine two workers pay two worker start-ups and fight "
-        "the other jobs for the cores, so the 2-worker line is not a scaling figure.", ""])
+        "small. On this shared 2-core machine two workers fight the other jobs (and the "
+        "driver) for the cores, so the 2-worker and 2-CPU lines are not scaling figures. The "
+        "Ray lines run the same partition function as Ray tasks on a local Ray "
+        "(`ray.init(num_cpus=1 or 2)`); their `cold s` includes starting Ray, which a "
+        "long-lived cluster pays once.", ""])
     print(text)
     if not args.no_docs:
         update_docs(text)

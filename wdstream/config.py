@@ -73,6 +73,7 @@ class Config:
     image_column: str | None = None
     audio_column: str | None = None
     text_columns: tuple[str, ...] = ()
+    text_template: str | None = None  # e.g. "{instruction}\n{input}\n{output}" over text_columns
     limit: int | None = None
     quiet: bool = False
     skip_bad_rows: bool = True

@@ -2,7 +2,7 @@
 
 The work is split into partitions that follow the source's own shards. Each partition is one
 :class:`ConvertTask`, run by the pure, picklable :func:`convert_partition` on any executor
-(a local process pool today; Ray later). A partition streams its rows through
+(a local process pool, or Ray: :mod:`wdstream.executors_ray`). A partition streams its rows through
 :class:`~wdstream.sources.hf.RowEncoder` into a :class:`~wdstream.writer.ShardWriter`
 (commit-or-abort shards) and writes ``OUTPUT/_partitions/part-NNNNN.json`` only after all of
 its shards are committed. The driver (:func:`convert`) checks the output, plans the partitions,
@@ -20,13 +20,14 @@ import os
 import posixpath
 import re
 import time
-from dataclasses import asdict, dataclass, field
+import uuid
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from . import storage
 from .config import Config, load_config
-from .errors import ConfigError, ErrorBudget, SkipSample, StorageError, redact
-from .executors import Executor, LocalExecutor, Progress
+from .errors import ConfigError, ErrorBudget, SkipSample, StorageError, WdstreamError, redact
+from .executors import Executor, LocalExecutor, Progress, merge_secrets, split_secrets
 from .manifest import (
     MANIFEST_NAME,
     PARTITIONS_DIR,
@@ -56,7 +57,8 @@ class ConvertTask:
     """Everything one partition needs; picklable, credentials kept out of ``repr``.
 
     ``storage_options`` travel with the task (a process pool pickles them into a pipe); they
-    are never logged. ``limit`` caps the rows read (only used with a single partition).
+    are never logged. A cluster executor ships the task from :meth:`without_secrets` and the
+    credentials apart. ``limit`` caps the rows read (only used with a single partition).
     """
 
     spec: SourceSpec
@@ -70,14 +72,54 @@ class ConvertTask:
     skip_bad_rows: bool = True
     batch_size: int = 64
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    job: str = ""  # one convert() call; a worker opens the source once per job ("": each time)
+
+    def __str__(self) -> str:
+        return (f"partition {self.partition} of {self.n_partitions} "
+                f"({self.spec.source} -> {redact(self.output_url)})")
+
+    def without_secrets(self) -> tuple[ConvertTask, dict[str, Any]]:
+        """``(this task with no credentials in its storage options, those credentials)``."""
+        public, secrets = split_secrets(self.storage_options)
+        return replace(self, storage_options=public), secrets
+
+    def with_secrets(self, secrets: dict[str, Any]) -> ConvertTask:
+        """The inverse of :meth:`without_secrets`."""
+        return replace(self, storage_options=merge_secrets(self.storage_options, secrets))
+
+
+def _name_partition(exc: BaseException, task: ConvertTask) -> None:
+    """Make a partition's error say which partition failed, keeping its type (callers catch
+    ColumnError, TooManyErrors...): wdstream errors get a prefix, others a note."""
+    where = f"partition {task.partition} of {task.n_partitions}"
+    if isinstance(exc, WdstreamError) and exc.args and isinstance(exc.args[0], str):
+        if not exc.args[0].startswith(where):
+            exc.args = (f"{where}: {exc.args[0]}", *exc.args[1:])
+    elif hasattr(exc, "add_note"):
+        exc.add_note(f"while converting {task}")
+
+
+_OPENED: dict[str, Any] = {}  # per process: the prepared source of the current job
 
 
 def _partition_dataset(task: ConvertTask):
+    """The task's rows: the source opened (once per job and process, as ``load_dataset``
+    resolves every data file of the dataset, a Hub listing included) and sharded."""
     from .sources.hf import open_source, prepare
 
-    ds = open_source(task.spec, check_hub=False)
-    ds = prepare(ds, task.columns)
+    key = f"{task.job}|{task.spec!r}|{task.columns!r}"
+    ds = _OPENED.get(key) if task.job else None
+    if ds is None:
+        ds = prepare(open_source(task.spec, check_hub=False), task.columns)
+        _OPENED.clear()
+        if task.job:
+            _OPENED[key] = ds
     if task.n_partitions > 1:
+        if ds.n_shards != task.n_partitions:
+            raise ConfigError(
+                f"{task.spec.source} now has {ds.n_shards} source shards, not the "
+                f"{task.n_partitions} this job was planned with; its files changed during the "
+                f"conversion. Convert it again into a new OUTPUT", url=task.output_url)
         ds = ds.shard(num_shards=task.n_partitions, index=task.partition, contiguous=True)
     if task.limit is not None:
         ds = ds.take(task.limit)
@@ -91,7 +133,21 @@ def convert_partition(task: ConvertTask, progress: Progress | None = None) -> Pa
     skipped and counted (or, with ``skip_bad_rows=False``, stop the partition with
     TooManyErrors). On any error the open shard is discarded and no record is written, so a
     re-run redoes the partition. ``progress(samples, nbytes)`` receives deltas now and then.
+    An error keeps its type and names the partition.
+
+    Idempotent: a partition writes only its own names (``shard-PPPPP-*``, its record), so a
+    retried attempt overwrites what a dead one committed with the same bytes; a dead attempt's
+    open shard is never visible (a temp name or a pending multipart upload, which the driver
+    sweeps at the end of the job).
     """
+    try:
+        return _convert_partition(task, progress)
+    except Exception as exc:
+        _name_partition(exc, task)
+        raise
+
+
+def _convert_partition(task: ConvertTask, progress: Progress | None) -> PartitionRecord:
     from .sources.hf import RowEncoder, iter_rows
 
     ds = _partition_dataset(task)
@@ -240,16 +296,25 @@ class _Output:
         return out
 
     def clean(self, pending: set[int]) -> None:
-        """Remove what unfinished partitions left: committed shards/indexes without a record,
-        local ``.partial-*`` temp files, and (S3) their pending multipart uploads."""
+        """Before a run (nothing may be running): remove what unfinished partitions left
+        (their committed shards and indexes, without a record), then :meth:`sweep`."""
         prefixes = tuple(f"shard-{p:05d}-" for p in pending)
-        stale = []
-        for name in self._ls(self.path):
-            if (prefixes and name.startswith(prefixes)) or _PARTIAL_RE.match(name):
-                stale.append(f"{self.path}/{name}")
-        for name in self._ls(f"{self.path}/{PARTITIONS_DIR}"):
-            if _PARTIAL_RE.match(name):
-                stale.append(f"{self.path}/{PARTITIONS_DIR}/{name}")
+        if prefixes:
+            self._remove([f"{self.path}/{name}" for name in self._ls(self.path)
+                          if name.startswith(prefixes)])
+        self.sweep()
+
+    def sweep(self) -> None:
+        """Remove what dead attempts left that never became visible: local ``.partial-*``
+        temp files and (S3) pending multipart uploads of shards. Only while no partition of
+        this output is running (before a run, or once all its partitions are done)."""
+        stale = [f"{self.path}/{name}" for name in self._ls(self.path) if _PARTIAL_RE.match(name)]
+        stale += [f"{self.path}/{PARTITIONS_DIR}/{name}"
+                  for name in self._ls(f"{self.path}/{PARTITIONS_DIR}") if _PARTIAL_RE.match(name)]
+        self._remove(stale)
+        self._abort_uploads(("shard-",))
+
+    def _remove(self, stale: list[str]) -> None:
         for path in stale:
             log.info("removing %s left by an unfinished run", posixpath.basename(path))
             try:
@@ -258,8 +323,6 @@ class _Output:
                 pass
             except Exception as exc:
                 raise storage.translate_error(exc, self.url, "clean") from exc
-        if prefixes:
-            self._abort_uploads(prefixes)
 
     def _abort_uploads(self, prefixes: tuple[str, ...]) -> None:
         protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) \
@@ -345,14 +408,20 @@ class _Bar:
 
 
 def _make_executor(config: Config) -> Executor:
+    """The executor ``config.executor`` names: ``local`` (a process pool of ``workers``) or
+    ``ray`` (at ``ray_address``, or a local Ray with ``workers`` CPUs)."""
     if config.executor == "local":
         return LocalExecutor(config.workers or os.cpu_count() or 1)
-    raise ConfigError(f"executor {config.executor!r} is not available; use 'local'")
+    if config.executor == "ray":
+        from .executors_ray import RayExecutor
+
+        return RayExecutor(address=config.ray_address, num_cpus=config.workers)
+    raise ConfigError(f"executor {config.executor!r} is not available; use 'local' or 'ray'")
 
 
 def convert(source: str, output: str, *, name: str | None = None, split: str | None = None,
             data_files: Any = None, revision: str | None = None, config: Config | None = None,
-            executor: Executor | None = None, **overrides: Any) -> Manifest:
+            executor: Executor | str | None = None, **overrides: Any) -> Manifest:
     """Convert a Hugging Face dataset into WebDataset shards under ``output``; returns the
     Manifest.
 
@@ -365,9 +434,20 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
     ones redone; a finished job is left unchanged. Raises StorageError/CredentialsError for an
     unwritable output, SourceError/HubUnreachableError for the source, ColumnError for a
     missing column, ConfigError when ``output`` holds a job made with other options.
+
+    ``executor`` is an :class:`~wdstream.executors.Executor` to run the partitions on (it is
+    left open), or ``"local"`` / ``"ray"`` (``config.executor``; Ray joins
+    ``config.ray_address`` or starts a local Ray). A failed partition stops the job with its
+    own error, which names the partition.
     """
+    if isinstance(executor, str):
+        overrides["executor"], executor = executor, None
     config = (config or load_config()).replace(**overrides) if overrides else \
         (config or load_config())
+    if executor is None and config.executor == "ray":
+        from .executors_ray import import_ray
+
+        import_ray()  # without Ray, say how to install it before any work
     spec = SourceSpec(source=source, name=name, split=split or config.split,
                       data_files=tuple(data_files) if isinstance(data_files, list) else data_files,
                       revision=revision)
@@ -389,11 +469,13 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
     if records:
         log.info("resuming: %d of %d partitions already done", len(records), plan.n_partitions)
     out.clean(set(pending))
+    job = uuid.uuid4().hex
     tasks = [ConvertTask(spec=spec, columns=plan.columns, partition=p,
                          n_partitions=plan.n_partitions, output_url=output,
                          max_samples_per_shard=config.max_samples_per_shard,
                          max_shard_bytes=config.max_shard_bytes, limit=config.limit,
-                         skip_bad_rows=config.skip_bad_rows, storage_options=opts)
+                         skip_bad_rows=config.skip_bad_rows, storage_options=opts,
+                         job=job)
              for p in pending]
     bar = _Bar(plan.total_rows, sum(r.samples for r in records.values()), config.quiet)
     own_executor = executor is None
@@ -405,6 +487,7 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
         bar.close()
         if own_executor:
             executor.close()
+    out.sweep()  # temp files / uploads of attempts that died and were retried
     manifest = _manifest(plan, records, output)
     manifest.save(output, opts)
     log.info("wrote %s: %d samples in %d shards (%.1f MB); skipped %s", redact(output),

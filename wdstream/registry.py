@@ -36,6 +36,7 @@ __all__ = [
     "load_registry",
     "get_registry",
     "select_datasets",
+    "convert_entry",
     "registry_path",
 ]
 
@@ -356,3 +357,18 @@ def __getattr__(name: str):
     if name == "registry":
         return get_registry()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def convert_entry(entry: Entry, output: str, config=None, **overrides: Any):
+    """Convert one registry dataset with its column mapping and text template (see
+    :func:`wdstream.convert`); returns the Manifest."""
+    from .config import Config
+    from .convert import convert
+
+    config = (config or Config()).replace(
+        image_column=entry.image_column, audio_column=entry.audio_column,
+        text_columns=entry.template_columns, text_template=entry.text_template or None,
+        **overrides)
+    return convert(entry.hub_id, output, name=entry.config, split=entry.split,
+                   revision=entry.revision, config=config)
+

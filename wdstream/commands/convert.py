@@ -91,7 +91,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-shard-bytes", type=parse_size, default=None, metavar="SIZE",
                    help="e.g. 256MB, 1GiB")
     p.add_argument("--workers", type=int, default=None,
-                   help="processes (default: number of cores)")
+                   help="processes (default: number of cores); with a local Ray, its CPUs")
+    p.add_argument("--executor", choices=("local", "ray"), default=None,
+                   help="where partitions run: a local process pool (default) or Ray tasks "
+                        "(pip install 'wdstream[ray]')")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="Ray cluster to join: 'auto', host:port or ray://host:10001 (implies "
+                        "--executor ray; without it, --executor ray starts a local Ray)")
     add_storage_option_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--config", default=None, metavar="YAML", help="config file (wdstream.Config "
@@ -113,6 +119,13 @@ def run(args: argparse.Namespace) -> int:
         overrides["storage_options"] = parse_storage_options(args.storage_option)
     if args.quiet:
         overrides["quiet"] = True
+    if args.executor is not None:
+        overrides["executor"] = args.executor
+    if args.ray_address is not None:
+        if args.executor == "local":
+            raise ConfigError("--ray-address needs --executor ray (or no --executor)")
+        overrides["executor"] = "ray"
+        overrides["ray_address"] = args.ray_address
     config = load_config(args.config, **overrides)
     manifest = convert(args.source, args.output, name=args.name, split=args.split,
                        data_files=args.data_files, revision=args.revision, config=config)
