@@ -233,6 +233,10 @@ def plan_job(spec: SourceSpec, config: Config) -> JobPlan:
         names = list(first) if first else []
     columns = resolve_columns(names, features, image=config.image_column,
                               audio=config.audio_column, text=config.text_columns)
+    if config.text_template:
+        import dataclasses
+
+        columns = dataclasses.replace(columns, template=config.text_template)
     if not (columns.image or columns.audio or columns.text):
         log.warning("no image, audio or text column found among %s; samples will only hold "
                     ".json (name them with --image-column/--audio-column/--text-column)", names)

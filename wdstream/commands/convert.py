@@ -72,10 +72,18 @@ def add_storage_option_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="Hub id, local dataset folder, or builder (e.g. parquet) "
-                                  "with --data-files")
-    p.add_argument("output", help="output folder URL: s3://bucket/prefix, a local path, "
-                                  "memory://...")
+    p.add_argument("source", nargs="?", help="Hub id, registry name (configs/datasets.yaml), local "
+                                  "dataset folder, or builder (e.g. parquet) with --data-files; "
+                                  "with --all, leave it out")
+    p.add_argument("output", nargs="?", help="output folder URL: s3://bucket/prefix, a local "
+                                             "path, memory://...")
+    p.add_argument("--task-type", default=None, choices=None,
+                   help="with --all: convert every registry dataset of this task type "
+                        "into OUTPUT/<name>/")
+    p.add_argument("--all", action="store_true", dest="all_of_type",
+                   help="convert every registry dataset of --task-type")
+    p.add_argument("--text-template", default=None,
+                   help="form the text from columns, e.g. '{instruction}\\n{output}'")
     p.add_argument("--name", default=None, help="dataset config name")
     p.add_argument("--split", default=None, help="split (default: train)")
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
@@ -126,10 +134,52 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--ray-address needs --executor ray (or no --executor)")
         overrides["executor"] = "ray"
         overrides["ray_address"] = args.ray_address
+    if args.text_template is not None:
+        overrides["text_template"] = args.text_template.replace("\\n", "\n")
     config = load_config(args.config, **overrides)
-    manifest = convert(args.source, args.output, name=args.name, split=args.split,
-                       data_files=args.data_files, revision=args.revision, config=config)
-    skipped = ", ".join(f"{k}={v}" for k, v in sorted(manifest.skipped.items())) or "none"
-    print(f"{args.output}: {manifest.samples} samples in {len(manifest.shards)} shards "
-          f"({manifest.bytes / 1e6:.1f} MB); skipped: {skipped}")
+    for output, manifest in _convert_all(args, config):
+        skipped = ", ".join(f"{k}={v}" for k, v in sorted(manifest.skipped.items())) or "none"
+        print(f"{output}: {manifest.samples} samples in {len(manifest.shards)} shards "
+              f"({manifest.bytes / 1e6:.1f} MB); skipped: {skipped}")
     return 0
+
+
+def _convert_all(args: argparse.Namespace, config):
+    """Yield ``(output, manifest)``: one dataset, a registry name, or a whole task type."""
+    from .. import registry
+    from ..convert import convert
+    from ..storage import join_url
+
+    if args.all_of_type:
+        if not args.task_type:
+            raise ConfigError("--all needs --task-type (e.g. --task-type code --all OUTPUT)")
+        output = args.output or args.source
+        if args.output is not None and args.source is not None:
+            raise ConfigError("with --all give only OUTPUT, not a source")
+        for entry in registry.select_datasets("all", args.task_type):
+            url = join_url(output, entry.name)
+            yield url, registry.convert_entry(entry, url, config)
+        return
+    if args.output is None:
+        raise ConfigError("give SOURCE and OUTPUT (or --task-type T --all OUTPUT)")
+    entry = _registry_entry(args.source)
+    if entry is not None:
+        yield args.output, registry.convert_entry(entry, args.output, config)
+        return
+    yield args.output, convert(args.source, args.output, name=args.name, split=args.split,
+                               data_files=args.data_files, revision=args.revision,
+                               config=config)
+
+
+def _registry_entry(source: str):
+    """The registry entry named ``source`` (a short name, not a path or a Hub id), or None."""
+    import os
+
+    from .. import registry
+
+    if "/" in source or os.path.exists(source):
+        return None
+    try:
+        return registry.get_registry().get(source)
+    except ConfigError:
+        return None
