@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import write_test_shards
 
 import wdstream
-from conftest import write_test_shards
 
 SIZES = [40, 7, 31, 25]  # uneven shards, 103 samples
 

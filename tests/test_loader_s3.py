@@ -13,9 +13,9 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import write_test_shards
 
 import wdstream
-from conftest import write_test_shards
 
 pytestmark = pytest.mark.s3
 HERE = os.path.dirname(__file__)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from conftest import write_test_shards
 
 import wdstream
-from conftest import write_test_shards
 
 
 def cfg(**kw):
@@ -38,7 +38,7 @@ def test_mixing_proportions_sources_recorded_and_deterministic(sources):
     assert set(names) == {"big", "small"}
     share = names["big"] / sum(names.values())
     assert abs(share - 0.75) < 0.04  # 1,200 draws: 3 sigma is about 0.037
-    big_keys = [k for b in batches for k, s in zip(b["keys"], b["sources"]) if s == "big"]
+    big_keys = [k for b in batches for k, s in zip(b["keys"], b["sources"], strict=True) if s == "big"]
     assert len(big_keys) == len(set(big_keys))  # one pass over big: no repeat
     again = [b["keys"] for b in wdstream.make_loader(sources, config)]
     assert again == [b["keys"] for b in batches]
@@ -49,7 +49,7 @@ def test_stop_mode_ends_at_the_first_exhausted_source_with_equal_ranks(sources):
     per_rank = [list(wdstream.make_loader(sources, config, rank=r, world=2)) for r in range(2)]
     assert len(per_rank[0]) == len(per_rank[1]) > 0
     keys = [(s, k) for batches in per_rank for b in batches
-            for k, s in zip(b["keys"], b["sources"])]
+            for k, s in zip(b["keys"], b["sources"], strict=True)]
     assert len(keys) == len(set(keys))  # stop mode never repeats (keys are per source)
     small = sum(s == "small" for batches in per_rank for b in batches for s in b["sources"])
     assert small <= 300

@@ -12,9 +12,9 @@ import tarfile
 import threading
 
 import pytest
+from conftest import write_test_shards
 
 import wdstream
-from conftest import write_test_shards
 from wdstream.sources.sample_data import encode_image
 
 

@@ -9,10 +9,9 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import write_test_shards
 
 import wdstream
-from conftest import write_test_shards
-from wdstream.reading import ShardCache
 
 
 def cfg(**kw):

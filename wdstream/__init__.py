@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+# Eager on purpose: ``wdstream.convert`` and ``wdstream.collate`` are functions that share their
+# module's name; importing them here binds the function before anything imports the module.
+from .collate import collate  # noqa: E402
 from .config import Config, load_config
+from .convert import convert  # noqa: E402
 from .errors import (
     ConfigError,
     CredentialsError,
@@ -22,11 +26,6 @@ from .errors import (
     WdstreamError,
 )
 from .manifest import Manifest, ShardInfo, load_manifest
-
-# Eager on purpose: ``wdstream.convert`` and ``wdstream.collate`` are functions that share their
-# module's name; importing them here binds the function before anything imports the module.
-from .collate import collate  # noqa: E402
-from .convert import convert  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -100,6 +100,7 @@ def run_demo(workdir: str | None = None, *, samples: int = 240, steps: int = 10,
     import torch
 
     import wdstream
+
     from .commands.verify import verify_shard
     from .convert import convert
     from .sources.sample_data import build_parquet_dataset
@@ -139,7 +140,7 @@ def run_demo(workdir: str | None = None, *, samples: int = 240, steps: int = 10,
         report.manifest_samples, report.shards = manifest.samples, len(manifest.shards)
         report.convert_mb = manifest.bytes / 1e6
 
-        for info, url in zip(manifest.shards, manifest.shard_urls()):
+        for info, url in zip(manifest.shards, manifest.shard_urls(), strict=True):
             n, nbytes, sha = verify_shard(url, opts)
             if (n, nbytes, sha) == (info.samples, info.bytes, info.sha256):
                 report.verified += 1

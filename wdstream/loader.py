@@ -68,7 +68,8 @@ def resolve_source(source: Any, config: Config, name: str | None = None) -> Sour
     if not manifest.shards:
         raise SourceError(f"manifest {redact(source)} lists no shards", url=source)
     shards = [ShardRef(url=u, samples=s.samples, index_url=i)
-              for u, s, i in zip(manifest.shard_urls(), manifest.shards, manifest.index_urls())]
+              for u, s, i in zip(manifest.shard_urls(), manifest.shards, manifest.index_urls(),
+                                 strict=True)]
     return SourceSpec(name=name or manifest.source.get("name") or _short_name(source),
                       shards=shards, has_manifest=True)
 

@@ -114,7 +114,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
-    from ..convert import convert
 
     overrides: dict[str, Any] = {}
     for name in ("image_column", "audio_column", "limit", "max_samples_per_shard",
