@@ -302,24 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(_fmt(f"wdstream convert, local, 1 worker, half ({len(half)} files)", ch,
                          raw_half))
 
-        import logging
+        from wdstream.demo import loopback_s3
 
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        try:
-            host, port = server.get_host_and_port()
-            opts = {"client_kwargs": {"endpoint_url": f"http://{host}:{port}"},
-                    "key": "testing", "secret": "testing"}
+        with loopback_s3("bench") as opts:
             import s3fs
 
             fs = s3fs.S3FileSystem(**opts)
-            fs.mkdir("bench")
             sub = files[: args.s3_files]
 
             def s3run(name: str, kind: str, **kw) -> dict:
@@ -334,8 +322,6 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(_fmt(f"raw limit, S3 ({len(sub)} files)", sraw, None))
             sc = s3run("conv", "convert", workers=1)
             rows.append(_fmt(f"wdstream convert, S3, 1 worker ({len(sub)} files)", sc, sraw))
-        finally:
-            server.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
