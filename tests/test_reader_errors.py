@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import tarfile
 import threading
+import time
 
 import pytest
 from conftest import write_test_shards
@@ -208,7 +209,13 @@ def test_break_delete_and_exceptions_leave_no_process_or_thread(tmp_path, persis
     del loader
     gc.collect()
     assert multiprocessing.active_children() == []
-    leftover = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+    # closed multiprocessing queues end their feeder threads asynchronously: allow a moment
+    deadline = time.monotonic() + 10
+    while True:
+        leftover = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+        if not leftover or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert leftover == []
     with wdstream.make_loader(url, cfg(num_workers=2, persistent_workers=True)) as loader:
         next(iter(loader))
