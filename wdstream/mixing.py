@@ -73,16 +73,20 @@ class MixedDataset(torch.utils.data.IterableDataset):
     def _mix_seed(self, epoch: int, rank: int, worker: int) -> int:
         return derive_seed(self.config.seed, epoch, rank, worker, "mix")
 
-    def _span_lengths(self, epoch: int, rank: int, worker: int) -> dict[str, int]:
+    def _span_lengths(self, pool_sizes: dict[str, int], worker: int) -> dict[str, int]:
+        """Samples worker ``worker`` of any rank reads from each source (the plan's arithmetic:
+        equal for every rank)."""
         out = {}
         for name, part in self.parts.items():
-            pool = part.pool(epoch)
-            out[name] = len(split.slot_span(pool, part.layout(), rank, worker))
+            layout = part.layout()
+            k = split.batches_per_rank(pool_sizes[name], layout)
+            out[name] = split.worker_batches(k, layout.workers, worker) * layout.batch_size
         return out
 
-    def _mixed_count(self, epoch: int, rank: int, worker: int) -> int:
+    def _mixed_count(self, pool_sizes: dict[str, int], epoch: int, rank: int,
+                     worker: int) -> int:
         """Items slot ``(rank, worker)`` yields in ``stop`` mode: the mix run on lengths only."""
-        lengths = self._span_lengths(epoch, rank, worker)
+        lengths = self._span_lengths(pool_sizes, worker)
         cap = self._slot_cap()
         streams = {n: iter(range(lengths[n])) for n in self.names}
         return sum(1 for _ in mix(streams, self.weights, seed=self._mix_seed(epoch, rank, worker),
@@ -95,10 +99,11 @@ class MixedDataset(torch.utils.data.IterableDataset):
         if c.mix_exhausted == "resample":
             total = c.epoch_length or sum(p.source.samples or 0 for p in self.parts.values())
             return total // (self.world * c.batch_size)
+        pool_sizes = {name: len(part.pool(epoch)) for name, part in self.parts.items()}
         best = None
         for rank in range(self.world):
             for worker in range(w_slots):
-                full = self._mixed_count(epoch, rank, worker) // c.batch_size
+                full = self._mixed_count(pool_sizes, epoch, rank, worker) // c.batch_size
                 # largest k with worker_batches(k, W, worker) <= full
                 k = full * w_slots + worker
                 best = k if best is None else min(best, k)

@@ -396,14 +396,7 @@ class RowEncoder:
 
         if isinstance(value, Image.Image):
             return encode_pil_image(value)
-        data, path = _bytes_and_path(value)
-        if data is None and path:
-            try:
-                data = _read_path(path)
-            except OSError as exc:
-                raise SkipSample("image_unreadable", key=key) from exc
-        if not data:
-            raise SkipSample("image_empty", key=key)
+        data, path = _encoded_bytes(value, key, "image")
         ext = image_ext(data)
         if self.verify or ext is None:
             try:
@@ -419,14 +412,7 @@ class RowEncoder:
     def _audio(self, value: Any, key: str) -> tuple[str, bytes]:
         if isinstance(value, dict) and value.get("array") is not None:
             return _encode_array_audio(value)
-        data, path = _bytes_and_path(value)
-        if data is None and path:
-            try:
-                data = _read_path(path)
-            except OSError as exc:
-                raise SkipSample("audio_unreadable", key=key) from exc
-        if not data:
-            raise SkipSample("audio_empty", key=key)
+        data, path = _encoded_bytes(value, key, "audio")
         ext = audio_ext(data)
         if ext is None and path:
             suffix = posixpath.splitext(path)[1].lstrip(".").lower()
@@ -444,6 +430,20 @@ class RowEncoder:
         if ext is None:
             raise SkipSample("unknown_audio_format", key=key)
         return ext, data
+
+
+def _encoded_bytes(value: Any, key: str, kind: str) -> tuple[bytes, str | None]:
+    """The encoded bytes of an image/audio cell (read from its path when it has no bytes).
+    Raises SkipSample(``<kind>_unreadable`` / ``<kind>_empty``)."""
+    data, path = _bytes_and_path(value)
+    if data is None and path:
+        try:
+            data = _read_path(path)
+        except OSError as exc:
+            raise SkipSample(f"{kind}_unreadable", key=key) from exc
+    if not data:
+        raise SkipSample(f"{kind}_empty", key=key)
+    return data, path
 
 
 def _bytes_and_path(value: Any) -> tuple[bytes | None, str | None]:
