@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from wdstream.demo.data import build_parquet_dataset
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -61,40 +63,5 @@ def s3(s3_server):
 @pytest.fixture(scope="session")
 def small_hf_dataset(tmp_path_factory):
     """48 rows (image, audio, text, id, label) in 4 parquet files: 4 partitions."""
-    from wdstream.sources.sample_data import build_parquet_dataset
-
     folder = tmp_path_factory.mktemp("hfds")
     return build_parquet_dataset(str(folder), 48, n_files=4)
-
-
-def write_test_shards(url: str, sizes: list[int], *, storage_options=None, seed: int = 0,
-                      image: bool = True, audio: bool = True, text: bool = True,
-                      image_px=(40, 80)):
-    """Write real (non-synthetic) samples, JPEG/PNG + FLAC + text, as shards of the given
-    sizes (one writer partition each) plus a manifest; returns the Manifest."""
-    import json
-    import random
-
-    from wdstream.manifest import Manifest
-    from wdstream.schema import make_key
-    from wdstream.sources.sample_data import encode_audio, encode_image
-    from wdstream.writer import ShardWriter
-
-    rng = random.Random(seed)
-    shards = []
-    for part, n in enumerate(sizes):
-        w = ShardWriter(url, part, max_samples=max(1, n), storage_options=storage_options)
-        for row in range(n):
-            fields = {}
-            if text:
-                fields["txt"] = f"caption {part}-{row}".encode()
-            if image:
-                fields["jpg"] = encode_image(rng, rng.randint(*image_px), rng.randint(*image_px))
-            if audio:
-                fields["flac"] = encode_audio(rng, 0.1)
-            fields["json"] = json.dumps({"source": "testdata", "row": row}).encode()
-            w.write(make_key(part, row), fields)
-        shards += w.close()
-    m = Manifest(shards=shards, source={"name": "testdata"}, base_url=url.rstrip("/"))
-    m.save(url, storage_options)
-    return m

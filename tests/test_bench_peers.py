@@ -1,4 +1,4 @@
-"""Smoke test of tools/bench_peers.py (issue 7): with a tiny source and whichever peers import
+"""Smoke test of tools/bench_peers.py: with a tiny source and whichever peers import
 in this interpreter, it converts, reads back from a local folder and the loopback S3, and writes
 its table into the "Peers" section of a markdown file (other sections kept) and its plot.
 The figures themselves are not checked."""

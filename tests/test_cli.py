@@ -8,7 +8,7 @@ import os
 import pytest
 
 from wdstream.cli import main
-from wdstream.commands.convert import parse_size, parse_storage_options
+from wdstream.cli.options import parse_size, parse_storage_options
 from wdstream.errors import ConfigError
 
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from wdstream.convert import convert
+from wdstream.write.convert import convert
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_datasets_webdataset_builder_streams_them(shards):
 def test_datasets_webdataset_builder_infers_homogeneous_shards(tmp_path):
     import datasets
 
-    from wdstream.sources.synthetic import write_synthetic
+    from wdstream.write.sources.synthetic import write_synthetic
 
     m = write_synthetic(str(tmp_path / "s"), 10, modalities=("text", "image"),
                         max_samples_per_shard=4)

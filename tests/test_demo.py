@@ -38,7 +38,7 @@ def test_demo_local_store(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.torchrun
 def test_train_example_under_torchrun_two_ranks_with_checkpoint_resume(tmp_path):
-    from wdstream.sources.synthetic import write_synthetic
+    from wdstream.write.sources.synthetic import write_synthetic
 
     write_synthetic(str(tmp_path / "shards"), 96, max_samples_per_shard=20)
     ckpt = tmp_path / "ckpt.pt"

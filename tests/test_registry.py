@@ -106,23 +106,23 @@ def test_selection_errors_list_the_valid_choices(kwargs, words):
 
 
 # --- templates ---------------------------------------------------------------------------------
-def test_row_to_text_joins_columns_and_drops_empty_lines(reg):
+def test_template_joins_columns_and_drops_empty_lines(reg):
     e = reg["open_platypus"]
     row = {"instruction": "Add 2 and 3.", "input": "", "output": "5", "data_source": "x"}
-    assert e.row_to_text(row) == "Add 2 and 3.\n5"
-    assert e.row_to_text({**row, "input": "2, 3"}) == "Add 2 and 3.\n2, 3\n5"
-    assert e.row_to_text({**row, "input": None}) == "Add 2 and 3.\n5"
+    assert e.template.render(row) == "Add 2 and 3.\n5"
+    assert e.template.render({**row, "input": "2, 3"}) == "Add 2 and 3.\n2, 3\n5"
+    assert e.template.render({**row, "input": None}) == "Add 2 and 3.\n5"
 
 
-def test_row_to_text_indexes_lists_and_formats_numbers(reg):
-    assert reg["flickr30k"].row_to_text({"caption": ["a dog runs", "b"]}) == "a dog runs"
-    assert reg["flickr30k"].row_to_text({"caption": []}) == ""
-    assert reg["mnist"].row_to_text({"label": 7, "image": None}) == "a handwritten digit 7"
+def test_template_indexes_lists_and_formats_numbers(reg):
+    assert reg["flickr30k"].template.render({"caption": ["a dog runs", "b"]}) == "a dog runs"
+    assert reg["flickr30k"].template.render({"caption": []}) == ""
+    assert reg["mnist"].template.render({"label": 7, "image": None}) == "a handwritten digit 7"
 
 
-def test_row_to_text_missing_column_is_a_column_error(reg):
+def test_template_missing_column_is_a_column_error(reg):
     with pytest.raises(ColumnError, match="question"):
-        reg["gsm8k"].row_to_text({"answer": "4"})
+        reg["gsm8k"].template.render({"answer": "4"})
 
 
 def test_check_columns_names_what_is_missing(reg):
@@ -214,7 +214,7 @@ def _local_dataset(entry: Entry, folder, rows: int = 3):
 @pytest.mark.parametrize("name", ["open_platypus", "python_code_18k", "mbpp", "gsm8k",
                                   "flickr8k", "flickr30k", "librispeech_clean100", "esc50"])
 def test_mapping_applies_to_a_local_dataset_with_the_same_columns(reg, tmp_path, name):
-    from wdstream.schema import audio_ext, image_ext
+    from wdstream.format.schema import audio_ext, image_ext
 
     entry = reg[name]
     stream = _local_dataset(entry, tmp_path)
@@ -222,7 +222,7 @@ def test_mapping_applies_to_a_local_dataset_with_the_same_columns(reg, tmp_path,
     rows = list(stream)
     assert len(rows) == 3
     for i, row in enumerate(rows):
-        text = entry.row_to_text(row)
+        text = entry.template.render(row)
         assert text
         for column in entry.template_columns:
             assert f"{column} {i}" in text
@@ -234,5 +234,5 @@ def test_mapping_applies_to_a_local_dataset_with_the_same_columns(reg, tmp_path,
 
 def test_known_texts_for_local_rows(reg, tmp_path):
     stream = _local_dataset(reg["flickr30k"], tmp_path, rows=2)
-    assert [reg["flickr30k"].row_to_text(r) for r in stream] == ["caption 0 first",
+    assert [reg["flickr30k"].template.render(r) for r in stream] == ["caption 0 first",
                                                                  "caption 1 first"]

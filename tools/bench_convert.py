@@ -46,7 +46,7 @@ def build_dataset(folder: str, rows: int, n_files: int, seed: int = 0) -> str:
     """Parquet files of an HF dataset with an Image column of real-size JPEGs, cached."""
     import datasets
 
-    from wdstream.sources.sample_data import encode_image
+    from wdstream.demo.data import encode_image
 
     marker = os.path.join(folder, "DONE")
     if os.path.exists(marker):
@@ -109,8 +109,8 @@ def child_raw(files: list[str], output: str, opts: dict, max_bytes: int) -> dict
     """The raw limit: pyarrow rows -> the same member bytes -> tar shards, nothing else."""
     import pyarrow.parquet as pq
 
+    from wdstream.format.tario import TarStreamWriter
     from wdstream.storage import AtomicFile, url_to_fs
-    from wdstream.tario import TarStreamWriter
 
     fs, path = url_to_fs(output, opts)
     t0 = time.perf_counter()
@@ -151,7 +151,7 @@ def _warm(task, progress=None):
     """A one-row conversion inside a worker, so the executor's workers are started and warm
     (imports, first ``load_dataset``) before the measured run; each task holds its worker a
     moment, so N tasks warm N workers."""
-    from wdstream.convert import convert
+    from wdstream.write.convert import convert
 
     files, output, opts = task
     convert("parquet", output, data_files=files[:1], limit=1, workers=1, quiet=True,
@@ -165,15 +165,15 @@ def child_convert(files: list[str], output: str, opts: dict, max_bytes: int,
     import datasets
 
     datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
-    from wdstream.convert import convert
-    from wdstream.executors import LocalExecutor
+    from wdstream.write.convert import convert
+    from wdstream.write.executors import LocalExecutor
 
     # a one-row conversion first: imports (datasets pulls in torch) and first-open costs
     convert("parquet", output + "-warmup", data_files=files[:1], limit=1, workers=1,
             quiet=True, storage_options=opts)
     pool = None
     if executor == "ray":
-        from wdstream.executors_ray import RayExecutor
+        from wdstream.write.executors.ray import RayExecutor
 
         pool = RayExecutor(num_cpus=workers)  # starts a local Ray with `workers` CPUs
     elif workers > 1:
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(_fmt(f"wdstream convert, local, 1 worker, half ({len(half)} files)", ch,
                          raw_half))
 
-        from wdstream.demo import loopback_s3
+        from wdstream.demo.s3 import loopback_s3
 
         with loopback_s3("bench") as opts:
             import s3fs

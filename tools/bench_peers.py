@@ -3,7 +3,7 @@ read it back with the same decode, in turns, from a local folder and from a loop
 
 Systems (a row each, always; a system that is not installed, or cannot do a setting, says so):
 
-  wdstream     ``wdstream.convert.convert`` -> ``wdstream.make_loader`` (its WebLoader)
+  wdstream     ``wdstream.write.convert.convert`` -> ``wdstream.make_loader`` (its WebLoader)
   webdataset   ``wds.ShardWriter`` (local, then uploaded by its ``post=`` hook) ->
                ``wds.WebDataset(...).shuffle().map().batched()`` + ``wds.WebLoader``
   hf-parquet   ``datasets.Dataset.from_parquet(...).to_parquet(url)`` ->
@@ -16,7 +16,7 @@ Systems (a row each, always; a system that is not installed, or cannot do a sett
 The source is a Hugging Face parquet dataset built by ``wdstream.sources.sample_data`` (real-size
 JPEG/PNG images of 400-1000 px, 2 s FLAC clips, a caption), cached under ``.bench/``. Every
 system stores the same bytes (no re-encoding) and every reader applies the same function to
-each sample: ``wdstream.decode.SampleDecoder`` (resize + centre crop to 224, audio to 16 kHz,
+each sample: ``wdstream.read.decode.SampleDecoder`` (resize + centre crop to 224, audio to 16 kHz,
 ByT5 tokenization) then ``wdstream.collate.collate``, at the same batch size, with shuffling on.
 
 Each conversion and each read runs in a child process (``--python`` picks its interpreter, so
@@ -77,7 +77,7 @@ class System:
 
 
 SYSTEMS = {s.name: s for s in [
-    System("wdstream", "wdstream.loader", "pip install -e .",
+    System("wdstream", "wdstream.read.loader", "pip install -e .",
            notes="writes straight to the store; streams shards (ranged GETs)"),
     System("webdataset", "webdataset", "pip install webdataset",
            notes="writes locally, uploads each shard (post= hook); reads S3 through an "
@@ -105,7 +105,7 @@ def build_source(cache: str, n: int) -> str:
     if os.path.exists(done):
         return folder
     shutil.rmtree(folder, ignore_errors=True)
-    from wdstream.sources.sample_data import build_parquet_dataset
+    from wdstream.demo.data import build_parquet_dataset
 
     t = time.perf_counter()
     build_parquet_dataset(folder, n, n_files=8, image_size=(400, 1000), audio_seconds=2.0,
@@ -142,7 +142,7 @@ def iter_source(source: str):
 
 def tar_fields(fields: dict) -> dict:
     """Source fields as WebDataset members named by their real format (png stays png)."""
-    from wdstream.schema import audio_ext, image_ext
+    from wdstream.format.schema import audio_ext, image_ext
 
     return {image_ext(fields["img"]) or "jpg": fields["img"],
             audio_ext(fields["audio"]) or "flac": fields["audio"],
@@ -222,7 +222,7 @@ def start_s3():
 # =========================================================================== writers (child)
 
 def write_wdstream(source: str, url: str, store: Store, staging: str, workers: int) -> None:
-    from wdstream.convert import convert
+    from wdstream.write.convert import convert
 
     convert(source, url, workers=workers, quiet=True, max_shard_bytes=SHARD_BYTES,
             max_samples_per_shard=10**7, storage_options=store.storage_options)
@@ -309,8 +309,8 @@ class DecodeCollate:
     """The one decode for every system: SampleDecoder on each sample, then collate."""
 
     def __init__(self, config, tokenizer):
-        from wdstream.decode import SampleDecoder
-        from wdstream.tokenizer import pad_token_id
+        from wdstream.read.decode import SampleDecoder
+        from wdstream.read.tokenizer import pad_token_id
 
         self.decoder = SampleDecoder(config, tokenizer)
         self.config = config
@@ -325,7 +325,7 @@ class DecodeCollate:
                              "txt": txt.encode() if isinstance(txt, str) else txt})
 
     def batch(self, samples: list[dict]) -> dict:
-        from wdstream.collate import collate
+        from wdstream.read.collate import collate
 
         return collate(samples, self.config, pad_token_id=self.pad)
 
@@ -443,7 +443,7 @@ def child_main(job: dict) -> dict:
         return {"seconds": time.perf_counter() - t}
 
     from wdstream.config import Config
-    from wdstream.tokenizer import load_tokenizer
+    from wdstream.read.tokenizer import load_tokenizer
 
     config = Config(batch_size=job["batch_size"], pin_memory="false", seed=0)
     tokenizer = load_tokenizer(config)
@@ -724,7 +724,7 @@ def render_markdown(res: Results, args) -> str:
         f"{args.rounds} rounds in turns; each read: "
         f"{f'the first {args.max_batches} batches of an epoch' if args.max_batches else 'one epoch'}"
         f"; {os.cpu_count()} cores, shared). "
-        "Same decode for every system: `wdstream.decode.SampleDecoder` (resize + centre crop to "
+        "Same decode for every system: `wdstream.read.decode.SampleDecoder` (resize + centre crop to "
         "224, audio to 16 kHz mono, ByT5 tokens) and `wdstream.collate.collate`. Ratios are to "
         "wdstream in the same setting (above 1× means higher than wdstream).",
         "",

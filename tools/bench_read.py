@@ -51,14 +51,14 @@ def build_data(n: int, folder: str, rebuild: bool = False) -> tuple[str, str]:
         return parquet, shards
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
-    from wdstream.sources.sample_data import build_parquet_dataset
+    from wdstream.demo.data import build_parquet_dataset
 
     t = time.perf_counter()
     build_parquet_dataset(parquet, n, n_files=8, image_size=(400, 1000), audio_seconds=2.0,
                           audio_format="FLAC", seed=1)
     print(f"built {n} parquet rows in {time.perf_counter() - t:.0f} s", flush=True)
     t = time.perf_counter()
-    from wdstream.convert import convert
+    from wdstream.write.convert import convert
 
     manifest = convert(parquet, shards, max_samples_per_shard=250, quiet=True, workers=2)
     print(f"converted to {len(manifest.shards)} shards in {time.perf_counter() - t:.0f} s",
@@ -118,7 +118,7 @@ def naive_decode(key: str, text: str, image, audio: bytes | None, config, tokeni
 
 
 def _wds_sample(sample: dict, config, tokenizer) -> dict:
-    from wdstream.schema import find_member
+    from wdstream.format.schema import find_member
 
     image = find_member(sample, "image")
     audio = find_member(sample, "audio")
@@ -158,7 +158,7 @@ def pipe_a(shards, parquet, config, tokenizer, workers):
 def pipe_b(shards, parquet, config, tokenizer, workers):
     import webdataset as wds
 
-    from wdstream.collate import collate
+    from wdstream.read.collate import collate
 
     fn = functools.partial(_wds_sample, config=config, tokenizer=tokenizer)
     ds = (wds.WebDataset(shard_urls(shards), shardshuffle=False, empty_check=False)
@@ -172,7 +172,7 @@ def pipe_b(shards, parquet, config, tokenizer, workers):
 def pipe_c(shards, parquet, config, tokenizer, workers):
     import datasets
 
-    from wdstream.collate import collate
+    from wdstream.read.collate import collate
 
     ds = datasets.load_dataset(parquet, split="train", streaming=True)
     ds = ds.cast_column("image", datasets.Image(decode=False))
@@ -190,7 +190,7 @@ class _RawTar(torch.utils.data.IterableDataset):
         self.urls = urls
 
     def __iter__(self):
-        from wdstream.tario import group_samples, iter_members
+        from wdstream.format.tario import group_samples, iter_members
 
         info = torch.utils.data.get_worker_info()
         urls = self.urls if info is None else self.urls[info.id::info.num_workers]
@@ -219,8 +219,8 @@ _MEMORY: list[dict] = []
 
 
 def pipe_e(shards, parquet, config, tokenizer, workers):
-    from wdstream.collate import collate
-    from wdstream.decode import SampleDecoder
+    from wdstream.read.collate import collate
+    from wdstream.read.decode import SampleDecoder
 
     if not _MEMORY:  # main() loads it before timing; this is for direct calls
         _MEMORY.extend(_RawTar(shard_urls(shards)))
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # DataLoader workers use one thread; the in-process runs match
 
     from wdstream.config import Config
-    from wdstream.tokenizer import load_tokenizer
+    from wdstream.read.tokenizer import load_tokenizer
 
     parquet, shards = build_data(args.samples, os.path.join(args.data, f"read-{args.samples}"),
                                  args.rebuild)

@@ -20,10 +20,10 @@ import time
 
 import torch
 import torch.distributed as dist
+from wdstream.demo.model import TinyMultimodalModel, train_step
 
 import wdstream
-from wdstream.commands.convert import parse_storage_options
-from wdstream.tiny_model import TinyMultimodalModel, train_step
+from wdstream.cli.options import parse_storage_options
 
 
 def parse_sets(items: list[str]) -> dict:

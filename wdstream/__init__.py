@@ -1,23 +1,26 @@
 """wdstream: Hugging Face datasets -> WebDataset shards on any fsspec URL -> PyTorch batches.
 
-Write path: ``convert`` (sources/hf.py -> writer.py -> manifest.py).
-Read path: ``make_loader`` (split.py -> reading.py -> shuffle.py -> decode.py -> collate.py
--> loader.py).
+Two wings over one shard contract:
+
+- write (:mod:`wdstream.write`): ``convert`` — source -> encode -> shard writer -> manifest;
+- read (:mod:`wdstream.read`): ``make_loader`` — manifest/URLs -> plan (split + shuffle) ->
+  shards -> stages (read-ahead, shuffle, decode) -> collate -> loader;
+- the contract (:mod:`wdstream.format`): sample layout, tar I/O, manifest, index.
+
+The heavy parts (torch, datasets) are imported only when first used.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-# Eager on purpose: ``wdstream.convert`` and ``wdstream.collate`` are functions that share their
-# module's name; importing them here binds the function before anything imports the module.
-from .collate import collate  # noqa: E402
 from .config import Config, load_config
-from .convert import convert  # noqa: E402
 from .errors import (
     ConfigError,
     CredentialsError,
     HubUnreachableError,
+    NotFoundError,
     SampleError,
     ShardReadError,
     SourceError,
@@ -25,7 +28,7 @@ from .errors import (
     TooManyErrors,
     WdstreamError,
 )
-from .manifest import Manifest, ShardInfo, load_manifest
+from .format.manifest import Manifest, ShardInfo, load_manifest
 
 __version__ = "0.1.0"
 
@@ -45,6 +48,7 @@ __all__ = [
     "SourceError",
     "HubUnreachableError",
     "StorageError",
+    "NotFoundError",
     "CredentialsError",
     "ShardReadError",
     "SampleError",
@@ -52,17 +56,17 @@ __all__ = [
 ]
 
 _LAZY = {
-    "make_loader": ("wdstream.loader", "make_loader"),
-    "Loader": ("wdstream.loader", "Loader"),
-    "MultimodalDataset": ("wdstream.dataset", "MultimodalDataset"),
+    "convert": ("wdstream.write.convert", "convert"),
+    "make_loader": ("wdstream.read.loader", "make_loader"),
+    "Loader": ("wdstream.read.loader", "Loader"),
+    "collate": ("wdstream.read.collate", "collate"),
+    "MultimodalDataset": ("wdstream.compat", "MultimodalDataset"),
 }
 
 
 def __getattr__(name: str) -> Any:
     """Import the heavy parts (torch, datasets) only when they are used."""
     if name in _LAZY:
-        import importlib
-
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'wdstream' has no attribute {name!r}")

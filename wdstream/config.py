@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["Config", "load_config", "config_fields"]
+__all__ = ["Config", "load_config", "config_fields", "DEPRECATED_KEYS"]
+
+log = logging.getLogger(__name__)
+
+#: Old config keys still accepted (with a warning), and the field each one now sets.
+DEPRECATED_KEYS = MappingProxyType({
+    "shard_cache_dir": "local_cache_dir",
+    "shard_cache_bytes": "local_cache_bytes",
+})
 
 
 @dataclass(kw_only=True)
@@ -47,8 +57,8 @@ class Config:
     pin_memory: str = "auto"  # "auto" (when CUDA is present) | "true" | "false"
     persistent_workers: bool = True
     prefetch_factor: int = 2
-    shard_cache_dir: str | None = None  # optional local LRU cache of whole shards
-    shard_cache_bytes: int = 10 * 2**30
+    local_cache_dir: str | None = None  # optional local LRU folder of whole shards (on disk)
+    local_cache_bytes: int = 10 * 2**30  # bound of that folder, in bytes
     read_block_size: int = 8 * 2**20  # bytes per ranged GET when streaming a shard
     readahead: int = 64  # samples read ahead by a background thread per slot (0: none)
     storage_options: dict[str, Any] = field(default_factory=dict)
@@ -101,6 +111,7 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (unknown names raise ConfigError)."""
+        changes = _rename_deprecated(changes)
         _check_keys(changes)
         return dataclasses.replace(self, **changes)
 
@@ -110,6 +121,18 @@ class Config:
 
 def config_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(Config)]
+
+
+def _rename_deprecated(values: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """``values`` with deprecated keys renamed to their fields (a WARNING for each)."""
+    out = {}
+    for key, value in values.items():
+        new = DEPRECATED_KEYS.get(key)
+        if new is not None:
+            log.warning("config key %r%s is deprecated; use %r", key, where, new)
+            key = new
+        out[key] = value
+    return out
 
 
 def _check_keys(keys, where: str = "") -> None:
@@ -134,7 +157,9 @@ def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Conf
             data = yaml.safe_load(f) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+        data = _rename_deprecated(data, f" in {path}")
         _check_keys(data, f" in {path}")
+    overrides = _rename_deprecated(overrides)
     _check_keys(overrides)
     data.update({k: v for k, v in overrides.items()})
     return Config(**data)

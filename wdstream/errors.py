@@ -18,6 +18,7 @@ __all__ = [
     "HubUnreachableError",
     "ColumnError",
     "StorageError",
+    "NotFoundError",
     "CredentialsError",
     "ShardReadError",
     "SampleError",
@@ -78,6 +79,10 @@ class StorageError(WdstreamError, OSError):
     """An output or input location cannot be written or read."""
 
 
+class NotFoundError(StorageError, FileNotFoundError):
+    """An object, prefix or bucket that should exist does not."""
+
+
 class CredentialsError(StorageError):
     """Object-store credentials are missing or rejected."""
 
@@ -87,11 +92,22 @@ class ShardReadError(WdstreamError, OSError):
 
 
 class SampleError(WdstreamError, ValueError):
-    """One sample cannot be decoded or is incomplete."""
+    """One sample cannot be decoded or is incomplete. ``reason`` is the short counted reason
+    (``"bad_image"``, ``"missing text"``...); the message says more."""
+
+    def __init__(self, message: str, *, reason: str | None = None, url: str | None = None,
+                 shard: str | None = None, key: str | None = None):
+        super().__init__(message, url=url, shard=shard, key=key)
+        self.reason = reason or message
 
 
 class SkipSample(SampleError):
-    """Raised by a stage to drop one sample; counted against the error budget."""
+    """Raised by a stage to drop one sample; counted against the error budget. Its message is
+    the reason."""
+
+    def __init__(self, reason: str, *, url: str | None = None, shard: str | None = None,
+                 key: str | None = None):
+        super().__init__(reason, reason=reason, url=url, shard=shard, key=key)
 
 
 class TooManyErrors(WdstreamError, RuntimeError):

@@ -28,125 +28,19 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import ColumnError, ConfigError
+from .template import TextTemplate, check_template
 
 __all__ = [
     "TASK_TYPES",
     "Entry",
-    "TextTemplate",
     "load_registry",
     "get_registry",
     "select_datasets",
-    "convert_entry",
     "registry_path",
 ]
 
 TASK_TYPES = ("text", "code", "math", "vision", "audio")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-# A format field: a column name, then any number of [index] parts: caption[0], meta[lang].
-_FIELD_RE = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]+\])*)$")
-_INDEX_RE = re.compile(r"\[([^\[\]]+)\]")
-
-
-def _parse_field(field_name: str, where: str) -> tuple[str, tuple[int | str, ...]]:
-    m = _FIELD_RE.match(field_name)
-    if not m or "." in m.group(1):
-        raise ConfigError(f"{where}: bad template field {{{field_name}}}; use a column name, "
-                          f"optionally indexed, e.g. {{caption}} or {{caption[0]}}")
-    index = tuple(int(i) if i.lstrip("-").isdigit() else i
-                  for i in _INDEX_RE.findall(m.group(2)))
-    return m.group(1), index
-
-
-def _template_lines(template: str, where: str):
-    """``[(literal/field parts, has_fields)]`` per template line, parsed once."""
-    import string
-
-    lines = []
-    for line in template.split("\n"):
-        parts: list[tuple[str, tuple[str, tuple, str, str | None] | None]] = []
-        try:
-            parsed = list(string.Formatter().parse(line))
-        except ValueError as exc:
-            raise ConfigError(f"{where}: bad text template {template!r}: {exc}") from exc
-        for literal, field_name, spec, conv in parsed:
-            if literal:
-                parts.append((literal, None))
-            if field_name is not None:
-                if field_name == "" or field_name.isdigit():
-                    raise ConfigError(f"{where}: template fields must name a column, "
-                                      f"not {{{field_name}}}")
-                column, index = _parse_field(field_name, where)
-                parts.append(("", (column, index, spec or "", conv)))
-        lines.append((parts, any(p[1] is not None for p in parts)))
-    return lines
-
-
-class TextTemplate:
-    """A text template over a row's columns: ``"{instruction}\n{input}\n{output}"``.
-
-    ``None`` and missing list items format as empty; a line whose fields are all empty is
-    dropped (so an empty ``input`` leaves no blank line). Used by registry entries when
-    streaming and by the converter (``--text-template``); picklable.
-    """
-
-    def __init__(self, template: str, where: str = "text template"):
-        self.template = template
-        self.where = where
-        self._lines = tuple(_template_lines(template, where))
-
-    def __reduce__(self):
-        return (TextTemplate, (self.template, self.where))
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        """The columns the template reads, in order of first use."""
-        seen: list[str] = []
-        for parts, _ in self._lines:
-            for _, spec in parts:
-                if spec is not None and spec[0] not in seen:
-                    seen.append(spec[0])
-        return tuple(seen)
-
-    def render(self, row: Mapping[str, Any]) -> str:
-        """The text of ``row``. Raises ColumnError if a template column is not in the row."""
-        out: list[str] = []
-        for parts, has_fields in self._lines:
-            pieces: list[str] = []
-            any_value = False
-            for literal, spec in parts:
-                if spec is None:
-                    pieces.append(literal)
-                    continue
-                value = self._value(row, spec[0], spec[1])
-                if value is None:
-                    continue
-                if spec[3]:
-                    value = {"r": repr, "s": str, "a": ascii}[spec[3]](value)
-                text = format(value, spec[2])
-                any_value = any_value or bool(text.strip())
-                pieces.append(text)
-            if has_fields and not any_value:
-                continue
-            out.append("".join(pieces))
-        return "\n".join(out)
-
-    def _value(self, row: Mapping[str, Any], column: str, index: tuple) -> Any:
-        try:
-            value = row[column]
-        except KeyError:
-            raise ColumnError(
-                f"{self.where}: column {column!r} is not in the row (columns: {sorted(row)}); "
-                f"fix the text template", key=column) from None
-        for i in index:
-            try:
-                value = value[i]
-            except (IndexError, KeyError, TypeError):
-                return None
-            if value is None:
-                return None
-        return value
-
-
 @dataclass(frozen=True)
 class Entry:
     """One registry entry: where a Hub dataset lives and how its columns map onto a sample."""
@@ -181,7 +75,7 @@ class Entry:
         object.__setattr__(self, "columns", tuple(self.columns))
         if not self.text_template and not (self.image_column or self.audio_column):
             raise ConfigError(f"{where}: give a text_template, an image_column or an audio_column")
-        _template_lines(self.text_template, where)  # a bad template fails at load time
+        check_template(self.text_template, where)  # a bad template fails at load time
         if self.columns:
             missing = [c for c in self.required_columns if c not in self.columns]
             if missing:
@@ -216,11 +110,6 @@ class Entry:
                 f"source has {have}. Fix the entry in configs/datasets.yaml (or pass "
                 f"--image-column/--audio-column/--text-columns).", key=missing[0])
 
-    # --- mapping a row ---------------------------------------------------------------------
-    def row_to_text(self, row: Mapping[str, Any]) -> str:
-        """The text of ``row`` formed by the template (see :class:`TextTemplate`)."""
-        return self.template.render(row)
-
     # --- use -------------------------------------------------------------------------------
     def load_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``datasets.load_dataset`` (``path``, ``name``, ``split``,
@@ -229,11 +118,6 @@ class Entry:
         if self.config:
             kw["name"] = self.config
         return kw
-
-    def config_overrides(self) -> dict[str, Any]:
-        """The column-mapping fields of :class:`wdstream.config.Config` for this entry."""
-        return {"image_column": self.image_column, "audio_column": self.audio_column,
-                "text_columns": self.template_columns, "split": self.split}
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
@@ -350,25 +234,3 @@ def select_datasets(dataset_name: str | None = None, task_type: str | None = Non
         raise ConfigError(f"dataset {entry.name!r} is of task type(s) {list(entry.task_types)}, "
                           f"not {task_type!r}; drop task_type or use dataset_name='all'")
     return [entry]
-
-
-def __getattr__(name: str):
-    # ``wdstream.registry.registry``: the default registry, read-only (fsspec's style).
-    if name == "registry":
-        return get_registry()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def convert_entry(entry: Entry, output: str, config=None, **overrides: Any):
-    """Convert one registry dataset with its column mapping and text template (see
-    :func:`wdstream.convert`); returns the Manifest."""
-    from .config import Config
-    from .convert import convert
-
-    config = (config or Config()).replace(
-        image_column=entry.image_column, audio_column=entry.audio_column,
-        text_columns=entry.template_columns, text_template=entry.text_template or None,
-        **overrides)
-    return convert(entry.hub_id, output, name=entry.config, split=entry.split,
-                   revision=entry.revision, config=config)
-

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 import fsspec
 import fsspec.core
 
-from .errors import CredentialsError, StorageError, redact
+from .errors import CredentialsError, NotFoundError, StorageError, redact
 
 __all__ = [
     "url_to_fs",
@@ -86,8 +86,8 @@ def translate_error(exc: BaseException, url: str, action: str) -> StorageError:
         return CredentialsError(
             f"cannot {action} {shown}: access denied; check the credentials' permissions "
             f"for this bucket/prefix", url=url)
-    if isinstance(exc, FileNotFoundError) or "NoSuchBucket" in text:
-        return StorageError(
+    if isinstance(exc, FileNotFoundError) or "NoSuchBucket" in text or "NoSuchKey" in text:
+        return NotFoundError(
             f"cannot {action} {shown}: it does not exist (missing bucket or prefix?)", url=url)
     if "Connect" in text or "Could not connect" in text or "EndpointConnectionError" in text:
         return StorageError(

@@ -1,0 +1,49 @@
+"""Helpers the tests share (import them with ``from helpers import ...``; pytest puts this
+folder on ``sys.path`` because ``conftest.py`` lives here)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from wdstream.config import Config
+from wdstream.demo.data import encode_audio, encode_image
+from wdstream.format.manifest import Manifest
+from wdstream.format.schema import make_key
+from wdstream.write.writer import ShardWriter
+
+__all__ = ["small_config", "write_test_shards"]
+
+
+def small_config(**overrides) -> Config:
+    """A Config with small decode sizes and no persistent workers, so tests run fast; bind a
+    module's own defaults with ``functools.partial(small_config, batch_size=..., ...)``."""
+    base = dict(batch_size=4, num_workers=0, cache_size=8, vision_dim=16, max_audio_length=200,
+                max_text_length=16, persistent_workers=False)
+    base.update(overrides)
+    return Config(**base)
+
+
+def write_test_shards(url: str, sizes: list[int], *, storage_options=None, seed: int = 0,
+                      image: bool = True, audio: bool = True, text: bool = True,
+                      image_px=(40, 80)):
+    """Write real (non-synthetic) samples, JPEG/PNG + FLAC + text, as shards of the given
+    sizes (one writer partition each) plus a manifest; returns the Manifest."""
+    rng = random.Random(seed)
+    shards = []
+    for part, n in enumerate(sizes):
+        w = ShardWriter(url, part, max_samples=max(1, n), storage_options=storage_options)
+        for row in range(n):
+            fields = {}
+            if text:
+                fields["txt"] = f"caption {part}-{row}".encode()
+            if image:
+                fields["jpg"] = encode_image(rng, rng.randint(*image_px), rng.randint(*image_px))
+            if audio:
+                fields["flac"] = encode_audio(rng, 0.1)
+            fields["json"] = json.dumps({"source": "testdata", "row": row}).encode()
+            w.write(make_key(part, row), fields)
+        shards += w.close()
+    m = Manifest(shards=shards, source={"name": "testdata"}, base_url=url.rstrip("/"))
+    m.save(url, storage_options)
+    return m

@@ -1,0 +1,102 @@
+"""Shard reading: the local shard cache (LRU, byte bound) and shards over plain HTTP."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from helpers import small_config, write_test_shards
+
+import wdstream
+
+cfg = partial(small_config, batch_size=4, num_workers=0, cache_size=8, vision_dim=16, max_audio_length=100, max_text_length=16)
+
+
+def test_shard_cache_keeps_recent_shards_within_its_byte_bound(tmp_path):
+    src = str(tmp_path / "ds")
+    m = write_test_shards(src, [8, 8, 8], audio=False)
+    biggest = max(s.bytes for s in m.shards)
+    cache_dir = tmp_path / "cache"
+    config = cfg(local_cache_dir=str(cache_dir), local_cache_bytes=2 * biggest + 10)
+    keys0 = [k for b in wdstream.make_loader(src, config) for k in b["keys"]]
+    cached = [f for f in os.listdir(cache_dir) if ".partial-" not in f]
+    assert 1 <= len(cached) <= 2  # LRU eviction keeps it under the bound
+    assert sum(os.path.getsize(cache_dir / f) for f in cached) <= 2 * biggest + 10
+    # the cached copies are byte-identical to the shards
+    by_name = {s.url: s for s in m.shards}
+    for f in cached:
+        name = f.split("-", 1)[1]
+        assert (cache_dir / f).read_bytes() == (tmp_path / "ds" / name).read_bytes()
+        assert by_name[name].bytes == os.path.getsize(cache_dir / f)
+    keys1 = [k for b in wdstream.make_loader(src, config) for k in b["keys"]]
+    assert keys0 == keys1 and len(set(keys0)) == 24
+
+
+
+class RangeHandler(SimpleHTTPRequestHandler):
+    """http.server plus single byte ranges (what fsspec's HTTP filesystem asks for)."""
+
+    def log_message(self, *args):
+        pass
+
+    def send_head(self):
+        m = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        path = self.translate_path(self.path)
+        if not m or not os.path.isfile(path):
+            return super().send_head()
+        size = os.path.getsize(path)
+        start = int(m.group(1))
+        end = min(int(m.group(2)) if m.group(2) else size - 1, size - 1)
+        f = open(path, "rb")  # noqa: SIM115 - closed by copyfile's caller
+        f.seek(start)
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        self._remaining = end - start + 1
+        return _Limited(f, end - start + 1)
+
+
+class _Limited:
+    def __init__(self, f, n):
+        self.f, self.n = f, n
+
+    def read(self, size=-1):
+        if self.n <= 0:
+            return b""
+        data = self.f.read(self.n if size < 0 else min(size, self.n))
+        self.n -= len(data)
+        return data
+
+    def close(self):
+        self.f.close()
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(RangeHandler, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_manifest_over_http_in_exact_mode(http_root):
+    root, url = http_root
+    write_test_shards(str(root / "ds"), [10, 7])
+    loader = wdstream.make_loader(f"{url}/ds/manifest.json", cfg(num_workers=2), rank=1, world=2)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 17 // 8
+    assert all(b["pixel_values"].shape == (4, 3, 16, 16) for b in batches)
+
+
+def test_missing_http_source_names_the_url(http_root):
+    _, url = http_root
+    with pytest.raises(wdstream.StorageError, match=f"{url}/nothing/manifest.json"):
+        wdstream.make_loader(f"{url}/nothing", cfg())

@@ -1,0 +1,143 @@
+"""The package's layout rules, checked on its imports (read with ``ast``, imports inside
+functions included):
+
+- ``read/`` never imports ``write/``, and ``write/`` never imports ``read/``;
+- ``format/`` and the shared modules (config, errors, storage, hub, template, registry) import
+  neither wing;
+- the library never imports ``cli/`` (only ``wdstream/__main__.py`` does);
+- there are no import cycles between modules (a package's ``__init__`` re-exporting its own
+  modules excepted);
+- imports of the package's own modules inside functions are kept for start-up time and
+  optional extras: at most ``MAX_INNER`` of them, each listed in ``ALLOWED_INNER``.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(__file__), os.pardir, "wdstream")
+SHARED = {"config", "errors", "storage", "hub", "template", "registry"}
+#: (importing module, imported module) pairs allowed inside a function, and why
+ALLOWED_INNER = {
+    ("wdstream.cli.demo", "wdstream.demo.run"): "start-up time: torch, datasets, moto",
+    ("wdstream.write.executors", "wdstream.write.executors.ray"): "optional extra: ray",
+}
+MAX_INNER = 15
+
+
+def _modules() -> dict[str, str]:
+    mods = {}
+    for folder, _, files in os.walk(ROOT):
+        for f in files:
+            if f.endswith(".py"):
+                path = os.path.join(folder, f)
+                rel = os.path.relpath(path, os.path.dirname(ROOT))[:-3].replace(os.sep, ".")
+                mods[rel.removesuffix(".__init__")] = path
+    return mods
+
+
+MODULES = _modules()
+
+
+def _resolve(module: str, node: ast.AST) -> list[str]:
+    """The package modules an import statement loads (``from . import x`` included)."""
+    if isinstance(node, ast.ImportFrom):
+        if node.level:
+            base = module.split(".")
+            is_pkg = MODULES[module].endswith("__init__.py")
+            base = base[: len(base) - node.level + (1 if is_pkg else 0)]
+            name = ".".join(base + ([node.module] if node.module else []))
+        else:
+            name = node.module or ""
+        names = [name] + [f"{name}.{a.name}" for a in node.names]
+    else:
+        names = [a.name for a in node.names]
+    return [n for n in names if n in MODULES]
+
+
+def _imports() -> tuple[dict[str, set[str]], list[tuple[str, str]]]:
+    """``(edges, inner)``: module -> modules it imports; and the in-function imports."""
+    edges: dict[str, set[str]] = {}
+    inner: list[tuple[str, str]] = []
+    for module, path in MODULES.items():
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        top = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                targets = [t for t in _resolve(module, node) if t != module]
+                edges.setdefault(module, set()).update(targets)
+                if id(node) not in top:
+                    inner += [(module, t) for t in targets]
+    return edges, inner
+
+
+EDGES, INNER = _imports()
+
+
+def _wing(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 else None
+
+
+def _top(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_the_layout_is_what_the_rules_talk_about():
+    for wing in ("read", "write", "format", "cli", "demo"):
+        assert f"wdstream.{wing}" in MODULES, wing
+    assert {"wdstream.compat", "wdstream.registry", "wdstream.template"} <= set(MODULES)
+    assert sum(len(v) for v in EDGES.values()) > 100  # the walker really sees the imports
+
+
+@pytest.mark.parametrize("a, b", [("read", "write"), ("write", "read"), ("format", "read"),
+                                  ("format", "write")])
+def test_wings_do_not_import_each_other(a, b):
+    bad = sorted(f"{m} -> {t}" for m, ts in EDGES.items() if _wing(m) == a
+                 for t in ts if _wing(t) == b)
+    assert bad == []
+
+
+def test_shared_modules_import_no_wing():
+    bad = sorted(f"{m} -> {t}" for m, ts in EDGES.items() if _top(m) in SHARED
+                 for t in ts if _wing(t) in ("read", "write", "cli", "demo"))
+    assert bad == []
+
+
+def test_the_library_never_imports_the_cli():
+    bad = sorted(f"{m} -> {t}" for m, ts in EDGES.items()
+                 if _wing(m) != "cli" and m != "wdstream.__main__"
+                 for t in ts if _wing(t) == "cli" or t == "wdstream.cli")
+    assert bad == []
+
+
+def test_no_import_cycles():
+    graph = {m: {t for t in ts if not MODULES[t].endswith("__init__.py")}
+             for m, ts in EDGES.items() if not MODULES[m].endswith("__init__.py")}
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append(path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
+
+
+def test_imports_inside_functions_are_few_and_justified():
+    unexplained = sorted(f"{m} -> {t}" for m, t in INNER if (m, t) not in ALLOWED_INNER)
+    assert unexplained == []
+    assert len(INNER) <= MAX_INNER

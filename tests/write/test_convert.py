@@ -1,0 +1,303 @@
+"""The converter on a local folder: round trip, byte identity, keys, manifest, bad rows,
+errors, determinism across workers, re-runs. Sources are small HF parquet datasets built here."""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import logging
+import os
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from wdstream import storage
+from wdstream.errors import (
+    ColumnError,
+    ConfigError,
+    HubUnreachableError,
+    SkipSample,
+    SourceError,
+    StorageError,
+)
+from wdstream.format.manifest import load_manifest
+from wdstream.format.tario import group_samples, iter_members
+from wdstream.write.convert import convert
+from wdstream.write.encode import ColumnMap, RowEncoder, encode_pil_image
+from wdstream.write.sources.hf import resolve_columns
+
+
+def read_samples(url, storage_options=None):
+    """Every sample of a converted dataset, in manifest order."""
+    m = load_manifest(url, storage_options)
+    out = []
+    for shard_url in m.shard_urls():
+        with storage.open_read(shard_url, storage_options) as f:
+            out.extend(group_samples(iter_members(f, name=shard_url)))
+    return out
+
+
+def source_rows(folder):
+    """Rows of each parquet file (= each partition) as Python dicts, in file order."""
+    files = sorted(glob.glob(os.path.join(folder, "data", "*.parquet")))
+    return [pq.read_table(f).to_pylist() for f in files]
+
+
+@pytest.fixture(scope="module")
+def converted(small_hf_dataset, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("out") / "ds")
+    manifest = convert(small_hf_dataset, out, max_samples_per_shard=5, workers=1, quiet=True)
+    return out, manifest
+
+
+def test_round_trip_keeps_every_row_and_its_bytes(small_hf_dataset, converted):
+    out, manifest = converted
+    samples = read_samples(out)
+    parts = source_rows(small_hf_dataset)
+    assert manifest.samples == len(samples) == sum(len(p) for p in parts) == 48
+    keys = [s["__key__"] for s in samples]
+    assert len(set(keys)) == 48 and all("." not in k for k in keys)
+    for s in samples:
+        p, r = (int(x) for x in s["__key__"].split("_"))
+        row = parts[p][r]
+        image = row["image"]["bytes"]
+        ext = "png" if image.startswith(b"\x89PNG") else "jpg"
+        assert s[ext] == image  # byte for byte, no re-encode
+        assert s["flac"] == row["audio"]["bytes"]
+        assert s["txt"].decode() == row["text"]
+        meta = json.loads(s["json"])
+        assert meta == {"source": small_hf_dataset, "id": row["id"], "label": row["label"]}
+        assert set(s) == {"__key__", ext, "flac", "txt", "json"}
+
+
+def test_manifest_describes_the_shards(small_hf_dataset, converted):
+    out, manifest = converted
+    data = json.loads(open(os.path.join(out, "manifest.json")).read())
+    assert data["samples"] == 48
+    assert data["source"] == {"name": small_hf_dataset, "config": None, "split": "train",
+                              "revision": None, "data_files": None}
+    assert data["skipped"] == {}
+    assert set(data["fields"]) == {"flac", "jpg", "png", "json", "txt"}
+    assert "storage_options" not in json.dumps(data)
+    # 4 partitions of 12 rows, 5 per shard -> 3 shards each, in partition order
+    assert [s["url"] for s in data["shards"]] == [
+        f"shard-{p:05d}-{q:05d}.tar" for p in range(4) for q in range(3)]
+    assert [s["samples"] for s in data["shards"]] == [5, 5, 2] * 4
+    import hashlib
+
+    for s in data["shards"]:
+        blob = open(os.path.join(out, s["url"]), "rb").read()
+        assert len(blob) == s["bytes"]
+        assert hashlib.sha256(blob).hexdigest() == s["sha256"]
+        index = json.loads(open(os.path.join(out, s["index"])).read())
+        assert len(index["offsets"]) == s["samples"] + 1
+    records = sorted(os.listdir(os.path.join(out, "_partitions")))
+    assert records == ["_job.json"] + [f"part-{p:05d}.json" for p in range(4)]
+    assert not [n for n in os.listdir(out) if ".partial-" in n]
+
+
+def test_rerun_of_a_finished_job_changes_nothing(small_hf_dataset, converted, caplog):
+    out, manifest = converted
+    before = {n: (os.stat(os.path.join(out, n)).st_mtime_ns,
+                  open(os.path.join(out, n), "rb").read())
+              for n in os.listdir(out) if os.path.isfile(os.path.join(out, n))}
+    with caplog.at_level(logging.INFO, logger="wdstream"):
+        again = convert(small_hf_dataset, out, max_samples_per_shard=5, workers=1, quiet=True)
+    after = {n: (os.stat(os.path.join(out, n)).st_mtime_ns,
+                 open(os.path.join(out, n), "rb").read())
+             for n in os.listdir(out) if os.path.isfile(os.path.join(out, n))}
+    assert after == before
+    assert again.samples == manifest.samples
+    assert "is complete" in caplog.text and "nothing to do" in caplog.text
+
+
+def test_rerun_with_other_options_is_refused(small_hf_dataset, converted):
+    out, _ = converted
+    with pytest.raises(ConfigError, match="other options.*max_samples_per_shard|other options"):
+        convert(small_hf_dataset, out, max_samples_per_shard=7, workers=1, quiet=True)
+
+
+@pytest.mark.slow
+def test_same_output_whatever_the_number_of_workers(small_hf_dataset, converted, tmp_path):
+    _, one = converted
+    two = convert(small_hf_dataset, str(tmp_path / "w2"), max_samples_per_shard=5, workers=2,
+                  quiet=True)
+    assert [(s.url, s.sha256, s.samples) for s in two.shards] == \
+        [(s.url, s.sha256, s.samples) for s in one.shards]
+
+
+def test_parquet_builder_with_data_files_and_limit(small_hf_dataset, tmp_path):
+    files = sorted(glob.glob(os.path.join(small_hf_dataset, "data", "*.parquet")))
+    m = convert("parquet", str(tmp_path / "o"), data_files=files[:2], max_samples_per_shard=100,
+                quiet=True, workers=1)
+    assert m.samples == 24 and m.source["name"] == "parquet"
+    assert m.source["data_files"] == files[:2] and m.options["partitions"] == 2
+    lim = convert("parquet", str(tmp_path / "lim"), data_files=files, limit=17, quiet=True,
+                  workers=1)
+    samples = read_samples(str(tmp_path / "lim"))
+    # the first 17 rows in source order, as one partition: keys as in a full conversion
+    assert lim.samples == 17
+    first = source_rows(small_hf_dataset)
+    expected = [r["text"] for part in first for r in part][:17]
+    assert [s["txt"].decode() for s in samples] == expected
+
+
+def test_shards_cut_at_max_bytes(small_hf_dataset, tmp_path):
+    m = convert(small_hf_dataset, str(tmp_path / "o"), max_samples_per_shard=1000,
+                max_shard_bytes=40_000, quiet=True, workers=1)
+    assert m.samples == 48
+    assert all(s.bytes <= 40_000 for s in m.shards)
+    assert len(m.shards) > 4
+
+
+@pytest.fixture(scope="module")
+def corrupt_dataset(tmp_path_factory):
+    from wdstream.demo.data import build_parquet_dataset
+
+    folder = str(tmp_path_factory.mktemp("corrupt"))
+    return build_parquet_dataset(folder, 16, n_files=2, corrupt_image_rows=(2, 11),
+                                 corrupt_audio_rows=(5,))
+
+
+def test_corrupt_images_and_audio_are_skipped_and_counted(corrupt_dataset, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        m = convert(corrupt_dataset, str(tmp_path / "o"), quiet=True, workers=1)
+    assert m.samples == 13
+    assert m.skipped == {"bad_image": 2, "bad_audio": 1}
+    data = json.loads(open(tmp_path / "o" / "manifest.json").read())
+    assert data["skipped"] == {"bad_audio": 1, "bad_image": 2}
+    keys = {s["__key__"] for s in read_samples(str(tmp_path / "o"))}
+    # rows 2 and 5 are in partition 0 (rows 0-7), row 11 is row 3 of partition 1
+    assert {"00000_000000002", "00000_000000005", "00001_000000003"}.isdisjoint(keys)
+    assert "00000_000000003" in keys and len(keys) == 13
+    assert "00000_000000002" in caplog.text and "bad_image" in caplog.text
+
+
+def test_bad_rows_stop_the_job_when_not_skipped(corrupt_dataset, tmp_path):
+    from wdstream.errors import TooManyErrors
+
+    with pytest.raises(TooManyErrors, match="bad_image"):
+        convert(corrupt_dataset, str(tmp_path / "o"), quiet=True, workers=1,
+                skip_bad_rows=False)
+    assert not os.path.exists(tmp_path / "o" / "manifest.json")
+
+
+# ------------------------------------------------------------------ errors
+
+def test_nonexistent_local_source(tmp_path):
+    with pytest.raises(SourceError, match="does not exist") as e:
+        convert(str(tmp_path / "nope"), str(tmp_path / "o"), quiet=True)
+    assert "nope" in str(e.value)
+
+
+def test_nonexistent_data_files(tmp_path):
+    with pytest.raises(SourceError, match="does not exist or has no data"):
+        convert("parquet", str(tmp_path / "o"), data_files=[str(tmp_path / "none-*.parquet")],
+                quiet=True)
+
+
+def test_unreachable_hub_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubUnreachableError, match="HF_HUB_OFFLINE"):
+        convert("someone/some-dataset", str(tmp_path / "o"), quiet=True)
+
+
+def test_unreachable_hub_fails_fast_on_a_closed_port(tmp_path):
+    """With offline mode unset and HF_ENDPOINT on a closed port, the error comes in seconds
+    (huggingface_hub alone retries for more than 20 s here)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_ENDPOINT="http://127.0.0.1:9")
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("HF_DATASETS_OFFLINE", None)
+    code = ("import sys, time; from wdstream.write.convert import convert\n"
+            "from wdstream.errors import HubUnreachableError\n"
+            "t = time.monotonic()\n"
+            "try:\n"
+            f"    convert('someone/some-dataset', {str(tmp_path / 'o')!r}, quiet=True)\n"
+            "except HubUnreachableError as e:\n"
+            "    print('ERR', round(time.monotonic() - t, 1), e)\n")
+    t = time.monotonic()
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert "ERR" in res.stdout, res.stderr[-2000:]
+    assert "127.0.0.1:9" in res.stdout and "cannot reach the Hugging Face Hub" in res.stdout
+    took = float(res.stdout.split("ERR", 1)[1].split()[0])
+    assert took < 15, (took, time.monotonic() - t)  # the probe timeout is 3 s
+
+
+def test_missing_column_names_it_and_lists_columns(small_hf_dataset, tmp_path):
+    with pytest.raises(ColumnError) as e:
+        convert(small_hf_dataset, str(tmp_path / "o"), image_column="picture", quiet=True)
+    msg = str(e.value)
+    assert "'picture'" in msg and "does not exist" in msg
+    for col in ("image", "audio", "text", "id", "label"):
+        assert f"'{col}'" in msg
+
+
+def test_unwritable_output(small_hf_dataset, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(StorageError, match="cannot write") as e:
+        convert(small_hf_dataset, str(blocker / "out"), quiet=True)
+    assert "a-file/out" in str(e.value)
+
+
+# ------------------------------------------------------------------ columns and rows
+
+def test_resolve_columns_from_features():
+    import datasets
+
+    feats = datasets.Features({"caption": datasets.Value("string"),
+                               "url": datasets.Value("string"), "img": datasets.Image(),
+                               "img2": datasets.Image(), "sound": datasets.Audio(),
+                               "n": datasets.Value("int32")})
+    cols = resolve_columns(list(feats), feats)
+    assert cols == ColumnMap(image="img", audio="sound", text=("caption",),
+                             extra=("url", "n"), dropped=("img2",))
+    named = resolve_columns(list(feats), feats, image="img2", text=["url", "caption"])
+    assert named.image == "img2" and named.text == ("url", "caption")
+    assert named.dropped == ("img",)
+    with pytest.raises(ColumnError, match="'nope' does not exist"):
+        resolve_columns(list(feats), feats, audio="nope")
+
+
+def test_decoded_pil_images_are_encoded_once():
+    from PIL import Image
+
+    enc = RowEncoder(ColumnMap(image="image", text=("text",)), "gen")
+    rgb = Image.new("RGB", (10, 6), (200, 10, 10))
+    fields = enc({"image": rgb, "text": "hi"}, "k")
+    assert set(fields) == {"jpg", "txt", "json"}
+    assert Image.open(io.BytesIO(fields["jpg"])).size == (10, 6)
+    rgba = Image.new("RGBA", (4, 4), (1, 2, 3, 4))
+    ext, data = encode_pil_image(rgba)
+    assert ext == "png" and Image.open(io.BytesIO(data)).getpixel((0, 0)) == (1, 2, 3, 4)
+    ext, _ = encode_pil_image(Image.new("L", (4, 4)))
+    assert ext == "png"
+
+
+def test_row_encoder_audio_extension_and_bad_bytes():
+    import random
+
+    from wdstream.demo.data import encode_audio
+
+    enc = RowEncoder(ColumnMap(audio="a"), "src")
+    wav = encode_audio(random.Random(0), 0.1, fmt="WAV")
+    assert "wav" in enc({"a": {"bytes": wav, "path": "x.wav"}}, "k")
+    with pytest.raises(SkipSample, match="bad_audio"):
+        enc({"a": {"bytes": b"RIFF\x00\x00\x00\x00WAVEjunk", "path": None}}, "k")
+    with pytest.raises(SkipSample, match="audio_empty"):
+        enc({"a": {"bytes": b"", "path": None}}, "k")
+    # non-JSON values in other columns are made JSON-safe
+    enc2 = RowEncoder(ColumnMap(extra=("d", "b", "f")), "src")
+    import datetime
+
+    meta = json.loads(enc2({"d": datetime.date(2024, 1, 2), "b": b"\x00", "f": float("nan")},
+                           "k")["json"])
+    assert meta == {"source": "src", "d": "2024-01-02", "b": None, "f": None}

@@ -1,0 +1,7 @@
+"""``python -m wdstream``: the ``wdstream`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,120 @@
+"""``wdstream convert SOURCE OUTPUT``: a Hugging Face dataset -> WebDataset shards + manifest."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from .. import registry
+from ..config import load_config
+from ..errors import ConfigError
+from ..storage import join_url
+from ..write.convert import convert, convert_entry
+from .options import add_storage_option_argument, parse_storage_options, size_argument
+
+__all__ = ["HELP", "add_arguments", "run"]
+
+HELP = "convert a Hugging Face dataset into WebDataset shards with a manifest (resumable)"
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", nargs="?", help="Hub id, registry name (configs/datasets.yaml), local "
+                                  "dataset folder, or builder (e.g. parquet) with --data-files; "
+                                  "with --all, leave it out")
+    p.add_argument("output", nargs="?", help="output folder URL: s3://bucket/prefix, a local "
+                                             "path, memory://...")
+    p.add_argument("--task-type", default=None, choices=None,
+                   help="with --all: convert every registry dataset of this task type "
+                        "into OUTPUT/<name>/")
+    p.add_argument("--all", action="store_true", dest="all_of_type",
+                   help="convert every registry dataset of --task-type")
+    p.add_argument("--text-template", default=None,
+                   help="form the text from columns, e.g. '{instruction}\\n{output}'")
+    p.add_argument("--name", default=None, help="dataset config name")
+    p.add_argument("--split", default=None, help="split (default: train)")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    p.add_argument("--data-files", nargs="+", default=None, metavar="PATTERN",
+                   help="data files / glob patterns for a builder source")
+    p.add_argument("--image-column", default=None)
+    p.add_argument("--audio-column", default=None)
+    p.add_argument("--text-column", action="append", default=None, dest="text_columns",
+                   help="text column (repeatable; several are joined by newlines)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="convert only the first N rows (as one partition)")
+    p.add_argument("--max-samples-per-shard", type=int, default=None)
+    p.add_argument("--max-shard-bytes", type=size_argument, default=None, metavar="SIZE",
+                   help="e.g. 256MB, 1GiB")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes (default: number of cores); with a local Ray, its CPUs")
+    p.add_argument("--executor", choices=("local", "ray"), default=None,
+                   help="where partitions run: a local process pool (default) or Ray tasks "
+                        "(pip install 'wdstream[ray]')")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="Ray cluster to join: 'auto', host:port or ray://host:10001 (implies "
+                        "--executor ray; without it, --executor ray starts a local Ray)")
+    add_storage_option_argument(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--config", default=None, metavar="YAML", help="config file (wdstream.Config "
+                                                                   "keys); options above win")
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {}
+    for name in ("image_column", "audio_column", "limit", "max_samples_per_shard",
+                 "max_shard_bytes", "workers"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.text_columns:
+        overrides["text_columns"] = tuple(args.text_columns)
+    if args.storage_option:
+        overrides["storage_options"] = parse_storage_options(args.storage_option)
+    if args.quiet:
+        overrides["quiet"] = True
+    if args.executor is not None:
+        overrides["executor"] = args.executor
+    if args.ray_address is not None:
+        if args.executor == "local":
+            raise ConfigError("--ray-address needs --executor ray (or no --executor)")
+        overrides["executor"] = "ray"
+        overrides["ray_address"] = args.ray_address
+    if args.text_template is not None:
+        overrides["text_template"] = args.text_template.replace("\\n", "\n")
+    config = load_config(args.config, **overrides)
+    for output, manifest in _convert_all(args, config):
+        skipped = ", ".join(f"{k}={v}" for k, v in sorted(manifest.skipped.items())) or "none"
+        print(f"{output}: {manifest.samples} samples in {len(manifest.shards)} shards "
+              f"({manifest.bytes / 1e6:.1f} MB); skipped: {skipped}")
+    return 0
+
+
+def _convert_all(args: argparse.Namespace, config):
+    """Yield ``(output, manifest)``: one dataset, a registry name, or a whole task type."""
+    if args.all_of_type:
+        if not args.task_type:
+            raise ConfigError("--all needs --task-type (e.g. --task-type code --all OUTPUT)")
+        output = args.output or args.source
+        if args.output is not None and args.source is not None:
+            raise ConfigError("with --all give only OUTPUT, not a source")
+        for entry in registry.select_datasets("all", args.task_type):
+            url = join_url(output, entry.name)
+            yield url, convert_entry(entry, url, config)
+        return
+    if args.output is None:
+        raise ConfigError("give SOURCE and OUTPUT (or --task-type T --all OUTPUT)")
+    entry = _registry_entry(args.source)
+    if entry is not None:
+        yield args.output, convert_entry(entry, args.output, config)
+        return
+    yield args.output, convert(args.source, args.output, name=args.name, split=args.split,
+                               data_files=args.data_files, revision=args.revision,
+                               config=config)
+
+
+def _registry_entry(source: str):
+    """The registry entry named ``source`` (a short name, not a path or a Hub id), or None."""
+    if "/" in source or os.path.exists(source):
+        return None
+    try:
+        return registry.get_registry().get(source)
+    except ConfigError:
+        return None

@@ -1,1 +1,0 @@
-"""Subcommands of the ``wdstream`` CLI, one module each (see ``wdstream.cli``)."""

@@ -1,0 +1,333 @@
+"""``MultimodalDataset``: the training code's dataset class, now backed by wdstream.
+
+The old call sites keep working::
+
+    ds = MultimodalDataset(config=config, tokenizer=tokenizer, split="train",
+                           dataset_name="open_platypus", use_streaming=True, cache_size=1000)
+    ds = MultimodalDataset(config=config, tokenizer=tokenizer, dataset_name="all",
+                           task_type="code", cache_size=2000)
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=ds.collate_fn)
+
+It is a ``torch.utils.data.IterableDataset`` of decoded samples (the reader's
+:class:`wdstream.read.decode.SampleDecoder` output); ``ds.collate_fn`` (the reader's
+:func:`wdstream.read.collate.collate`) batches them. Where the samples come from:
+
+- ``use_streaming=True`` with shards (``shards=`` or ``config.shards``): the shard reader
+  (manifest, brace pattern or shard URLs), split over ranks and DataLoader workers;
+- ``use_streaming=True`` without shards: the registry datasets picked by ``dataset_name`` /
+  ``task_type`` are streamed straight from Hugging Face (no conversion), mapped by their
+  registry entry, and decoded by the same decoder; several are mixed by ``config.weights``;
+- when that source cannot be reached: synthetic data, with one WARNING and
+  ``synthetic=True`` in every sample;
+- ``use_streaming=False``: synthetic data.
+
+It has no pipeline of its own: it builds a source (planned shards, or Hugging Face rows encoded
+into samples by the converter's :class:`~wdstream.write.encode.RowEncoder` with the entry's
+template) and runs it through the reader's stages (:mod:`wdstream.read.stages`): mix, shuffle
+buffer, decode, and :func:`~wdstream.read.stages.readahead`, which reads and decodes samples
+ahead on one background thread per iterator (at most ``config.prefetch_factor *
+config.batch_size`` samples ahead). The thread stops at the end of
+the iteration, when the iterator is dropped, on :meth:`close` and when the dataset is
+garbage-collected. ``cache_size`` bounds the shuffle buffer, in samples.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import weakref
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from datasets.distributed import split_dataset_by_node
+
+from .config import Config, config_fields
+from .errors import ConfigError, ErrorBudget, SampleError, SourceError, StorageError, redact
+from .read.collate import collate
+from .read.datasets import ShardDataset, ShardSource
+from .read.decode import SampleDecoder
+from .read.mix import mix
+from .read.shuffle import buffer_shuffle, derive_seed
+from .read.sources import resolve_source, synthetic_source
+from .read.stages import decode_stage, good_samples, readahead
+from .read.tokenizer import load_tokenizer, pad_token_id
+from .read.world import SharedEpoch, World
+from .registry import Entry, select_datasets
+from .write.encode import ColumnMap, RowEncoder
+from .write.sources.hf import HFSource, iter_rows, open_source, prepare
+
+__all__ = ["MultimodalDataset", "PREFETCH_THREAD_NAME"]
+
+log = logging.getLogger(__name__)
+PREFETCH_THREAD_NAME = "wdstream-prefetch"
+_DEFAULT_TASK_TYPE = "text"
+
+
+def _as_config(config: Any) -> Config:
+    """A :class:`Config` from a Config, a dict, or any object with the flat attributes the
+    training code used (``vocab_size``, ``vision_dim``, ``max_audio_length``...)."""
+    if isinstance(config, Config):
+        return config
+    if config is None:
+        return Config()
+    if isinstance(config, Mapping):
+        values = dict(config)
+    else:
+        values = {k: v for k, v in vars(config).items() if not k.startswith("_")} \
+            if hasattr(config, "__dict__") else {}
+    known = set(config_fields())
+    return Config(**{k: v for k, v in values.items() if k in known})
+
+
+# --------------------------------------------------------------------------- sources
+# Module-level functions with explicit arguments (not methods): the background thread and the
+# DataLoader workers hold these, never the dataset itself, so dropping the dataset frees it.
+
+def _shard_samples(source: ShardSource, config: Config, decoder, world: World,
+                   epoch: int) -> Iterator[dict]:
+    """Decoded samples of a shard source for this rank and worker: the reader's plan at batch
+    size 1, through its stages."""
+    cfg = config.replace(batch_size=1, num_workers=world.workers if world.workers > 1 else 0)
+    dataset = ShardDataset(source, cfg, decoder, collate=None, rank=world.rank,
+                           world=world.world)
+    budget = ErrorBudget(config.error_tolerance, what="bad samples/shards")
+    yield from good_samples(dataset.decoded(world, epoch, budget))
+
+
+def _entry_members(entry: Entry, ds, world: World, budget: ErrorBudget,
+                   pass_no: int = 0) -> Iterator[dict]:
+    """One pass over an opened Hugging Face stream, as WebDataset-style member dicts: the
+    converter's row encoder, with the entry's text template."""
+    columns = ColumnMap(image=entry.image_column, audio=entry.audio_column,
+                        text=entry.template_columns, template=entry.text_template or None)
+    ds = prepare(ds, columns)
+    if world.slots > 1:
+        ds = split_dataset_by_node(ds, rank=world.slot, world_size=world.slots)
+    encoder = RowEncoder(columns, entry.name, verify=False)
+    for i, row in enumerate(iter_rows(ds, columns)):
+        key = f"{entry.name}_{world.slot:04d}_{pass_no:04d}_{i:09d}"
+        try:
+            fields = encoder(row, key)
+        except SampleError as exc:
+            budget.record(exc.reason, f"{entry.name} key {key}", exc)
+            continue
+        if not fields.get("txt"):
+            fields.pop("txt", None)
+        yield {"__key__": key, "__url__": f"hf://{entry.hub_id}", "__source__": entry.name,
+               **fields}
+
+
+def _hub_samples(entries: list[Entry], streams: dict[str, Any], config: Config, decoder,
+                 world: World, epoch: int) -> Iterator[dict]:
+    """Decoded samples streamed from Hugging Face: one entry, or several mixed by weight,
+    through the reader's stages (mix -> shuffle buffer -> decode)."""
+    budget = ErrorBudget(config.error_tolerance, what="bad rows/samples")
+    by_name = {e.name: e for e in entries}
+    cap = config.max_samples_per_dataset
+    passes = dict.fromkeys(by_name, 0)
+
+    def members(name: str) -> Iterator[dict]:
+        return _entry_members(by_name[name], streams[name], world, budget, passes[name])
+
+    def reopen(name: str) -> Iterator[dict]:
+        passes[name] += 1
+        return members(name)
+
+    seed = derive_seed(config.seed, epoch, world.rank, world.worker, "hub")
+    weights = {n: w for n, w in config.weights.items() if n in by_name} or None
+    mixed = mix({n: members(n) for n in by_name}, weights, seed=seed,
+                exhausted=config.mix_exhausted, reopen=reopen,
+                caps=dict.fromkeys(by_name, cap) if cap is not None else None)
+    items = (item for _, item in mixed)
+    shuffled = buffer_shuffle(items, config.cache_size if config.shuffle else 0, seed)
+    yield from good_samples(decode_stage(shuffled, decoder, budget))
+
+
+# --------------------------------------------------------------------------- the dataset
+
+class MultimodalDataset(torch.utils.data.IterableDataset):
+    """Decoded multimodal samples from shards, from Hugging Face, or synthetic (module doc).
+
+    Args:
+        config: a :class:`wdstream.Config`, a dict, or any object with the flat fields the
+            training code used (``vocab_size``, ``vision_dim``, ``max_audio_length``...).
+        tokenizer: a Hugging Face tokenizer; ``None`` loads the one ``config.tokenizer`` names.
+        split: ``"train"`` reads each registry entry's own split (its training split; a
+            test-only set such as ``humaneval`` reads ``test``); any other value is used as is.
+        dataset_name: a registry name, a Hub id listed in the registry, or ``"all"``.
+        task_type: ``text``, ``code``, ``math``, ``vision`` or ``audio``; alone it picks that
+            type's default set. Neither given: ``config.dataset_name``/``config.task_type``,
+            else the ``text`` default set.
+        use_streaming: ``False`` gives synthetic data.
+        cache_size: the shuffle buffer, in samples (``config.cache_size``).
+        shards: shard URLs, a brace pattern or a manifest URL/folder (else ``config.shards``
+            when the config has that attribute).
+        registry: a registry mapping to select from (default: ``configs/datasets.yaml``).
+
+    Raises ConfigError for an unknown dataset name or task type (listing the valid ones) and
+    for a tokenizer that does not fit ``config.vocab_size``. Unreachable sources do not raise:
+    they fall back to synthetic data with one WARNING (``self.synthetic`` is then True).
+    """
+
+    def __init__(self, config: Any, tokenizer=None, split: str = "train",
+                 dataset_name: str | None = None, task_type: str | None = None,
+                 use_streaming: bool = True, cache_size: int = 1000, shards: Any = None, *,
+                 registry: Mapping[str, Entry] | None = None):
+        super().__init__()
+        shards = shards if shards is not None else getattr(config, "shards", None)
+        cfg = _as_config(config)
+        self.config = cfg.replace(cache_size=int(cache_size), use_streaming=bool(use_streaming))
+        self.split = split
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.config)
+        self.decoder = SampleDecoder(self.config, self.tokenizer)
+        self.collate_fn = functools.partial(collate, config=self.config,
+                                            pad_token_id=pad_token_id(self.tokenizer))
+        self.rank, self.world = World.ranks()
+        self.entries: list[Entry] = []
+        self._spec: ShardSource | None = None  # shards or synthetic
+        self._streams: dict[str, Any] = {}  # entry name -> datasets.IterableDataset
+        self._epoch = SharedEpoch()
+        self._init_runtime()
+
+        if not self.config.use_streaming:
+            log.info("use_streaming=False: %d synthetic samples", self.config.synthetic_samples)
+            self._use_synthetic()
+            return
+        if shards is not None:
+            self._open_shards(shards)
+            return
+        name = dataset_name if dataset_name is not None else self.config.dataset_name
+        ttype = task_type if task_type is not None else self.config.task_type
+        if name is None and ttype is None:
+            ttype = _DEFAULT_TASK_TYPE
+        self.entries = select_datasets(name, ttype, registry=registry)
+        if not self.entries:
+            raise ConfigError(f"no registry dataset of task type {ttype!r}; add one to "
+                              f"configs/datasets.yaml")
+        self._open_hub()
+
+    # -- opening -----------------------------------------------------------------------
+    def _init_runtime(self) -> None:
+        self._iterators: weakref.WeakSet = weakref.WeakSet()
+        self._finalizer = weakref.finalize(self, _close_all, self._iterators)
+
+    def _use_synthetic(self) -> None:
+        self.mode = "synthetic"
+        self._spec = synthetic_source(self.config)
+
+    def _fallback(self, what: str, exc: BaseException) -> None:
+        log.warning("cannot read %s (%s); MultimodalDataset falls back to %d SYNTHETIC samples: "
+                    "every sample has synthetic=True", what, exc, self.config.synthetic_samples)
+        self._use_synthetic()
+
+    def _open_shards(self, shards: Any) -> None:
+        try:
+            self._spec = resolve_source(shards, self.config)
+        except (SourceError, StorageError) as exc:
+            self._fallback(redact(str(shards)), exc)
+            return
+        self.mode = "shards"
+
+    def _open_hub(self) -> None:
+        failed: list[str] = []
+        last: BaseException | None = None
+        for entry in self.entries:
+            split = entry.split if self.split == "train" else self.split
+            spec = HFSource(source=entry.hub_id, name=entry.config, split=split,
+                              revision=entry.revision)
+            try:
+                ds = open_source(spec)
+            except (SourceError, StorageError, OSError) as exc:
+                failed.append(entry.name)
+                last = exc
+                continue
+            if ds.column_names is not None:
+                entry.check_columns(ds.column_names)
+            self._streams[entry.name] = ds
+        if not self._streams:
+            names = ", ".join(e.name for e in self.entries)
+            self._fallback(f"the Hugging Face dataset(s) {names}", last)
+            return
+        if failed:
+            log.warning("cannot read %s (%s); streaming only %s", ", ".join(failed), last,
+                        ", ".join(self._streams))
+            self.entries = [e for e in self.entries if e.name in self._streams]
+        self.mode = "hub"
+
+    # -- state -------------------------------------------------------------------------
+    @property
+    def synthetic(self) -> bool:
+        """True when the samples are synthetic (``use_streaming=False`` or the fallback)."""
+        return self.mode == "synthetic"
+
+    @property
+    def sources(self) -> list[str]:
+        """The names of the sources read: registry entries, the shard source, or synthetic."""
+        if self.mode == "hub":
+            return [e.name for e in self.entries]
+        return [self._spec.name]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch the next iteration reads (shuffling depends on it)."""
+        self._epoch.set(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
+
+    # -- iteration ---------------------------------------------------------------------
+    def _samples(self) -> Iterator[dict]:
+        """The decoded samples of this process (its rank and DataLoader worker)."""
+        world = World.detect(self.rank, self.world)
+        epoch = self.epoch
+        if self.mode == "hub":
+            return _hub_samples(list(self.entries), dict(self._streams), self.config,
+                                self.decoder, world, epoch)
+        return _shard_samples(self._spec, self.config, self.decoder, world, epoch)
+
+    def __iter__(self) -> Iterator[dict]:
+        ahead = max(1, self.config.prefetch_factor * self.config.batch_size)
+        it = readahead(self._samples(), ahead, name=PREFETCH_THREAD_NAME)
+        self._iterators.add(it)
+        return _iterate(it, self)
+
+    def close(self) -> None:
+        """Stop every background thread of this dataset's iterators (idempotent)."""
+        _close_all(self._iterators)
+
+    def __enter__(self) -> MultimodalDataset:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- pickling into DataLoader workers --------------------------------------------------
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_iterators", None)
+        state.pop("_finalizer", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._init_runtime()
+
+    def __repr__(self) -> str:
+        return (f"MultimodalDataset(mode={self.mode!r}, sources={self.sources}, "
+                f"synthetic={self.synthetic}, cache_size={self.config.cache_size})")
+
+
+def _close_all(iterators: weakref.WeakSet) -> None:
+    for it in list(iterators):
+        it.close()
+
+
+def _iterate(it: Iterator[dict], _owner: MultimodalDataset) -> Iterator[dict]:
+    """The consumer side; closing it (end, error, drop, :meth:`MultimodalDataset.close`)
+    stops the read-ahead thread. It holds ``_owner`` so that ``for s in
+    MultimodalDataset(...)`` keeps the dataset alive while it runs."""
+    try:
+        yield from it
+    finally:
+        it.close()

@@ -1,0 +1,50 @@
+"""The per-shard index: the byte offset and key of every sample, beside the shard.
+
+``<shard stem>.idx.json`` holds ``{"offsets": [...], "keys": [...]}``: the offset of each
+sample's first tar header plus, last, the end of the last sample. A reader that starts at
+sample ``i`` of a shard issues one ranged read from ``offsets[i]``, and checks the keys it
+finds against ``keys``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .. import storage
+
+__all__ = ["index_name", "index_bytes", "parse_index", "load_index"]
+
+
+def index_name(shard_name: str) -> str:
+    """The index file name beside a shard: ``shard-00000-00000.tar -> ....idx.json``."""
+    for ext in (".tar.gz", ".tgz", ".tar"):
+        if shard_name.endswith(ext):
+            return shard_name[: -len(ext)] + ".idx.json"
+    return shard_name + ".idx.json"
+
+
+def index_bytes(offsets: list[int], keys: list[str]) -> bytes:
+    """The serialised index of a shard: sample start offsets, the end offset, and the keys."""
+    return json.dumps({"offsets": offsets, "keys": keys}).encode()
+
+
+def parse_index(data: bytes, samples: int | None = None) -> dict[str, Any]:
+    """``{"offsets": [...], "keys": [...] or None}`` from index bytes. Raises ValueError when it
+    is malformed or does not hold ``samples`` samples."""
+    idx = json.loads(data)
+    offsets = idx.get("offsets") if isinstance(idx, dict) else None
+    if not isinstance(offsets, list) or not offsets:
+        raise ValueError("the index has no 'offsets' list")
+    if samples is not None and len(offsets) != samples + 1:
+        raise ValueError(f"index has {len(offsets) - 1} samples, manifest says {samples}")
+    keys = idx.get("keys")
+    if keys is not None and len(keys) != len(offsets) - 1:
+        raise ValueError(f"index has {len(keys)} keys for {len(offsets) - 1} samples")
+    return {"offsets": offsets, "keys": keys}
+
+
+def load_index(url: str, storage_options: dict[str, Any] | None = None, *,
+               samples: int | None = None) -> dict[str, Any]:
+    """Read and check a shard's index (see :func:`parse_index`)."""
+    return parse_index(storage.read_bytes(url, storage_options), samples)

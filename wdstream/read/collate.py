@@ -1,0 +1,74 @@
+"""Batch collation: decoded samples (text-only, image-text, audio-text, mixed) into one dict.
+
+A missing modality is zeros with its ``has_*`` flag false, so every batch has the same keys and
+shapes. Use it as a DataLoader ``collate_fn`` with
+``functools.partial(collate, config=config, pad_token_id=pad_token_id(tokenizer))``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import SampleError
+
+__all__ = ["collate", "IGNORE_INDEX"]
+
+IGNORE_INDEX = -100  # labels at padding positions (torch's cross-entropy default ignore_index)
+
+
+def collate(samples: list[dict], config, pad_token_id: int = 0) -> dict[str, Any]:
+    """Stack decoded samples (from :class:`wdstream.decode.SampleDecoder`) into a batch.
+
+    Returns ``input_ids``, ``attention_mask``, ``labels`` ``[B, T]`` long (T: the longest text in
+    the batch; labels are -100 at padding), ``pixel_values`` ``[B, 3, S, S]`` float and
+    ``has_image`` ``[B]`` bool, ``audio`` ``[B, L]`` float, ``audio_lengths`` ``[B]`` long and
+    ``has_audio`` ``[B]`` bool, ``keys`` and ``sources`` (lists) and ``synthetic`` (True if any
+    sample is synthetic). Raises SampleError for an empty batch.
+    """
+    if not samples:
+        raise SampleError("cannot collate an empty batch")
+    b = len(samples)
+    size, length = config.vision_dim, config.max_audio_length
+    longest = max(1, max(len(s["input_ids"]) for s in samples))
+
+    input_ids = torch.full((b, longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((b, longest), dtype=torch.long)
+    pixel_values = torch.empty((b, 3, size, size), dtype=torch.float32)
+    has_image = torch.zeros(b, dtype=torch.bool)
+    audio = torch.empty((b, length), dtype=torch.float32)
+    audio_lengths = torch.zeros(b, dtype=torch.long)
+    has_audio = torch.zeros(b, dtype=torch.bool)
+
+    for i, s in enumerate(samples):
+        ids = s["input_ids"]
+        n = len(ids)
+        input_ids[i, :n] = ids
+        attention_mask[i, :n] = 1
+        if s.get("pixel_values") is not None:
+            pixel_values[i] = s["pixel_values"]
+            has_image[i] = True
+        else:
+            pixel_values[i].zero_()
+        if s.get("audio") is not None:
+            audio[i] = s["audio"]
+            audio_lengths[i] = int(s.get("audio_length", length))
+            has_audio[i] = True
+        else:
+            audio[i].zero_()
+
+    labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "pixel_values": pixel_values,
+        "has_image": has_image,
+        "audio": audio,
+        "audio_lengths": audio_lengths,
+        "has_audio": has_audio,
+        "keys": [s["key"] for s in samples],
+        "sources": [s.get("source") for s in samples],
+        "synthetic": any(bool(s.get("synthetic")) for s in samples),
+    }

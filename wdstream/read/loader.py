@@ -1,0 +1,190 @@
+"""make_loader: the read pipeline's recipe, wrapped in a WebLoader with epochs and state.
+
+``make_loader(source, config)`` resolves the source (a manifest, a brace pattern, a list of
+shard URLs, or a dict of named sources to mix), checks it can be reached before training
+starts (or falls back to synthetic shards, loudly, when ``config.fallback == "synthetic"``),
+and returns a :class:`Loader`: an iterable of collated batches with ``set_epoch``,
+``state_dict``/``load_state_dict`` and ``close``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import webdataset as wds
+
+from ..config import Config
+from ..errors import ConfigError, WdstreamError
+from . import plan
+from .collate import collate
+from .datasets import MixedDataset, ResumeInfo, ShardDataset
+from .decode import SampleDecoder
+from .sources import resolve_or_fallback
+from .tokenizer import check_vocab, load_tokenizer, pad_token_id
+from .world import World
+
+__all__ = ["make_loader", "Loader"]
+
+log = logging.getLogger(__name__)
+STATE_VERSION = 1
+
+
+def make_loader(source: Any, config: Config | None = None, tokenizer=None, *,
+                rank: int | None = None, world: int | None = None) -> Loader:
+    """Build the loader for ``source`` (see module doc). Checks the tokenizer against
+    ``config.vocab_size`` and the source's reachability before returning."""
+    config = config or Config()
+    if tokenizer is None:
+        tokenizer = load_tokenizer(config)
+    check_vocab(tokenizer, config)
+    r, w = World.ranks()
+    rank = r if rank is None else rank
+    world = w if world is None else world
+    if not 0 <= rank < world:
+        raise ConfigError(f"rank {rank} is outside world size {world}")
+    decoder = SampleDecoder(config, tokenizer)
+    collate_fn = functools.partial(collate, config=config, pad_token_id=pad_token_id(tokenizer))
+    if isinstance(source, dict):
+        if not source:
+            raise ConfigError("no sources to mix: the dict is empty")
+        parts = {}
+        for name, src in source.items():
+            spec = resolve_or_fallback(src, config)
+            spec.name = name
+            parts[name] = ShardDataset(spec, config, decoder, collate_fn, rank=rank,
+                                       world=world)
+        return Loader(MixedDataset(parts, config, collate_fn, rank=rank, world=world), config)
+    spec = resolve_or_fallback(source, config)
+    dataset = ShardDataset(spec, config, decoder, collate_fn, rank=rank, world=world)
+    return Loader(dataset, config)
+
+
+def _shutdown(dl_holder: dict) -> None:
+    it = dl_holder.get("iterator")
+    if it is not None and hasattr(it, "_shutdown_workers"):
+        it._shutdown_workers()
+    dl_holder.clear()
+
+
+class Loader:
+    """An iterable of batches over one epoch at a time, on top of a WebLoader.
+
+    ``len(loader)`` is the number of batches every rank yields this epoch. ``state_dict()``
+    after any number of batches is a small JSON-serialisable dict; a new loader given it with
+    ``load_state_dict()`` yields exactly the rest of that epoch (see docs/reader.md,
+    "Guarantees"), also with another world size or worker count.
+    """
+
+    def __init__(self, dataset: ShardDataset, config: Config):
+        self.dataset = dataset
+        self.config = config
+        self._epoch = 0
+        self._batches = 0  # batches yielded in the current epoch by this run
+        self._dl = None
+        self._holder: dict = {}
+        self._finalizer = weakref.finalize(self, _shutdown, self._holder)
+
+    # -- DataLoader --------------------------------------------------------------------
+    def _make_dl(self):
+        c = self.config
+        pin = c.pin_memory == "true" or (c.pin_memory == "auto" and torch.cuda.is_available())
+        kwargs: dict[str, Any] = {"batch_size": None, "num_workers": c.num_workers,
+                                  "pin_memory": pin}
+        if c.num_workers > 0:
+            kwargs.update(persistent_workers=c.persistent_workers,
+                          prefetch_factor=c.prefetch_factor)
+        return wds.WebLoader(self.dataset, **kwargs)
+
+    def close(self) -> None:
+        """Stop the worker processes now (also done when the loader is garbage-collected)."""
+        _shutdown(self._holder)
+        self._dl = None
+
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- epochs ------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch the next iteration reads (its order depends on it)."""
+        self._epoch = int(epoch)
+        self._batches = 0
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def synthetic(self) -> bool:
+        """True when the data is synthetic (fallback or ``use_streaming=False``)."""
+        parts = getattr(self.dataset, "parts", None)
+        if parts is not None:
+            return any(p.source.synthetic for p in parts.values())
+        return self.dataset.source.synthetic
+
+    def __len__(self) -> int:
+        n = self.dataset.batches_per_rank(self._epoch)
+        if n is None:
+            raise TypeError("the epoch length is unknown (no manifest, no config.epoch_length)")
+        return n
+
+    def __iter__(self) -> Iterator[dict]:
+        if self._dl is None:
+            self._dl = self._make_dl()
+        self.dataset.set_epoch(self._epoch)
+        self._batches = 0
+        it = iter(self._dl)
+        self._holder["iterator"] = it
+        try:
+            for batch in it:
+                self._batches += 1
+                yield batch
+        finally:
+            if not (self.config.num_workers > 0 and self.config.persistent_workers):
+                _shutdown(self._holder)
+
+    # -- state -------------------------------------------------------------------------
+    def _history(self) -> list[tuple[plan.Layout, int]]:
+        return self.dataset.history(self._epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Progress through the current epoch: JSON-serialisable, a few hundred bytes."""
+        ds = self.dataset
+        if not ds.exact:
+            raise WdstreamError("mid-epoch state needs exact mode: one manifest source and "
+                                "config.exact=True (mixed and shard-list sources restart "
+                                "their epoch)")
+        runs = [{**layout.to_dict(), "batches": k} for layout, k in self._history()]
+        runs.append({**ds.layout().to_dict(), "batches": self._batches})
+        return {"version": STATE_VERSION, "epoch": self._epoch, "seed": self.config.seed,
+                "shuffle": self.config.shuffle, "samples": ds.source.samples,
+                "shards": len(ds.source.shards), "runs": runs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume: the next iteration yields exactly what the saved run had not delivered of
+        its epoch, laid out for this loader's world size and workers."""
+        ds = self.dataset
+        if state.get("version") != STATE_VERSION:
+            raise ConfigError(f"unsupported loader state version {state.get('version')!r}")
+        for key, mine in (("seed", self.config.seed), ("shuffle", self.config.shuffle),
+                          ("samples", ds.source.samples), ("shards", len(ds.source.shards))):
+            if state.get(key) != mine:
+                raise ConfigError(f"loader state was saved with {key}={state.get(key)!r} but "
+                                  f"this loader has {key}={mine!r}: resume with the same "
+                                  f"manifest and seed", key=key)
+        history = []
+        for run in state["runs"]:
+            run = dict(run)
+            batches = int(run.pop("batches"))
+            history.append((plan.Layout(**run), batches))
+        self.close()
+        ds.resume = ResumeInfo(epoch=int(state["epoch"]), history=history)
+        self._epoch = int(state["epoch"])
+        self._batches = 0

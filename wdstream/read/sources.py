@@ -1,0 +1,78 @@
+"""Turning what the user gives into shards to read: a manifest, a brace pattern, a list of
+shard URLs, or, when allowed, synthetic shards in memory (the loud fallback)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .. import storage
+from ..config import Config
+from ..errors import ConfigError, SourceError, StorageError, redact
+from ..format.manifest import is_shard_source, load_manifest, manifest_url_for
+from ..format.synthetic import synthetic_shards_in_memory
+from .datasets import ShardSource
+from .shards import ShardRef
+
+__all__ = ["resolve_source", "synthetic_source", "resolve_or_fallback"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_source(source: Any, config: Config, name: str | None = None) -> ShardSource:
+    """Turn a manifest URL/folder, a brace pattern or a list of URLs into a ShardSource.
+
+    Raises SourceError/StorageError naming the URL when it cannot be reached.
+    """
+    opts = config.storage_options
+    if isinstance(source, ShardSource):
+        return source
+    if isinstance(source, (list, tuple)) or (isinstance(source, str) and is_shard_source(source)):
+        urls = storage.expand_urls(source)
+        if not urls:
+            raise SourceError(f"no shard URLs in {source!r}")
+        storage.check_readable(urls[0], opts)
+        return ShardSource(name=name or _short_name(urls[0]),
+                          shards=[ShardRef(url=u) for u in urls])
+    if not isinstance(source, str):
+        raise ConfigError(f"unsupported source {source!r}: give a manifest URL, a brace "
+                          f"pattern, a list of shard URLs, or a dict of named sources")
+    storage.check_readable(manifest_url_for(source), opts)
+    manifest = load_manifest(source, opts)
+    if not manifest.shards:
+        raise SourceError(f"manifest {redact(source)} lists no shards", url=source)
+    shards = [ShardRef(url=u, samples=s.samples, index_url=i)
+              for u, s, i in zip(manifest.shard_urls(), manifest.shards, manifest.index_urls(),
+                                 strict=True)]
+    return ShardSource(name=name or manifest.source.get("name") or _short_name(source),
+                      shards=shards, has_manifest=True)
+
+
+def _short_name(url: str) -> str:
+    return redact(url).rstrip("/").rsplit("/", 1)[-1] or "source"
+
+
+def synthetic_source(config: Config) -> ShardSource:
+    """Synthetic shards (the shard contract's seeded samples), held in memory (never disk)."""
+    per = 64
+    n = max(1, config.synthetic_samples)
+    blobs = synthetic_shards_in_memory(n, seed=config.seed, modalities=config.modalities,
+                                       samples_per_shard=per, sample_rate=config.audio_sample_rate)
+    shards = [ShardRef(url=f"synthetic-shard-{i:05d}", samples=min(per, n - i * per), data=b)
+              for i, b in enumerate(blobs)]
+    return ShardSource(name="synthetic", shards=shards, has_manifest=True, synthetic=True)
+
+
+def resolve_or_fallback(source: Any, config: Config) -> ShardSource:
+    if not config.use_streaming:
+        log.info("use_streaming=False: using %d synthetic samples", config.synthetic_samples)
+        return synthetic_source(config)
+    try:
+        return resolve_source(source, config)
+    except (SourceError, StorageError) as exc:
+        if config.fallback != "synthetic":
+            raise
+        log.warning("cannot read %s (%s); config.fallback='synthetic': training on %d "
+                    "SYNTHETIC samples instead, every batch has synthetic=True",
+                    redact(str(source)), exc, config.synthetic_samples)
+        return synthetic_source(config)

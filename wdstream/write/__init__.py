@@ -1,0 +1,2 @@
+"""The write wing: source (HF / synthetic) -> encode (row -> members) -> writer (commit-or-abort
+shards) -> partition -> convert (driver, manifest), on an executor (local pool or Ray)."""

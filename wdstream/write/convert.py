@@ -1,0 +1,160 @@
+"""The converter's driver: a Hugging Face dataset -> WebDataset shards + manifest, resumable.
+
+:func:`convert` checks the output, plans the partitions (:mod:`.plan`), skips those that have a
+record, runs the others (:mod:`.partition`) on an executor (:mod:`.executors`), cleans what
+dead attempts left (:mod:`.output`) and writes ``OUTPUT/manifest.json`` last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .. import storage
+from ..config import Config, load_config
+from ..errors import redact
+from ..format.manifest import (
+    MANIFEST_NAME,
+    PARTITIONS_DIR,
+    Manifest,
+    PartitionRecord,
+    load_manifest,
+)
+from ..registry import Entry
+from .executors import Executor, check_executor, make_executor
+from .output import JOB_NAME, Output, check_job
+from .partition import ConvertTask, convert_partition
+from .plan import JobPlan, columns_dict, plan_job
+from .sources.hf import HFSource
+
+__all__ = ["convert", "convert_entry"]
+
+log = logging.getLogger(__name__)
+
+
+def _manifest(plan: JobPlan, records: dict[int, PartitionRecord], output_url: str) -> Manifest:
+    shards, skipped, fields = [], {}, set()
+    for p in sorted(records):
+        rec = records[p]
+        shards.extend(rec.shards)
+        for reason, n in rec.skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + n
+        fields.update(rec.fields)
+    options = dict(plan.options, partitions=plan.n_partitions, columns=columns_dict(plan.columns))
+    return Manifest(shards=shards, source=plan.spec.to_dict(), skipped=skipped,
+                    fields=sorted(fields), options=options, base_url=output_url)
+
+
+class _Bar:
+    """tqdm over samples, with MB/s; a no-op when quiet."""
+
+    def __init__(self, total: int | None, initial: int, quiet: bool):
+        self.bar = None
+        self.start = time.monotonic()
+        self.nbytes = 0
+        if not quiet:
+            self.bar = tqdm(total=total, initial=initial, unit=" samples", unit_scale=True,
+                            desc="convert", dynamic_ncols=True)
+
+    def __call__(self, samples: int, nbytes: int) -> None:
+        self.nbytes += nbytes
+        if self.bar is not None:
+            elapsed = max(time.monotonic() - self.start, 1e-9)
+            self.bar.set_postfix_str(f"{self.nbytes / elapsed / 1e6:.1f} MB/s", refresh=False)
+            self.bar.update(samples)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def convert(source: str, output: str, *, name: str | None = None, split: str | None = None,
+            data_files: Any = None, revision: str | None = None, config: Config | None = None,
+            executor: Executor | str | None = None, **overrides: Any) -> Manifest:
+    """Convert a Hugging Face dataset into WebDataset shards under ``output``; returns the
+    Manifest.
+
+    ``source``, ``name``, ``split``, ``data_files`` and ``revision`` are passed to
+    ``datasets.load_dataset(..., streaming=True)``. Settings come from ``config`` (a
+    :class:`~wdstream.config.Config`) updated with ``overrides`` (Config field names, e.g.
+    ``max_samples_per_shard=500, workers=4, storage_options={...}``).
+
+    Re-running with the same arguments resumes: finished partitions are skipped, unfinished
+    ones redone; a finished job is left unchanged. Raises StorageError/CredentialsError for an
+    unwritable output, SourceError/HubUnreachableError for the source, ColumnError for a
+    missing column, ConfigError when ``output`` holds a job made with other options.
+
+    ``executor`` is an :class:`~wdstream.executors.Executor` to run the partitions on (it is
+    left open), or ``"local"`` / ``"ray"`` (``config.executor``; Ray joins
+    ``config.ray_address`` or starts a local Ray). A failed partition stops the job with its
+    own error, which names the partition.
+    """
+    if isinstance(executor, str):
+        overrides["executor"], executor = executor, None
+    config = (config or load_config()).replace(**overrides) if overrides else \
+        (config or load_config())
+    if executor is None:
+        check_executor(config)  # e.g. without Ray, say how to install it before any work
+    spec = HFSource(source=source, name=name, split=split or config.split,
+                      data_files=tuple(data_files) if isinstance(data_files, list) else data_files,
+                      revision=revision)
+    output = output.rstrip("/")
+    opts = dict(config.storage_options)
+    storage.check_writable(output, opts)
+    plan = plan_job(spec, config)
+    out = Output(output, opts)
+    fresh = check_job(out, plan)
+    if fresh:
+        storage.write_bytes(storage.join_url(output, f"{PARTITIONS_DIR}/{JOB_NAME}"),
+                            json.dumps(plan.to_dict(), indent=1, sort_keys=True).encode(), opts)
+    records = out.records()
+    pending = [p for p in range(plan.n_partitions) if p not in records]
+    if not pending and out.read(MANIFEST_NAME) is not None:
+        log.info("%s is complete (%d partitions, %d samples); nothing to do",
+                 redact(output), plan.n_partitions, sum(r.samples for r in records.values()))
+        return load_manifest(output, opts)
+    if records:
+        log.info("resuming: %d of %d partitions already done", len(records), plan.n_partitions)
+    out.clean(set(pending))
+    job = uuid.uuid4().hex
+    tasks = [ConvertTask(spec=spec, columns=plan.columns, partition=p,
+                         n_partitions=plan.n_partitions, output_url=output,
+                         max_samples_per_shard=config.max_samples_per_shard,
+                         max_shard_bytes=config.max_shard_bytes, limit=config.limit,
+                         skip_bad_rows=config.skip_bad_rows, storage_options=opts,
+                         job=job)
+             for p in pending]
+    bar = _Bar(plan.total_rows, sum(r.samples for r in records.values()), config.quiet)
+    own_executor = executor is None
+    executor = executor or make_executor(config)
+    try:
+        for record in executor.map_unordered(convert_partition, tasks, progress=bar):
+            records[record.partition] = record
+    finally:
+        bar.close()
+        if own_executor:
+            executor.close()
+    out.sweep()  # temp files / uploads of attempts that died and were retried
+    manifest = _manifest(plan, records, output)
+    manifest.save(output, opts)
+    log.info("wrote %s: %d samples in %d shards (%.1f MB); skipped %s", redact(output),
+             manifest.samples, len(manifest.shards), manifest.bytes / 1e6,
+             manifest.skipped or "none")
+    return manifest
+
+
+def convert_entry(entry: Entry, output: str, config: Config | None = None,
+                  **overrides: Any) -> Manifest:
+    """Convert one registry dataset with its column mapping and text template (see
+    :func:`convert`); returns the Manifest."""
+    config = (config or Config()).replace(
+        image_column=entry.image_column, audio_column=entry.audio_column,
+        text_columns=entry.template_columns, text_template=entry.text_template or None,
+        **overrides)
+    return convert(entry.hub_id, output, name=entry.config, split=entry.split,
+                   revision=entry.revision, config=config)

@@ -1,0 +1,201 @@
+"""Rows to samples: one row of mapped columns becomes the members of one WebDataset sample.
+
+:class:`ColumnMap` says which columns hold the image, the audio and the text (``extra`` columns
+go into the ``.json``). :class:`RowEncoder` turns a row into ``{ext: bytes}`` members: encoded
+images and audio pass through byte for byte under their own format's extension; decoded ones
+(PIL images, audio arrays) are encoded once. The text comes from the text columns or from a
+:class:`~wdstream.template.TextTemplate` over them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import io
+import json
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import SkipSample
+from ..format.schema import audio_ext, image_ext
+from ..template import TextTemplate
+
+__all__ = ["ColumnMap", "RowEncoder", "encode_pil_image", "encoded_bytes"]
+
+#: Lossless PIL modes are saved as PNG; RGB/CMYK/YCbCr (photographs) as JPEG.
+_JPEG_MODES = ("RGB", "CMYK", "YCbCr")
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Which columns hold the image, the audio and the text; ``extra`` go into the ``.json``."""
+
+    image: str | None = None
+    audio: str | None = None
+    text: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = field(default=())  # media columns besides the chosen ones
+    template: str | None = None  # the text from ``text`` columns by a template (registry)
+
+
+def encode_pil_image(img) -> tuple[str, bytes]:
+    """Encode a decoded PIL image once: JPEG (quality 95) for RGB/CMYK/YCbCr, PNG otherwise.
+
+    PNG keeps lossless modes (L, LA, P, RGBA, I, 1...) exact; modes PNG cannot hold (F, ...)
+    are written as TIFF. Returns ``(ext, bytes)``.
+    """
+    buf = io.BytesIO()
+    if img.mode in _JPEG_MODES:
+        img.save(buf, format="JPEG", quality=95)
+        return "jpg", buf.getvalue()
+    try:
+        img.save(buf, format="PNG")
+        return "png", buf.getvalue()
+    except OSError:
+        buf = io.BytesIO()
+        img.save(buf, format="TIFF")
+        return "tiff", buf.getvalue()
+
+
+def _encode_array_audio(value: dict) -> tuple[str, bytes]:
+    import numpy as np
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    array = np.asarray(value["array"], dtype=np.float32)
+    if array.ndim == 2 and array.shape[0] < array.shape[1]:  # (channels, samples)
+        array = array.T
+    sf.write(buf, array, int(value["sampling_rate"]), format="FLAC", subtype="PCM_16")
+    return "flac", buf.getvalue()
+
+
+def _json_safe(value: Any) -> Any:
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return None  # binary data does not belong in JSON; dropped
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return _json_safe(value.tolist())
+    return str(value)
+
+
+def _read_path(path: str) -> bytes:
+    import fsspec
+
+    with fsspec.open(path, "rb") as f:
+        return f.read()
+
+
+class RowEncoder:
+    """Turn one row (a dict of mapped columns) into WebDataset members.
+
+    ``txt``: the text column(s), joined by newlines, or formed by ``columns.template``. ``json``: ``{"source": name, ...other
+    columns}`` made JSON-safe. The image goes under its own format's extension and the audio
+    likewise, byte for byte when they arrive encoded. A row whose image or audio is missing
+    its bytes or fails a cheap header check (PIL ``open`` + ``verify``; soundfile ``info``),
+    raises :class:`SkipSample` with the reason (``bad_image``, ``bad_audio``, ...).
+    """
+
+    def __init__(self, columns: ColumnMap, source_name: str, *, verify: bool = True):
+        self.columns = columns
+        self.source_name = source_name
+        self.verify = verify
+        self._template = TextTemplate(columns.template, f"text template of {source_name}") \
+            if columns.template else None
+
+    def __call__(self, row: dict[str, Any], key: str) -> dict[str, bytes]:
+        fields: dict[str, bytes] = {}
+        cols = self.columns
+        if cols.template:
+            fields["txt"] = self._template.render(row).encode()
+        elif cols.text:
+            parts = [row.get(c) for c in cols.text]
+            fields["txt"] = "\n".join("" if p is None else str(p) for p in parts).encode()
+        meta: dict[str, Any] = {"source": self.source_name}
+        for c in cols.extra:
+            meta[c] = _json_safe(row.get(c))
+        fields["json"] = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode()
+        if cols.image is not None and row.get(cols.image) is not None:
+            ext, data = self._image(row[cols.image], key)
+            fields[ext] = data
+        if cols.audio is not None and row.get(cols.audio) is not None:
+            ext, data = self._audio(row[cols.audio], key)
+            fields[ext] = data
+        return fields
+
+    def _image(self, value: Any, key: str) -> tuple[str, bytes]:
+        from PIL import Image
+
+        if isinstance(value, Image.Image):
+            return encode_pil_image(value)
+        data, path = encoded_bytes(value, key, "image")
+        ext = image_ext(data)
+        if self.verify or ext is None:
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    fmt = img.format
+                    img.verify()
+            except Exception as exc:
+                raise SkipSample("bad_image", key=key) from exc
+            if ext is None:
+                ext = {"JPEG": "jpg", "TIFF": "tiff"}.get(fmt or "", (fmt or "img").lower())
+        return ext, data
+
+    def _audio(self, value: Any, key: str) -> tuple[str, bytes]:
+        if isinstance(value, dict) and value.get("array") is not None:
+            return _encode_array_audio(value)
+        data, path = encoded_bytes(value, key, "audio")
+        ext = audio_ext(data)
+        if ext is None and path:
+            suffix = posixpath.splitext(path)[1].lstrip(".").lower()
+            ext = suffix or None
+        if self.verify:
+            import soundfile as sf
+
+            try:
+                sf.info(io.BytesIO(data))
+            except Exception as exc:
+                if ext not in ("mp3", "ogg", "opus", "flac", "wav", None):
+                    # A format libsndfile does not read (m4a, aac...): keep it, unverified.
+                    return ext, data
+                raise SkipSample("bad_audio", key=key) from exc
+        if ext is None:
+            raise SkipSample("unknown_audio_format", key=key)
+        return ext, data
+
+
+def encoded_bytes(value: Any, key: str, kind: str) -> tuple[bytes, str | None]:
+    """The encoded bytes of an image/audio cell (read from its path when it has no bytes).
+    Raises SkipSample(``<kind>_unreadable`` / ``<kind>_empty``)."""
+    data, path = _bytes_and_path(value)
+    if data is None and path:
+        try:
+            data = _read_path(path)
+        except OSError as exc:
+            raise SkipSample(f"{kind}_unreadable", key=key) from exc
+    if not data:
+        raise SkipSample(f"{kind}_empty", key=key)
+    return data, path
+
+
+def _bytes_and_path(value: Any) -> tuple[bytes | None, str | None]:
+    if isinstance(value, dict):
+        return value.get("bytes"), value.get("path")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value), None
+    if isinstance(value, str):
+        return None, value
+    return None, None

@@ -1,0 +1,224 @@
+"""Run the converter's partitions as Ray tasks, on a local Ray or on an existing cluster.
+
+:class:`RayExecutor` has :class:`~wdstream.write.executors.base.Executor`'s interface, so the converter
+does not know which one it runs on: ``map_unordered(fn, tasks, progress=...)`` submits one Ray
+task per task (``fn`` and its task are pickled as they are for a process pool) and yields the
+results as they finish.
+
+- **Failures.** A task whose worker process or node dies is retried by Ray, up to
+  ``max_retries`` times (Ray's ``max_retries``, system failures only). A Python exception in a
+  task (bad data, a missing column...) is *not* retried (``retry_exceptions=False``): the job
+  stops with that exception, and the tasks not yet finished are cancelled. A task that still
+  dies after its retries stops the job with
+  :class:`~wdstream.write.executors.base.TaskFailedError`.
+- **Progress.** Tasks put their ``(samples, nbytes)`` deltas into a ``ray.util.queue.Queue``
+  that the driver drains while it waits, so one ``progress`` callback sees the whole cluster.
+  A retried task's earlier reports are taken back when it starts again.
+- **Credentials.** A task that has ``without_secrets()`` (see :mod:`wdstream.write.executors.base`) is
+  submitted without them; the secrets travel once per job through the object store
+  (``ray.put``) and are put back inside the task, so they never appear in the task's
+  arguments. The standard AWS environment works as usual: a local Ray's workers inherit the
+  driver's environment; on a cluster, use instance roles or ``runtime_env`` env vars.
+
+Ray is an optional extra (``pip install 'wdstream[ray]'``); it is imported only here, and only
+when a RayExecutor is made.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from ...errors import ConfigError
+from .base import Executor, Progress, TaskFailedError
+
+__all__ = ["RayExecutor", "import_ray"]
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'wdstream[ray]'"
+
+
+def import_ray():
+    """Import ray, or raise ConfigError saying how to install it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError(f"the ray executor needs Ray, which is not installed ({exc}); "
+                          f"install it with: {INSTALL_HINT}") from exc
+    return ray
+
+
+_REMOTES: dict[str, Any] = {}
+
+
+def _remote_run(ray) -> Any:
+    """The Ray task function, made once per process."""
+    if "run" not in _REMOTES:
+        _REMOTES["run"] = ray.remote(_run_task)
+    return _REMOTES["run"]
+
+
+def _run_task(fn: Callable[..., Any], task: Any, index: int, queue: Any, job: int,
+              secrets: Any) -> Any:
+    """Inside a Ray worker: put the secrets back, send progress to the driver's queue, run
+    ``fn``. A ``start`` message lets the driver take back what an earlier, dead attempt of
+    this task reported; ``job`` tells one ``map_unordered`` call's messages from another's."""
+    if secrets:
+        task = task.with_secrets(secrets)
+    report = None
+    if queue is not None:
+        queue.put_nowait(("start", job, index, 0, 0))
+
+        def report(samples: int, nbytes: int) -> None:
+            queue.put_nowait(("add", job, index, samples, nbytes))
+
+    return fn(task, progress=report)
+
+
+class _ProgressBook:
+    """On the driver: turns the queue's messages into ``progress`` deltas, per task, so a
+    retried task's earlier reports are taken back."""
+
+    def __init__(self, progress: Progress | None, job: int):
+        self.progress = progress
+        self.job = job
+        self.by_task: dict[int, list[int]] = {}
+
+    def drain(self, queue: Any) -> None:
+        n = queue.qsize()
+        if not n:
+            return
+        samples = nbytes = 0
+        for kind, job, index, s, b in queue.get_nowait_batch(n):
+            if job != self.job:  # left by an earlier call's cancelled tasks
+                continue
+            seen = self.by_task.setdefault(index, [0, 0])
+            if kind == "start":
+                s, b = -seen[0], -seen[1]
+            seen[0] += s
+            seen[1] += b
+            samples += s
+            nbytes += b
+        if (samples or nbytes) and self.progress is not None:
+            self.progress(samples, nbytes)
+
+
+class RayExecutor(Executor):
+    """Run tasks on Ray: ``address=None`` starts a local Ray with ``num_cpus`` CPUs (all cores
+    when None), ``address="auto"`` or ``"ray://host:10001"`` joins an existing cluster. When
+    Ray is already initialised in this process, it is used as it is.
+
+    ``max_retries`` bounds Ray's retries of a task whose worker died; Python exceptions are
+    never retried. ``cpus_per_task`` is the CPUs Ray reserves for each task. Raises ConfigError
+    when Ray is not installed.
+    """
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None,
+                 max_retries: int = 3, *, cpus_per_task: float = 1):
+        self._ray = import_ray()
+        self.address = address
+        self.num_cpus = num_cpus
+        self.max_retries = max(0, int(max_retries))
+        self.cpus_per_task = cpus_per_task
+        self._started = False
+        self._queue: Any = None  # progress messages, kept for the executor's lifetime
+        self._jobs = 0
+
+    def _ensure_ray(self) -> None:
+        ray = self._ray
+        if not ray.is_initialized():
+            self._init_ray()
+        if self._queue is None:
+            from ray.util.queue import Queue
+
+            self._queue = Queue(actor_options={"num_cpus": 0})
+
+    def _init_ray(self) -> None:
+        ray = self._ray
+        quiet = {"log_to_driver": False, "logging_level": logging.WARNING,
+                 "configure_logging": True}
+        if self.address:
+            log.info("joining the Ray cluster at %s", self.address)
+            # Ray Client (ray://) would forward these to the server's ray.init, with a warning
+            ray.init(address=self.address,
+                     **({} if self.address.startswith("ray://") else quiet))
+        else:
+            log.info("starting a local Ray with %s CPUs", self.num_cpus or "all")
+            ray.init(num_cpus=self.num_cpus, include_dashboard=False, **quiet)
+        self._started = True
+
+    def map_unordered(self, fn: Callable[..., Any], tasks: Iterable[Any], *,
+                      progress: Progress | None = None) -> Iterator[Any]:
+        tasks = list(tasks)
+        if not tasks:
+            return
+        self._ensure_ray()
+        ray = self._ray
+        run = _remote_run(ray).options(max_retries=self.max_retries, retry_exceptions=False,
+                                       num_cpus=self.cpus_per_task)
+        self._jobs += 1
+        queue = self._queue if progress is not None else None
+        book = _ProgressBook(progress, self._jobs)
+        stored: list[tuple[Any, Any]] = []  # (secrets, ObjectRef): one put per distinct value
+        refs: dict[Any, int] = {}
+        for index, task in enumerate(tasks):
+            secrets_ref = None
+            if hasattr(task, "without_secrets"):
+                task, secrets = task.without_secrets()
+                if secrets:
+                    secrets_ref = next((ref for value, ref in stored if value == secrets), None)
+                    if secrets_ref is None:
+                        secrets_ref = ray.put(secrets)
+                        stored.append((secrets, secrets_ref))
+            refs[run.remote(fn, task, index, queue, self._jobs, secrets_ref)] = index
+        pending = list(refs)
+        last_drain = 0.0
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1, timeout=0.2)
+                if queue is not None and time.monotonic() - last_drain > 0.2:
+                    book.drain(queue)
+                    last_drain = time.monotonic()
+                for ref in done:
+                    yield self._result(ref, tasks[refs[ref]])
+            if queue is not None:
+                book.drain(queue)  # a task's reports are all in before it returns
+        finally:
+            for ref in pending:
+                try:
+                    ray.cancel(ref)
+                except Exception as exc:  # already finished or gone
+                    log.debug("could not cancel a Ray task: %s", exc)
+
+    def _result(self, ref: Any, task: Any) -> Any:
+        ray = self._ray
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            # a Python exception in the task: raise it as itself (its type and message name
+            # the partition and the reason), the remote traceback chained for debugging
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, BaseException):
+                raise cause from exc
+            raise TaskFailedError(f"{task} failed: {exc}") from exc
+        except ray.exceptions.RayError as exc:
+            raise TaskFailedError(
+                f"{task} failed after {self.max_retries + 1} attempt(s): "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. A "
+                f"worker or node died (killed, out of memory?); re-run the same command to "
+                f"resume from the finished partitions") from exc
+
+    def close(self) -> None:
+        """Stop the progress queue; shut Ray down if this executor started it. Idempotent."""
+        if self._queue is not None:
+            try:
+                self._queue.shutdown()
+            except Exception as exc:
+                log.debug("could not stop the progress queue: %s", exc)
+            self._queue = None
+        if self._started:
+            self._started = False
+            self._ray.shutdown()

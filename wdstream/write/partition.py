@@ -1,0 +1,173 @@
+"""One partition of a conversion: its rows streamed into committed shards, then its record.
+
+A partition is one :class:`ConvertTask`, run by the pure, picklable :func:`convert_partition` on
+any executor. Its rows go through :class:`~wdstream.write.encode.RowEncoder` into a
+:class:`~wdstream.write.writer.ShardWriter` (commit-or-abort shards), and
+``OUTPUT/_partitions/part-NNNNN.json`` is written only after all of its shards are committed.
+
+Keys are ``make_key(partition, row)`` with ``row`` the row's index within its partition
+(skipped rows included), so keys and shard bytes are the same whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .. import storage
+from ..errors import ConfigError, ErrorBudget, SkipSample, WdstreamError, redact
+from ..format.manifest import PARTITIONS_DIR, PartitionRecord
+from ..format.schema import make_key
+from .encode import ColumnMap, RowEncoder
+from .executors.base import Progress, merge_secrets, split_secrets
+from .sources.hf import HFSource, iter_rows, open_source, prepare
+from .writer import ShardWriter
+
+__all__ = ["ConvertTask", "convert_partition", "record_name"]
+
+log = logging.getLogger(__name__)
+
+
+def record_name(partition: int) -> str:
+    return f"part-{partition:05d}.json"
+
+
+@dataclass
+class ConvertTask:
+    """Everything one partition needs; picklable, credentials kept out of ``repr``.
+
+    ``storage_options`` travel with the task (a process pool pickles them into a pipe); they
+    are never logged. A cluster executor ships the task from :meth:`without_secrets` and the
+    credentials apart. ``limit`` caps the rows read (only used with a single partition).
+    """
+
+    spec: HFSource
+    columns: ColumnMap
+    partition: int
+    n_partitions: int
+    output_url: str
+    max_samples_per_shard: int
+    max_shard_bytes: int
+    limit: int | None = None
+    skip_bad_rows: bool = True
+    batch_size: int = 64
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    job: str = ""  # one convert() call; a worker opens the source once per job ("": each time)
+
+    def __str__(self) -> str:
+        return (f"partition {self.partition} of {self.n_partitions} "
+                f"({self.spec.source} -> {redact(self.output_url)})")
+
+    def without_secrets(self) -> tuple[ConvertTask, dict[str, Any]]:
+        """``(this task with no credentials in its storage options, those credentials)``."""
+        public, secrets = split_secrets(self.storage_options)
+        return replace(self, storage_options=public), secrets
+
+    def with_secrets(self, secrets: dict[str, Any]) -> ConvertTask:
+        """The inverse of :meth:`without_secrets`."""
+        return replace(self, storage_options=merge_secrets(self.storage_options, secrets))
+
+
+def _name_partition(exc: BaseException, task: ConvertTask) -> None:
+    """Make a partition's error say which partition failed, keeping its type (callers catch
+    ColumnError, TooManyErrors...): wdstream errors get a prefix, others a note."""
+    where = f"partition {task.partition} of {task.n_partitions}"
+    if isinstance(exc, WdstreamError) and exc.args and isinstance(exc.args[0], str):
+        if not exc.args[0].startswith(where):
+            exc.args = (f"{where}: {exc.args[0]}", *exc.args[1:])
+    elif hasattr(exc, "add_note"):
+        exc.add_note(f"while converting {task}")
+
+
+_OPENED: dict[str, Any] = {}  # per process: the prepared source of the current job
+
+
+def _partition_dataset(task: ConvertTask):
+    """The task's rows: the source opened (once per job and process, as ``load_dataset``
+    resolves every data file of the dataset, a Hub listing included) and sharded."""
+    key = f"{task.job}|{task.spec!r}|{task.columns!r}"
+    ds = _OPENED.get(key) if task.job else None
+    if ds is None:
+        ds = prepare(open_source(task.spec, check_hub=False), task.columns)
+        _OPENED.clear()
+        if task.job:
+            _OPENED[key] = ds
+    if task.n_partitions > 1:
+        if ds.n_shards != task.n_partitions:
+            raise ConfigError(
+                f"{task.spec.source} now has {ds.n_shards} source shards, not the "
+                f"{task.n_partitions} this job was planned with; its files changed during the "
+                f"conversion. Convert it again into a new OUTPUT", url=task.output_url)
+        ds = ds.shard(num_shards=task.n_partitions, index=task.partition, contiguous=True)
+    if task.limit is not None:
+        ds = ds.take(task.limit)
+    return ds
+
+
+def convert_partition(task: ConvertTask, progress: Progress | None = None) -> PartitionRecord:
+    """Convert one partition: stream its rows into committed shards, then write its record.
+
+    Pure with respect to its inputs (same task -> same keys, same shard bytes). Bad rows are
+    skipped and counted (or, with ``skip_bad_rows=False``, stop the partition with
+    TooManyErrors). On any error the open shard is discarded and no record is written, so a
+    re-run redoes the partition. ``progress(samples, nbytes)`` receives deltas now and then.
+    An error keeps its type and names the partition.
+
+    Idempotent: a partition writes only its own names (``shard-PPPPP-*``, its record), so a
+    retried attempt overwrites what a dead one committed with the same bytes; a dead attempt's
+    open shard is never visible (a temp name or a pending multipart upload, which the driver
+    sweeps at the end of the job).
+    """
+    try:
+        return _convert_partition(task, progress)
+    except Exception as exc:
+        _name_partition(exc, task)
+        raise
+
+
+def _convert_partition(task: ConvertTask, progress: Progress | None) -> PartitionRecord:
+    ds = _partition_dataset(task)
+    encoder = RowEncoder(task.columns, task.spec.source)
+    budget = ErrorBudget(-1 if task.skip_bad_rows else 0, what="bad rows")
+    writer = ShardWriter(task.output_url, task.partition, max_samples=task.max_samples_per_shard,
+                         max_bytes=task.max_shard_bytes, storage_options=task.storage_options)
+    exts: set[str] = set()
+    samples = 0
+    pending_samples = pending_bytes = 0
+    last_report = time.monotonic()
+    try:
+        for row_index, row in enumerate(iter_rows(ds, task.columns, task.batch_size)):
+            key = make_key(task.partition, row_index)
+            try:
+                fields = encoder(row, key)
+            except SkipSample as exc:
+                budget.record(str(exc), f"{redact(task.output_url)} partition "
+                              f"{task.partition} key {key}", exc.__cause__)
+                continue
+            writer.write(key, fields)
+            exts.update(fields)
+            samples += 1
+            if progress is not None:
+                pending_samples += 1
+                pending_bytes += sum(len(v) for v in fields.values())
+                now = time.monotonic()
+                if now - last_report > 0.25:
+                    progress(pending_samples, pending_bytes)
+                    pending_samples = pending_bytes = 0
+                    last_report = now
+        shards = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    if progress is not None and (pending_samples or pending_bytes):
+        progress(pending_samples, pending_bytes)
+    record = PartitionRecord(partition=task.partition, shards=shards, samples=samples,
+                             skipped=dict(budget.counts), fields=sorted(exts))
+    storage.write_bytes(
+        storage.join_url(task.output_url, f"{PARTITIONS_DIR}/{record_name(task.partition)}"),
+        record.to_json(), task.storage_options)
+    log.debug("partition %d done: %d samples in %d shards", task.partition, samples,
+              len(shards))
+    return record

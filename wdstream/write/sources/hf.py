@@ -1,0 +1,224 @@
+"""Hugging Face sources: open a dataset for streaming and find its columns.
+
+The write path starts here: :func:`open_source` streams anything ``datasets.load_dataset``
+accepts (a Hub id, a local folder, or a builder such as ``parquet`` with ``data_files``), with
+Image and Audio columns cast to ``decode=False`` so encoded bytes pass through untouched.
+:func:`resolve_columns` finds the image, audio and text columns from the features. Partitions
+are the source's own shards (``IterableDataset.n_shards`` / ``.shard(n, i)``).
+
+Rows are read as Arrow record batches (``with_format("arrow").iter(batch_size)``) and their
+columns turned into Python lists once per batch, which is much cheaper than one dict per row.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ...errors import ColumnError, HubUnreachableError, SourceError
+from ...hub import check_hub_reachable
+from ..encode import ColumnMap
+
+__all__ = [
+    "HFSource",
+    "open_source",
+    "resolve_columns",
+    "prepare",
+    "iter_rows",
+    "TEXT_COLUMN_NAMES",
+]
+
+log = logging.getLogger(__name__)
+
+#: Column names taken as the text when no ``--text-column`` is given, in this order.
+TEXT_COLUMN_NAMES = ("text", "caption", "captions", "sentence", "transcription", "transcript",
+                     "prompt", "description", "content", "title")
+#: Builders that read local ``data_files`` and never need the Hub.
+_LOCAL_BUILDERS = ("parquet", "csv", "json", "text", "arrow", "webdataset", "imagefolder",
+                   "audiofolder", "videofolder", "pandas", "xml", "sql")
+
+
+@dataclass(frozen=True)
+class HFSource:
+    """What to open: the arguments of ``datasets.load_dataset`` (always ``streaming=True``)."""
+
+    source: str
+    name: str | None = None
+    split: str = "train"
+    data_files: Any = None  # str, list of str, or {split: patterns}
+    revision: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe description for the manifest (no credentials ever live here)."""
+        files = self.data_files
+        if isinstance(files, tuple):
+            files = list(files)
+        return {"name": self.source, "config": self.name, "split": self.split,
+                "revision": self.revision, "data_files": files}
+
+
+# --------------------------------------------------------------------------- opening
+
+def _is_local_path(source: str) -> bool:
+    return (source.startswith(("/", "./", "../", "~", "file://")) or os.path.isabs(source)
+            or os.path.exists(source))
+
+
+def _needs_hub(spec: HFSource) -> bool:
+    if _is_local_path(spec.source):
+        return False
+    if spec.source in _LOCAL_BUILDERS and spec.data_files is not None:
+        return False
+    return True
+
+
+def _map_load_error(exc: BaseException, spec: HFSource) -> Exception:
+    text = f"{type(exc).__name__}: {exc}"
+    if "Couldn't reach" in text or "OfflineMode" in text or "ConnectionError" in text \
+            or "ConnectTimeout" in text or "Connection refused" in text:
+        return HubUnreachableError(
+            f"cannot reach the Hugging Face Hub for {spec.source!r} ({exc}). Check the network "
+            f"or HF_ENDPOINT/HF_HUB_OFFLINE, or convert a local copy", url=spec.source)
+    if isinstance(exc, (FileNotFoundError, ValueError)) or "NotFound" in text \
+            or "doesn't exist" in text or "does not exist" in text:
+        return SourceError(
+            f"source {spec.source!r} (config={spec.name!r}, split={spec.split!r}, "
+            f"data_files={spec.data_files!r}) does not exist or has no data: {exc}. Check the "
+            f"dataset id, folder, config name, split and --data-files patterns",
+            url=spec.source)
+    return SourceError(f"cannot open source {spec.source!r}: {text}", url=spec.source)
+
+
+def open_source(spec: HFSource, *, check_hub: bool = True):
+    """``datasets.load_dataset(..., streaming=True)`` for ``spec``, as an IterableDataset.
+
+    Raises SourceError for a source that does not exist, and HubUnreachableError (fast) when
+    the source needs the Hub and the Hub cannot be reached.
+    """
+    if _is_local_path(spec.source) and not os.path.exists(os.path.expanduser(
+            spec.source.removeprefix("file://"))):
+        raise SourceError(f"source folder {spec.source!r} does not exist; give an existing "
+                          f"local folder, a Hub id, or a builder such as `parquet` with "
+                          f"--data-files", url=spec.source)
+    if check_hub and _needs_hub(spec):
+        check_hub_reachable(what=repr(spec.source))
+    kwargs: dict[str, Any] = {"split": spec.split, "streaming": True}
+    if spec.data_files is not None:
+        files = spec.data_files
+        kwargs["data_files"] = list(files) if isinstance(files, tuple) else files
+    if spec.revision is not None:
+        kwargs["revision"] = spec.revision
+    try:
+        ds = datasets.load_dataset(os.path.expanduser(spec.source.removeprefix("file://"))
+                                   if _is_local_path(spec.source) else spec.source,
+                                   spec.name, **kwargs)
+    except Exception as exc:  # datasets raises many types; map them onto ours
+        raise _map_load_error(exc, spec) from exc
+    if isinstance(ds, datasets.IterableDatasetDict):  # split=None
+        raise SourceError(f"source {spec.source!r} has splits {list(ds)}; choose one with "
+                          f"--split", url=spec.source)
+    return ds
+
+
+# --------------------------------------------------------------------------- columns
+
+def _feature_kind(feature: Any) -> str | None:
+    if isinstance(feature, datasets.Image):
+        return "image"
+    if isinstance(feature, datasets.Audio):
+        return "audio"
+    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+        return "text"
+    return None
+
+
+def resolve_columns(columns: list[str], features: Any = None, *, image: str | None = None,
+                    audio: str | None = None, text: tuple[str, ...] | list[str] = ()) -> ColumnMap:
+    """Pick the image, audio and text columns (named ones, or found from the features).
+
+    Without names: the first Image feature, the first Audio feature, and the first string
+    column whose name is in :data:`TEXT_COLUMN_NAMES` (else the first string column). Every
+    other column goes into the sample's ``.json``; further Image/Audio columns are dropped
+    (their bytes do not belong in JSON) and reported. Raises ColumnError naming a missing column
+    and listing the existing ones.
+    """
+    columns = list(columns)
+    for name in [image, audio, *text]:
+        if name is not None and name not in columns:
+            raise ColumnError(f"column {name!r} does not exist; the source has {columns}. "
+                              f"Pass an existing name to --image-column/--audio-column/"
+                              f"--text-column", key=name)
+    kinds = {c: _feature_kind(features[c]) if features is not None and c in features else None
+             for c in columns}
+    if image is None:
+        image = next((c for c in columns if kinds[c] == "image"), None)
+    if audio is None:
+        audio = next((c for c in columns if kinds[c] == "audio"), None)
+    if not text:
+        strings = [c for c in columns if kinds[c] == "text"]
+        named = [c for n in TEXT_COLUMN_NAMES for c in strings if c.lower() == n]
+        if features is None:
+            named = [c for n in TEXT_COLUMN_NAMES for c in columns if c.lower() == n]
+        pick = named[:1] or strings[:1]
+        text = tuple(pick)
+    chosen = {image, audio, *text}
+    dropped = tuple(c for c in columns if c not in chosen and kinds[c] in ("image", "audio"))
+    extra = tuple(c for c in columns if c not in chosen and c not in dropped)
+    return ColumnMap(image=image, audio=audio, text=tuple(text), extra=extra, dropped=dropped)
+
+
+def prepare(ds, columns: ColumnMap):
+    """Cast the image/audio columns to ``decode=False`` and drop the unused media columns."""
+    features = ds.features
+    if features is not None:
+        for col in (columns.image, columns.audio):
+            if col is None:
+                continue
+            feat = features[col]
+            if isinstance(feat, datasets.Image) and feat.decode:
+                ds = ds.cast_column(col, datasets.Image(decode=False))
+            elif isinstance(feat, datasets.Audio) and feat.decode:
+                ds = ds.cast_column(col, datasets.Audio(decode=False))
+    if columns.dropped:
+        ds = ds.remove_columns(list(columns.dropped))
+    return ds
+
+
+def iter_rows(ds, columns: ColumnMap, batch_size: int = 64) -> Iterator[dict[str, Any]]:
+    """Rows of ``ds`` as dicts of the mapped columns.
+
+    With known features, rows come from Arrow record batches: each column is turned into a
+    Python list once per batch and media columns are reduced to their bytes/path without a
+    dict per row. Without features (a generator of Python objects), rows pass as they are.
+    """
+    wanted = [c for c in (columns.image, columns.audio, *columns.text, *columns.extra) if c]
+    if ds.features is None:
+        for row in ds:
+            yield {c: row.get(c) for c in wanted}
+        return
+    media = {c for c in (columns.image, columns.audio) if c}
+    for table in ds.with_format("arrow").iter(batch_size=batch_size):
+        lists: dict[str, list[Any]] = {}
+        for c in wanted:
+            col = table.column(c)
+            if c in media and _is_bytes_path_struct(col.type):
+                lists[c] = [{"bytes": b, "path": p} for b, p in zip(
+                    pc.struct_field(col, "bytes").to_pylist(),
+                    pc.struct_field(col, "path").to_pylist(), strict=True)]
+            else:
+                lists[c] = col.to_pylist()
+        for i in range(table.num_rows):
+            yield {c: lists[c][i] for c in wanted}
+
+
+def _is_bytes_path_struct(t) -> bool:
+    return pa.types.is_struct(t) and t.get_field_index("bytes") >= 0 and \
+        t.get_field_index("path") >= 0
+
