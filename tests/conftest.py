@@ -4,6 +4,7 @@ s3fs's own tests), small local Hugging Face datasets, and offline settings."""
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -57,6 +58,31 @@ def s3(s3_server):
     fs.mkdir("test")
     yield {"endpoint": s3_server, "storage_options": opts, "bucket": "test", "fs": fs}
     requests.post(f"{s3_server}/moto-api/reset", timeout=10)
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
+def s3proxy():
+    """The shared S3 test proxy module, tools/s3proxy.py (tools/ is not a package)."""
+    tools = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tools")
+    sys.path.insert(0, tools)
+    try:
+        import s3proxy as module
+    finally:
+        sys.path.remove(tools)
+    return module
+
+
+@pytest.fixture
+def s3_proxy(s3, s3proxy):
+    """The S3 test proxy in front of the loopback S3 (``s3``), with no latency, no bandwidth
+    cap and no faults until a test sets them (``proxy.ttfb = 0.03``, ``proxy.inject(...)``).
+    Yields ``(proxy, storage_options)`` that reach S3 through it."""
+    import s3fs
+
+    with s3proxy.S3Proxy(s3["endpoint"], ttfb=0.0, jitter=0.0, bandwidth=None) as proxy:
+        s3fs.S3FileSystem.clear_instance_cache()
+        yield proxy, {**s3["storage_options"], "client_kwargs": {"endpoint_url": proxy.url}}
     s3fs.S3FileSystem.clear_instance_cache()
 
 

@@ -7,7 +7,6 @@ import hashlib
 import http.client
 import os
 import socket
-import sys
 import threading
 import time
 import urllib.request
@@ -18,17 +17,6 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.s3
-
-
-@pytest.fixture(scope="module")
-def s3proxy():
-    """The tools/s3proxy.py module (tools/ is not a package)."""
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    try:
-        import s3proxy as module
-    finally:
-        sys.path.remove(os.path.join(REPO, "tools"))
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,11 @@ that start mid-shard, and multi-rank runs under torchrun with a mid-epoch resume
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import subprocess
 import sys
-import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from helpers import write_test_shards
@@ -21,53 +18,9 @@ pytestmark = pytest.mark.s3
 HERE = os.path.join(os.path.dirname(__file__), os.pardir)  # tests/, where scripts/ lives
 
 
-class CountingProxy:
-    """A loopback HTTP proxy in front of the moto server that counts the body bytes of every
-    GET response per object path: what the S3 server really sent."""
-
-    def __init__(self, upstream: str):
-        host, port = upstream.split("//")[1].split(":")
-        counts: Counter = Counter()
-        self.counts = counts
-
-        class Handler(BaseHTTPRequestHandler):
-            def _forward(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                conn = http.client.HTTPConnection(host, int(port), timeout=30)
-                headers = {k: v for k, v in self.headers.items()}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                if self.command == "GET":
-                    counts[self.path.split("?")[0]] += len(data)
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)) if self.command != "HEAD"
-                                 else resp.getheader("Content-Length", "0"))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                conn.close()
-
-            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def test_slot_starting_mid_shard_reads_only_from_its_offset(s3):
+def test_slot_starting_mid_shard_reads_only_from_its_offset(s3, s3_proxy):
+    """Counted at the S3 test proxy, which serves ranged GETs from its own copy of each
+    object, as S3 does: a slot that starts mid-shard downloads only its span."""
     opts = s3["storage_options"]
     m = write_test_shards("s3://test/big", [64], storage_options=opts, audio=False,
                           image_px=(200, 260))
@@ -75,29 +28,22 @@ def test_slot_starting_mid_shard_reads_only_from_its_offset(s3):
     index = json.loads(s3["fs"].cat_file(f"test/big/{shard.index}"))
     start = index["offsets"][32]  # rank 1 of 2 starts at sample 32 of the one shard
     assert start > shard.bytes / 3
-    proxy = CountingProxy(s3["endpoint"])
-    try:
-        block = 32 * 1024
-        via_proxy = {**opts, "client_kwargs": {"endpoint_url": proxy.url}}
-        import s3fs
-
-        s3fs.S3FileSystem.clear_instance_cache()
-        config = wdstream.Config(batch_size=4, num_workers=0, cache_size=8, vision_dim=16,
-                                 max_text_length=16, storage_options=via_proxy,
-                                 read_block_size=block, shuffle=False)
-        keys = [k for b in wdstream.make_loader("s3://test/big", config, rank=1, world=2)
-                for k in b["keys"]]
-        assert keys == index["keys"][32:]
-        fetched = proxy.counts["/test/big/" + shard.url]
-        assert fetched <= shard.bytes - start + 2 * block  # its span, plus read-ahead
-        assert fetched < shard.bytes - start / 2  # the first part was never downloaded
-        proxy.counts.clear()
-        keys0 = [k for b in wdstream.make_loader("s3://test/big", config, rank=0, world=2)
-                 for k in b["keys"]]
-        assert keys0 == index["keys"][:32]
-        assert proxy.counts["/test/big/" + shard.url] <= start + 2 * block  # stops at its end
-    finally:
-        proxy.close()
+    proxy, via_proxy = s3_proxy
+    block = 32 * 1024
+    config = wdstream.Config(batch_size=4, num_workers=0, cache_size=8, vision_dim=16,
+                             max_text_length=16, storage_options=via_proxy,
+                             read_block_size=block, shuffle=False)
+    keys = [k for b in wdstream.make_loader("s3://test/big", config, rank=1, world=2)
+            for k in b["keys"]]
+    assert keys == index["keys"][32:]
+    fetched = proxy.counts["/test/big/" + shard.url]
+    assert fetched <= shard.bytes - start + 2 * block  # its span, plus read-ahead
+    assert fetched < shard.bytes - start / 2  # the first part was never downloaded
+    proxy.counts.clear()
+    keys0 = [k for b in wdstream.make_loader("s3://test/big", config, rank=0, world=2)
+             for k in b["keys"]]
+    assert keys0 == index["keys"][:32]
+    assert proxy.counts["/test/big/" + shard.url] <= start + 2 * block  # stops at its end
 
 
 def test_full_path_s3_two_workers_shapes_keys(s3):
