@@ -235,6 +235,24 @@ def test_fillers_are_flagged_and_never_consumed():
     assert rest.length == 0  # the one real sample was consumed, the fillers were not
 
 
+def test_medium_chain_with_many_windows():
+    """~15k samples in uneven shards, spans of many full windows, three layouts."""
+    sizes = np.random.default_rng(7).integers(0, 500, 60).tolist()
+    chain = [(Layout(8, 3, 7, 100, drop_last=False), 0.4), (Layout(5, 2, 16, 64), 0.7),
+             (Layout(3, 4, 5, 200, drop_last=False), 1.0)]
+    order = oracle.epoch_positions(sizes, 11, 2)
+    pool, opool = epoch_plan(sizes, seed=11, epoch=2), list(range(sum(sizes)))
+    delivered: Counter = Counter()
+    for generation, (layout, stop) in enumerate(chain):
+        k = int(stop * pool.batches_per_rank(layout))
+        opool, real, _ = check_generation(pool, opool, layout, k, sizes=sizes, order=order,
+                                          seed=11, epoch=2, generation=generation)
+        delivered.update(real)
+        pool = pool.after_batches(layout, k)
+    assert opool == [] and pool.length == 0
+    assert sorted(delivered) == list(range(sum(sizes))) and max(delivered.values()) == 1
+
+
 def test_large_plan_touches_only_its_runs():
     """1B samples in 100k shards: a slot after a resume reads a few runs (no per-sample
     arrays; bench_scale.py measures time and memory)."""

@@ -83,9 +83,11 @@ def window_bounds(n, length, cache_size: int):
 
 def iter_windows(length: int, cache_size: int) -> Iterator[tuple[int, int, int]]:
     """``(index, start, stop)`` of each window of a span of ``length`` items, in order."""
+    sizes = growth_sizes(cache_size)
+    cap = window_cap(cache_size)
     index, start = 0, 0
     while start < length:
-        stop = min(window_start(index + 1, cache_size), length)
+        stop = min(start + (sizes[index] if index < len(sizes) else cap), length)
         yield index, start, stop
         index, start = index + 1, stop
 
@@ -101,7 +103,8 @@ def window_order(slot_seed: int, index: int, size: int) -> np.ndarray:
 def emitted(n: int, length: int, cache_size: int, slot_seed: int) -> tuple[int, np.ndarray]:
     """Span positions emitted by a slot after its first ``n`` items: ``[0, whole)`` plus the
     (unsorted) positions ``partial`` of the current window. O(cache_size)."""
-    index, start, stop = window_bounds(min(n, length), length, cache_size)
+    n = min(n, length)
+    index, start, stop = window_bounds(n, length, cache_size)
     taken = n - start
     if taken <= 0:
         return start, np.zeros(0, dtype=np.int64)
