@@ -1,0 +1,190 @@
+"""Mixed sources as arithmetic: per-step source counts, the batch count, and each source's
+split over the slots, so a mixed epoch is exact, equal per rank and resumable.
+
+Step ``j`` (batch ``j`` of every rank) takes ``counts[j, s]`` samples of source ``s``: a seeded
+multinomial of ``batch_size`` over the weights, drawn in blocks of :data:`BLOCK` steps (one
+generator per block, so a step's counts do not depend on how many steps are drawn). Every
+rank has the same counts, hence the same batches. Inside a batch the sources come in a seeded
+order (:meth:`MixPlan.batch_sources`).
+
+Each source is then planned like a single source (:mod:`wdstream.read.planner`) with a
+:class:`~wdstream.read.planner.Split` whose worker ``w`` reads
+``sum(counts[j, s] for j in range(w, K, workers))`` items: resuming a mixed epoch is the same
+pool arithmetic per source, and O(K) per generation, never O(samples).
+
+- ``mode="stop"``: the epoch ends before the first step some source cannot fill
+  (``world * sum(counts[:K+1, s]) > pool_s``); what is left of each source is its dropped tail.
+- ``mode="resample"``: sources are cyclic (each pass a new shard order) and the epoch is
+  ``samples`` samples (``K = samples // (world * batch)``).
+
+Batches are always full (``drop_last`` does not apply). Each source's windows are at most
+``cache_size // len(sources)`` items, so a worker still holds at most ``cache_size`` samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .planner import Layout, Pool, Split, epoch_plan
+from .seeds import derive_seed
+
+__all__ = ["MODES", "BLOCK", "MixPlan", "mix_weights", "source_cache", "step_counts",
+           "mix_plan", "mixed_epoch"]
+
+MODES = ("stop", "resample")
+BLOCK = 1024  # steps drawn per generator
+
+
+def mix_weights(names: Sequence[str], weights: Mapping[str, float] | None) -> np.ndarray:
+    """Probabilities of ``names`` in order (None or empty: equal weights)."""
+    if not names:
+        raise ValueError("nothing to mix: no sources")
+    if not weights:
+        return np.full(len(names), 1.0 / len(names))
+    if set(weights) != set(names):
+        raise ValueError(f"weights name {sorted(weights)} but the sources are {list(names)}")
+    w = np.array([float(weights[n]) for n in names])
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights must be finite, >= 0 and not all zero: {dict(weights)}")
+    return w / w.sum()
+
+
+def source_cache(cache_size: int, n_sources: int) -> int:
+    """Window cap of each of ``n_sources`` sources sharing a worker's ``cache_size``."""
+    return cache_size if cache_size <= 1 else max(1, cache_size // n_sources)
+
+
+def step_counts(probs: np.ndarray, batch_size: int, *, seed: int, epoch: int,
+                generation: int, start: int, stop: int) -> np.ndarray:
+    """``counts[j - start, s]`` for steps ``start <= j < stop``: samples of each source."""
+    out = np.zeros((max(0, stop - start), len(probs)), dtype=np.int64)
+    for block in range(start // BLOCK, -(-stop // BLOCK)):
+        rng = np.random.default_rng(derive_seed(seed, epoch, generation, "mix", block))
+        drawn = rng.multinomial(batch_size, probs, size=BLOCK)
+        lo, hi = max(start, block * BLOCK), min(stop, (block + 1) * BLOCK)
+        out[lo - start:hi - start] = drawn[lo - block * BLOCK:hi - block * BLOCK]
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class MixPlan:
+    """One generation of a mixed epoch: ``counts[j, s]`` samples of ``names[s]`` in step
+    ``j``'s batch on every rank; ``len(counts)`` batches per rank."""
+
+    names: tuple[str, ...]
+    layout: Layout
+    counts: np.ndarray
+    seed: int
+    epoch: int
+    generation: int
+
+    @property
+    def batches(self) -> int:
+        return len(self.counts)
+
+    def _column(self, name: str) -> np.ndarray:
+        return self.counts[:, self.names.index(name)]
+
+    def worker_lengths(self, name: str) -> tuple[int, ...]:
+        """Items of source ``name`` each worker of a rank reads this generation."""
+        col, w = self._column(name), self.layout.workers
+        return tuple(int(col[i::w].sum()) for i in range(w))
+
+    def split(self, name: str) -> Split:
+        """Source ``name``'s pool laid over the slots."""
+        cache = source_cache(self.layout.cache_size, len(self.names))
+        return Split(self.layout.world, self.worker_lengths(name), cache)
+
+    def emitted(self, name: str, k: int) -> tuple[int, ...]:
+        """Items of source ``name`` each worker emitted once every rank yielded ``k`` batches."""
+        col, w = self._column(name)[:k], self.layout.workers
+        return tuple(int(col[i::w].sum()) for i in range(w))
+
+    def batch_sources(self, step: int) -> np.ndarray:
+        """Source index of each item of step ``step``'s batch, in batch order."""
+        multiset = np.repeat(np.arange(len(self.names)), self.counts[step])
+        rng = np.random.default_rng([derive_seed(self.seed, self.epoch, self.generation,
+                                                 "order"), step])
+        return rng.permutation(multiset)
+
+
+def _stop_counts(lengths: np.ndarray, probs: np.ndarray, layout: Layout, *, seed: int,
+                 epoch: int, generation: int) -> np.ndarray:
+    """Counts of every step while each source can fill it on every rank: O(K)."""
+    if (lengths[probs > 0] >= 1 << 61).all():
+        raise ValueError("mode='stop' needs finite pools")
+    done = np.zeros(len(probs), dtype=np.int64)
+    chunks = []
+    block = 0
+    while True:
+        c = step_counts(probs, layout.batch_size, seed=seed, epoch=epoch, generation=generation,
+                        start=block * BLOCK, stop=(block + 1) * BLOCK)
+        used = done + np.cumsum(c, axis=0) * layout.world
+        short = np.flatnonzero((used > lengths).any(axis=1))
+        if short.size:
+            chunks.append(c[:short[0]])
+            return np.concatenate(chunks)
+        chunks.append(c)
+        done = used[-1]
+        block += 1
+
+
+def mix_plan(pool_lengths: Mapping[str, int], weights: Mapping[str, float] | None, *,
+             seed: int, epoch: int, layout: Layout, mode: str = "stop", generation: int = 0,
+             samples: int | None = None) -> MixPlan:
+    """The mixed plan of one generation over pools of ``pool_lengths`` samples.
+
+    ``samples`` (mode ``"resample"`` only, required there): samples this generation yields
+    over all ranks, rounded down to whole steps.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    names = tuple(sorted(pool_lengths))
+    probs = mix_weights(names, weights)
+    lengths = np.array([pool_lengths[n] for n in names], dtype=np.int64)
+    if mode == "stop":
+        counts = _stop_counts(lengths, probs, layout, seed=seed, epoch=epoch,
+                              generation=generation)
+    else:
+        if samples is None or samples < 0:
+            raise ValueError("mode='resample' needs samples >= 0 (the epoch's length)")
+        empty = [n for n, p, m in zip(names, probs, lengths, strict=True) if p > 0 and m == 0]
+        if empty:
+            raise ValueError(f"cannot resample empty source(s) {empty}")
+        k = samples // (layout.world * layout.batch_size)
+        counts = step_counts(probs, layout.batch_size, seed=seed, epoch=epoch,
+                             generation=generation, start=0, stop=k)
+    return MixPlan(names, layout, counts, seed, epoch, generation)
+
+
+def mixed_epoch(sources: Mapping[str, Sequence[int]], weights: Mapping[str, float] | None, *,
+                seed: int, epoch: int, layout: Layout, mode: str = "stop",
+                shuffle: bool = True, history: Sequence[tuple[Layout, int]] = (),
+                samples: int | None = None) -> tuple[MixPlan, dict[str, Pool]]:
+    """The current generation's mixed plan and each source's pool, after ``history``.
+
+    ``sources`` maps names to shard sizes. Slot ``(rank, worker)`` of source ``name`` is
+    ``pools[name].slot(plan.split(name), rank, worker)``; its batch ``i`` is step
+    ``worker + i * workers`` of ``plan``.
+    """
+    cyclic = mode == "resample"
+    pools = {n: epoch_plan(sizes, seed=seed, epoch=epoch, shuffle=shuffle, salt=n,
+                           cyclic=cyclic) for n, sizes in sources.items()}
+    left = samples
+    for generation, (old, k) in enumerate(history):
+        plan = mix_plan({n: p.length for n, p in pools.items()}, weights, seed=seed,
+                        epoch=epoch, layout=old, mode=mode, generation=generation,
+                        samples=left)
+        if not 0 <= k <= plan.batches:
+            raise ValueError(f"{k} batches consumed but generation {generation} has "
+                             f"{plan.batches} per rank")
+        pools = {n: p.after(plan.split(n), plan.emitted(n, k)) for n, p in pools.items()}
+        if left is not None:
+            left = max(0, left - k * old.world * old.batch_size)
+    plan = mix_plan({n: p.length for n, p in pools.items()}, weights, seed=seed, epoch=epoch,
+                    layout=layout, mode=mode, generation=len(history), samples=left)
+    return plan, pools
+
