@@ -21,18 +21,20 @@ def test_manifest_round_trip_and_urls(tmp_path):
     data = json.loads(open(url).read())
     assert data["samples"] == 5 and data["bytes"] == 30720
     assert data["fields"] == ["jpg", "txt"] and data["skipped"] == {"bad_image": 2}
-    back = load_manifest(str(tmp_path))
+    with pytest.raises(SourceError, match=r"shards\[1\].url.*outside the manifest's folder"):
+        load_manifest(str(tmp_path))  # another bucket: only when the user allows it
+    back = load_manifest(str(tmp_path), allowed_prefixes=["s3://other/"])
     assert back.shards == SHARDS and back.source == m.source
     assert back.shard_urls() == [f"{tmp_path}/shard-00000-00000.tar", "s3://other/x.tar"]
     assert back.index_urls() == [f"{tmp_path}/shard-00000-00000.idx.json", None]
-    assert load_manifest(url).samples == 5
+    assert load_manifest(url, allowed_prefixes=["s3://other"]).samples == 5
 
 
 def test_bad_manifests_name_the_url(tmp_path):
     with pytest.raises(SourceError, match="cannot read manifest") as e:
         load_manifest(str(tmp_path / "missing"))
     assert "missing/manifest.json" in str(e.value)
-    d = Manifest(shards=SHARDS).to_dict()
+    d = Manifest(shards=SHARDS[:1]).to_dict()
     d["samples"] = 99
     (tmp_path / "manifest.json").write_text(json.dumps(d))
     with pytest.raises(SourceError, match="not a valid wdstream manifest.*99"):
