@@ -184,6 +184,7 @@ _SHARD_FIELDS: dict[str, tuple[type, ...]] = {
     "first_key": (str, type(None)), "last_key": (str, type(None)),
 }
 _REQUIRED = ("url", "samples", "bytes", "sha256")
+_TYPE_NAMES = {int: "an integer", str: "a string", type(None): "null"}
 
 
 def _max_samples(shard_url: str, nbytes: int) -> int | None:
@@ -261,8 +262,8 @@ def validate_manifest(d: Any, *, url: str = "", allowed_prefixes: Sequence[str] 
         for name, kinds in _SHARD_FIELDS.items():
             value = s.get(name)
             if name in s and (not isinstance(value, kinds) or isinstance(value, bool)):
-                raise bad(f"'shards[{i}].{name}'", f"is {value!r}, not a "
-                          f"{' or '.join('null' if k is type(None) else k.__name__ for k in kinds)}")
+                raise bad(f"'shards[{i}].{name}'",
+                          f"is {value!r}, not {' or '.join(_TYPE_NAMES[k] for k in kinds)}")
         for name in ("samples", "bytes"):
             if s[name] < 0:
                 raise bad(f"'shards[{i}].{name}'", f"is {s[name]}, a negative count")
