@@ -2,11 +2,11 @@
 mid-shard with a ranged read at the byte offset from the shard's index.
 
 Every read of a span yields exactly one item per wanted sample, in order: the sample dict
-(``__key__``, ``__url__``, members) or, when the shard is truncated or unreadable, when a
-member is over ``max_member_bytes``, or when the sample repeats a key seen earlier in its shard,
-an error marker ``{"__error__": reason, ...}`` (counted in the error budget). Keeping one item per position keeps the shuffle buffer
-and batch boundaries aligned with the pure plan in :mod:`wdstream.split`, so resumption stays
-exact even when data is bad.
+(``__key__``, ``__url__``, members) or an error marker ``{"__error__": reason, ...}``, counted
+in the error budget, when the shard is truncated or unreadable, when a member is over
+``max_member_bytes``, or when the sample repeats a key seen earlier in its shard. Keeping one
+item per position keeps the shuffle buffer and batch boundaries aligned with the pure plan in
+:mod:`wdstream.read.plan`, so resumption stays exact even when data is bad.
 """
 
 from __future__ import annotations
