@@ -178,6 +178,12 @@ def _is_int(value: Any) -> bool:
     return type(value) is int  # bool is not a count
 
 
+def _show(value: Any) -> str:
+    """A value for an error message, cut short (a hostile manifest may hold megabytes)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 _SHARD_FIELDS: dict[str, tuple[type, ...]] = {
     "url": (str,), "samples": (int,), "bytes": (int,), "sha256": (str,),
     "index": (str, type(None)), "partition": (int, type(None)),
@@ -248,7 +254,8 @@ def validate_manifest(d: Any, *, url: str = "", allowed_prefixes: Sequence[str] 
             raise bad(f"'{name}'", f"is a {type(d[name]).__name__}, not a {kind.__name__}")
     for reason, count in d.get("skipped", {}).items():
         if not _is_int(count) or count < 0:
-            raise bad(f"'skipped.{reason}'", f"is {count!r}, not a non-negative integer")
+            raise bad(f"'skipped.{_show(reason)[1:-1]}'",
+                      f"is {_show(count)}, not a non-negative integer")
     if not all(isinstance(f, str) for f in d.get("fields", [])):
         raise bad("'fields'", "holds something other than strings")
     base = posixpath.dirname(url) if url else ""
@@ -263,7 +270,7 @@ def validate_manifest(d: Any, *, url: str = "", allowed_prefixes: Sequence[str] 
             value = s.get(name)
             if name in s and (not isinstance(value, kinds) or isinstance(value, bool)):
                 raise bad(f"'shards[{i}].{name}'",
-                          f"is {value!r}, not {' or '.join(_TYPE_NAMES[k] for k in kinds)}")
+                          f"is {_show(value)}, not {' or '.join(_TYPE_NAMES[k] for k in kinds)}")
         for name in ("samples", "bytes"):
             if s[name] < 0:
                 raise bad(f"'shards[{i}].{name}'", f"is {s[name]}, a negative count")
@@ -276,9 +283,9 @@ def validate_manifest(d: Any, *, url: str = "", allowed_prefixes: Sequence[str] 
                 if s.get(name) is not None:
                     why = _confined(s[name], base or ".", allowed_prefixes)
                     if why:
-                        raise bad(f"'shards[{i}].{name}'", f"{redact(s[name])!r} {why}")
+                        raise bad(f"'shards[{i}].{name}'", f"{_show(redact(s[name]))} {why}")
         total_samples += s["samples"]
         total_bytes += s["bytes"]
     for name, total in (("samples", total_samples), ("bytes", total_bytes)):
         if name in d and (not _is_int(d[name]) or d[name] != total):
-            raise bad(f"'{name}'", f"is {d[name]!r}, but the shards' {name} sum to {total}")
+            raise bad(f"'{name}'", f"is {_show(d[name])}, but the shards' {name} sum to {total}")
