@@ -62,6 +62,9 @@ class Config:
     read_block_size: int = 8 * 2**20  # bytes per ranged GET when streaming a shard
     readahead: int = 64  # samples read ahead by a background thread per slot (0: none)
     storage_options: dict[str, Any] = field(default_factory=dict)
+    max_member_bytes: int = 2**30  # a larger tar member is skipped and counted, never read
+    allowed_prefixes: tuple[str, ...] = ()  # shard/index URL prefixes a manifest may name
+    # besides its own folder, e.g. ["s3://laion/shards/"]; a manifest cannot grant itself any
     synthetic_samples: int = 256  # size of a synthetic epoch
     modalities: tuple[str, ...] = ("text", "image", "audio")  # for synthetic data
 
@@ -89,7 +92,8 @@ class Config:
     skip_bad_rows: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("image_mean", "image_std", "text_columns", "modalities"):
+        for name in ("image_mean", "image_std", "text_columns", "modalities",
+                     "allowed_prefixes"):
             value = getattr(self, name)
             if isinstance(value, str):
                 value = [v for v in value.split(",") if v]
@@ -103,7 +107,8 @@ class Config:
             raise ConfigError(f"pin_memory must be auto/true/false, not {self.pin_memory!r}")
         self.pin_memory = str(self.pin_memory).lower()
         for name in ("batch_size", "vision_dim", "max_audio_length", "max_text_length",
-                     "audio_sample_rate", "max_samples_per_shard", "max_shard_bytes"):
+                     "audio_sample_rate", "max_samples_per_shard", "max_shard_bytes",
+                     "max_member_bytes"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
         if self.num_workers < 0 or self.cache_size < 0:

@@ -118,7 +118,8 @@ class ErrorBudget:
     """Counts skipped samples and shards by reason; raises once ``tolerance`` is exceeded.
 
     ``tolerance < 0`` means unlimited. Thread-safe; one budget per process (workers count
-    their own, the totals are reported per worker).
+    their own, the totals are reported per worker). ``placeholders`` counts the samples that
+    were not delivered because of those errors (one unreadable shard may cost many).
     """
 
     def __init__(self, tolerance: int = 100, *, what: str = "errors"):
@@ -126,6 +127,7 @@ class ErrorBudget:
         self.what = what
         self.counts: Counter[str] = Counter()
         self.examples: list[str] = []
+        self.placeholders = 0  # planned samples replaced by a placeholder (exact mode)
         self._lock = threading.Lock()
 
     @property

@@ -285,12 +285,23 @@ def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = 
         w.write(data)
 
 
-def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes:
+def read_bytes(url: str, storage_options: dict[str, Any] | None = None, *,
+               max_bytes: int | None = None) -> bytes:
+    """The whole object at ``url``. With ``max_bytes``, at most that many bytes are read: a
+    larger object (or an endless one, such as ``/dev/zero``) raises StorageError."""
     fs, path = url_to_fs(url, storage_options)
     try:
-        return fs.cat_file(path)
+        if max_bytes is None:
+            return fs.cat_file(path)
+        with fs.open(path, "rb") as f:
+            size = getattr(f, "size", None)  # known up front on object stores: no GET at all
+            data = None if isinstance(size, int) and size > max_bytes else f.read(max_bytes + 1)
     except Exception as exc:
         raise translate_error(exc, url, "read") from exc
+    if data is None or len(data) > max_bytes:
+        raise StorageError(f"{redact(url)} is larger than {max_bytes} bytes, the most expected "
+                           f"there; not reading it", url=url)
+    return data
 
 
 def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:

@@ -23,6 +23,9 @@ HELP = "print a dataset's manifest summary and its first samples (keys, fields, 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", help="output folder, its manifest.json, or one .tar shard")
     p.add_argument("--samples", type=int, default=3, help="how many samples to show")
+    p.add_argument("--allowed-prefix", action="append", default=[], metavar="PREFIX",
+                   help="a URL prefix outside the manifest's folder whose shards it may name "
+                        "(repeatable; as config.allowed_prefixes)")
     add_storage_option_argument(p)
 
 
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if is_shard_source(args.url):
         shard_url = storage.expand_urls(args.url)[0]
     else:
-        m = load_manifest(args.url, options)
+        m = load_manifest(args.url, options, allowed_prefixes=args.allowed_prefix)
         print(f"manifest: {storage.join_url(m.base_url, 'manifest.json')}")
         print(f"  samples: {m.samples}   shards: {len(m.shards)}   bytes: {m.bytes} "
               f"({m.bytes / 1e6:.1f} MB)")

@@ -17,12 +17,15 @@ HELP = "re-read every shard of a manifest and check sample counts and sha256s"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", help="output folder or its manifest.json")
+    p.add_argument("--allowed-prefix", action="append", default=[], metavar="PREFIX",
+                   help="a URL prefix outside the manifest's folder whose shards it may name "
+                        "(repeatable; as config.allowed_prefixes)")
     add_storage_option_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     options = parse_storage_options(args.storage_option)
-    m = load_manifest(args.url, options)
+    m = load_manifest(args.url, options, allowed_prefixes=args.allowed_prefix)
     bad = 0
     for info, url in zip(m.shards, m.shard_urls(), strict=True):
         try:

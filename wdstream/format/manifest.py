@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ __all__ = [
     "MANIFEST_NAME",
     "PARTITIONS_DIR",
     "load_manifest",
+    "validate_manifest",
     "is_shard_source",
     "manifest_url_for",
 ]
@@ -31,6 +33,9 @@ MANIFEST_NAME = "manifest.json"
 PARTITIONS_DIR = "_partitions"
 FORMAT = "wdstream-manifest"
 VERSION = 1
+MAX_MANIFEST_BYTES = 256 * 2**20  # a larger manifest.json is refused unread
+_MIN_SAMPLE_BYTES = 512  # every tar sample holds at least one 512-byte member header
+_MAX_GZIP_RATIO = 1032  # deflate's largest expansion: at most 1032 bytes out per byte in
 
 
 @dataclass
@@ -117,14 +122,12 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], base_url: str = "") -> Manifest:
-        if "shards" not in d:
-            raise ValueError("not a wdstream manifest: no 'shards' list")
-        m = cls(shards=[ShardInfo.from_dict(s) for s in d["shards"]], source=d.get("source", {}),
-                skipped=d.get("skipped", {}), fields=d.get("fields", []),
-                options=d.get("options", {}), base_url=base_url)
-        if "samples" in d and d["samples"] != m.samples:
-            raise ValueError(f"manifest total {d['samples']} != sum of shard counts {m.samples}")
-        return m
+        """A manifest from its parsed JSON, checked by :func:`validate_manifest` (its URLs are
+        confined by :func:`load_manifest`). Raises SourceError naming the field."""
+        validate_manifest(d)
+        return cls(shards=[ShardInfo.from_dict(s) for s in d["shards"]],
+                   source=d.get("source", {}), skipped=d.get("skipped", {}),
+                   fields=d.get("fields", []), options=d.get("options", {}), base_url=base_url)
 
     def save(self, output_url: str, storage_options: dict[str, Any] | None = None) -> str:
         url = storage.join_url(output_url, MANIFEST_NAME)
@@ -146,16 +149,143 @@ def manifest_url_for(source: str) -> str:
     return source if source.endswith(".json") else storage.join_url(source, MANIFEST_NAME)
 
 
-def load_manifest(source: str, storage_options: dict[str, Any] | None = None) -> Manifest:
-    """Load ``source`` (a folder or its ``manifest.json``). Raises SourceError naming the URL."""
+def load_manifest(source: str, storage_options: dict[str, Any] | None = None, *,
+                  allowed_prefixes: Sequence[str] = ()) -> Manifest:
+    """Load and check ``source`` (a folder or its ``manifest.json``).
+
+    Its shard and index URLs must lie in the manifest's own folder or under one of
+    ``allowed_prefixes`` (the user's ``config.allowed_prefixes``). Raises SourceError naming
+    the URL, and the field when the manifest is malformed (see :func:`validate_manifest`).
+    """
     url = manifest_url_for(source)
     try:
-        data = storage.read_bytes(url, storage_options)
+        data = storage.read_bytes(url, storage_options, max_bytes=MAX_MANIFEST_BYTES)
     except OSError as exc:
         raise SourceError(f"cannot read manifest {redact(url)}: {exc}", url=url) from exc
     try:
-        return Manifest.from_dict(json.loads(data), base_url=posixpath.dirname(url))
-    except (ValueError, KeyError, TypeError) as exc:
+        d = json.loads(data)
+    except (ValueError, RecursionError) as exc:
         raise SourceError(f"{redact(url)} is not a valid wdstream manifest: {exc}. "
                           f"Re-run the conversion or point at the shards directly.",
                           url=url) from exc
+    validate_manifest(d, url=url, allowed_prefixes=allowed_prefixes)
+    return Manifest.from_dict(d, base_url=posixpath.dirname(url) or ".")
+
+
+# --------------------------------------------------------------------------- validation
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # bool is not a count
+
+
+def _show(value: Any) -> str:
+    """A value for an error message, cut short (a hostile manifest may hold megabytes)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+_SHARD_FIELDS: dict[str, tuple[type, ...]] = {
+    "url": (str,), "samples": (int,), "bytes": (int,), "sha256": (str,),
+    "index": (str, type(None)), "partition": (int, type(None)),
+    "first_key": (str, type(None)), "last_key": (str, type(None)),
+}
+_REQUIRED = ("url", "samples", "bytes", "sha256")
+_TYPE_NAMES = {int: "an integer", str: "a string", type(None): "null"}
+
+
+def _max_samples(shard_url: str, nbytes: int) -> int | None:
+    """The most samples ``nbytes`` stored bytes can hold (None: no bound known)."""
+    path = shard_url.split("?", 1)[0]
+    if path.endswith(".tar"):
+        return nbytes // _MIN_SAMPLE_BYTES
+    if path.endswith((".tar.gz", ".tgz")):
+        return nbytes * _MAX_GZIP_RATIO // _MIN_SAMPLE_BYTES
+    return None
+
+
+def _canonical(url: str) -> str:
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
+def _confined(value: str, base_url: str, allowed_prefixes: Sequence[str]) -> str | None:
+    """Why the shard/index URL ``value`` of a manifest in ``base_url`` may not be read (None:
+    it may): it must lie in the manifest's folder or under a prefix the user allowed."""
+    if not value or "::" in value:
+        return "is not a plain relative path or URL"
+    full = _canonical(storage.join_url(base_url, value))
+    if ".." in full.split("?", 1)[0].split("/"):
+        return "has a '..' component"
+    prefixes = [_canonical(base_url).rstrip("/") + "/"] + \
+        [_canonical(p).rstrip("/") + "/" for p in allowed_prefixes]
+    if any(full.startswith(p) for p in prefixes):
+        return None
+    return ("lies outside the manifest's folder; to read it, add its prefix to "
+            "config.allowed_prefixes")
+
+
+def validate_manifest(d: Any, *, url: str = "", allowed_prefixes: Sequence[str] = ()) -> None:
+    """Check a parsed manifest before anything trusts it; raises SourceError naming the
+    field and the manifest URL.
+
+    Checked: the types of every field; non-negative integer counts and sizes; the totals
+    against the sum of the shards; that each shard's bytes could hold its claimed samples
+    (every sample takes at least a 512-byte tar header; gzip expands at most 1032-fold); and,
+    when ``url`` is given, that every shard and index URL lies in the manifest's folder or
+    under one of ``allowed_prefixes`` (no ``..``, no other bucket or scheme). What a manifest
+    says never widens what may be read.
+    """
+    where = redact(url) if url else "manifest"
+
+    def bad(field: str, problem: str) -> SourceError:
+        return SourceError(f"{where} is not a valid wdstream manifest: {field} {problem}. "
+                           f"Re-run the conversion or point at the shards directly.",
+                           url=url or None)
+
+    if not isinstance(d, dict):
+        raise bad("the top level", f"is a {type(d).__name__}, not an object")
+    shards = d.get("shards")
+    if shards is None:
+        raise bad("'shards'", "is missing: no 'shards' list")
+    if not isinstance(shards, list):
+        raise bad("'shards'", f"is a {type(shards).__name__}, not a list")
+    for name, kind in (("source", dict), ("skipped", dict), ("fields", list),
+                       ("options", dict), ("format", str)):
+        if name in d and not isinstance(d[name], kind):
+            raise bad(f"'{name}'", f"is a {type(d[name]).__name__}, not a {kind.__name__}")
+    for reason, count in d.get("skipped", {}).items():
+        if not _is_int(count) or count < 0:
+            raise bad(f"'skipped.{_show(reason)[1:-1]}'",
+                      f"is {_show(count)}, not a non-negative integer")
+    if not all(isinstance(f, str) for f in d.get("fields", [])):
+        raise bad("'fields'", "holds something other than strings")
+    base = posixpath.dirname(url) if url else ""
+    total_samples = total_bytes = 0
+    for i, s in enumerate(shards):
+        if not isinstance(s, dict):
+            raise bad(f"'shards[{i}]'", f"is a {type(s).__name__}, not an object")
+        for name in _REQUIRED:
+            if name not in s:
+                raise bad(f"'shards[{i}].{name}'", "is missing")
+        for name, kinds in _SHARD_FIELDS.items():
+            value = s.get(name)
+            if name in s and (not isinstance(value, kinds) or isinstance(value, bool)):
+                raise bad(f"'shards[{i}].{name}'",
+                          f"is {_show(value)}, not {' or '.join(_TYPE_NAMES[k] for k in kinds)}")
+        for name in ("samples", "bytes"):
+            if s[name] < 0:
+                raise bad(f"'shards[{i}].{name}'", f"is {s[name]}, a negative count")
+        most = _max_samples(s["url"], s["bytes"])
+        if most is not None and s["samples"] > most:
+            raise bad(f"'shards[{i}].samples'", f"is {s['samples']}, more than its "
+                      f"{s['bytes']} bytes can hold (at most {most})")
+        if url:
+            for name in ("url", "index"):
+                if s.get(name) is not None:
+                    why = _confined(s[name], base or ".", allowed_prefixes)
+                    if why:
+                        raise bad(f"'shards[{i}].{name}'", f"{_show(redact(s[name]))} {why}")
+        total_samples += s["samples"]
+        total_bytes += s["bytes"]
+    for name, total in (("samples", total_samples), ("bytes", total_bytes)):
+        if name in d and (not _is_int(d[name]) or d[name] != total):
+            raise bad(f"'{name}'", f"is {_show(d[name])}, but the shards' {name} sum to {total}")

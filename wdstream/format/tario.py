@@ -21,12 +21,18 @@ __all__ = [
     "split_key",
     "iter_members",
     "group_samples",
+    "MemberTooLarge",
     "MTIME",
+    "MAX_MEMBER_BYTES",
 ]
 
 MTIME = 1_700_000_000  # fixed member mtime, so archives are byte-for-byte reproducible
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
+#: The largest member the converter writes (a larger cell is refused and counted). Readers skip
+#: members over ``config.max_member_bytes``, whose default is twice this.
+MAX_MEMBER_BYTES = 512 * 2**20
+_SKIP_CHUNK = 16 * 2**20  # read-and-discard step over a skipped member (bounded memory)
 _KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 
 
@@ -77,9 +83,29 @@ class TarStreamWriter:
         return self.offset
 
 
-def iter_members(stream: BinaryIO, *, name: str = "<shard>") -> Iterator[tuple[str, bytes]]:
+class MemberTooLarge:
+    """Stands in for the bytes of a member over the size limit (never read into memory)."""
+
+    __slots__ = ("name", "size", "limit")
+
+    def __init__(self, name: str, size: int, limit: int):
+        self.name, self.size, self.limit = name, size, limit
+
+    def __repr__(self) -> str:
+        return f"MemberTooLarge({self.name!r}, {self.size})"
+
+    @property
+    def reason(self) -> str:
+        return f"member {self.name} is {self.size} bytes, over max_member_bytes {self.limit}"
+
+
+def iter_members(stream: BinaryIO, *, name: str = "<shard>",
+                 max_member_bytes: int | None = None
+                 ) -> Iterator[tuple[str, bytes | MemberTooLarge]]:
     """Stream ``(member name, bytes)`` of regular files; plain tar or gzip-compressed.
 
+    A member over ``max_member_bytes`` is not read into memory: its bytes are read and
+    discarded in bounded chunks, and a :class:`MemberTooLarge` stands in for them.
     Truncation or corruption raises ``tarfile.ReadError``/``EOFError`` from where it is found;
     the caller decides whether to skip the rest of the shard.
     """
@@ -88,6 +114,18 @@ def iter_members(stream: BinaryIO, *, name: str = "<shard>") -> Iterator[tuple[s
             if not info.isreg():
                 continue
             f = tar.extractfile(info)
+            if max_member_bytes is not None and info.size > max_member_bytes:
+                got = 0
+                while f is not None:
+                    chunk = f.read(_SKIP_CHUNK)
+                    if not chunk:
+                        break
+                    got += len(chunk)
+                if got != info.size:
+                    raise EOFError(f"{name}: member {info.name} truncated "
+                                   f"({got} of {info.size} bytes)")
+                yield info.name, MemberTooLarge(info.name, info.size, max_member_bytes)
+                continue
             data = f.read() if f is not None else b""
             if len(data) != info.size:
                 raise EOFError(f"{name}: member {info.name} truncated "
@@ -101,8 +139,12 @@ def iter_members(stream: BinaryIO, *, name: str = "<shard>") -> Iterator[tuple[s
                            f"(no end-of-archive marker)")
 
 
-def group_samples(members: Iterable[tuple[str, bytes]]) -> Iterator[dict[str, bytes | str]]:
+def group_samples(members: Iterable[tuple[str, bytes | MemberTooLarge]]
+                  ) -> Iterator[dict[str, bytes | str]]:
     """Group adjacent members with the same key into ``{"__key__": key, ext: bytes, ...}``.
+
+    A sample with a member over the size limit (:class:`MemberTooLarge`) carries
+    ``"__error__"``: the reason, for the reader to count; that member is left out.
 
     A key that reappears after another key started yields a second sample with that key;
     callers that need unique keys check for it (foreign shards with non-adjacent members).
@@ -118,6 +160,9 @@ def group_samples(members: Iterable[tuple[str, bytes]]) -> Iterator[dict[str, by
             if current is not None:
                 yield current
             current = {"__key__": key}
+        if isinstance(data, MemberTooLarge):
+            current.setdefault("__error__", data.reason)
+            continue
         if ext in current:
             # A duplicate extension inside one sample: keep the first, as webdataset does.
             continue

@@ -33,7 +33,9 @@ def verify_shard(url: str, storage_options: dict[str, Any] | None = None) -> tup
     with storage.open_read(url, storage_options) as f:
         reader = _HashingReader(f)
         try:
-            count = sum(1 for _ in group_samples(iter_members(reader, name=url)))
+            # members are counted, never held: each is read through in bounded chunks
+            count = sum(1 for _ in group_samples(iter_members(reader, name=url,
+                                                              max_member_bytes=0)))
         except Exception as exc:
             raise ShardReadError(f"shard {redact(url)} cannot be read: {exc}. Convert it again, "
                                  f"or remove it from the manifest", shard=url) from exc

@@ -39,7 +39,7 @@ def make_reader(config, budget: ErrorBudget) -> ShardReader:
     cache = LocalCache(config.local_cache_dir, config.local_cache_bytes) \
         if config.local_cache_dir else None
     return ShardReader(config.storage_options, block_size=config.read_block_size, budget=budget,
-                       cache=cache)
+                       cache=cache, max_member_bytes=config.max_member_bytes)
 
 
 @dataclass
@@ -151,9 +151,9 @@ class ShardDataset(torch.utils.data.IterableDataset):
         else:
             stream = self._streaming(reader, budget, epoch, world.worker, world.workers)
         yield from stream
-        if budget.total:
-            log.warning("epoch %d, rank %d worker %d: skipped %s", epoch, self.rank,
-                        world.worker, dict(budget.counts))
+        if budget.total or budget.placeholders:
+            log.warning("epoch %d, rank %d worker %d: skipped %s; %d samples not delivered",
+                        epoch, self.rank, world.worker, dict(budget.counts), budget.placeholders)
 
     def decoded(self, world: World, epoch: int, budget: ErrorBudget) -> Iterator:
         """This slot's decoded samples in emission order, :class:`Bad` markers included: the

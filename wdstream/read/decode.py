@@ -22,6 +22,13 @@ Decisions:
   Sample rates whose ratio to the target does not reduce to a small fraction are resampled by the
   nearest small fraction (pitch error below 0.1%), so an odd rate cannot blow up the sinc kernel.
 - **Text.** Invalid UTF-8 is replaced, not rejected. Absent or blank text is ``"missing text"``.
+  Text is cut to ``TEXT_CHARS_PER_TOKEN * max_text_length`` characters before it is tokenized
+  (a ``.txt`` member's bytes to four times that before they are decoded), so a huge text costs
+  no more than a long one; the tokens kept change only for text averaging more than 8 characters
+  per token.
+- **Failures.** Any exception while decoding a sample (pillow, soundfile, a ``.json`` nested
+  too deep for the parser, a tokenizer error...) becomes a SampleError with a short reason, so
+  one sample never ends the epoch. ``KeyboardInterrupt`` and ``SystemExit`` pass through.
 - **Pickles.** ``.pyd``/``.pickle``/``.pth`` and any other unknown members are ignored: they
   are never passed to ``pickle`` or ``torch.load``.
 """
@@ -50,11 +57,14 @@ __all__ = [
     "decode_audio",
     "image_to_rgb",
     "TEXT_JSON_FIELDS",
+    "TEXT_CHARS_PER_TOKEN",
 ]
 
 log = logging.getLogger(__name__)
 
 TEXT_JSON_FIELDS = ("text", "caption", "transcript")
+#: Text is cut to this many characters per ``max_text_length`` token before tokenizing.
+TEXT_CHARS_PER_TOKEN = 8
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _BACKGROUND = 255  # alpha is composited on white (see the module docstring)
 _MAX_RESAMPLE_TERMS = 1000  # bound on the reduced sample-rate fraction (sinc kernel size)
@@ -257,6 +267,14 @@ class SampleDecoder:
         return state
 
     def __call__(self, sample: dict) -> dict:
+        try:
+            return self._decode(sample)
+        except SampleError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad sample never ends the epoch
+            raise _fail(sample, "undecodable sample", f"{type(exc).__name__}: {exc}") from exc
+
+    def _decode(self, sample: dict) -> dict:
         cfg = self.config
         meta = self._json(sample)
         input_ids = self._text(sample, meta)
@@ -302,21 +320,26 @@ class SampleDecoder:
             return {}
         try:
             meta = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise _fail(sample, "undecodable json", exc) from exc
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+            raise _fail(sample, "undecodable json", f"{type(exc).__name__}: {exc}") from exc
         return meta if isinstance(meta, dict) else {}
 
     def _text(self, sample: dict, meta: dict) -> torch.Tensor:
         text = None
+        limit = TEXT_CHARS_PER_TOKEN * self.config.max_text_length
         member = find_member(sample, "text")
         if member is not None:
             raw = member[1]
-            text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+            # UTF-8 takes at most 4 bytes a character: cut before decoding, then to ``limit``
+            text = raw[:4 * limit].decode("utf-8", errors="replace") \
+                if isinstance(raw, bytes) else str(raw)
         else:
             for name in TEXT_JSON_FIELDS:
                 if isinstance(meta.get(name), str):
                     text = meta[name]
                     break
+        if text is not None:
+            text = text[:limit]
         if text is None or not text.strip():
             raise _fail(sample, "missing text",
                         "no txt/caption member and no text or caption in json")

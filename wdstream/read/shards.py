@@ -2,10 +2,11 @@
 mid-shard with a ranged read at the byte offset from the shard's index.
 
 Every read of a span yields exactly one item per wanted sample, in order: the sample dict
-(``__key__``, ``__url__``, members) or, when the shard is truncated or unreadable, an error
-marker ``{"__error__": reason, ...}``. Keeping one item per position keeps the shuffle buffer
-and batch boundaries aligned with the pure plan in :mod:`wdstream.split`, so resumption stays
-exact even when data is bad.
+(``__key__``, ``__url__``, members) or an error marker ``{"__error__": reason, ...}``, counted
+in the error budget, when the shard is truncated or unreadable, when a member is over
+``max_member_bytes``, or when the sample repeats a key seen earlier in its shard. Keeping one
+item per position keeps the shuffle buffer and batch boundaries aligned with the pure plan in
+:mod:`wdstream.read.plan`, so resumption stays exact even when data is bad.
 """
 
 from __future__ import annotations
@@ -15,16 +16,14 @@ import io
 import logging
 import os
 import posixpath
-import tarfile
 import threading
-import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from .. import storage
-from ..errors import ErrorBudget, redact
+from ..errors import ErrorBudget, ShardReadError, TooManyErrors, redact
 from ..format.index import load_index
 from ..format.tario import group_samples, iter_members
 
@@ -32,17 +31,20 @@ __all__ = ["ShardRef", "ShardReader", "LocalCache", "error_item"]
 
 log = logging.getLogger(__name__)
 
-_READ_ERRORS = (OSError, EOFError, tarfile.TarError, zlib.error, ValueError)
+DUPLICATE = "non-adjacent members"  # the reason counted for a key seen earlier in its shard
+TOO_LARGE = "member too large"  # the reason counted for a member over max_member_bytes
 
 
 @dataclass
 class ShardRef:
-    """A shard to read: its URL, sample count and index URL when known, or in-memory bytes."""
+    """A shard to read: its URL, sample count, index URL and stored size when known, or
+    in-memory bytes."""
 
     url: str
     samples: int | None = None
     index_url: str | None = None
     data: bytes | None = None
+    bytes: int | None = None  # the size the manifest claims; checked when the shard is opened
 
 
 def error_item(reason: str, url: str, key: str | None = None) -> dict:
@@ -112,9 +114,10 @@ class ShardReader:
 
     def __init__(self, storage_options: dict[str, Any] | None = None, *,
                  block_size: int = 8 * 2**20, budget: ErrorBudget | None = None,
-                 cache: LocalCache | None = None):
+                 cache: LocalCache | None = None, max_member_bytes: int | None = None):
         self.storage_options = storage_options or {}
         self.block_size = block_size
+        self.max_member_bytes = max_member_bytes
         self.budget = budget or ErrorBudget(-1)
         self.cache = cache
         self._indices: OrderedDict[str, dict | None] = OrderedDict()
@@ -128,10 +131,22 @@ class ShardReader:
         if self.cache is not None:
             path = self.cache.get(shard.url, self.storage_options)
             f = open(path, "rb")  # noqa: SIM115 - closed by the caller
+            size = os.path.getsize(path)
+        else:
+            f = storage.open_read(shard.url, self.storage_options, block_size=self.block_size)
+            size = getattr(f, "size", None)
+        if shard.bytes is not None and isinstance(size, int) and size != shard.bytes:
+            f.close()
+            raise ShardReadError(f"shard {redact(shard.url)} is {size} bytes, its manifest says "
+                                 f"{shard.bytes}: it was replaced or the manifest is wrong",
+                                 shard=shard.url)
+        if offset:
             f.seek(offset)
-            return f
-        return storage.open_read(shard.url, self.storage_options, offset=offset,
-                                 block_size=self.block_size)
+        return f
+
+    def _samples(self, f, shard: ShardRef) -> Iterator[dict]:
+        return group_samples(iter_members(f, name=shard.url,
+                                          max_member_bytes=self.max_member_bytes))
 
     def index(self, shard: ShardRef) -> dict | None:
         """The shard's index (``offsets``, ``keys``), cached per reader; ``None`` without one."""
@@ -153,49 +168,89 @@ class ShardReader:
 
     # -- whole shards ------------------------------------------------------------------
     def iter_shard(self, shard: ShardRef) -> Iterator[dict]:
-        """Every sample of a shard; a broken shard is counted once and its rest skipped."""
+        """Every sample of a shard; a broken shard is counted once and its rest skipped, a
+        sample with a key seen before or a member over the size limit is counted and skipped."""
         seen: set[str] = set()
         try:
             with self._open(shard) as f:
-                for sample in group_samples(iter_members(f, name=shard.url)):
+                for sample in self._samples(f, shard):
                     key = sample["__key__"]
                     if key in seen:
-                        self.budget.record("non-adjacent members", f"{redact(shard.url)} key {key}")
+                        self.budget.record(DUPLICATE, f"{redact(shard.url)} key {key}")
                         continue
                     seen.add(key)
+                    if "__error__" in sample:
+                        self.budget.record(TOO_LARGE, f"{redact(shard.url)} key {key}",
+                                           ValueError(sample["__error__"]))
+                        continue
                     sample["__url__"] = shard.url
                     yield sample
-        except _READ_ERRORS as exc:
+        except TooManyErrors:
+            raise
+        except Exception as exc:  # noqa: BLE001 - OSError, TarError, zlib.error, and the odd
+            # types a hostile tar makes tarfile raise: all count as an unreadable shard
             self.budget.record("unreadable shard", redact(shard.url), exc)
 
     # -- spans -------------------------------------------------------------------------
+    def _duplicates(self, idx: dict) -> frozenset[int]:
+        """Positions whose key the index lists earlier in the shard (computed once)."""
+        dups = idx.get("duplicates")
+        if dups is None:
+            seen: set[str] = set()
+            found = set()
+            for i, key in enumerate(idx.get("keys") or ()):
+                if key in seen:
+                    found.add(i)
+                seen.add(key)
+            dups = idx["duplicates"] = frozenset(found)
+        return dups
+
     def read_run(self, shard: ShardRef, first: int, stop: int, wanted) -> Iterator[dict]:
         """Exactly one item per entry of ``wanted`` (ascending local indices in
-        ``[first, stop)``): the sample, or an error marker if it could not be read."""
+        ``[first, stop)``): the sample, or an error marker if it could not be read.
+
+        A sample whose key appeared earlier in the shard (in the index, or in what this read
+        has seen: the whole shard before ``first`` when there is no index) is counted and
+        becomes an error marker, so that later positions do not shift."""
         wanted = [int(w) for w in wanted]
         want = set(wanted)
         idx = self.index(shard)
         offset, skip = 0, first
         keys = None
+        dups: frozenset[int] = frozenset()
         if idx is not None:
             offset, skip = idx["offsets"][first], 0
             keys = idx.get("keys")
+            dups = self._duplicates(idx)
         got: dict[int, dict] = {}
+        seen: set[str] = set()
         emitted = 0
         error: str | None = None
         try:
             with self._open(shard, offset) as f:
                 local = first - skip
-                for sample in group_samples(iter_members(f, name=shard.url)):
+                for sample in self._samples(f, shard):
                     if local >= stop:
                         break
+                    key = sample["__key__"]
+                    duplicate = key in seen or local in dups
+                    seen.add(key)
                     if local >= first and local in want:
-                        if keys is not None and sample["__key__"] != keys[local]:
+                        if keys is not None and key != keys[local]:
                             raise ValueError(
-                                f"sample {local} has key {sample['__key__']!r}, index says "
+                                f"sample {local} has key {key!r}, index says "
                                 f"{keys[local]!r}: the shard does not match its index")
-                        sample["__url__"] = shard.url
-                        got[local] = sample
+                        where = f"{redact(shard.url)} key {key}"
+                        if duplicate:
+                            self.budget.record(DUPLICATE, f"{where} (sample {local} repeats an "
+                                               f"earlier key; a placeholder takes its place)")
+                            got[local] = error_item(DUPLICATE, shard.url, key)
+                        elif "__error__" in sample:
+                            self.budget.record(TOO_LARGE, where, ValueError(sample["__error__"]))
+                            got[local] = error_item(TOO_LARGE, shard.url, key)
+                        else:
+                            sample["__url__"] = shard.url
+                            got[local] = sample
                         # yield in wanted order as soon as possible (bounded memory)
                         while emitted < len(wanted) and wanted[emitted] in got:
                             yield got.pop(wanted[emitted])
@@ -203,7 +258,10 @@ class ShardReader:
                     local += 1
                 if local < stop:
                     raise EOFError(f"shard ended after {local} samples, expected at least {stop}")
-        except _READ_ERRORS as exc:
+        except TooManyErrors:
+            raise
+        except Exception as exc:  # noqa: BLE001 - OSError, TarError, zlib.error, and the odd
+            # types a hostile tar makes tarfile raise: all count as an unreadable shard
             error = f"{type(exc).__name__}: {exc}"
             self.budget.record("unreadable shard", redact(shard.url), exc)
         while emitted < len(wanted):

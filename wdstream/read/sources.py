@@ -38,10 +38,10 @@ def resolve_source(source: Any, config: Config, name: str | None = None) -> Shar
         raise ConfigError(f"unsupported source {source!r}: give a manifest URL, a brace "
                           f"pattern, a list of shard URLs, or a dict of named sources")
     storage.check_readable(manifest_url_for(source), opts)
-    manifest = load_manifest(source, opts)
+    manifest = load_manifest(source, opts, allowed_prefixes=config.allowed_prefixes)
     if not manifest.shards:
         raise SourceError(f"manifest {redact(source)} lists no shards", url=source)
-    shards = [ShardRef(url=u, samples=s.samples, index_url=i)
+    shards = [ShardRef(url=u, samples=s.samples, index_url=i, bytes=s.bytes)
               for u, s, i in zip(manifest.shard_urls(), manifest.shards, manifest.index_urls(),
                                  strict=True)]
     return ShardSource(name=name or manifest.source.get("name") or _short_name(source),

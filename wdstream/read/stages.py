@@ -107,6 +107,7 @@ def decode_stage(items: Iterable[dict], decoder: Callable[[dict], dict], budget:
     always, as when mixing named sources)."""
     for item in items:
         if "__error__" in item:
+            budget.placeholders += 1  # already counted by the reader
             yield Bad(item.get("__key__"), item["__error__"])
             continue
         try:
@@ -115,6 +116,7 @@ def decode_stage(items: Iterable[dict], decoder: Callable[[dict], dict], budget:
             reason = exc.reason or "undecodable sample"
             budget.record(reason, f"{redact(item.get('__url__', '?'))} key {item.get('__key__')}",
                           exc)
+            budget.placeholders += 1
             yield Bad(item.get("__key__"), reason)
             continue
         if source is not None and (force_source or not out.get("source")):

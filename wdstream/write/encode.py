@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import SkipSample
 from ..format.schema import audio_ext, image_ext
+from ..format.tario import MAX_MEMBER_BYTES
 from ..template import TextTemplate
 
 __all__ = ["ColumnMap", "RowEncoder", "encode_pil_image", "encoded_bytes"]
@@ -106,7 +107,8 @@ class RowEncoder:
     columns}`` made JSON-safe. The image goes under its own format's extension and the audio
     likewise, byte for byte when they arrive encoded. A row whose image or audio is missing
     its bytes or fails a cheap header check (PIL ``open`` + ``verify``; soundfile ``info``),
-    raises :class:`SkipSample` with the reason (``bad_image``, ``bad_audio``, ...).
+    raises :class:`SkipSample` with the reason (``bad_image``, ``bad_audio``, ...); so does a
+    row with a member over ``format.tario.MAX_MEMBER_BYTES`` (``member_too_large``).
     """
 
     def __init__(self, columns: ColumnMap, source_name: str, *, verify: bool = True):
@@ -134,6 +136,9 @@ class RowEncoder:
         if cols.audio is not None and row.get(cols.audio) is not None:
             ext, data = self._audio(row[cols.audio], key)
             fields[ext] = data
+        for data in fields.values():
+            if len(data) > MAX_MEMBER_BYTES:  # readers skip members this large (max_member_bytes)
+                raise SkipSample("member_too_large", key=key)
         return fields
 
     def _image(self, value: Any, key: str) -> tuple[str, bytes]:
