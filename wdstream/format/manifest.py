@@ -45,6 +45,7 @@ class ShardInfo:
     partition: int | None = None
     first_key: str | None = None
     last_key: str | None = None
+    whole: bool = False  # readable from its start only (.tar.gz); written only when true
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ShardInfo:
@@ -105,7 +106,7 @@ class Manifest:
             "version": VERSION,
             "samples": self.samples,
             "bytes": self.bytes,
-            "shards": [asdict(s) for s in self.shards],
+            "shards": [_shard_dict(s) for s in self.shards],
             "source": self.source,
             "skipped": dict(sorted(self.skipped.items())),
             "fields": sorted(self.fields),
@@ -130,6 +131,13 @@ class Manifest:
         url = storage.join_url(output_url, MANIFEST_NAME)
         storage.write_bytes(url, self.to_json(), storage_options)
         return url
+
+
+def _shard_dict(s: ShardInfo) -> dict[str, Any]:
+    d = asdict(s)
+    if not d["whole"]:
+        del d["whole"]  # manifests of converted shards stay as they were
+    return d
 
 
 def is_shard_source(source: str | list | tuple) -> bool:

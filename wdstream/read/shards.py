@@ -171,15 +171,21 @@ class ShardReader:
     # -- spans -------------------------------------------------------------------------
     def read_run(self, shard: ShardRef, first: int, stop: int, wanted) -> Iterator[dict]:
         """Exactly one item per entry of ``wanted`` (ascending local indices in
-        ``[first, stop)``): the sample, or an error marker if it could not be read."""
+        ``[first, stop)``): the sample, or an error marker if it could not be read.
+
+        With an index, the read starts at the sample's offset; a shard marked ``whole``
+        (compressed) or without an index is read from its start, skipping to ``first``. A key
+        that comes back after other keys (left out by ``wdstream index``) is skipped."""
         wanted = [int(w) for w in wanted]
         want = set(wanted)
         idx = self.index(shard)
         offset, skip = 0, first
         keys = None
         if idx is not None:
-            offset, skip = idx["offsets"][first], 0
+            if not idx.get("whole"):
+                offset, skip = idx["offsets"][first], 0
             keys = idx.get("keys")
+        position = _key_positions(idx) if keys is not None else None
         got: dict[int, dict] = {}
         emitted = 0
         error: str | None = None
@@ -187,12 +193,14 @@ class ShardReader:
             with self._open(shard, offset) as f:
                 local = first - skip
                 for sample in group_samples(iter_members(f, name=shard.url)):
-                    if local >= stop:
-                        break
+                    key = sample["__key__"]
+                    if position is not None and (local >= len(keys) or key != keys[local]) \
+                            and position.get(key, local) < local:
+                        continue  # a repeated key the index left out
                     if local >= first and local in want:
-                        if keys is not None and sample["__key__"] != keys[local]:
+                        if keys is not None and key != keys[local]:
                             raise ValueError(
-                                f"sample {local} has key {sample['__key__']!r}, index says "
+                                f"sample {local} has key {key!r}, index says "
                                 f"{keys[local]!r}: the shard does not match its index")
                         sample["__url__"] = shard.url
                         got[local] = sample
@@ -201,6 +209,8 @@ class ShardReader:
                             yield got.pop(wanted[emitted])
                             emitted += 1
                     local += 1
+                    if local >= stop:
+                        break
                 if local < stop:
                     raise EOFError(f"shard ended after {local} samples, expected at least {stop}")
         except _READ_ERRORS as exc:
@@ -214,3 +224,11 @@ class ShardReader:
                 key = keys[w] if keys is not None and w < len(keys) else None
                 yield error_item(error or "missing sample", shard.url, key)
             emitted += 1
+
+
+def _key_positions(idx: dict) -> dict[str, int]:
+    """``{key: position}`` of an index's keys, built once per cached index."""
+    pos = idx.get("_positions")
+    if pos is None:
+        pos = idx["_positions"] = {k: i for i, k in enumerate(idx["keys"])}
+    return pos
