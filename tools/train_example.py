@@ -20,10 +20,10 @@ import time
 
 import torch
 import torch.distributed as dist
-from wdstream.demo.model import TinyMultimodalModel, train_step
 
 import wdstream
 from wdstream.cli.options import parse_storage_options
+from wdstream.demo.model import TinyMultimodalModel, train_step
 
 
 def parse_sets(items: list[str]) -> dict:

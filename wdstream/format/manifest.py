@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import storage
-from ..errors import SourceError, redact
+from ..errors import NotFoundError, SourceError, redact
 
 __all__ = [
     "ShardInfo",
@@ -25,6 +25,7 @@ __all__ = [
     "load_manifest",
     "is_shard_source",
     "manifest_url_for",
+    "missing_manifest_error",
 ]
 
 MANIFEST_NAME = "manifest.json"
@@ -154,11 +155,25 @@ def manifest_url_for(source: str) -> str:
     return source if source.endswith(".json") else storage.join_url(source, MANIFEST_NAME)
 
 
+def missing_manifest_error(url: str) -> SourceError:
+    """The error for a manifest that does not exist: where it was looked for, and what to do."""
+    folder = redact(url).rsplit("/", 1)[0] if url.endswith(".json") else redact(url)
+    return SourceError(
+        f"no wdstream manifest at {redact(url)} (the folder or prefix does not exist, or holds "
+        f"no {MANIFEST_NAME}). Make one first: `wdstream convert SOURCE {folder}` for a "
+        f"Hugging Face dataset, or `wdstream index {folder}` for WebDataset shards you already "
+        f"have; or pass the shard URLs themselves (a brace pattern such as "
+        f"'{folder}/shard-{{00000..00009}}.tar', or a list)", url=url)
+
+
 def load_manifest(source: str, storage_options: dict[str, Any] | None = None) -> Manifest:
-    """Load ``source`` (a folder or its ``manifest.json``). Raises SourceError naming the URL."""
+    """Load ``source`` (a folder or its ``manifest.json``). Raises SourceError (saying how to
+    make one) when there is none, SourceError naming the URL for anything else."""
     url = manifest_url_for(source)
     try:
         data = storage.read_bytes(url, storage_options)
+    except NotFoundError as exc:
+        raise missing_manifest_error(url) from exc
     except OSError as exc:
         raise SourceError(f"cannot read manifest {redact(url)}: {exc}", url=url) from exc
     try:
