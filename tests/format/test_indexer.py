@@ -228,7 +228,7 @@ def test_index_on_s3_read_only_bucket_with_out_elsewhere(s3):
     before = sorted(fs.find("laion"))
     report = index_dataset("s3://laion/part", "s3://test/laion-index", storage_options=opts,
                            workers=3, quiet=True)
-    assert report.outside and report.data_root == "s3://laion/part"
+    assert report.outside and report.prefixes == ["s3://laion/part/"]
     fs.invalidate_cache()
     assert sorted(fs.find("laion")) == before
     m = load_manifest("s3://test/laion-index", opts)
@@ -252,3 +252,55 @@ def test_index_in_place_on_s3(s3):
     config = small_config(storage_options=opts, batch_size=4)
     keys = [k for b in wdstream.make_loader("s3://test/ds", config) for k in b["keys"]]
     assert sorted(keys) == all_keys()[:32]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_index_on_ray_gives_the_same_manifest(tmp_path):
+    """One Ray task per shard (a local Ray with 2 CPUs); the same manifest as threads."""
+    ray = pytest.importorskip("ray")
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_local(a, shard_files())
+    write_local(b, shard_files())
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    try:
+        assert main(["index", str(a), "--executor", "ray", "--workers", "2", "--quiet"]) == 0
+    finally:
+        ray.shutdown()
+    assert main(["index", str(b), "--quiet"]) == 0
+    ma, mb = load_manifest(str(a)), load_manifest(str(b))
+    assert [s.__dict__ for s in ma.shards] == [s.__dict__ for s in mb.shards]
+
+
+def test_index_tasks_shed_credentials_for_cluster_executors():
+    from wdstream.cli.index import _Task
+
+    task = _Task(url="s3://b/0.tar", index_url="s3://o/0.idx.json", manifest_url="s3://b/0.tar",
+                 index="0.idx.json", storage_options={"key": "AK", "secret": "S",
+                                                      "client_kwargs": {"endpoint_url": "x"}})
+    public, secrets = task.without_secrets()
+    assert public.storage_options == {"client_kwargs": {"endpoint_url": "x"}}
+    assert "AK" not in repr(public) and public.with_secrets(secrets) == task
+
+
+def test_a_converted_output_is_not_reindexed_in_place(tmp_path, caplog):
+    from helpers import write_test_shards
+
+    write_test_shards(str(tmp_path / "conv"), [3], audio=False)
+    assert main(["index", str(tmp_path / "conv"), "--quiet"]) == 2
+    assert "`wdstream convert` wrote" in caplog.text and "--out" in caplog.text
+    assert main(["index", str(tmp_path / "conv"), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+
+
+def test_shards_in_several_folders_keep_distinct_index_names(tmp_path, capsys):
+    write_local(tmp_path / "x" / "a", {"00000.tar": img2dataset_tar(0, 3)})
+    write_local(tmp_path / "y" / "a", {"00000.tar": img2dataset_tar(1, 2)})
+    out = tmp_path / "idx"
+    assert main(["index", str(tmp_path / "x" / "a" / "00000.tar"),
+                 str(tmp_path / "y" / "a" / "00000.tar"), "--out", str(out), "--quiet"]) == 0
+    assert f"allowed_prefixes: [{tmp_path}/]" in capsys.readouterr().out
+    m = load_manifest(str(out))
+    assert [s.index for s in m.shards] == ["x/a/00000.idx.json", "y/a/00000.idx.json"]
+    keys = [k for b in wdstream.make_loader(str(out), small_config(batch_size=1))
+            for k in b["keys"]]
+    assert sorted(keys) == ["000000000", "000000001", "000000002", "000010000", "000010001"]

@@ -96,6 +96,6 @@ def run(args: argparse.Namespace) -> int:
     if report.outside:
         print("The manifest names shards outside its own folder. Allow the reader to read "
               "them with this line in your config:")
-        print(f"allowed_prefixes: [{report.data_root.rstrip('/')}/]")
+        print(f"allowed_prefixes: [{', '.join(report.prefixes)}]")
     print(f"read it with: wdstream.make_loader({redact(report.out)!r}, config)")
     return 0

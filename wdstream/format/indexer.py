@@ -36,9 +36,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import storage
-from ..errors import CredentialsError, SourceError, StorageError, redact
+from ..errors import ConfigError, CredentialsError, SourceError, StorageError, redact
 from .index import index_bytes, index_name
-from .manifest import Manifest, ShardInfo, is_shard_source
+from .manifest import MANIFEST_NAME, Manifest, ShardInfo, is_shard_source
 from .tario import iter_members_at, split_key
 
 __all__ = [
@@ -54,12 +54,14 @@ __all__ = [
     "build_manifest",
     "IndexReport",
     "index_dataset",
+    "outside_prefixes",
 ]
 
 log = logging.getLogger(__name__)
 
 SHARD_EXTS = (".tar", ".tar.gz", ".tgz")
 STATE_NAME = "_index_state.json"
+TOOL = "wdstream index"  # the manifest's options.tool: who wrote it
 _COMPRESSED = (".tar.gz", ".tgz")
 _READ_ERRORS = (OSError, EOFError, tarfile.TarError, zlib.error, ValueError)
 _MAX_PROBLEMS = 20  # per shard, in the result and the manifest
@@ -272,7 +274,10 @@ def plan_index(urls: list[str], out: str | None,
     out = (out or root).rstrip("/")
     tasks = []
     for url in urls:
-        rel = url[len(root):].lstrip("/") if url.startswith(root) else posixpath.basename(url)
+        # below the common folder: its path there; else (shards in several buckets) its
+        # whole path, so that index names never collide
+        rel = url[len(root) + 1:] if url.startswith(root + "/") else \
+            url.split("://", 1)[-1].lstrip("/")
         idx = index_name(rel)
         inside = url.startswith(out + "/")
         name = url[len(out) + 1:] if inside else _absolute(url)
@@ -302,7 +307,7 @@ def build_manifest(results: list[ShardResult], out: str, source: Any) -> Manifes
            "from": redact(source if isinstance(source, str) else f"{len(results)} URLs"),
            "whole_only_shards": whole, "problems": problems}
     return Manifest(shards=[r.info for r in results], source=src, skipped=skipped,
-                    options={"tool": "wdstream index"}, base_url=out)
+                    options={"tool": TOOL}, base_url=out)
 
 
 class IndexState:
@@ -344,6 +349,7 @@ class IndexReport:
     manifest_url: str
     out: str
     data_root: str  # the deepest folder holding every shard
+    prefixes: list[str] = field(default_factory=list)  # folders of shards outside ``out``
     indexed: int = 0  # shards read in this run
     reused: int = 0  # shards unchanged since the last run, not read again
     problems: dict[str, list[str]] = field(default_factory=dict)  # shard URL -> problems
@@ -351,7 +357,21 @@ class IndexReport:
     @property
     def outside(self) -> bool:
         """True when the manifest names shards outside its own folder (``--out``)."""
-        return not (self.data_root == self.out or self.data_root.startswith(self.out + "/"))
+        return bool(self.prefixes)
+
+
+def outside_prefixes(urls: list[str], out: str) -> list[str]:
+    """The folders (``.../``) of the shards that are not below ``out``: what a reader must be
+    allowed to read besides the manifest's own folder. One folder when they share one."""
+    outside = [u for u in urls if not u.startswith(out.rstrip("/") + "/")]
+    if not outside:
+        return []
+    root = shard_root(outside)
+    if all(u.startswith(root + "/") for u in outside):
+        folders = [root]
+    else:
+        folders = sorted({posixpath.dirname(u) for u in outside})
+    return [_absolute(f).rstrip("/") + "/" for f in folders]
 
 
 def _threads(fn, tasks, *, workers: int, progress=None):
@@ -364,6 +384,20 @@ def _threads(fn, tasks, *, workers: int, progress=None):
         finally:
             for future in futures:
                 future.cancel()
+
+
+def _check_not_a_conversion(out: str, opts: dict[str, Any]) -> None:
+    """Refuse to replace a manifest that ``wdstream convert`` wrote (it has its indexes)."""
+    url = storage.join_url(out, MANIFEST_NAME)
+    try:
+        doc = json.loads(storage.read_bytes(url, opts))
+    except (FileNotFoundError, ValueError):
+        return
+    if isinstance(doc, dict) and doc.get("options", {}).get("tool") != TOOL:
+        raise ConfigError(
+            f"{redact(url)} is a manifest that `wdstream convert` wrote: these shards are indexed "
+            f"already, read them as they are (make_loader({redact(out)!r}, config)); to index "
+            f"them anyway, give --out with another folder", url=url)
 
 
 def index_dataset(source: str | list[str], out: str | None = None, *,
@@ -391,6 +425,7 @@ def index_dataset(source: str | list[str], out: str | None = None, *,
         hint = " (the data's own folder: give --out with a folder you can write)" \
             if out == root else ""
         raise type(exc)(f"{exc}{hint}", url=out) from exc
+    _check_not_a_conversion(out, opts)
     state = IndexState(out, opts).load()
     for task in tasks:
         prev = state.results.get(task.url)
@@ -434,6 +469,7 @@ def index_dataset(source: str | list[str], out: str | None = None, *,
     manifest = build_manifest(ordered, out, source)
     manifest_url = manifest.save(out, opts)
     report = IndexReport(manifest=manifest, manifest_url=manifest_url, out=out, data_root=root,
+                         prefixes=outside_prefixes(urls, out),
                          indexed=sum(1 for r in ordered if not r.reused),
                          reused=sum(1 for r in ordered if r.reused),
                          problems={r.url: r.problems for r in ordered if r.problems})
