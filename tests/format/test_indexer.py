@@ -147,7 +147,8 @@ def test_rerun_reads_only_new_or_changed_shards(tmp_path):
     assert [s.samples for s in third.manifest.shards] == [20, 7, 16, 4]
 
 
-def test_bad_shards_are_indexed_up_to_the_last_whole_sample_and_reported(tmp_path, capsys):
+def test_bad_shards_are_indexed_up_to_the_last_whole_sample_and_reported(tmp_path, capsys,
+                                                                         caplog):
     data = tmp_path / "d"
     good = img2dataset_tar(0, 10)
     # cut inside sample 6's text: samples 0..5 are whole, and sample 5 is followed by a
@@ -167,7 +168,8 @@ def test_bad_shards_are_indexed_up_to_the_last_whole_sample_and_reported(tmp_pat
                        "00002.tar.gz": gzip.compress(img2dataset_tar(2, 8))[:-300]})
     assert main(["index", str(data), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "truncated" in out and "comes back after other keys" in out
+    assert "3 shard(s) with problems" in out and "truncated or corrupt shard=2" in out
+    assert "truncated" in caplog.text and "comes back after other keys" in caplog.text
     m = load_manifest(str(data))
     counts = [s.samples for s in m.shards]
     assert counts[0] == 6

@@ -90,9 +90,11 @@ def run(args: argparse.Namespace) -> int:
     if whole:
         print(f"{whole} compressed shard(s) are read from their start only (no mid-shard "
               f"reads): see docs/existing-shards.md")
-    for url, problems in report.problems.items():
-        for text in problems:
-            print(f"  {redact(url)}: {text}")
+    if report.problems:
+        print(f"{len(report.problems)} shard(s) with problems (logged above; listed in the "
+              f"manifest's source.problems): "
+              f"{', '.join(redact(u) for u in list(report.problems)[:5])}"
+              f"{' ...' if len(report.problems) > 5 else ''}")
     if report.outside:
         print("The manifest names shards outside its own folder. Allow the reader to read "
               "them with this line in your config:")

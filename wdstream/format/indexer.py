@@ -22,7 +22,6 @@ their start.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import posixpath
@@ -36,10 +35,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import storage
-from ..errors import ConfigError, CredentialsError, SourceError, StorageError, redact
+from ..errors import (
+    ConfigError,
+    CredentialsError,
+    ShardReadError,
+    SourceError,
+    StorageError,
+    redact,
+)
 from .index import index_bytes, index_name
 from .manifest import MANIFEST_NAME, Manifest, ShardInfo, is_shard_source
 from .tario import iter_members_at, split_key
+from .verify import _HashingReader
 
 __all__ = [
     "SHARD_EXTS",
@@ -146,23 +153,9 @@ class ShardResult:
                    problems=list(d.get("problems", [])), skipped=dict(d.get("skipped", {})))
 
 
-class _HashingReader:
-    """Reads a stream through, counting bytes and hashing them (one pass for everything)."""
-
-    def __init__(self, f):
-        self.f = f
-        self.sha = hashlib.sha256()
-        self.bytes = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.sha.update(data)
-        self.bytes += len(data)
-        return data
-
-    def drain(self, chunk: int = 8 * 2**20) -> None:
-        while self.read(chunk):
-            pass
+def _drain(reader: _HashingReader, chunk: int = 8 * 2**20) -> None:
+    while reader.read(chunk):
+        pass
 
 
 def file_identity(url: str, storage_options: dict[str, Any] | None = None) -> tuple[int, str]:
@@ -239,23 +232,26 @@ def index_shard(task: ShardTask, progress: Callable[[int, int], None] | None = N
             if current is not None and not current_dup:
                 offsets.append(current_start)
                 keys.append(current)
-            reader.drain()  # the end-of-archive padding: the hash covers the whole file
+            _drain(reader)  # the end-of-archive padding: the hash covers the whole file
         except _READ_ERRORS as exc:
             # The sample being read when the error came is not whole: it is left out.
             problem("truncated or corrupt shard",
-                    f"{type(exc).__name__}: {exc}; indexed its first {len(keys)} whole "
-                    f"samples, the rest is left out")
+                    f"truncated or corrupt ({type(exc).__name__}: {exc}); indexed its first "
+                    f"{len(keys)} whole samples, the rest is left out")
             end = current_start if current is not None else 0
             try:
-                reader.drain()
+                _drain(reader)
             except _READ_ERRORS:
                 pass
     offsets.append(end if keys else 0)
     for text in problems:
         log.warning("%s: %s", shown, text)
+    if reader.bytes != size:
+        raise ShardReadError(f"{shown}: read {reader.bytes} bytes but the store lists {size}; "
+                             f"it changed or the read failed midway. Run the index again",
+                             shard=task.url)
     storage.write_bytes(task.index_url, index_bytes(offsets, keys, whole=whole), opts)
-    nbytes = reader.bytes if reader.bytes == size else size
-    sha = reader.sha.hexdigest() if reader.bytes == size else ""
+    nbytes, sha = reader.bytes, reader.sha.hexdigest()
     info = ShardInfo(url=task.manifest_url, samples=len(keys), bytes=nbytes, sha256=sha,
                      index=task.index, first_key=keys[0] if keys else None,
                      last_key=keys[-1] if keys else None, whole=whole)
