@@ -26,6 +26,7 @@ __all__ = [
     "is_shard_source",
     "manifest_url_for",
     "missing_manifest_error",
+    "ManifestNotFoundError",
 ]
 
 MANIFEST_NAME = "manifest.json"
@@ -155,10 +156,15 @@ def manifest_url_for(source: str) -> str:
     return source if source.endswith(".json") else storage.join_url(source, MANIFEST_NAME)
 
 
-def missing_manifest_error(url: str) -> SourceError:
+class ManifestNotFoundError(NotFoundError, SourceError):
+    """No manifest where one was expected: a missing object (``NotFoundError``, a
+    ``FileNotFoundError``) and a source that cannot be used as given (``SourceError``)."""
+
+
+def missing_manifest_error(url: str) -> ManifestNotFoundError:
     """The error for a manifest that does not exist: where it was looked for, and what to do."""
     folder = redact(url).rsplit("/", 1)[0] if url.endswith(".json") else redact(url)
-    return SourceError(
+    return ManifestNotFoundError(
         f"no wdstream manifest at {redact(url)} (the folder or prefix does not exist, or holds "
         f"no {MANIFEST_NAME}). Make one first: `wdstream convert SOURCE {folder}` for a "
         f"Hugging Face dataset, or `wdstream index {folder}` for WebDataset shards you already "
@@ -167,8 +173,8 @@ def missing_manifest_error(url: str) -> SourceError:
 
 
 def load_manifest(source: str, storage_options: dict[str, Any] | None = None) -> Manifest:
-    """Load ``source`` (a folder or its ``manifest.json``). Raises SourceError (saying how to
-    make one) when there is none, SourceError naming the URL for anything else."""
+    """Load ``source`` (a folder or its ``manifest.json``). Raises ManifestNotFoundError (a
+    NotFoundError and a SourceError, saying how to make one) when there is none, SourceError naming the URL for anything else."""
     url = manifest_url_for(source)
     try:
         data = storage.read_bytes(url, storage_options)
