@@ -1,10 +1,13 @@
 """Train the tiny multimodal model on wdstream batches, with DDP and a resumable checkpoint.
 
     torchrun --standalone --nproc_per_node=2 tools/train_example.py SOURCE \
-        [--steps 20] [--epochs 1] [--config configs/default.yaml] [--set key=value ...] \
+        [--steps 20] [--epochs N] [--config my.yaml] [--set key=value ...] \
         [--storage-option endpoint_url=http://127.0.0.1:9000] [--checkpoint ckpt.pt]
 
-SOURCE is a manifest folder (``s3://bucket/prefix``, a local path) or shard URLs. Every rank
+SOURCE is a manifest folder (``s3://bucket/prefix``, a local path) or shard URLs. Training
+runs ``--steps`` optimiser steps in all, going on into the next epoch (``loader.set_epoch``)
+whenever one ends; ``--epochs N`` stops earlier, at the end of epoch N, if that comes first.
+The last line says which of the two stopped it. Every rank
 gets the same number of batches (so DDP never waits); with ``--checkpoint`` rank 0 saves the
 model, the optimiser and ``loader.state_dict()`` after every ``--save-every`` steps, and a
 restarted job (even with another number of ranks or workers) resumes mid-epoch exactly where
@@ -20,10 +23,10 @@ import time
 
 import torch
 import torch.distributed as dist
-from wdstream.demo.model import TinyMultimodalModel, train_step
 
 import wdstream
 from wdstream.cli.options import parse_storage_options
+from wdstream.demo.model import TinyMultimodalModel, train_step
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -40,14 +43,18 @@ def parse_sets(items: list[str]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("source")
-    p.add_argument("--steps", type=int, default=20, help="stop after this many steps in all")
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--steps", type=int, default=20,
+                   help="optimiser steps in all, over as many epochs as they need (default 20)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="stop at the end of this many epochs even before --steps (default: "
+                        "no limit)")
     p.add_argument("--config", default=None, help="a YAML file of wdstream.Config keys")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (JSON values), e.g. --set batch_size=16")
-    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="fsspec/s3fs option, repeatable (endpoint_url=..., anon=true)")
     p.add_argument("--checkpoint", default=None, help="save/resume here (rank 0 writes it)")
-    p.add_argument("--save-every", type=int, default=5)
+    p.add_argument("--save-every", type=int, default=5, help="checkpoint every N steps")
     args = p.parse_args()
 
     distributed = "RANK" in os.environ
@@ -77,11 +84,17 @@ def main() -> None:
             print(f"resumed at step {step}, epoch {first_epoch}", flush=True)
 
     seen, t0 = 0, time.perf_counter()
-    for epoch in range(first_epoch, args.epochs):
+    epoch, why = first_epoch, f"reached --steps {args.steps}"
+    while step < args.steps:
+        if args.epochs is not None and epoch >= args.epochs:
+            why = f"end of --epochs {args.epochs} before --steps {args.steps}"
+            break
         loader.set_epoch(epoch)  # after load_state_dict, the resumed epoch yields only its rest
+        batches = 0
         for batch in loader:
             loss = train_step(model, optimizer, batch)
             step += 1
+            batches += 1
             seen += len(batch["keys"])
             if rank == 0 and (step % 5 == 0 or step == 1):
                 print(f"epoch {epoch} step {step} loss {loss:.3f} "
@@ -92,12 +105,18 @@ def main() -> None:
                             "loader": loader.state_dict(), "step": step}, args.checkpoint)
             if step >= args.steps:
                 break
-        if step >= args.steps:
-            break
+        else:
+            if rank == 0:
+                print(f"end of epoch {epoch} ({batches} steps)", flush=True)
+            if batches == 0 and epoch > first_epoch:
+                why = "an epoch yielded no batch (fewer samples than one global batch)"
+                break
+            epoch += 1
     elapsed = time.perf_counter() - t0
     if rank == 0:
         print(f"done: {step} steps, {seen} samples on rank 0 in {elapsed:.1f}s "
-              f"({seen / max(elapsed, 1e-9):.1f} samples/s per rank)", flush=True)
+              f"({seen / max(elapsed, 1e-9):.1f} samples/s per rank); stopped: {why}",
+              flush=True)
     loader.close()
     if distributed:
         dist.destroy_process_group()

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import ConfigError
+from .format.schema import AUDIO_EXTS, IMAGE_EXTS
 
 __all__ = ["Config", "load_config", "config_fields", "DEPRECATED_KEYS"]
 
@@ -88,6 +89,8 @@ class Config:
     text_columns: tuple[str, ...] = ()
     text_template: str | None = None  # e.g. "{instruction}\n{input}\n{output}" over text_columns
     limit: int | None = None
+    image_ext: str | None = None  # name every image member .<ext> (e.g. jpg); None: its format
+    audio_ext: str | None = None  # name every audio member .<ext> (e.g. flac); None: its format
     quiet: bool = False
     skip_bad_rows: bool = True
 
@@ -111,6 +114,14 @@ class Config:
                      "max_member_bytes"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
+        for name, valid in (("image_ext", IMAGE_EXTS), ("audio_ext", AUDIO_EXTS)):
+            value = getattr(self, name)
+            if value is not None:
+                value = str(value).lower().lstrip(".")
+                if value not in valid:
+                    raise ConfigError(f"{name} {getattr(self, name)!r} is not one of "
+                                      f"{', '.join(valid)}", key=name)
+                setattr(self, name, value)
         if self.num_workers < 0 or self.cache_size < 0:
             raise ConfigError("num_workers and cache_size must be >= 0")
 

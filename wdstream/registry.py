@@ -11,8 +11,10 @@ as fsspec's ``registry`` is::
     select_datasets("all", task_type="code")        # every code entry
     select_datasets(task_type="vision")             # the vision default set
 
-The YAML is found at ``$WDSTREAM_DATASETS``, else ``configs/datasets.yaml`` beside the package
-(a source checkout), else ``wdstream/data/datasets.yaml`` (installed package data).
+The YAML is found at ``$WDSTREAM_DATASETS`` (or the path given to :func:`get_registry`, as
+``wdstream convert --registry PATH`` does), else ``wdstream/data/datasets.yaml``, the package
+data that ships in the wheel. In a source checkout that file is a symbolic link to
+``configs/datasets.yaml``, the one file to edit (a wheel holds a copy of its content).
 """
 
 from __future__ import annotations
@@ -129,16 +131,18 @@ _cache: dict[str, MappingProxyType] = {}
 
 
 def registry_path() -> Path:
-    """Where the registry YAML is read from (see the module docstring)."""
+    """Where the registry YAML is read from (see the module docstring). Raises ConfigError
+    when no registry is found."""
     env = os.environ.get("WDSTREAM_DATASETS")
     if env:
         return Path(env)
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "configs" / "datasets.yaml", here / "data" / "datasets.yaml"):
+    for candidate in (here / "data" / "datasets.yaml", here.parent / "configs" / "datasets.yaml"):
         if candidate.is_file():
             return candidate
-    raise ConfigError("the dataset registry (configs/datasets.yaml) is not found; set "
-                      "WDSTREAM_DATASETS to its path")
+    raise ConfigError(f"the dataset registry is not found ({here / 'data' / 'datasets.yaml'} is "
+                      f"missing: a broken install?); set WDSTREAM_DATASETS or pass --registry "
+                      f"with the path of a registry YAML")
 
 
 def _entry_from_dict(name: str, data: Any, where: str) -> Entry:
@@ -182,9 +186,10 @@ def load_registry(path: str | os.PathLike | None = None) -> MappingProxyType:
     return MappingProxyType(entries)
 
 
-def get_registry() -> MappingProxyType:
-    """The registry from :func:`registry_path`, parsed once per process and path."""
-    p = str(registry_path())
+def get_registry(path: str | os.PathLike | None = None) -> MappingProxyType:
+    """The registry at ``path`` (default: :func:`registry_path`), parsed once per process and
+    path. Raises ConfigError when it cannot be read or parsed."""
+    p = str(path if path is not None else registry_path())
     with _lock:
         if p not in _cache:
             _cache[p] = load_registry(p)

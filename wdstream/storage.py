@@ -72,6 +72,18 @@ def expand_urls(spec: str | list[str]) -> list[str]:
     return out
 
 
+_WRITES = ("write", "commit", "delete", "clean")
+
+
+def _local_folder(url: str) -> str:
+    """The existing folder nearest to a local path (where a permission is missing)."""
+    path = os.path.abspath(url.removeprefix("file://"))
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    while folder and not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    return folder or "."
+
+
 def translate_error(exc: BaseException, url: str, action: str) -> StorageError:
     """Map a filesystem/botocore exception onto a StorageError that names the URL."""
     text = f"{type(exc).__name__}: {exc}"
@@ -82,6 +94,12 @@ def translate_error(exc: BaseException, url: str, action: str) -> StorageError:
             f"cannot {action} {shown}: no valid object-store credentials. Set AWS_ACCESS_KEY_ID/"
             f"AWS_SECRET_ACCESS_KEY (or a profile), or pass --storage-option key=... "
             f"--storage-option secret=...", url=url)
+    if isinstance(exc, PermissionError) and ("://" not in url or url.startswith("file://")):
+        folder = _local_folder(url)
+        return CredentialsError(
+            f"cannot {action} {shown}: permission denied by the local file system; check that "
+            f"you may {'write to' if action in _WRITES else 'read'} the folder {folder} "
+            f"(ls -ld {folder}; chmod or choose another folder)", url=url)
     if isinstance(exc, PermissionError) or "AccessDenied" in text:
         return CredentialsError(
             f"cannot {action} {shown}: access denied; check the credentials' permissions "
@@ -332,7 +350,11 @@ def open_read(url: str, storage_options: dict[str, Any] | None = None, *, offset
 def check_writable(url: str, storage_options: dict[str, Any] | None = None) -> None:
     """Fail fast, before any work, when ``url`` cannot be written (credentials, bucket, path)."""
     probe = join_url(url, "_wdstream_write_probe")
-    write_bytes(probe, b"ok", storage_options)
+    try:
+        write_bytes(probe, b"ok", storage_options)
+    except StorageError as exc:  # name the folder the user gave, not the probe
+        cause = exc.__cause__
+        raise (translate_error(cause, url, "write") if cause is not None else exc) from cause
     fs, path = url_to_fs(probe, storage_options)
     try:
         fs.rm_file(path)

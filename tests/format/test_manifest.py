@@ -33,9 +33,11 @@ def test_manifest_round_trip_and_urls(tmp_path):
 
 
 def test_bad_manifests_name_the_url(tmp_path):
-    with pytest.raises(SourceError, match="cannot read manifest") as e:
+    with pytest.raises(SourceError, match="no wdstream manifest at") as e:
         load_manifest(str(tmp_path / "missing"))
-    assert "missing/manifest.json" in str(e.value)
+    text = str(e.value)
+    assert "missing/manifest.json" in text and text.count("does not exist") == 1
+    assert "wdstream convert" in text and "wdstream index" in text and "{00000..00009}" in text
     d = Manifest(shards=SHARDS[:1]).to_dict()
     d["samples"] = 99
     (tmp_path / "manifest.json").write_text(json.dumps(d))

@@ -92,3 +92,17 @@ def test_as_dataloader_collate_fn(decoder, mixed):
 def test_empty_batch_is_an_error():
     with pytest.raises(SampleError, match="empty"):
         collate([], CFG)
+
+
+def test_collate_without_a_config_takes_sizes_from_the_samples(decoder, mixed):
+    """``collate_fn=wdstream.collate`` works as it is (no config, no partial)."""
+    import wdstream
+
+    batch = wdstream.collate(mixed)
+    assert batch["pixel_values"].shape == (4, 3, 32, 32)
+    assert batch["audio"].shape == (4, 4000)
+    assert torch.equal(batch["input_ids"], collate(mixed, CFG)["input_ids"])
+    text_only = wdstream.collate([mixed[0]])
+    assert text_only["pixel_values"].shape == (1, 3, Config().vision_dim, Config().vision_dim)
+    dl = torch.utils.data.DataLoader(mixed, batch_size=2, collate_fn=wdstream.collate)
+    assert [b["keys"] for b in dl] == [["t", "i"], ["a", "s"]]

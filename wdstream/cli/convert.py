@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 from typing import Any
 
@@ -11,6 +12,7 @@ from ..config import load_config
 from ..errors import ConfigError
 from ..storage import join_url
 from ..write.convert import convert, convert_entry
+from ..write.sources.hf import LOCAL_BUILDERS, near_local_folder
 from .options import add_storage_option_argument, parse_storage_options, size_argument
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -18,9 +20,9 @@ __all__ = ["HELP", "add_arguments", "run"]
 HELP = "convert a Hugging Face dataset into WebDataset shards with a manifest (resumable)"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", nargs="?", help="Hub id, registry name (configs/datasets.yaml), local "
-                                  "dataset folder, or builder (e.g. parquet) with --data-files; "
-                                  "with --all, leave it out")
+    p.add_argument("source", nargs="?", help="Hub id (owner/name), registry name (see "
+                                  "--registry), local dataset folder, or builder (e.g. parquet) "
+                                  "with --data-files; with --all, leave it out")
     p.add_argument("output", nargs="?", help="output folder URL: s3://bucket/prefix, a local "
                                              "path, memory://...")
     p.add_argument("--task-type", default=None, choices=None,
@@ -35,13 +37,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     p.add_argument("--data-files", nargs="+", default=None, metavar="PATTERN",
                    help="data files / glob patterns for a builder source")
-    p.add_argument("--image-column", default=None)
-    p.add_argument("--audio-column", default=None)
+    p.add_argument("--image-column", default=None, metavar="COLUMN",
+                   help="column holding the image (default: the first Image feature)")
+    p.add_argument("--audio-column", default=None, metavar="COLUMN",
+                   help="column holding the audio (default: the first Audio feature)")
     p.add_argument("--text-column", action="append", default=None, dest="text_columns",
                    help="text column (repeatable; several are joined by newlines)")
     p.add_argument("--limit", type=int, default=None,
                    help="convert only the first N rows (as one partition)")
-    p.add_argument("--max-samples-per-shard", type=int, default=None)
+    p.add_argument("--max-samples-per-shard", type=int, default=None, metavar="N",
+                   help="start a new shard after N samples (default 1000)")
     p.add_argument("--max-shard-bytes", type=size_argument, default=None, metavar="SIZE",
                    help="e.g. 256MB, 1GiB")
     p.add_argument("--workers", type=int, default=None,
@@ -52,6 +57,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", default=None, metavar="ADDRESS",
                    help="Ray cluster to join: 'auto', host:port or ray://host:10001 (implies "
                         "--executor ray; without it, --executor ray starts a local Ray)")
+    p.add_argument("--image-ext", default=None, metavar="EXT",
+                   help="name every image member .EXT (e.g. jpg), whatever its format, so that "
+                        "datasets.load_dataset('webdataset') accepts mixed JPEG/PNG/WEBP; the "
+                        "bytes are untouched (default: each image's own format)")
+    p.add_argument("--audio-ext", default=None, metavar="EXT",
+                   help="name every audio member .EXT (e.g. flac), whatever its format (default: "
+                        "each clip's own format)")
+    p.add_argument("--registry", default=None, metavar="YAML",
+                   help="dataset registry file for registry names and --all (default: "
+                        "$WDSTREAM_DATASETS, else the registry shipped with wdstream)")
     add_storage_option_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--config", default=None, metavar="YAML", help="config file (wdstream.Config "
@@ -61,7 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     for name in ("image_column", "audio_column", "limit", "max_samples_per_shard",
-                 "max_shard_bytes", "workers"):
+                 "max_shard_bytes", "workers", "image_ext", "audio_ext"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.text_columns:
@@ -95,13 +110,14 @@ def _convert_all(args: argparse.Namespace, config):
         output = args.output or args.source
         if args.output is not None and args.source is not None:
             raise ConfigError("with --all give only OUTPUT, not a source")
-        for entry in registry.select_datasets("all", args.task_type):
+        reg = registry.get_registry(args.registry)
+        for entry in registry.select_datasets("all", args.task_type, registry=reg):
             url = join_url(output, entry.name)
             yield url, convert_entry(entry, url, config)
         return
     if args.output is None:
         raise ConfigError("give SOURCE and OUTPUT (or --task-type T --all OUTPUT)")
-    entry = _registry_entry(args.source)
+    entry = _registry_entry(args.source, args.registry, args.data_files)
     if entry is not None:
         yield args.output, convert_entry(entry, args.output, config)
         return
@@ -110,11 +126,26 @@ def _convert_all(args: argparse.Namespace, config):
                                config=config)
 
 
-def _registry_entry(source: str):
-    """The registry entry named ``source`` (a short name, not a path or a Hub id), or None."""
-    if "/" in source or os.path.exists(source):
+def _registry_entry(source: str, path: str | None, data_files):
+    """The registry entry named ``source``, or None for a Hub id (``owner/name``), a local
+    path or a builder with ``--data-files``. A bare name that is none of these must be in the
+    registry: ConfigError otherwise (never a silent Hub lookup)."""
+    if "/" in source or os.sep in source or os.path.exists(os.path.expanduser(source)):
         return None
-    try:
-        return registry.get_registry().get(source)
-    except ConfigError:
+    if data_files is not None and source in LOCAL_BUILDERS:
         return None
+    reg = registry.get_registry(path)
+    entry = reg.get(source)
+    if entry is not None:
+        return entry
+    close = difflib.get_close_matches(source, list(reg), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    near = near_local_folder(source)
+    if near:
+        hint += f" A local folder {near!r} exists: did you mean it?"
+    where = path or os.environ.get("WDSTREAM_DATASETS") or "the registry shipped with wdstream"
+    raise ConfigError(
+        f"{source!r} is not a dataset of {where} (it has: {', '.join(sorted(reg)) or 'none'})."
+        f"{hint} Give a registry name, a Hub id as owner/name, a local folder, or a builder "
+        f"such as parquet with --data-files; --registry PATH reads your own registry",
+        key=source)

@@ -100,7 +100,13 @@ def build_parquet_dataset(folder: str, rows: int, *, n_files: int = 4, seed: int
     out = os.path.join(folder, "data")
     os.makedirs(out, exist_ok=True)
     per = -(-rows // n_files)
-    for k in range(n_files):
-        part = ds.select(range(k * per, min(rows, (k + 1) * per)))
-        part.to_parquet(os.path.join(out, f"train-{k:05d}-of-{n_files:05d}.parquet"))
+    bars = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # no "Creating parquet from Arrow format" bars
+    try:
+        for k in range(n_files):
+            part = ds.select(range(k * per, min(rows, (k + 1) * per)))
+            part.to_parquet(os.path.join(out, f"train-{k:05d}-of-{n_files:05d}.parquet"))
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
     return folder

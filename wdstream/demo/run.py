@@ -86,9 +86,8 @@ def run_demo(workdir: str | None = None, *, samples: int = 240, steps: int = 10,
     workdir = workdir or tempfile.mkdtemp(prefix="wdstream-demo-")
     os.makedirs(workdir, exist_ok=True)
     note = _hub_note()
-    if note:
+    if note:  # said once, in the report (not also in the log)
         report.notes.append(note)
-        log.info("%s", note)
     src = os.path.join(workdir, "source")
     if not os.path.isdir(os.path.join(src, "data")):
         build_parquet_dataset(src, samples, n_files=4, image_size=(96, 320), audio_seconds=0.5)
@@ -106,7 +105,9 @@ def run_demo(workdir: str | None = None, *, samples: int = 240, steps: int = 10,
             output, opts = os.path.join(workdir, "shards"), {}
             report.store = "local folder"
         report.output = output
-        config = Config(max_samples_per_shard=64, workers=2, quiet=quiet,
+        # image_ext: the source mixes JPEG and PNG; one member name keeps the shards loadable
+        # by datasets.load_dataset("webdataset") too (the bytes stay as they are)
+        config = Config(max_samples_per_shard=64, workers=2, quiet=quiet, image_ext="jpg",
                                  storage_options=opts, batch_size=8, num_workers=2,
                                  cache_size=64, vision_dim=64, max_audio_length=8000,
                                  max_text_length=64, persistent_workers=True)

@@ -4,6 +4,10 @@
 sample's first tar header plus, last, the end of the last sample. A reader that starts at
 sample ``i`` of a shard issues one ranged read from ``offsets[i]``, and checks the keys it
 finds against ``keys``.
+
+``"whole": true`` marks a shard that cannot be read from the middle (``.tar.gz``): its offsets
+are positions in the uncompressed stream, for information only, and a reader reads it from its
+start, skipping to the samples it wants.
 """
 
 from __future__ import annotations
@@ -29,13 +33,17 @@ def index_name(shard_name: str) -> str:
     return shard_name + ".idx.json"
 
 
-def index_bytes(offsets: list[int], keys: list[str]) -> bytes:
-    """The serialised index of a shard: sample start offsets, the end offset, and the keys."""
-    return json.dumps({"offsets": offsets, "keys": keys}).encode()
+def index_bytes(offsets: list[int], keys: list[str], *, whole: bool = False) -> bytes:
+    """The serialised index of a shard: sample start offsets, the end offset, and the keys;
+    ``whole``: the shard is read from its start only (compressed)."""
+    doc: dict[str, Any] = {"offsets": offsets, "keys": keys}
+    if whole:
+        doc["whole"] = True
+    return json.dumps(doc).encode()
 
 
 def parse_index(data: bytes, samples: int | None = None) -> dict[str, Any]:
-    """``{"offsets": [...], "keys": [...] or None}`` from index bytes. Raises ValueError when it
+    """``{"offsets": [...], "keys": [...] or None[, "whole": True]}`` from index bytes. Raises ValueError when it
     is malformed or does not hold ``samples`` samples."""
     idx = json.loads(data)
     offsets = idx.get("offsets") if isinstance(idx, dict) else None
@@ -52,7 +60,10 @@ def parse_index(data: bytes, samples: int | None = None) -> dict[str, Any]:
                          f"keys for {len(offsets) - 1} samples")
     if keys is not None and not all(isinstance(k, str) for k in keys):
         raise ValueError("the index's 'keys' are not all strings")
-    return {"offsets": offsets, "keys": keys}
+    out = {"offsets": offsets, "keys": keys}
+    if idx.get("whole"):
+        out["whole"] = True
+    return out
 
 
 def max_index_bytes(samples: int | None) -> int:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import storage
-from ..errors import SourceError, redact
+from ..errors import NotFoundError, SourceError, redact
 
 __all__ = [
     "ShardInfo",
@@ -27,6 +27,8 @@ __all__ = [
     "validate_manifest",
     "is_shard_source",
     "manifest_url_for",
+    "missing_manifest_error",
+    "ManifestNotFoundError",
 ]
 
 MANIFEST_NAME = "manifest.json"
@@ -50,6 +52,7 @@ class ShardInfo:
     partition: int | None = None
     first_key: str | None = None
     last_key: str | None = None
+    whole: bool = False  # readable from its start only (.tar.gz); written only when true
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ShardInfo:
@@ -110,7 +113,7 @@ class Manifest:
             "version": VERSION,
             "samples": self.samples,
             "bytes": self.bytes,
-            "shards": [asdict(s) for s in self.shards],
+            "shards": [_shard_dict(s) for s in self.shards],
             "source": self.source,
             "skipped": dict(sorted(self.skipped.items())),
             "fields": sorted(self.fields),
@@ -135,6 +138,13 @@ class Manifest:
         return url
 
 
+def _shard_dict(s: ShardInfo) -> dict[str, Any]:
+    d = asdict(s)
+    if not d["whole"]:
+        del d["whole"]  # manifests of converted shards stay as they were
+    return d
+
+
 def is_shard_source(source: str | list | tuple) -> bool:
     """True for shard URLs (a list, a brace pattern, or one ``.tar``/``.tar.gz``/``.tgz``);
     False for a manifest URL or a dataset folder."""
@@ -149,17 +159,37 @@ def manifest_url_for(source: str) -> str:
     return source if source.endswith(".json") else storage.join_url(source, MANIFEST_NAME)
 
 
+class ManifestNotFoundError(NotFoundError, SourceError):
+    """No manifest where one was expected: a missing object (``NotFoundError``, a
+    ``FileNotFoundError``) and a source that cannot be used as given (``SourceError``)."""
+
+
+def missing_manifest_error(url: str) -> ManifestNotFoundError:
+    """The error for a manifest that does not exist: where it was looked for, and what to do."""
+    folder = redact(url).rsplit("/", 1)[0] if url.endswith(".json") else redact(url)
+    return ManifestNotFoundError(
+        f"no wdstream manifest at {redact(url)} (the folder or prefix does not exist, or holds "
+        f"no {MANIFEST_NAME}). Make one first: `wdstream convert SOURCE {folder}` for a "
+        f"Hugging Face dataset, or `wdstream index {folder}` for WebDataset shards you already "
+        f"have; or pass the shard URLs themselves (a brace pattern such as "
+        f"'{folder}/shard-{{00000..00009}}.tar', or a list)", url=url)
+
+
 def load_manifest(source: str, storage_options: dict[str, Any] | None = None, *,
                   allowed_prefixes: Sequence[str] = ()) -> Manifest:
     """Load and check ``source`` (a folder or its ``manifest.json``).
 
     Its shard and index URLs must lie in the manifest's own folder or under one of
-    ``allowed_prefixes`` (the user's ``config.allowed_prefixes``). Raises SourceError naming
-    the URL, and the field when the manifest is malformed (see :func:`validate_manifest`).
+    ``allowed_prefixes`` (the user's ``config.allowed_prefixes``). Raises
+    ManifestNotFoundError (a NotFoundError and a SourceError, saying how to make one) when
+    there is none, and SourceError naming the URL, and the field when the manifest is
+    malformed (see :func:`validate_manifest`).
     """
     url = manifest_url_for(source)
     try:
         data = storage.read_bytes(url, storage_options, max_bytes=MAX_MANIFEST_BYTES)
+    except NotFoundError as exc:
+        raise missing_manifest_error(url) from exc
     except OSError as exc:
         raise SourceError(f"cannot read manifest {redact(url)}: {exc}", url=url) from exc
     try:

@@ -20,6 +20,7 @@ __all__ = [
     "TarStreamWriter",
     "split_key",
     "iter_members",
+    "iter_members_at",
     "group_samples",
     "MemberTooLarge",
     "MTIME",
@@ -109,6 +110,16 @@ def iter_members(stream: BinaryIO, *, name: str = "<shard>",
     Truncation or corruption raises ``tarfile.ReadError``/``EOFError`` from where it is found;
     the caller decides whether to skip the rest of the shard.
     """
+    for member, data, _start, _end in iter_members_at(stream, name=name,
+                                                      max_member_bytes=max_member_bytes):
+        yield member, data
+
+
+def iter_members_at(stream: BinaryIO, *, name: str = "<shard>",
+                    max_member_bytes: int | None = None
+                    ) -> Iterator[tuple[str, bytes | MemberTooLarge, int, int]]:
+    """As :func:`iter_members`, with the member's byte range in the (uncompressed) archive:
+    ``(name, bytes, offset of its first header, end of its padded data)``."""
     with tarfile.open(fileobj=stream, mode="r|*") as tar:
         for info in tar:
             if not info.isreg():
@@ -124,13 +135,16 @@ def iter_members(stream: BinaryIO, *, name: str = "<shard>",
                 if got != info.size:
                     raise EOFError(f"{name}: member {info.name} truncated "
                                    f"({got} of {info.size} bytes)")
-                yield info.name, MemberTooLarge(info.name, info.size, max_member_bytes)
+                end = info.offset_data + info.size + (-info.size) % BLOCK
+                yield (info.name, MemberTooLarge(info.name, info.size, max_member_bytes),
+                       info.offset, end)
                 continue
             data = f.read() if f is not None else b""
             if len(data) != info.size:
                 raise EOFError(f"{name}: member {info.name} truncated "
                                f"({len(data)} of {info.size} bytes)")
-            yield info.name, data
+            end = info.offset_data + info.size + (-info.size) % BLOCK
+            yield info.name, data, info.offset, end
         # tarfile ends quietly when the data stops at or inside a header; a complete archive
         # ends with a zero block, which tarfile has then read in full.
         pos = getattr(tar.fileobj, "pos", None)

@@ -1,7 +1,8 @@
 """Batch collation: decoded samples (text-only, image-text, audio-text, mixed) into one dict.
 
 A missing modality is zeros with its ``has_*`` flag false, so every batch has the same keys and
-shapes. Use it as a DataLoader ``collate_fn`` with
+shapes. Use it as a DataLoader ``collate_fn`` as it is (``collate_fn=wdstream.collate``: sizes
+come from the samples) or with
 ``functools.partial(collate, config=config, pad_token_id=pad_token_id(tokenizer))``.
 """
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..config import Config
 from ..errors import SampleError
 
 __all__ = ["collate", "IGNORE_INDEX"]
@@ -18,7 +20,8 @@ __all__ = ["collate", "IGNORE_INDEX"]
 IGNORE_INDEX = -100  # labels at padding positions (torch's cross-entropy default ignore_index)
 
 
-def collate(samples: list[dict], config, pad_token_id: int = 0) -> dict[str, Any]:
+def collate(samples: list[dict], config: Config | None = None,
+            pad_token_id: int = 0) -> dict[str, Any]:
     """Stack decoded samples (from :class:`wdstream.decode.SampleDecoder`) into a batch.
 
     Returns ``input_ids``, ``attention_mask``, ``labels`` ``[B, T]`` long (T: the longest text in
@@ -26,11 +29,15 @@ def collate(samples: list[dict], config, pad_token_id: int = 0) -> dict[str, Any
     ``has_image`` ``[B]`` bool, ``audio`` ``[B, L]`` float, ``audio_lengths`` ``[B]`` long and
     ``has_audio`` ``[B]`` bool, ``keys`` and ``sources`` (lists) and ``synthetic`` (True if any
     sample is synthetic). Raises SampleError for an empty batch.
+
+    Without ``config``, the image side and the audio length are those of the samples (the
+    decoder made them all the same), and the defaults of :class:`~wdstream.Config` for a
+    modality no sample has.
     """
     if not samples:
         raise SampleError("cannot collate an empty batch")
     b = len(samples)
-    size, length = config.vision_dim, config.max_audio_length
+    size, length = _sizes(samples, config)
     longest = max(1, max(len(s["input_ids"]) for s in samples))
 
     input_ids = torch.full((b, longest), pad_token_id, dtype=torch.long)
@@ -72,3 +79,16 @@ def collate(samples: list[dict], config, pad_token_id: int = 0) -> dict[str, Any
         "sources": [s.get("source") for s in samples],
         "synthetic": any(bool(s.get("synthetic")) for s in samples),
     }
+
+
+def _sizes(samples: list[dict], config: Config | None) -> tuple[int, int]:
+    """``(image side, audio length)``: from ``config``, else from the first sample that has
+    the modality, else the Config defaults."""
+    if config is not None:
+        return config.vision_dim, config.max_audio_length
+    defaults = Config()
+    size = next((int(s["pixel_values"].shape[-1]) for s in samples
+                 if s.get("pixel_values") is not None), defaults.vision_dim)
+    length = next((int(s["audio"].shape[-1]) for s in samples if s.get("audio") is not None),
+                  defaults.max_audio_length)
+    return size, length

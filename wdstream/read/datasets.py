@@ -29,7 +29,8 @@ from .shuffle import buffer_shuffle, derive_seed, shard_order
 from .stages import Bad, decode_stage, exact_batches, plain_batches, readahead
 from .world import SharedEpoch, World
 
-__all__ = ["ShardSource", "ResumeInfo", "ShardDataset", "MixedDataset", "make_reader"]
+__all__ = ["ShardSource", "ResumeInfo", "ShardDataset", "MixedDataset", "make_reader",
+           "TransformedDecoder", "transform_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,32 @@ def make_reader(config, budget: ErrorBudget) -> ShardReader:
         if config.local_cache_dir else None
     return ShardReader(config.storage_options, block_size=config.read_block_size, budget=budget,
                        cache=cache, max_member_bytes=config.max_member_bytes)
+
+
+def transform_seed(seed: int, epoch: int, source: str, key: str) -> int:
+    """The seed of a sample's transform: a pure function of ``(config.seed, epoch, source
+    name, sample key)``, so the same sample gets the same augmentation in any worker, rank,
+    layout or resumed run, and another one in the next epoch."""
+    return derive_seed(seed, epoch, source, key, "transform")
+
+
+class TransformedDecoder:
+    """The decoder, then ``transform(sample, generator)`` with a ``torch.Generator`` seeded by
+    :func:`transform_seed`. Picklable when ``decoder`` and ``transform`` are. ``transform``
+    returns the sample (or None after changing it in place); a SampleError it raises counts
+    the sample as bad, like a decoding error."""
+
+    def __init__(self, decoder: Callable[[dict], dict], transform: Callable, *, seed: int,
+                 epoch: int, source: str):
+        self.decoder, self.transform = decoder, transform
+        self.seed, self.epoch, self.source = seed, epoch, source
+
+    def __call__(self, item: dict) -> dict:
+        out = self.decoder(item)
+        generator = torch.Generator()
+        generator.manual_seed(transform_seed(self.seed, self.epoch, self.source, out["key"]))
+        result = self.transform(out, generator)
+        return out if result is None else result
 
 
 @dataclass
@@ -79,11 +106,12 @@ class ShardDataset(torch.utils.data.IterableDataset):
 
     def __init__(self, source: ShardSource, config, decoder: Callable[[dict], dict],
                  collate: Callable[[list[dict]], dict], *, rank: int = 0, world: int = 1,
-                 resume: ResumeInfo | None = None):
+                 resume: ResumeInfo | None = None, transform: Callable | None = None):
         super().__init__()
         self.source = source
         self.config = config
         self.decoder = decoder
+        self.transform = transform
         self.collate = collate
         self.rank, self.world = rank, world
         self.resume = resume
@@ -98,6 +126,13 @@ class ShardDataset(torch.utils.data.IterableDataset):
     # -- epoch bookkeeping (main process) ----------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         self._epoch.set(epoch)
+
+    def decoder_for(self, epoch: int) -> Callable[[dict], dict]:
+        """The decode stage's function: the decoder, then the transform when there is one."""
+        if self.transform is None:
+            return self.decoder
+        return TransformedDecoder(self.decoder, self.transform, seed=self.config.seed,
+                                  epoch=epoch, source=self.source.name)
 
     @property
     def epoch(self) -> int:
@@ -164,7 +199,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
             items = self.slot_items(reader, pool, epoch, len(self.history(epoch)), world.worker)
         else:
             items = self._streaming_items(reader, epoch, world.worker, world.workers)
-        return decode_stage(items, self.decoder, budget, self.source.name, self.source.synthetic)
+        return decode_stage(items, self.decoder_for(epoch), budget, self.source.name,
+                            self.source.synthetic)
 
     def _exact(self, reader: ShardReader, budget: ErrorBudget, epoch: int,
                worker: int) -> Iterator[dict]:
@@ -177,16 +213,16 @@ class ShardDataset(torch.utils.data.IterableDataset):
         if n_batches == 0:
             return
         shuffled = self.slot_items(reader, pool, epoch, len(history), worker)
-        decoded = decode_stage(shuffled, self.decoder, budget, self.source.name,
+        decoded = decode_stage(shuffled, self.decoder_for(epoch), budget, self.source.name,
                                self.source.synthetic)
         yield from exact_batches(decoded, c.batch_size, n_batches, self.collate,
-                                 borrow=lambda: self._borrow(reader, budget))
+                                 borrow=lambda: self._borrow(reader, budget, epoch))
 
-    def _borrow(self, reader: ShardReader, budget: ErrorBudget) -> dict | None:
+    def _borrow(self, reader: ShardReader, budget: ErrorBudget, epoch: int) -> dict | None:
         """The first good sample of the source: fills a slot none of whose samples could be
         read, so that its rank still yields every planned batch (DDP must not hang)."""
         for shard in self.source.shards:
-            for item in decode_stage(reader.iter_shard(shard), self.decoder, budget,
+            for item in decode_stage(reader.iter_shard(shard), self.decoder_for(epoch), budget,
                                      self.source.name, self.source.synthetic):
                 if not isinstance(item, Bad):
                     log.warning("rank %d: no readable sample in its span; repeating %s to keep "
@@ -234,7 +270,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
         if n_batches == 0:
             return
         decoded = decode_stage(self._streaming_items(reader, epoch, worker, workers),
-                               self.decoder, budget, self.source.name, self.source.synthetic)
+                               self.decoder_for(epoch), budget, self.source.name,
+                               self.source.synthetic)
         yield from plain_batches(decoded, c.batch_size, self.collate, n_batches=n_batches,
                                  drop_last=c.drop_last)
 
@@ -356,11 +393,12 @@ class MixedDataset(torch.utils.data.IterableDataset):
             return stream(name, passes[name])
 
         cap = self._slot_cap()
+        decoders = {name: part.decoder_for(epoch) for name, part in self.parts.items()}
         mixed = mix({n: stream(n, 0) for n in self.names}, self.weights,
                     seed=self._mix_seed(epoch, self.rank, worker), exhausted=c.mix_exhausted,
                     reopen=reopen, caps={n: cap for n in self.names})
         decoded = itertools.chain.from_iterable(
-            decode_stage([item], self.parts[name].decoder, budget, name,
+            decode_stage([item], decoders[name], budget, name,
                          self.parts[name].source.synthetic, force_source=True)
             for name, item in mixed)
         yield from plain_batches(decoded, c.batch_size, self.collate, n_batches=n_batches,

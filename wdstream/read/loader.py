@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -35,9 +35,19 @@ STATE_VERSION = 1
 
 
 def make_loader(source: Any, config: Config | None = None, tokenizer=None, *,
-                rank: int | None = None, world: int | None = None) -> Loader:
+                rank: int | None = None, world: int | None = None,
+                transform: Callable | None = None) -> Loader:
     """Build the loader for ``source`` (see module doc). Checks the tokenizer against
-    ``config.vocab_size`` and the source's reachability before returning."""
+    ``config.vocab_size`` and the source's reachability before returning.
+
+    ``transform(sample, generator)``: a per-sample function (augmentations) that runs in the
+    DataLoader workers after decoding and before collation. ``sample`` is the decoded dict
+    (``key``, ``input_ids``, ``pixel_values``, ``audio``, ...); return it (or None after
+    changing it in place). Draw every random number from ``generator``, a ``torch.Generator``
+    seeded by ``(config.seed, epoch, source name, sample key)``
+    (:func:`wdstream.read.datasets.transform_seed`): the same seed gives the same augmented
+    batches, in any number of workers or ranks and after a resume; another epoch gives other
+    ones. It must pickle (a module-level function, or a ``functools.partial`` of one)."""
     config = config or Config()
     if tokenizer is None:
         tokenizer = load_tokenizer(config)
@@ -57,10 +67,11 @@ def make_loader(source: Any, config: Config | None = None, tokenizer=None, *,
             spec = resolve_or_fallback(src, config)
             spec.name = name
             parts[name] = ShardDataset(spec, config, decoder, collate_fn, rank=rank,
-                                       world=world)
+                                       world=world, transform=transform)
         return Loader(MixedDataset(parts, config, collate_fn, rank=rank, world=world), config)
     spec = resolve_or_fallback(source, config)
-    dataset = ShardDataset(spec, config, decoder, collate_fn, rank=rank, world=world)
+    dataset = ShardDataset(spec, config, decoder, collate_fn, rank=rank, world=world,
+                           transform=transform)
     return Loader(dataset, config)
 
 

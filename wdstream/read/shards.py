@@ -209,9 +209,12 @@ class ShardReader:
         """Exactly one item per entry of ``wanted`` (ascending local indices in
         ``[first, stop)``): the sample, or an error marker if it could not be read.
 
-        A sample whose key appeared earlier in the shard (in the index, or in what this read
-        has seen: the whole shard before ``first`` when there is no index) is counted and
-        becomes an error marker, so that later positions do not shift."""
+        With an index, the read starts at the sample's offset; a shard marked ``whole``
+        (compressed) or without an index is read from its start, skipping to ``first``. A key
+        that comes back after other keys and that the index left out (``wdstream index`` does)
+        is skipped; one that the index counts as a position (or, without an index, one this
+        read has seen) is counted and becomes an error marker, so later positions do not
+        shift."""
         wanted = [int(w) for w in wanted]
         want = set(wanted)
         idx = self.index(shard)
@@ -219,9 +222,11 @@ class ShardReader:
         keys = None
         dups: frozenset[int] = frozenset()
         if idx is not None:
-            offset, skip = idx["offsets"][first], 0
+            if not idx.get("whole"):
+                offset, skip = idx["offsets"][first], 0
             keys = idx.get("keys")
             dups = self._duplicates(idx)
+        position = _key_positions(idx) if keys is not None else None
         got: dict[int, dict] = {}
         seen: set[str] = set()
         emitted = 0
@@ -230,9 +235,10 @@ class ShardReader:
             with self._open(shard, offset) as f:
                 local = first - skip
                 for sample in self._samples(f, shard):
-                    if local >= stop:
-                        break
                     key = sample["__key__"]
+                    if position is not None and (local >= len(keys) or key != keys[local]) \
+                            and position.get(key, local) < local:
+                        continue  # a repeated key the index left out
                     duplicate = key in seen or local in dups
                     seen.add(key)
                     if local >= first and local in want:
@@ -256,6 +262,8 @@ class ShardReader:
                             yield got.pop(wanted[emitted])
                             emitted += 1
                     local += 1
+                    if local >= stop:
+                        break
                 if local < stop:
                     raise EOFError(f"shard ended after {local} samples, expected at least {stop}")
         except TooManyErrors:
@@ -272,3 +280,11 @@ class ShardReader:
                 key = keys[w] if keys is not None and w < len(keys) else None
                 yield error_item(error or "missing sample", shard.url, key)
             emitted += 1
+
+
+def _key_positions(idx: dict) -> dict[str, int]:
+    """``{key: position}`` of an index's keys, built once per cached index."""
+    pos = idx.get("_positions")
+    if pos is None:
+        pos = idx["_positions"] = {k: i for i, k in enumerate(idx["keys"])}
+    return pos

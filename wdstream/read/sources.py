@@ -8,8 +8,13 @@ from typing import Any
 
 from .. import storage
 from ..config import Config
-from ..errors import ConfigError, SourceError, StorageError, redact
-from ..format.manifest import is_shard_source, load_manifest, manifest_url_for
+from ..errors import ConfigError, NotFoundError, SourceError, StorageError, redact
+from ..format.manifest import (
+    is_shard_source,
+    load_manifest,
+    manifest_url_for,
+    missing_manifest_error,
+)
 from ..format.synthetic import synthetic_shards_in_memory
 from .datasets import ShardSource
 from .shards import ShardRef
@@ -37,7 +42,11 @@ def resolve_source(source: Any, config: Config, name: str | None = None) -> Shar
     if not isinstance(source, str):
         raise ConfigError(f"unsupported source {source!r}: give a manifest URL, a brace "
                           f"pattern, a list of shard URLs, or a dict of named sources")
-    storage.check_readable(manifest_url_for(source), opts)
+    url = manifest_url_for(source)
+    try:
+        storage.check_readable(url, opts)
+    except NotFoundError as exc:
+        raise missing_manifest_error(url) from exc
     manifest = load_manifest(source, opts, allowed_prefixes=config.allowed_prefixes)
     if not manifest.shards:
         raise SourceError(f"manifest {redact(source)} lists no shards", url=source)

@@ -25,6 +25,7 @@ from ..format.manifest import (
     PartitionRecord,
     load_manifest,
 )
+from ..format.schema import modality_of
 from ..registry import Entry
 from .executors import Executor, check_executor, make_executor
 from .output import JOB_NAME, Output, check_job
@@ -142,10 +143,26 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
     out.sweep()  # temp files / uploads of attempts that died and were retried
     manifest = _manifest(plan, records, output)
     manifest.save(output, opts)
+    _warn_mixed_extensions(manifest)
     log.info("wrote %s: %d samples in %d shards (%.1f MB); skipped %s", redact(output),
              manifest.samples, len(manifest.shards), manifest.bytes / 1e6,
              manifest.skipped or "none")
     return manifest
+
+
+def _warn_mixed_extensions(manifest: Manifest) -> None:
+    """Say so when one modality was written under several extensions: webdataset readers cope,
+    but ``datasets.load_dataset("webdataset")`` refuses such shards."""
+    for modality, option in (("image", "image_ext"), ("audio", "audio_ext")):
+        exts = sorted(e for e in manifest.fields if modality_of(e) == modality)
+        if len(exts) > 1:
+            flag = option.replace("_", "-")
+            log.warning("the %s members have several extensions (%s), each named by its real "
+                        "format; datasets.load_dataset('webdataset', ...) refuses shards whose "
+                        "samples differ in their member types. To name them all .%s (bytes "
+                        "untouched; decoders read the format from the bytes), convert with "
+                        "--%s %s (config %s)", modality, ", ".join(exts), exts[0], flag,
+                        exts[0], option)
 
 
 def convert_entry(entry: Entry, output: str, config: Config | None = None,

@@ -38,6 +38,8 @@ class ColumnMap:
     extra: tuple[str, ...] = ()
     dropped: tuple[str, ...] = field(default=())  # media columns besides the chosen ones
     template: str | None = None  # the text from ``text`` columns by a template (registry)
+    image_ext: str | None = None  # one member name for every image (bytes untouched)
+    audio_ext: str | None = None  # one member name for every audio clip (bytes untouched)
 
 
 def encode_pil_image(img) -> tuple[str, bytes]:
@@ -105,8 +107,9 @@ class RowEncoder:
 
     ``txt``: the text column(s), joined by newlines, or formed by ``columns.template``. ``json``: ``{"source": name, ...other
     columns}`` made JSON-safe. The image goes under its own format's extension and the audio
-    likewise, byte for byte when they arrive encoded. A row whose image or audio is missing
-    its bytes or fails a cheap header check (PIL ``open`` + ``verify``; soundfile ``info``),
+    likewise, byte for byte when they arrive encoded; ``columns.image_ext``/``audio_ext`` name
+    every one with that extension instead (the bytes stay as they are). A row whose image or
+    audio is missing its bytes or fails a cheap header check (PIL ``open`` + ``verify``; soundfile ``info``),
     raises :class:`SkipSample` with the reason (``bad_image``, ``bad_audio``, ...); so does a
     row with a member over ``format.tario.MAX_MEMBER_BYTES`` (``member_too_large``).
     """
@@ -132,10 +135,10 @@ class RowEncoder:
         fields["json"] = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode()
         if cols.image is not None and row.get(cols.image) is not None:
             ext, data = self._image(row[cols.image], key)
-            fields[ext] = data
+            fields[cols.image_ext or ext] = data
         if cols.audio is not None and row.get(cols.audio) is not None:
             ext, data = self._audio(row[cols.audio], key)
-            fields[ext] = data
+            fields[cols.audio_ext or ext] = data
         for data in fields.values():
             if len(data) > MAX_MEMBER_BYTES:  # readers skip members this large (max_member_bytes)
                 raise SkipSample("member_too_large", key=key)

@@ -37,6 +37,9 @@ class JobPlan:
 
 def columns_dict(columns: ColumnMap) -> dict[str, Any]:
     d = asdict(columns)
+    for key in ("image_ext", "audio_ext"):  # absent unless set: older jobs still resume
+        if d[key] is None:
+            del d[key]
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
@@ -56,6 +59,9 @@ def plan_job(spec: HFSource, config: Config) -> JobPlan:
                               audio=config.audio_column, text=config.text_columns)
     if config.text_template:
         columns = dataclasses.replace(columns, template=config.text_template)
+    if config.image_ext or config.audio_ext:
+        columns = dataclasses.replace(columns, image_ext=config.image_ext,
+                                      audio_ext=config.audio_ext)
     if not (columns.image or columns.audio or columns.text):
         log.warning("no image, audio or text column found among %s; samples will only hold "
                     ".json (name them with --image-column/--audio-column/--text-column)", names)

@@ -12,6 +12,7 @@ columns turned into Python lists once per batch, which is much cheaper than one 
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from collections.abc import Iterator
@@ -33,6 +34,8 @@ __all__ = [
     "prepare",
     "iter_rows",
     "TEXT_COLUMN_NAMES",
+    "LOCAL_BUILDERS",
+    "near_local_folder",
 ]
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,7 @@ log = logging.getLogger(__name__)
 TEXT_COLUMN_NAMES = ("text", "caption", "captions", "sentence", "transcription", "transcript",
                      "prompt", "description", "content", "title")
 #: Builders that read local ``data_files`` and never need the Hub.
-_LOCAL_BUILDERS = ("parquet", "csv", "json", "text", "arrow", "webdataset", "imagefolder",
+LOCAL_BUILDERS = _LOCAL_BUILDERS = ("parquet", "csv", "json", "text", "arrow", "webdataset", "imagefolder",
                    "audiofolder", "videofolder", "pandas", "xml", "sql")
 
 
@@ -79,19 +82,43 @@ def _needs_hub(spec: HFSource) -> bool:
     return True
 
 
+def near_local_folder(source: str) -> str | None:
+    """A local folder whose name is close to ``source`` (``my_datset`` when ``./my_dataset``
+    exists), as ``./my_dataset``; None when there is none or ``source`` exists."""
+    path = os.path.expanduser(source.removeprefix("file://"))
+    if os.path.exists(path):
+        return None
+    parent, name = os.path.split(path.rstrip("/"))
+    try:
+        folders = [d for d in os.listdir(parent or ".")
+                   if os.path.isdir(os.path.join(parent or ".", d))]
+    except OSError:
+        return None
+    close = difflib.get_close_matches(name, folders, n=1, cutoff=0.8)
+    if not close:
+        return None
+    return os.path.join(parent, close[0]) if parent else f"./{close[0]}"
+
+
+def _near_hint(spec: HFSource) -> str:
+    near = near_local_folder(spec.source)
+    return f". Did you mean the local folder {near!r}?" if near else ""
+
+
 def _map_load_error(exc: BaseException, spec: HFSource) -> Exception:
     text = f"{type(exc).__name__}: {exc}"
     if "Couldn't reach" in text or "OfflineMode" in text or "ConnectionError" in text \
             or "ConnectTimeout" in text or "Connection refused" in text:
         return HubUnreachableError(
             f"cannot reach the Hugging Face Hub for {spec.source!r} ({exc}). Check the network "
-            f"or HF_ENDPOINT/HF_HUB_OFFLINE, or convert a local copy", url=spec.source)
+            f"or HF_ENDPOINT/HF_HUB_OFFLINE, or convert a local copy{_near_hint(spec)}",
+            url=spec.source)
     if isinstance(exc, (FileNotFoundError, ValueError)) or "NotFound" in text \
             or "doesn't exist" in text or "does not exist" in text:
         return SourceError(
             f"source {spec.source!r} (config={spec.name!r}, split={spec.split!r}, "
             f"data_files={spec.data_files!r}) does not exist or has no data: {exc}. Check the "
-            f"dataset id, folder, config name, split and --data-files patterns",
+            f"dataset id, folder, config name, split and --data-files patterns{_near_hint(spec)}",
             url=spec.source)
     return SourceError(f"cannot open source {spec.source!r}: {text}", url=spec.source)
 
@@ -108,7 +135,13 @@ def open_source(spec: HFSource, *, check_hub: bool = True):
                           f"local folder, a Hub id, or a builder such as `parquet` with "
                           f"--data-files", url=spec.source)
     if check_hub and _needs_hub(spec):
-        check_hub_reachable(what=repr(spec.source))
+        try:
+            check_hub_reachable(what=repr(spec.source))
+        except HubUnreachableError as exc:
+            hint = _near_hint(spec)
+            if not hint:
+                raise
+            raise HubUnreachableError(f"{exc}{hint}", url=exc.url) from exc
     kwargs: dict[str, Any] = {"split": spec.split, "streaming": True}
     if spec.data_files is not None:
         files = spec.data_files

@@ -1,0 +1,475 @@
+"""Indexing shards that wdstream did not write: one streaming pass per shard gives its sample
+count, size, sha256 and per-sample offsets, so exact epochs, resume and mid-shard reads work
+on them as on converted shards. No shard is written or changed.
+
+- :func:`list_shards` turns a brace pattern, a list of URLs or a prefix into shard URLs;
+- :func:`index_shard` reads one shard once (bounded memory: one member at a time), writes its
+  index and returns a :class:`ShardResult`;
+- :func:`build_manifest` puts the results together into a :class:`Manifest`;
+- :class:`IndexState` is the small ``_index_state.json`` that lets a re-run skip shards whose
+  size and ``ukey`` (fsspec's store-neutral ETag) have not changed.
+
+Bad shards are indexed up to their last whole sample: a sample counts once the next sample's
+first member was read in full (what the reader needs to deliver it), so a truncated or corrupt
+tail is left out, reported, and counted in the manifest's ``skipped``. A key that comes back
+after another key started (non-adjacent members, or a duplicate sample) is left out of the
+index; the reader skips it as the streaming reader does.
+
+``.tar.gz`` shards cannot be read from the middle: their index is marked ``whole`` (its offsets
+are positions in the uncompressed stream, for information only) and the reader reads them from
+their start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import tarfile
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .. import storage
+from ..errors import (
+    ConfigError,
+    CredentialsError,
+    ShardReadError,
+    SourceError,
+    StorageError,
+    redact,
+)
+from .index import index_bytes, index_name
+from .manifest import MANIFEST_NAME, Manifest, ShardInfo, is_shard_source
+from .tario import iter_members_at, split_key
+from .verify import _HashingReader
+
+__all__ = [
+    "SHARD_EXTS",
+    "STATE_NAME",
+    "ShardTask",
+    "ShardResult",
+    "IndexState",
+    "list_shards",
+    "shard_root",
+    "plan_index",
+    "index_shard",
+    "build_manifest",
+    "IndexReport",
+    "index_dataset",
+    "outside_prefixes",
+]
+
+log = logging.getLogger(__name__)
+
+SHARD_EXTS = (".tar", ".tar.gz", ".tgz")
+STATE_NAME = "_index_state.json"
+TOOL = "wdstream index"  # the manifest's options.tool: who wrote it
+_COMPRESSED = (".tar.gz", ".tgz")
+_READ_ERRORS = (OSError, EOFError, tarfile.TarError, zlib.error, ValueError)
+_MAX_PROBLEMS = 20  # per shard, in the result and the manifest
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def list_shards(source: str | list[str] | tuple[str, ...],
+                storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Shard URLs from a brace pattern, a list of URLs, or a prefix (every ``.tar``/``.tar.gz``/
+    ``.tgz`` below it, sorted). Raises SourceError when there are none."""
+    if isinstance(source, (list, tuple)) or is_shard_source(source):
+        urls = storage.expand_urls(list(source) if isinstance(source, tuple) else source)
+    else:
+        fs, path = storage.url_to_fs(source, storage_options)
+        try:
+            found = fs.find(path)
+        except Exception as exc:
+            raise storage.translate_error(exc, source, "list") from exc
+        base = source.rstrip("/")
+        root = path.rstrip("/")
+        urls = [base + p[len(root):] for p in sorted(found)
+                if p.endswith(SHARD_EXTS) and p.startswith(root + "/")]
+    if not urls:
+        raise SourceError(f"no .tar/.tar.gz shards in {redact(str(source))}: give a folder or "
+                          f"prefix that holds them, a brace pattern such as "
+                          f"'s3://bucket/data/{{00000..00099}}.tar', or a list of URLs",
+                          url=str(source))
+    return urls
+
+
+def shard_root(urls: list[str]) -> str:
+    """The deepest folder that holds every shard URL."""
+    parents = [posixpath.dirname(u) for u in urls]
+    root = parents[0]
+    for p in parents[1:]:
+        while not (p == root or p.startswith(root.rstrip("/") + "/")):
+            up = posixpath.dirname(root)
+            if up == root or up.endswith(":"):  # "s3:" / "/" : nothing in common
+                break
+            root = up
+    return root
+
+
+@dataclass
+class ShardTask:
+    """One shard to index: where it is, where its index goes, and the name the manifest
+    gives it. Picklable; ``storage_options`` are never logged."""
+
+    url: str
+    index_url: str
+    manifest_url: str  # relative to the manifest's folder, or absolute
+    index: str  # the index's name in the manifest, relative like manifest_url
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    previous: dict[str, Any] | None = None  # an earlier ShardResult: reused when unchanged
+
+
+@dataclass
+class ShardResult:
+    """What indexing one shard found; ``problems`` lists what was left out and why."""
+
+    url: str
+    info: ShardInfo
+    size: int
+    ukey: str
+    whole: bool = False
+    problems: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    reused: bool = False  # unchanged since the last run: not read again (not serialised)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"url": self.url, "info": asdict(self.info), "size": self.size,
+                "ukey": self.ukey, "whole": self.whole, "problems": self.problems,
+                "skipped": self.skipped}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ShardResult:
+        return cls(url=d["url"], info=ShardInfo.from_dict(d["info"]), size=int(d["size"]),
+                   ukey=str(d["ukey"]), whole=bool(d.get("whole")),
+                   problems=list(d.get("problems", [])), skipped=dict(d.get("skipped", {})))
+
+
+def _drain(reader: _HashingReader, chunk: int = 8 * 2**20) -> None:
+    while reader.read(chunk):
+        pass
+
+
+def file_identity(url: str, storage_options: dict[str, Any] | None = None) -> tuple[int, str]:
+    """``(size, ukey)`` of a shard, from a fresh look at the store (not a cached listing)."""
+    fs, path = storage.url_to_fs(url, storage_options)
+    try:
+        fs.invalidate_cache(path)
+        return int(fs.size(path)), str(fs.ukey(path))
+    except Exception as exc:
+        raise storage.translate_error(exc, url, "read") from exc
+
+
+def index_shard(task: ShardTask, progress: Callable[[int, int], None] | None = None
+                ) -> ShardResult:
+    """Read ``task.url`` once, write its index to ``task.index_url``, return what was found.
+
+    A truncated or corrupt shard is indexed up to its last whole sample; a non-adjacent or
+    duplicate key is left out. Both are listed in ``problems`` and counted in ``skipped``.
+    Raises StorageError when the shard cannot be opened at all. ``progress(samples, bytes)``
+    is called once at the end (the executors' progress protocol).
+    """
+    opts = task.storage_options
+    size, ukey = file_identity(task.url, opts)
+    if task.previous is not None:
+        prev = ShardResult.from_dict(task.previous)
+        if (prev.size, prev.ukey, prev.info.url, prev.info.index) == \
+                (size, ukey, task.manifest_url, task.index) and \
+                storage.exists(task.index_url, opts):
+            prev.reused = True
+            if progress is not None:
+                progress(prev.info.samples, prev.info.bytes)
+            return prev
+    whole = task.url.split("?", 1)[0].endswith(_COMPRESSED)
+    shown = redact(task.url)
+    offsets: list[int] = []
+    keys: list[str] = []
+    seen: set[str] = set()
+    problems: list[str] = []
+    skipped: dict[str, int] = {}
+
+    def problem(kind: str, text: str) -> None:
+        skipped[kind] = skipped.get(kind, 0) + 1
+        if len(problems) < _MAX_PROBLEMS:
+            problems.append(text)
+
+    current: str | None = None  # key of the sample being read
+    current_start = 0
+    current_dup = False
+    end = 0
+    try:
+        raw = storage.open_read(task.url, opts, block_size=8 * 2**20)
+    except Exception as exc:
+        raise storage.translate_error(exc, task.url, "read") from exc
+    with raw:
+        reader = _HashingReader(raw)
+        try:
+            for name, _data, start, stop in iter_members_at(reader, name=shown):
+                parts = split_key(name)
+                if parts is None:
+                    continue
+                key = parts[0]
+                if key != current:
+                    if current is not None and not current_dup:
+                        offsets.append(current_start)
+                        keys.append(current)
+                    current, current_start = key, start
+                    current_dup = key in seen
+                    if current_dup:
+                        problem("duplicate or non-adjacent key",
+                                f"key {key!r} at byte {start} comes back after other keys "
+                                f"(non-adjacent members or a duplicate sample); left out")
+                    seen.add(key)
+                end = stop
+            if current is not None and not current_dup:
+                offsets.append(current_start)
+                keys.append(current)
+            _drain(reader)  # the end-of-archive padding: the hash covers the whole file
+        except _READ_ERRORS as exc:
+            # The sample being read when the error came is not whole: it is left out.
+            problem("truncated or corrupt shard",
+                    f"truncated or corrupt ({type(exc).__name__}: {exc}); indexed its first "
+                    f"{len(keys)} whole samples, the rest is left out")
+            end = current_start if current is not None else 0
+            try:
+                _drain(reader)
+            except _READ_ERRORS:
+                pass
+    offsets.append(end if keys else 0)
+    for text in problems:
+        log.warning("%s: %s", shown, text)
+    if reader.bytes != size:
+        raise ShardReadError(f"{shown}: read {reader.bytes} bytes but the store lists {size}; "
+                             f"it changed or the read failed midway. Run the index again",
+                             shard=task.url)
+    storage.write_bytes(task.index_url, index_bytes(offsets, keys, whole=whole), opts)
+    nbytes, sha = reader.bytes, reader.sha.hexdigest()
+    info = ShardInfo(url=task.manifest_url, samples=len(keys), bytes=nbytes, sha256=sha,
+                     index=task.index, first_key=keys[0] if keys else None,
+                     last_key=keys[-1] if keys else None, whole=whole)
+    if progress is not None:
+        progress(len(keys), nbytes)
+    return ShardResult(url=task.url, info=info, size=size, ukey=ukey, whole=whole,
+                       problems=problems, skipped=skipped)
+
+
+def plan_index(urls: list[str], out: str | None,
+               storage_options: dict[str, Any] | None = None) -> tuple[str, list[ShardTask]]:
+    """``(output folder, one task per shard)``. The output defaults to the shards' folder;
+    the manifest names a shard relative to it when the shard lies below it, else by its
+    absolute URL. Indexes go under the output, mirroring the shards' folders."""
+    root = shard_root(urls)
+    out = (out or root).rstrip("/")
+    tasks = []
+    for url in urls:
+        # below the common folder: its path there; else (shards in several buckets) its
+        # whole path, so that index names never collide
+        rel = url[len(root) + 1:] if url.startswith(root + "/") else \
+            url.split("://", 1)[-1].lstrip("/")
+        idx = index_name(rel)
+        inside = url.startswith(out + "/")
+        name = url[len(out) + 1:] if inside else _absolute(url)
+        tasks.append(ShardTask(url=url, index_url=storage.join_url(out, idx), manifest_url=name,
+                               index=idx, storage_options=dict(storage_options or {})))
+    return out, tasks
+
+
+def _absolute(url: str) -> str:
+    if _is_local(url) and not url.startswith("file://"):
+        return posixpath.abspath(url)
+    return url
+
+
+def build_manifest(results: list[ShardResult], out: str, source: Any) -> Manifest:
+    """The manifest of indexed shards, in the order of ``results``; ``skipped`` sums what the
+    shards left out and ``source["problems"]`` says where."""
+    skipped: dict[str, int] = {}
+    problems = []
+    for r in results:
+        for kind, n in r.skipped.items():
+            skipped[kind] = skipped.get(kind, 0) + n
+        if r.problems:
+            problems.append({"shard": redact(r.url), "problems": r.problems})
+    whole = sum(1 for r in results if r.whole)
+    src = {"name": posixpath.basename(out.rstrip("/")) or "shards", "indexed": True,
+           "from": redact(source if isinstance(source, str) else f"{len(results)} URLs"),
+           "whole_only_shards": whole, "problems": problems}
+    return Manifest(shards=[r.info for r in results], source=src, skipped=skipped,
+                    options={"tool": TOOL}, base_url=out)
+
+
+class IndexState:
+    """``OUTPUT/_index_state.json``: the result of every shard indexed so far, with the size
+    and ukey it had, so a re-run redoes only new or changed shards."""
+
+    def __init__(self, out: str, storage_options: dict[str, Any] | None = None):
+        self.url = storage.join_url(out, STATE_NAME)
+        self.storage_options = storage_options
+        self.results: dict[str, ShardResult] = {}
+
+    def load(self) -> IndexState:
+        try:
+            data = storage.read_bytes(self.url, self.storage_options)
+        except FileNotFoundError:
+            return self
+        try:
+            doc = json.loads(data)
+            self.results = {d["url"]: ShardResult.from_dict(d) for d in doc.get("shards", [])}
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring %s (%s); indexing every shard again", redact(self.url), exc)
+            self.results = {}
+        return self
+
+    def add(self, result: ShardResult) -> None:
+        self.results[result.url] = result
+
+    def save(self) -> None:
+        doc = {"format": "wdstream-index-state", "version": 1,
+               "shards": [r.to_dict() for r in self.results.values()]}
+        storage.write_bytes(self.url, json.dumps(doc).encode(), self.storage_options)
+
+
+@dataclass
+class IndexReport:
+    """What :func:`index_dataset` did: the manifest, where it went, and what it found."""
+
+    manifest: Manifest
+    manifest_url: str
+    out: str
+    data_root: str  # the deepest folder holding every shard
+    prefixes: list[str] = field(default_factory=list)  # folders of shards outside ``out``
+    indexed: int = 0  # shards read in this run
+    reused: int = 0  # shards unchanged since the last run, not read again
+    problems: dict[str, list[str]] = field(default_factory=dict)  # shard URL -> problems
+
+    @property
+    def outside(self) -> bool:
+        """True when the manifest names shards outside its own folder (``--out``)."""
+        return bool(self.prefixes)
+
+
+def outside_prefixes(urls: list[str], out: str) -> list[str]:
+    """The folders (``.../``) of the shards that are not below ``out``: what a reader must be
+    allowed to read besides the manifest's own folder. One folder when they share one."""
+    outside = [u for u in urls if not u.startswith(out.rstrip("/") + "/")]
+    if not outside:
+        return []
+    root = shard_root(outside)
+    if all(u.startswith(root + "/") for u in outside):
+        folders = [root]
+    else:
+        folders = sorted({posixpath.dirname(u) for u in outside})
+    return [_absolute(f).rstrip("/") + "/" for f in folders]
+
+
+def _threads(fn, tasks, *, workers: int, progress=None):
+    with ThreadPoolExecutor(max_workers=max(1, workers),
+                            thread_name_prefix="wdstream-index") as pool:
+        futures = [pool.submit(fn, t, progress) for t in tasks]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def _check_not_a_conversion(out: str, opts: dict[str, Any]) -> None:
+    """Refuse to replace a manifest that ``wdstream convert`` wrote (it has its indexes)."""
+    url = storage.join_url(out, MANIFEST_NAME)
+    try:
+        doc = json.loads(storage.read_bytes(url, opts))
+    except (FileNotFoundError, ValueError):
+        return
+    if isinstance(doc, dict) and doc.get("options", {}).get("tool") != TOOL:
+        raise ConfigError(
+            f"{redact(url)} is a manifest that `wdstream convert` wrote: these shards are indexed "
+            f"already, read them as they are (make_loader({redact(out)!r}, config)); to index "
+            f"them anyway, give --out with another folder", url=url)
+
+
+def index_dataset(source: str | list[str], out: str | None = None, *,
+                  storage_options: dict[str, Any] | None = None, workers: int = 8,
+                  executor: Any = None, quiet: bool = False,
+                  save_every: float = 30.0) -> IndexReport:
+    """Index existing shards and write ``OUT/manifest.json`` (``OUT`` defaults to the shards'
+    folder) with an index per shard under ``OUT``. No shard is written.
+
+    ``workers`` threads read shards in parallel (the work is I/O); or give ``executor`` (any
+    object with the write executors' ``map_unordered(fn, tasks, progress=...)``). A re-run
+    reads only shards that are new or whose size or ukey changed (``OUT/_index_state.json``,
+    saved every ``save_every`` seconds and at the end, so a killed run loses little).
+
+    Raises SourceError when there are no shards, StorageError/CredentialsError when ``OUT``
+    cannot be written (give another ``out``) or a shard cannot be opened.
+    """
+    opts = dict(storage_options or {})
+    urls = list_shards(source, opts)
+    out, tasks = plan_index(urls, out, opts)
+    root = shard_root(urls)
+    try:
+        storage.check_writable(out, opts)
+    except StorageError as exc:
+        hint = " (the data's own folder: give --out with a folder you can write)" \
+            if out == root else ""
+        raise type(exc)(f"{exc}{hint}", url=out) from exc
+    _check_not_a_conversion(out, opts)
+    state = IndexState(out, opts).load()
+    for task in tasks:
+        prev = state.results.get(task.url)
+        task.previous = prev.to_dict() if prev is not None else None
+    bar = None
+    if not quiet:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(tasks), unit=" shards", desc="index", dynamic_ncols=True)
+    lock = threading.Lock()
+    counts = {"samples": 0}
+
+    def progress(samples: int, nbytes: int) -> None:
+        with lock:
+            counts["samples"] += samples
+            if bar is not None:
+                bar.set_postfix_str(f"{counts['samples']} samples", refresh=False)
+                bar.update(1)
+
+    results: dict[str, ShardResult] = {}
+    last_save = time.monotonic()
+    runner = executor.map_unordered(index_shard, tasks, progress=progress) \
+        if executor is not None else _threads(index_shard, tasks, workers=workers,
+                                              progress=progress)
+    try:
+        for result in runner:
+            results[result.url] = result
+            state.add(result)
+            if not result.reused and time.monotonic() - last_save > save_every:
+                state.save()
+                last_save = time.monotonic()
+    finally:
+        if bar is not None:
+            bar.close()
+        if results:
+            try:
+                state.save()
+            except (StorageError, CredentialsError) as exc:  # do not hide the first error
+                log.warning("could not save %s: %s", redact(state.url), exc)
+    ordered = [results[u] for u in urls]
+    manifest = build_manifest(ordered, out, source)
+    manifest_url = manifest.save(out, opts)
+    report = IndexReport(manifest=manifest, manifest_url=manifest_url, out=out, data_root=root,
+                         prefixes=outside_prefixes(urls, out),
+                         indexed=sum(1 for r in ordered if not r.reused),
+                         reused=sum(1 for r in ordered if r.reused),
+                         problems={r.url: r.problems for r in ordered if r.problems})
+    log.info("indexed %s: %d samples in %d shards (%d read, %d unchanged); skipped %s",
+             redact(manifest_url), manifest.samples, len(ordered), report.indexed,
+             report.reused, manifest.skipped or "none")
+    return report
