@@ -71,10 +71,12 @@ def keys_of(loader) -> list[list[str]]:
     return [list(b["keys"]) for b in loader]
 
 
-def exact_epoch_checks(source: str, opts: dict) -> None:
+def exact_epoch_checks(source: str, opts: dict, allowed: tuple[str, ...] = ()) -> None:
     """2 ranks x 2 workers read every sample exactly once; a run stopped after 2 batches per
-    rank and resumed from ``state_dict()`` delivers exactly the rest."""
-    config = small_config(num_workers=2, batch_size=4, storage_options=opts)
+    rank and resumed from ``state_dict()`` delivers exactly the rest. ``allowed``: the
+    prefixes ``index --out`` said to allow (shards outside the manifest's folder)."""
+    config = small_config(num_workers=2, batch_size=4, storage_options=opts,
+                          allowed_prefixes=list(allowed))
     epoch = []
     for rank in range(2):
         with wdstream.make_loader(source, config, rank=rank, world=2) as loader:
@@ -211,10 +213,12 @@ def test_read_only_local_source_with_out_elsewhere(tmp_path, capsys):
         text = capsys.readouterr().out
         assert f"allowed_prefixes: [{data}/]" in text
         assert sorted(os.listdir(data)) == listing
-        m = load_manifest(str(out))
+        m = load_manifest(str(out), allowed_prefixes=[f"{data}/"])
         assert m.shard_urls() == [f"{data}/00000.tar", f"{data}/00001.tar",
                                   f"{data}/00002.tar.gz"]
-        exact_epoch_checks(str(out), {})
+        with pytest.raises(wdstream.SourceError, match="allowed_prefixes"):
+            load_manifest(str(out))  # the manifest cannot grant itself access
+        exact_epoch_checks(str(out), {}, allowed=(f"{data}/",))
     finally:
         os.chmod(data, stat.S_IRWXU)
 
@@ -233,10 +237,10 @@ def test_index_on_s3_read_only_bucket_with_out_elsewhere(s3):
     assert report.outside and report.prefixes == ["s3://laion/part/"]
     fs.invalidate_cache()
     assert sorted(fs.find("laion")) == before
-    m = load_manifest("s3://test/laion-index", opts)
+    m = load_manifest("s3://test/laion-index", opts, allowed_prefixes=report.prefixes)
     assert m.samples == 48 and [s.whole for s in m.shards] == [False, False, True]
     assert m.shard_urls()[0] == "s3://laion/part/00000.tar"
-    exact_epoch_checks("s3://test/laion-index", opts)
+    exact_epoch_checks("s3://test/laion-index", opts, allowed=tuple(report.prefixes))
     again = index_dataset("s3://laion/part", "s3://test/laion-index", storage_options=opts,
                           quiet=True)
     assert (again.indexed, again.reused) == (0, 3)
@@ -301,8 +305,8 @@ def test_shards_in_several_folders_keep_distinct_index_names(tmp_path, capsys):
     assert main(["index", str(tmp_path / "x" / "a" / "00000.tar"),
                  str(tmp_path / "y" / "a" / "00000.tar"), "--out", str(out), "--quiet"]) == 0
     assert f"allowed_prefixes: [{tmp_path}/]" in capsys.readouterr().out
-    m = load_manifest(str(out))
+    m = load_manifest(str(out), allowed_prefixes=[f"{tmp_path}/"])
     assert [s.index for s in m.shards] == ["x/a/00000.idx.json", "y/a/00000.idx.json"]
-    keys = [k for b in wdstream.make_loader(str(out), small_config(batch_size=1))
-            for k in b["keys"]]
+    config = small_config(batch_size=1, allowed_prefixes=[f"{tmp_path}/"])
+    keys = [k for b in wdstream.make_loader(str(out), config) for k in b["keys"]]
     assert sorted(keys) == ["000000000", "000000001", "000000002", "000010000", "000010001"]
