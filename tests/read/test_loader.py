@@ -21,17 +21,14 @@ loader_config = partial(small_config, batch_size=4, num_workers=2, cache_size=16
 @pytest.fixture(scope="module")
 def shards_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("shards")
-    manifest = write_test_shards(str(d), SIZES)
+    manifest = write_test_shards(str(d), SIZES, compact=True)  # manifest version 2
     return str(d), manifest
 
 
 def all_keys(manifest):
-    from wdstream.storage import read_bytes
+    from wdstream.format.schema import make_key
 
-    keys = []
-    for url in manifest.index_urls():
-        keys += json.loads(read_bytes(url))["keys"]
-    return keys
+    return [make_key(part, row) for part, n in enumerate(SIZES) for row in range(n)]
 
 
 def epoch_keys(loader):

@@ -13,7 +13,7 @@ from ..errors import WdstreamError
 
 __all__ = ["main", "COMMANDS"]
 
-COMMANDS = ("convert", "synth", "inspect", "verify", "preview", "demo")
+COMMANDS = ("convert", "synth", "inspect", "verify", "upgrade", "preview", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import storage
 from ..errors import SourceError, redact
+from .shardtable import expand_compact, is_compact
 
 __all__ = [
     "ShardInfo",
@@ -154,7 +155,10 @@ def load_manifest(source: str, storage_options: dict[str, Any] | None = None) ->
     except OSError as exc:
         raise SourceError(f"cannot read manifest {redact(url)}: {exc}", url=url) from exc
     try:
-        return Manifest.from_dict(json.loads(data), base_url=posixpath.dirname(url))
+        d = json.loads(data)
+        if is_compact(d):  # version 2: shard columns plus the details part
+            d = expand_compact(d, url, storage_options)
+        return Manifest.from_dict(d, base_url=posixpath.dirname(url))
     except (ValueError, KeyError, TypeError) as exc:
         raise SourceError(f"{redact(url)} is not a valid wdstream manifest: {exc}. "
                           f"Re-run the conversion or point at the shards directly.",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -48,17 +48,19 @@ class ShardSource:
     """One data source resolved to shards; ``sizes`` known when it came from a manifest."""
 
     name: str
-    shards: list[ShardRef]
+    shards: Sequence[ShardRef]  # a list, or ShardRefs over a manifest's compact table
     has_manifest: bool = False
     synthetic: bool = False
 
     @property
-    def sizes(self) -> list[int]:
-        return [int(s.samples or 0) for s in self.shards]
+    def sizes(self):
+        """Sample count of every shard (0 when unknown)."""
+        sizes = getattr(self.shards, "sizes", None)
+        return sizes if sizes is not None else [int(s.samples or 0) for s in self.shards]
 
     @property
     def samples(self) -> int | None:
-        return sum(self.sizes) if self.has_manifest else None
+        return int(sum(self.sizes)) if self.has_manifest else None
 
 
 @dataclass

@@ -19,16 +19,16 @@ import tarfile
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .. import storage
 from ..errors import ErrorBudget, redact
-from ..format.index import load_index
+from ..format.index import key_hash, load_index
 from ..format.tario import group_samples, iter_members
 
-__all__ = ["ShardRef", "ShardReader", "LocalCache", "error_item"]
+__all__ = ["ShardRef", "ShardRefs", "ShardReader", "LocalCache", "error_item"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,34 @@ class ShardRef:
     samples: int | None = None
     index_url: str | None = None
     data: bytes | None = None
+
+
+class ShardRefs(Sequence):
+    """A manifest's shards as :class:`ShardRef`, made on demand from its compact
+    :class:`~wdstream.format.shardtable.ShardTable` (arrays and one blob of names), so a
+    dataset pickles small into DataLoader workers whatever the number of shards."""
+
+    def __init__(self, table):
+        self.table = table
+
+    @property
+    def sizes(self):
+        """Sample count of every shard (an int64 array)."""
+        return self.table.samples
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        t = self.table
+        return ShardRef(url=t.url(i), samples=int(t.samples[i]), index_url=t.index_url(i))
 
 
 def error_item(reason: str, url: str, key: str | None = None) -> dict:
@@ -176,10 +204,10 @@ class ShardReader:
         want = set(wanted)
         idx = self.index(shard)
         offset, skip = 0, first
-        keys = None
+        keys = hashes = None
         if idx is not None:
-            offset, skip = idx["offsets"][first], 0
-            keys = idx.get("keys")
+            offset, skip = int(idx["offsets"][first]), 0
+            keys, hashes = idx.get("keys"), idx.get("key_hashes")
         got: dict[int, dict] = {}
         emitted = 0
         error: str | None = None
@@ -194,6 +222,10 @@ class ShardReader:
                             raise ValueError(
                                 f"sample {local} has key {sample['__key__']!r}, index says "
                                 f"{keys[local]!r}: the shard does not match its index")
+                        if hashes is not None and key_hash(sample["__key__"]) != hashes[local]:
+                            raise ValueError(
+                                f"sample {local} has key {sample['__key__']!r}, which is not "
+                                f"the key its index names: the shard does not match its index")
                         sample["__url__"] = shard.url
                         got[local] = sample
                         # yield in wanted order as soon as possible (bounded memory)

@@ -9,10 +9,11 @@ from typing import Any
 from .. import storage
 from ..config import Config
 from ..errors import ConfigError, SourceError, StorageError, redact
-from ..format.manifest import is_shard_source, load_manifest, manifest_url_for
+from ..format.manifest import is_shard_source, manifest_url_for
+from ..format.shardtable import load_shard_table
 from ..format.synthetic import synthetic_shards_in_memory
 from .datasets import ShardSource
-from .shards import ShardRef
+from .shards import ShardRef, ShardRefs
 
 __all__ = ["resolve_source", "synthetic_source", "resolve_or_fallback"]
 
@@ -37,15 +38,13 @@ def resolve_source(source: Any, config: Config, name: str | None = None) -> Shar
     if not isinstance(source, str):
         raise ConfigError(f"unsupported source {source!r}: give a manifest URL, a brace "
                           f"pattern, a list of shard URLs, or a dict of named sources")
-    storage.check_readable(manifest_url_for(source), opts)
-    manifest = load_manifest(source, opts)
-    if not manifest.shards:
+    url = manifest_url_for(source)
+    storage.check_readable(url, opts)
+    head, table = load_shard_table(url, opts)  # the reader part only: no sha256s, no keys
+    if not len(table):
         raise SourceError(f"manifest {redact(source)} lists no shards", url=source)
-    shards = [ShardRef(url=u, samples=s.samples, index_url=i)
-              for u, s, i in zip(manifest.shard_urls(), manifest.shards, manifest.index_urls(),
-                                 strict=True)]
-    return ShardSource(name=name or manifest.source.get("name") or _short_name(source),
-                      shards=shards, has_manifest=True)
+    return ShardSource(name=name or (head.get("source") or {}).get("name") or _short_name(source),
+                      shards=ShardRefs(table), has_manifest=True)
 
 
 def _short_name(url: str) -> str:
