@@ -32,6 +32,7 @@ __all__ = ["ShardRef", "ShardRefs", "ShardReader", "LocalCache", "error_item"]
 
 log = logging.getLogger(__name__)
 
+INDEX_CACHE = 64  # shard indexes a reader keeps: 16 bytes per sample each (version 2)
 _READ_ERRORS = (OSError, EOFError, tarfile.TarError, zlib.error, ValueError)
 
 
@@ -175,7 +176,7 @@ class ShardReader:
                         redact(shard.url), exc)
             idx = None
         self._indices[shard.index_url] = idx
-        if len(self._indices) > 256:
+        if len(self._indices) > INDEX_CACHE:
             self._indices.popitem(last=False)
         return idx
 
