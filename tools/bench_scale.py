@@ -20,7 +20,7 @@ the tokenizer):
   batch count and rank 0 worker 0's plan of every source.
 
     python tools/bench_scale.py                      # 10M,100M,1B,5B
-    python tools/bench_scale.py --sizes 10M,100M
+    python tools/bench_scale.py --sizes 10M,100M --repeat 3   # medians of 3 processes each
     python tools/bench_scale.py --quality            # mixing quality: windows vs buffer
 """
 
@@ -171,11 +171,23 @@ def measure(kind: str, url: str) -> dict:
     return out
 
 
+REPEAT = 1
+
+
 def run_one(kind: str, url: str) -> dict:
+    """The measurement in REPEAT fresh subprocesses: the median of each figure."""
+    import statistics
+
     cmd = [sys.executable, os.path.abspath(__file__), "--one", kind, "--url", url]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    runs = []
+    for _ in range(REPEAT):
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    out = dict(runs[0])
+    for key in ("seconds", "rss_mb"):
+        out[key] = statistics.median(r[key] for r in runs)
+    return out
 
 
 def human(n: int) -> str:
@@ -344,9 +356,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quality", action="store_true", help="measure mixing quality only")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="fresh subprocesses per measurement; medians are printed")
     parser.add_argument("--tmp", help="folder for the synthetic manifests (default: a temp "
                                       "folder, removed at the end)")
     args = parser.parse_args(argv)
+    global REPEAT
+    REPEAT = max(1, args.repeat)
     if args.one:
         print(json.dumps(measure(args.one, args.url)))
     elif args.quality:
