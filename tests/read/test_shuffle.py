@@ -65,3 +65,12 @@ def test_buffer_is_bounded():
         out.append(x)
         assert len(held) - len(out) <= 16
     assert sorted(out) == list(range(500))
+
+
+def test_scattered_reads_are_cut_at_large_gaps():
+    import numpy as np
+
+    from wdstream.read.datasets import _gap_split
+
+    parts = _gap_split(np.array([1, 2, 5, 80, 81, 300]), 64)
+    assert [p.tolist() for p in parts] == [[1, 2, 5], [80, 81], [300]]

@@ -18,6 +18,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError, ErrorBudget, SourceError, redact
@@ -41,6 +42,15 @@ def make_reader(config, budget: ErrorBudget) -> ShardReader:
         if config.local_cache_dir else None
     return ShardReader(config.storage_options, block_size=config.read_block_size, budget=budget,
                        cache=cache)
+
+
+MAX_GAP = 64  # unwanted samples a read goes through rather than opening a new ranged read
+
+
+def _gap_split(wanted: np.ndarray, max_gap: int) -> list[np.ndarray]:
+    """Sorted local indices cut where more than ``max_gap`` samples lie between two."""
+    cuts = np.flatnonzero(np.diff(wanted) > max_gap + 1) + 1
+    return np.split(wanted, cuts)
 
 
 @dataclass
@@ -207,8 +217,13 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def _read_slot(self, reader: ShardReader, slot: SlotPlan) -> Iterator[dict]:
         shards = self.source.shards
         for read in slot.reads:
-            wanted = range(read.first, read.stop) if read.wanted is None else read.wanted
-            yield from reader.read_run(shards[read.shard], read.first, read.stop, wanted)
+            if read.wanted is None:
+                yield from reader.read_run(shards[read.shard], read.first, read.stop,
+                                           range(read.first, read.stop))
+                continue
+            for part in _gap_split(read.wanted, MAX_GAP):  # scattered: ranged reads
+                yield from reader.read_run(shards[read.shard], int(part[0]),
+                                           int(part[-1]) + 1, part)
 
     def _streaming_items(self, reader: ShardReader, epoch: int, worker: int,
                          workers: int) -> Iterator[dict]:
