@@ -145,3 +145,31 @@ def test_a_dataset_over_a_large_compact_manifest_pickles_small(tmp_path):
     assert back.source.shards[n - 1].url == f"{tmp_path}/shard-00099-00999.tar"
     assert back.source.shards[5].index_url == f"{tmp_path}/shard-00000-00005.idx"
     assert back.batches_per_rank(0) == n * 10_000 // (8 * wdstream.Config().batch_size)
+
+
+def test_version_1_manifest_with_json_indexes_still_reads_mid_shard(tmp_path, caplog):
+    """An old conversion: manifest version 1 and ``.idx.json`` indexes (offsets and keys)."""
+    import json
+
+    from wdstream.format.index import parse_index
+    from wdstream.format.manifest import Manifest
+
+    url = str(tmp_path / "old")
+    m = write_test_shards(url, [10, 6], audio=False, image=False)
+    shards = []
+    for s in m.shards:
+        idx = parse_index((tmp_path / "old" / s.index).read_bytes(), s.samples)
+        keys = [f"{s.partition:05d}_{row:09d}" for row in range(s.samples)]
+        name = s.index + ".json"
+        (tmp_path / "old" / name).write_text(json.dumps(
+            {"offsets": idx["offsets"].tolist(), "keys": keys}))
+        (tmp_path / "old" / s.index).unlink()
+        shards.append(type(s)(**{**s.__dict__, "index": name}))
+    Manifest(shards=shards, source={"name": "old"}).save(url)
+    config = cfg(shuffle=False, batch_size=4)
+    with caplog.at_level("WARNING"):
+        keys = [k for r in range(2) for b in wdstream.make_loader(url, config, rank=r, world=2)
+                for k in b["keys"]]
+    assert "no usable index" not in caplog.text  # rank 1 started at sample 8 by its offset
+    assert sorted(keys) == sorted(f"{p:05d}_{row:09d}" for p, n in ((0, 10), (1, 6))
+                                  for row in range(n))
