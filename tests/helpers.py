@@ -10,6 +10,7 @@ from wdstream.config import Config
 from wdstream.demo.data import encode_audio, encode_image
 from wdstream.format.manifest import Manifest
 from wdstream.format.schema import make_key
+from wdstream.format.shardtable import save_compact
 from wdstream.write.writer import ShardWriter
 
 __all__ = ["small_config", "write_test_shards"]
@@ -26,9 +27,10 @@ def small_config(**overrides) -> Config:
 
 def write_test_shards(url: str, sizes: list[int], *, storage_options=None, seed: int = 0,
                       image: bool = True, audio: bool = True, text: bool = True,
-                      image_px=(40, 80)):
+                      image_px=(40, 80), compact: bool = False):
     """Write real (non-synthetic) samples, JPEG/PNG + FLAC + text, as shards of the given
-    sizes (one writer partition each) plus a manifest; returns the Manifest."""
+    sizes (one writer partition each) plus a manifest (version 1, or the compact version 2
+    with ``compact``); returns the Manifest."""
     rng = random.Random(seed)
     shards = []
     for part, n in enumerate(sizes):
@@ -45,5 +47,8 @@ def write_test_shards(url: str, sizes: list[int], *, storage_options=None, seed:
             w.write(make_key(part, row), fields)
         shards += w.close()
     m = Manifest(shards=shards, source={"name": "testdata"}, base_url=url.rstrip("/"))
-    m.save(url, storage_options)
+    if compact:
+        save_compact(m, url, storage_options)
+    else:
+        m.save(url, storage_options)
     return m

@@ -10,6 +10,7 @@ import pytest
 from wdstream.cli import main
 from wdstream.cli.options import parse_size, parse_storage_options
 from wdstream.errors import ConfigError
+from wdstream.format.manifest import load_manifest
 
 
 def test_parse_size():
@@ -42,7 +43,8 @@ def test_convert_command_local(small_hf_dataset, tmp_path, capsys):
                "--text-column", "text", "--text-column", "label"])
     assert rc == 0
     assert "48 samples" in capsys.readouterr().out
-    m = json.loads(open(os.path.join(out, "manifest.json")).read())
+    assert json.loads(open(os.path.join(out, "manifest.json")).read())["version"] == 2
+    m = load_manifest(out).to_dict()  # the compact form read back in full
     assert m["samples"] == 48 and m["options"]["max_shard_bytes"] == 1_000_000
     assert m["options"]["columns"]["text"] == ["text", "label"]
     assert [s["samples"] for s in m["shards"]] == [10, 2] * 4
@@ -84,7 +86,7 @@ def test_synth_same_seed_same_bytes(tmp_path, capsys):
                  "5"]) == 0
     assert main(["synth", c, "--samples", "12", "--seed", "4", "--max-samples-per-shard",
                  "5", "--modalities", "text,image"]) == 0
-    ma, mb, mc = (json.loads(open(os.path.join(x, "manifest.json")).read()) for x in (a, b, c))
+    ma, mb, mc = (load_manifest(x).to_dict() for x in (a, b, c))
     assert ma["samples"] == 12 and len(ma["shards"]) == 3
     assert [s["sha256"] for s in ma["shards"]] == [s["sha256"] for s in mb["shards"]]
     assert [s["sha256"] for s in ma["shards"]] != [s["sha256"] for s in mc["shards"]]
@@ -128,3 +130,23 @@ def test_verify_ok_then_names_the_bad_shard(tmp_path, capsys):
     shard2.write_bytes(shard2.read_bytes()[:1024])
     assert main(["verify", str(out)]) == 1
     assert "shard-00000-00002.tar" in capsys.readouterr().err
+
+
+def test_upgrade_rewrites_an_old_manifest_and_the_reader_reads_it(tmp_path, capsys):
+    import json
+
+    from helpers import small_config, write_test_shards
+
+    import wdstream
+
+    out = tmp_path / "old"
+    write_test_shards(str(out), [6, 3], audio=False)  # a version-1 manifest
+    (out / "manifest.details.json").write_text("stale")  # overwritten, never read as is
+    before = [b["keys"] for b in wdstream.make_loader(str(out), small_config(batch_size=3))]
+    assert main(["upgrade", str(out)]) == 0
+    assert "rewritten as version 2" in capsys.readouterr().out
+    assert json.loads((out / "manifest.json").read_text())["version"] == 2
+    assert main(["upgrade", str(out)]) == 0 and "already" in capsys.readouterr().out
+    after = [b["keys"] for b in wdstream.make_loader(str(out), small_config(batch_size=3))]
+    assert after == before and len(after) == 3
+    assert main(["verify", str(out)]) == 0  # sha256s moved to the details part

@@ -69,9 +69,9 @@ def build_data(n: int, folder: str, rebuild: bool = False) -> tuple[str, str]:
 
 
 def shard_urls(shards: str) -> list[str]:
-    with open(os.path.join(shards, "manifest.json")) as f:
-        names = [s["url"] for s in json.load(f)["shards"]]
-    return [n if os.path.isabs(n) or "://" in n else os.path.join(shards, n) for n in names]
+    from wdstream.format.manifest import load_manifest
+
+    return load_manifest(shards).shard_urls()
 
 
 # --------------------------------------------------------------------------- naive decode

@@ -21,17 +21,14 @@ loader_config = partial(small_config, batch_size=4, num_workers=2, cache_size=16
 @pytest.fixture(scope="module")
 def shards_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("shards")
-    manifest = write_test_shards(str(d), SIZES)
+    manifest = write_test_shards(str(d), SIZES, compact=True)  # manifest version 2
     return str(d), manifest
 
 
 def all_keys(manifest):
-    from wdstream.storage import read_bytes
+    from wdstream.format.schema import make_key
 
-    keys = []
-    for url in manifest.index_urls():
-        keys += json.loads(read_bytes(url))["keys"]
-    return keys
+    return [make_key(part, row) for part, n in enumerate(SIZES) for row in range(n)]
 
 
 def epoch_keys(loader):
@@ -142,3 +139,44 @@ def test_state_from_another_dataset_is_refused(shards_dir, tmp_path):
     state = wdstream.make_loader(url, loader_config()).state_dict()
     with pytest.raises(wdstream.ConfigError, match="samples"):
         wdstream.make_loader(other, loader_config()).load_state_dict(state)
+
+
+def test_is_filler_marks_exactly_the_padding_repeats(shards_dir):
+    url, _ = shards_dir
+    real, fillers = [], []
+    for r in range(2):
+        for b in wdstream.make_loader(url, loader_config(drop_last=False), rank=r, world=2):
+            assert b["is_filler"].dtype == torch.bool and b["is_filler"].shape == (4,)
+            for key, filler in zip(b["keys"], b["is_filler"].tolist(), strict=True):
+                (fillers if filler else real).append(key)
+    assert sorted(real) == sorted(set(real)) and len(real) == 103  # masked: each sample once
+    assert len(fillers) == 8 * -(-103 // 8) - 103 and set(fillers) <= set(real)
+    batches = list(wdstream.make_loader(url, loader_config()))  # drop_last: no filler
+    assert not any(b["is_filler"].any() for b in batches)
+
+
+def test_state_of_the_old_buffer_planner_is_refused_with_what_to_do(shards_dir):
+    url, _ = shards_dir
+    loader = wdstream.make_loader(url, loader_config(num_workers=0))
+    old = {**loader.state_dict(), "version": 1, "epoch": 3}
+    with pytest.raises(wdstream.ConfigError, match=r"version 1 \(epoch 3\).*set_epoch"):
+        loader.load_state_dict(old)
+
+
+def test_state_stays_small_after_ten_resumes_and_the_epoch_stays_exact(shards_dir):
+    url, _ = shards_dir
+    seen, state = [], None
+    for i in range(10):  # ten runs of one epoch, alternating layouts, 1 batch each
+        loader = wdstream.make_loader(url, loader_config(num_workers=i % 3, batch_size=2 + i % 2),
+                                      rank=0, world=1)
+        if state is not None:
+            loader.load_state_dict(state)
+        it = iter(loader)
+        seen += next(it)["keys"]
+        state = json.loads(json.dumps(loader.state_dict()))
+        loader.close()
+    assert len(state["runs"]) == 10 and len(json.dumps(state)) < 4096
+    last = wdstream.make_loader(url, loader_config(num_workers=0, batch_size=1))
+    last.load_state_dict(state)
+    seen += [k for b in last for k in b["keys"]]
+    assert sorted(seen) == sorted(set(seen)) and len(seen) == 103

@@ -13,6 +13,8 @@ import pytest
 from helpers import write_test_shards
 
 import wdstream
+from wdstream.format.index import parse_index
+from wdstream.format.schema import make_key
 
 pytestmark = pytest.mark.s3
 HERE = os.path.join(os.path.dirname(__file__), os.pardir)  # tests/, where scripts/ lives
@@ -25,8 +27,9 @@ def test_slot_starting_mid_shard_reads_only_from_its_offset(s3, s3_proxy):
     m = write_test_shards("s3://test/big", [64], storage_options=opts, audio=False,
                           image_px=(200, 260))
     shard = m.shards[0]
-    index = json.loads(s3["fs"].cat_file(f"test/big/{shard.index}"))
-    start = index["offsets"][32]  # rank 1 of 2 starts at sample 32 of the one shard
+    index = parse_index(s3["fs"].cat_file(f"test/big/{shard.index}"), 64)  # binary index
+    keys_all = [make_key(0, row) for row in range(64)]
+    start = int(index["offsets"][32])  # rank 1 of 2 starts at sample 32 of the one shard
     assert start > shard.bytes / 3
     proxy, via_proxy = s3_proxy
     block = 32 * 1024
@@ -35,14 +38,14 @@ def test_slot_starting_mid_shard_reads_only_from_its_offset(s3, s3_proxy):
                              read_block_size=block, shuffle=False)
     keys = [k for b in wdstream.make_loader("s3://test/big", config, rank=1, world=2)
             for k in b["keys"]]
-    assert keys == index["keys"][32:]
+    assert keys == keys_all[32:]
     fetched = proxy.counts["/test/big/" + shard.url]
     assert fetched <= shard.bytes - start + 2 * block  # its span, plus read-ahead
     assert fetched < shard.bytes - start / 2  # the first part was never downloaded
     proxy.counts.clear()
     keys0 = [k for b in wdstream.make_loader("s3://test/big", config, rank=0, world=2)
              for k in b["keys"]]
-    assert keys0 == index["keys"][:32]
+    assert keys0 == keys_all[:32]
     assert proxy.counts["/test/big/" + shard.url] <= start + 2 * block  # stops at its end
 
 
@@ -90,9 +93,7 @@ def test_torchrun_stop_then_resume_on_one_rank_three_workers(s3, tmp_path):
     Union of keys = the manifest's keys, each once, apart from the documented drop."""
     opts = s3["storage_options"]
     m = write_test_shards("s3://test/rs", [25, 11, 30], storage_options=opts, audio=False)
-    all_keys = []
-    for shard in m.shards:
-        all_keys += json.loads(s3["fs"].cat_file(f"test/rs/{shard.index}"))["keys"]
+    all_keys = [make_key(p, row) for p, s in enumerate(m.shards) for row in range(s.samples)]
     run1, run2 = tmp_path / "run1", tmp_path / "run2"
     run1.mkdir()
     run2.mkdir()

@@ -64,3 +64,34 @@ def test_caps_hold(sources):
 def test_unknown_weight_name_is_an_error(sources):
     with pytest.raises(wdstream.ConfigError, match="unknown source"):
         wdstream.make_loader(sources, cfg(weights={"huge": 1.0, "big": 1.0, "small": 1.0}))
+
+
+@pytest.mark.parametrize("mode", ["stop", "resample"])
+def test_mixed_epoch_resumes_exactly_on_another_layout(sources, mode):
+    """Stop a 2-rank mixed epoch after 5 batches, resume on 1 rank with 3 workers: nothing
+    delivered is repeated, and the epoch keeps its end rule (stop: a source ran out;
+    resample: its length)."""
+    import json
+
+    config = cfg(weights={"big": 2.0, "small": 1.0}, mix_exhausted=mode, epoch_length=960)
+    seen, state = Counter(), None
+    for r in range(2):
+        loader = wdstream.make_loader(sources, config, rank=r, world=2)
+        it = iter(loader)
+        for _ in range(5):
+            b = next(it)
+            seen.update(zip(b["sources"], b["keys"], strict=True))
+        state = json.loads(json.dumps(loader.state_dict())) if r == 0 else state
+        loader.close()
+    resumed = wdstream.make_loader(sources, config.replace(num_workers=3), rank=0, world=1)
+    resumed.load_state_dict(state)
+    rest = Counter((s, k) for b in resumed for k, s in zip(b["keys"], b["sources"], strict=True))
+    if mode == "stop":  # no repeats; it ends when a source cannot fill another batch
+        got = Counter(s for s, _ in seen + rest)
+        assert max((seen + rest).values()) == 1
+        assert min(1200 - got["big"], 300 - got["small"]) < 8 and got["small"] > 200
+    else:  # the resampled epoch keeps its length
+        assert sum((seen + rest).values()) // 8 == 960 // 8
+    with pytest.raises(wdstream.ConfigError, match="weights"):
+        other = wdstream.make_loader(sources, config.replace(weights={"big": 1.0, "small": 1.0}))
+        other.load_state_dict(state)

@@ -368,3 +368,35 @@ def test_mixed_chain_matches_oracle_and_is_exactly_once(sizes, weights, layouts,
         assert all(c == 1 for c in delivered[name].values())
         if not resample:  # delivered + what is left = the whole source
             assert sorted([*delivered[name], *rest[name]]) == list(range(totals[name]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 60), min_size=1, max_size=4), cap=st.integers(0, 150),
+       world=st.integers(1, 3), batch=st.integers(1, 6), stop=st.integers(0, 20),
+       mode=st.sampled_from(["stop", "resample"]))
+def test_capped_sources_never_pass_their_cap_across_a_resume(sizes, cap, world, batch, stop,
+                                                             mode):
+    """max_samples_per_dataset: each source gives at most ``cap`` samples in the epoch, over
+    every rank and both generations; batches stay full and equal; the draws are seeded."""
+    sources = {"a": sizes, "b": [7, 0, 30]}
+    samples = 400 if mode == "resample" else None
+    old = Layout(world, 2, batch, 8)
+    caps = {"a": cap, "b": 3 * cap}
+    plan, _ = mixed_epoch(sources, {"a": 1.0, "b": 2.0}, seed=3, epoch=0, layout=old,
+                          mode=mode, samples=samples, caps=caps)
+    k = min(stop, plan.batches)
+    new = Layout(world % 3 + 1, 3, batch, 8)
+    again, pools = mixed_epoch(sources, {"a": 1.0, "b": 2.0}, seed=3, epoch=0, layout=new,
+                               mode=mode, samples=samples, caps=caps, history=[(old, k)])
+    assert (plan.counts.sum(axis=1) == batch).all() and (again.counts.sum(axis=1) == batch).all()
+    given_ = plan.counts[:k].sum(axis=0) * old.world + again.counts.sum(axis=0) * new.world
+    assert given_[0] <= cap and given_[1] <= 3 * cap
+    if mode == "stop":
+        assert (given_ <= [sum(sizes), 37]).all()
+    for name in ("a", "b"):  # each source's slots read exactly what the counts ask for
+        total = sum(pools[name].slot(again.split(name), r, w).length
+                    for r in range(new.world) for w in range(new.workers))
+        assert total == again.counts[:, again.names.index(name)].sum() * new.world
+    same, _ = mixed_epoch(sources, {"a": 1.0, "b": 2.0}, seed=3, epoch=0, layout=new,
+                          mode=mode, samples=samples, caps=caps, history=[(old, k)])
+    assert (same.counts == again.counts).all()

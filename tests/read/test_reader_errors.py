@@ -105,6 +105,11 @@ def test_truncated_shard_in_exact_mode_keeps_batches_equal(tmp_path):
     batches = list(loader)
     assert len(batches) == len(loader) == 10  # every planned batch is still delivered
     assert all(len(b["keys"]) == 2 for b in batches)
+    real = [k for b in batches for k, f in zip(b["keys"], b["is_filler"].tolist(), strict=True)
+            if not f]
+    fillers = sum(int(b["is_filler"].sum()) for b in batches)
+    assert len(set(real)) == len(real) and 10 <= len(real) < 20  # the cut samples are fillers
+    assert fillers == 20 - len(real)
 
 
 def test_error_tolerance_stops_the_loader_with_counts(tmp_path):

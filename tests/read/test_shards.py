@@ -100,3 +100,76 @@ def test_missing_http_source_names_the_url(http_root):
     _, url = http_root
     with pytest.raises(wdstream.StorageError, match=f"{url}/nothing/manifest.json"):
         wdstream.make_loader(f"{url}/nothing", cfg())
+
+
+def test_a_shard_that_does_not_match_its_binary_index_is_a_counted_error(tmp_path):
+    """Key hashes in the index catch a shard replaced under its manifest: every sample of
+    the read becomes an error item naming the shard, never a wrong sample."""
+    from wdstream.errors import ErrorBudget
+    from wdstream.read.shards import ShardReader, ShardRef
+    from wdstream.write.writer import ShardWriter
+
+    infos = {}
+    for folder, prefix in (("a", "key"), ("b", "kez")):  # same sizes, other keys
+        w = ShardWriter(str(tmp_path / folder), 0)
+        for i in range(4):
+            w.write(f"{prefix}{i}", {"txt": b"caption"})
+        infos[folder] = w.close()[0]
+    shard = ShardRef(url=str(tmp_path / "a" / infos["a"].url), samples=4,
+                     index_url=str(tmp_path / "a" / infos["a"].index))
+    good = list(ShardReader(budget=ErrorBudget(-1)).read_run(shard, 1, 4, [1, 3]))
+    assert [s["__key__"] for s in good] == ["key1", "key3"]
+    (tmp_path / "a" / infos["a"].url).write_bytes((tmp_path / "b" / infos["b"].url).read_bytes())
+    bad = list(ShardReader(budget=ErrorBudget(-1)).read_run(shard, 1, 4, [1, 3]))
+    assert all("__error__" in x and "not the key its index names" in x["__error__"] for x in bad)
+
+
+def test_a_dataset_over_a_large_compact_manifest_pickles_small(tmp_path):
+    """Workers receive a shard table (arrays and one blob of names), not a ShardRef each."""
+    import pickle
+
+    import numpy as np
+
+    from wdstream.format.shardtable import ShardTable
+    from wdstream.read.datasets import ShardDataset, ShardSource
+    from wdstream.read.shards import ShardRefs
+
+    n = 100_000
+    names = "\n".join(f"shard-{i // 1000:05d}-{i % 1000:05d}.tar" for i in range(n))
+    table = ShardTable(str(tmp_path), names, np.full(n, 10_000), {"suffix": ".idx"})
+    source = ShardSource("big", ShardRefs(table), has_manifest=True)
+    ds = ShardDataset(source, wdstream.Config(num_workers=2), None, None, rank=3, world=8)
+    size = len(pickle.dumps(ds))
+    assert size < 48 * n  # about 41 bytes a shard: name, offset and count
+    back = pickle.loads(pickle.dumps(ds))
+    assert back.source.shards[n - 1].url == f"{tmp_path}/shard-00099-00999.tar"
+    assert back.source.shards[5].index_url == f"{tmp_path}/shard-00000-00005.idx"
+    assert back.batches_per_rank(0) == n * 10_000 // (8 * wdstream.Config().batch_size)
+
+
+def test_version_1_manifest_with_json_indexes_still_reads_mid_shard(tmp_path, caplog):
+    """An old conversion: manifest version 1 and ``.idx.json`` indexes (offsets and keys)."""
+    import json
+
+    from wdstream.format.index import parse_index
+    from wdstream.format.manifest import Manifest
+
+    url = str(tmp_path / "old")
+    m = write_test_shards(url, [10, 6], audio=False, image=False)
+    shards = []
+    for s in m.shards:
+        idx = parse_index((tmp_path / "old" / s.index).read_bytes(), s.samples)
+        keys = [f"{s.partition:05d}_{row:09d}" for row in range(s.samples)]
+        name = s.index + ".json"
+        (tmp_path / "old" / name).write_text(json.dumps(
+            {"offsets": idx["offsets"].tolist(), "keys": keys}))
+        (tmp_path / "old" / s.index).unlink()
+        shards.append(type(s)(**{**s.__dict__, "index": name}))
+    Manifest(shards=shards, source={"name": "old"}).save(url)
+    config = cfg(shuffle=False, batch_size=4)
+    with caplog.at_level("WARNING"):
+        keys = [k for r in range(2) for b in wdstream.make_loader(url, config, rank=r, world=2)
+                for k in b["keys"]]
+    assert "no usable index" not in caplog.text  # rank 1 started at sample 8 by its offset
+    assert sorted(keys) == sorted(f"{p:05d}_{row:09d}" for p, n in ((0, 10), (1, 6))
+                                  for row in range(n))

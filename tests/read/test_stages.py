@@ -74,6 +74,9 @@ def test_exact_batches_replace_bad_items_in_place():
     items = [good[0], Bad("x", "undecodable image"), good[2], good[3], Bad("y", "r"), good[5]]
     batches = list(exact_batches(items, 3, 2, lambda b: [s["key"] for s in b]))
     assert batches == [["0", "2", "2"], ["3", "5", "5"]]  # a good sample of the same batch
+    flags = list(exact_batches(items, 3, 2, lambda b: [bool(s.get("filler")) for s in b]))
+    assert flags == [[False, True, False], [False, True, False]]  # the stand-ins are marked
+    assert not any("filler" in s for s in good)  # the originals are not
 
 
 def test_exact_batches_borrow_when_a_slot_has_nothing_good():
@@ -81,3 +84,6 @@ def test_exact_batches_borrow_when_a_slot_has_nothing_good():
     batches = list(exact_batches(items, 2, 2, lambda b: [s["key"] for s in b],
                                  borrow=lambda: {"key": "b"}))
     assert batches == [["b", "b"], ["b", "b"]]
+    flags = list(exact_batches(items, 2, 2, lambda b: [s.get("filler") for s in b],
+                               borrow=lambda: {"key": "b"}))
+    assert flags == [[True, True], [True, True]]

@@ -22,6 +22,7 @@ from wdstream.errors import (
     SourceError,
     StorageError,
 )
+from wdstream.format.index import parse_index
 from wdstream.format.manifest import load_manifest
 from wdstream.format.tario import group_samples, iter_members
 from wdstream.write.convert import convert
@@ -74,7 +75,10 @@ def test_round_trip_keeps_every_row_and_its_bytes(small_hf_dataset, converted):
 
 def test_manifest_describes_the_shards(small_hf_dataset, converted):
     out, manifest = converted
-    data = json.loads(open(os.path.join(out, "manifest.json")).read())
+    head = json.loads(open(os.path.join(out, "manifest.json")).read())
+    assert head["version"] == 2 and head["shards"]["count"] == 12  # compact: reader part
+    assert "sha256" not in json.dumps(head)
+    data = load_manifest(out).to_dict()  # with the details part
     assert data["samples"] == 48
     assert data["source"] == {"name": small_hf_dataset, "config": None, "split": "train",
                               "revision": None, "data_files": None}
@@ -91,7 +95,7 @@ def test_manifest_describes_the_shards(small_hf_dataset, converted):
         blob = open(os.path.join(out, s["url"]), "rb").read()
         assert len(blob) == s["bytes"]
         assert hashlib.sha256(blob).hexdigest() == s["sha256"]
-        index = json.loads(open(os.path.join(out, s["index"])).read())
+        index = parse_index(open(os.path.join(out, s["index"]), "rb").read(), s["samples"])
         assert len(index["offsets"]) == s["samples"] + 1
     records = sorted(os.listdir(os.path.join(out, "_partitions")))
     assert records == ["_job.json"] + [f"part-{p:05d}.json" for p in range(4)]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 
 import pytest
 
+from wdstream.format.index import key_hash, parse_index
 from wdstream.format.tario import group_samples, iter_members
 from wdstream.write.writer import ShardWriter
 
@@ -28,9 +28,10 @@ def test_cut_by_samples_and_infos_match_files(tmp_path):
     for s in shards:
         blob = (tmp_path / s.url).read_bytes()
         assert len(blob) == s.bytes and hashlib.sha256(blob).hexdigest() == s.sha256
-        index = json.loads((tmp_path / s.index).read_text())
+        index = parse_index((tmp_path / s.index).read_bytes(), s.samples)  # binary (version 2)
         keys = [x["__key__"] for x in group_samples(iter_members(io.BytesIO(blob)))]
-        assert index["keys"] == keys and len(index["offsets"]) == len(keys) + 1
+        assert index["key_hashes"].tolist() == [key_hash(k) for k in keys]
+        assert len(index["offsets"]) == len(keys) + 1 and index["offsets"][-1] <= len(blob)
         assert s.first_key == keys[0] and s.last_key == keys[-1]
 
 
@@ -52,7 +53,7 @@ def test_abort_leaves_nothing(tmp_path):
     for i in range(3):
         w.write(f"k{i}", _fields(i))
     w.abort()
-    assert sorted(os.listdir(tmp_path)) == ["shard-00000-00000.idx.json",
+    assert sorted(os.listdir(tmp_path)) == ["shard-00000-00000.idx",
                                             "shard-00000-00000.tar"]  # only the committed one
 
 

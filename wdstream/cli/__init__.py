@@ -14,7 +14,7 @@ from ..errors import WdstreamError
 
 __all__ = ["main", "COMMANDS"]
 
-COMMANDS = ("convert", "index", "synth", "inspect", "verify", "preview", "demo")
+COMMANDS = ("convert", "index", "synth", "inspect", "verify", "upgrade", "preview", "demo")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,24 +1,37 @@
 """The per-shard index: the byte offset and key of every sample, beside the shard.
 
-``<shard stem>.idx.json`` holds ``{"offsets": [...], "keys": [...]}``: the offset of each
-sample's first tar header plus, last, the end of the last sample. A reader that starts at
-sample ``i`` of a shard issues one ranged read from ``offsets[i]``, and checks the keys it
-finds against ``keys``.
+Version 2, ``<shard stem>.idx`` (binary, little-endian; what :func:`index_bytes` writes)::
 
-``"whole": true`` marks a shard that cannot be read from the middle (``.tar.gz``): its offsets
-are positions in the uncompressed stream, for information only, and a reader reads it from its
-start, skipping to the samples it wants.
+    b"WDSIDX" 0x00 0x02  magic and version (8 bytes)
+    uint64 n            samples
+    int64  offsets[n+1] each sample's first tar header, then the end of the last sample
+    uint64 hashes[n]    :func:`key_hash` of each sample's key
+
+16 bytes per sample, read with ``np.frombuffer`` (no parsing); a reader checks each key it
+reads against its hash. Version 1, ``<shard stem>.idx.json`` (older conversions, still read):
+``{"offsets": [...], "keys": [...]}``. A reader that starts at sample ``i`` of a shard issues
+one ranged read from ``offsets[i]``.
+
+``"whole": true`` (version 1 only, which :func:`index_bytes` writes for such shards) marks a
+shard that cannot be read from the middle (``.tar.gz``): its offsets are positions in the
+uncompressed stream, for information only, and a reader reads it from its start, skipping to
+the samples it wants.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
+import numpy as np
+
 from .. import storage
 
-__all__ = ["index_name", "index_bytes", "parse_index", "load_index", "max_index_bytes"]
+__all__ = ["index_name", "index_bytes", "parse_index", "load_index", "key_hash",
+           "max_index_bytes", "INDEX_MAGIC"]
 
+INDEX_MAGIC = b"WDSIDX\x00\x02"
 #: Bound on an index's size: a fixed slack plus, per sample, an offset and a long key.
 _INDEX_SLACK = 4096
 _INDEX_BYTES_PER_SAMPLE = 600
@@ -26,25 +39,55 @@ _INDEX_BYTES_UNKNOWN = 64 * 2**20  # when the sample count is not known
 
 
 def index_name(shard_name: str) -> str:
-    """The index file name beside a shard: ``shard-00000-00000.tar -> ....idx.json``."""
+    """The index file name beside a shard: ``shard-00000-00000.tar -> ....idx``."""
     for ext in (".tar.gz", ".tgz", ".tar"):
         if shard_name.endswith(ext):
-            return shard_name[: -len(ext)] + ".idx.json"
-    return shard_name + ".idx.json"
+            return shard_name[: -len(ext)] + ".idx"
+    return shard_name + ".idx"
+
+
+def key_hash(key: str) -> int:
+    """The 64-bit hash of a sample key stored in a version-2 index."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
 
 
 def index_bytes(offsets: list[int], keys: list[str], *, whole: bool = False) -> bytes:
-    """The serialised index of a shard: sample start offsets, the end offset, and the keys;
-    ``whole``: the shard is read from its start only (compressed)."""
-    doc: dict[str, Any] = {"offsets": offsets, "keys": keys}
+    """The serialised index of a shard (version 2): sample start offsets, the end offset,
+    and the keys' hashes. ``whole``: the shard is read from its start only (compressed);
+    such an index is written as version 1 (JSON), which carries that flag."""
     if whole:
-        doc["whole"] = True
-    return json.dumps(doc).encode()
+        return json.dumps({"offsets": [int(o) for o in offsets], "keys": list(keys),
+                           "whole": True}).encode()
+    if len(offsets) != len(keys) + 1:
+        raise ValueError(f"{len(offsets)} offsets for {len(keys)} keys: give the end too")
+    n = np.array([len(keys)], dtype="<u8")
+    hashes = np.array([key_hash(k) for k in keys], dtype="<u8")
+    return b"".join([INDEX_MAGIC, n.tobytes(), np.asarray(offsets, dtype="<i8").tobytes(),
+                     hashes.tobytes()])
+
+
+def _parse_binary(data: bytes, samples: int | None) -> dict[str, Any]:
+    if len(data) < 16:
+        raise ValueError("the index is truncated")
+    n = int(np.frombuffer(data, dtype="<u8", count=1, offset=8)[0])
+    if len(data) != 16 + 8 * (n + 1) + 8 * n:
+        raise ValueError(f"the index is {len(data)} bytes, {n} samples need "
+                         f"{16 + 16 * n + 8}")
+    if samples is not None and n != samples:
+        raise ValueError(f"index has {n} samples, manifest says {samples}")
+    offsets = np.frombuffer(data, dtype="<i8", count=n + 1, offset=16)
+    if (offsets < 0).any() or (np.diff(offsets) < 0).any():
+        raise ValueError("the index's offsets are not ascending non-negative integers")
+    hashes = np.frombuffer(data, dtype="<u8", count=n, offset=16 + 8 * (n + 1))
+    return {"offsets": offsets, "keys": None, "key_hashes": hashes}
 
 
 def parse_index(data: bytes, samples: int | None = None) -> dict[str, Any]:
-    """``{"offsets": [...], "keys": [...] or None[, "whole": True]}`` from index bytes. Raises ValueError when it
-    is malformed or does not hold ``samples`` samples."""
+    """``{"offsets": [...], "keys": [...] or None[, "whole": True]}`` from index bytes. Raises
+    ValueError when it is malformed or does not hold ``samples`` samples. A version-2 (binary) index gives
+    ``offsets`` and ``key_hashes`` as arrays and ``keys`` None."""
+    if data[:8] == INDEX_MAGIC:
+        return _parse_binary(data, samples)
     idx = json.loads(data)
     offsets = idx.get("offsets") if isinstance(idx, dict) else None
     if not isinstance(offsets, list) or not offsets:

@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import storage
 from ..errors import NotFoundError, SourceError, redact
+from .shardtable import ShardTable, expand_compact, is_compact, parse_reader_part
 
 __all__ = [
     "ShardInfo",
@@ -25,6 +26,7 @@ __all__ = [
     "PARTITIONS_DIR",
     "load_manifest",
     "validate_manifest",
+    "load_reader_part",
     "is_shard_source",
     "manifest_url_for",
     "missing_manifest_error",
@@ -194,12 +196,73 @@ def load_manifest(source: str, storage_options: dict[str, Any] | None = None, *,
         raise SourceError(f"cannot read manifest {redact(url)}: {exc}", url=url) from exc
     try:
         d = json.loads(data)
-    except (ValueError, RecursionError) as exc:
+        if is_compact(d):  # version 2: shard columns plus the details part
+            d = expand_compact(d, url, storage_options)
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise SourceError(f"{redact(url)} is not a valid wdstream manifest: {exc}. "
                           f"Re-run the conversion or point at the shards directly.",
                           url=url) from exc
     validate_manifest(d, url=url, allowed_prefixes=allowed_prefixes)
     return Manifest.from_dict(d, base_url=posixpath.dirname(url) or ".")
+
+
+def load_reader_part(source: str, storage_options: dict[str, Any] | None = None, *,
+                     allowed_prefixes: Sequence[str] = ()) -> tuple[dict[str, Any], ShardTable]:
+    """What a reader needs of a manifest, checked: ``(header, shard table)``. Version 2 reads
+    only its reader part (no sha256s); version 1 is checked in full by
+    :func:`validate_manifest`. Every shard and index must lie in the manifest's folder or under
+    ``allowed_prefixes``. Raises ManifestNotFoundError or SourceError, as
+    :func:`load_manifest`."""
+    url = manifest_url_for(source)
+    try:
+        data = storage.read_bytes(url, storage_options, max_bytes=MAX_MANIFEST_BYTES)
+    except NotFoundError as exc:
+        raise missing_manifest_error(url) from exc
+    except OSError as exc:
+        raise SourceError(f"cannot read manifest {redact(url)}: {exc}", url=url) from exc
+    try:
+        d = json.loads(data)
+        compact = is_compact(d)
+        if not compact:
+            validate_manifest(d, url=url, allowed_prefixes=allowed_prefixes)
+        head, table = parse_reader_part(d, url)
+    except SourceError:
+        raise
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise SourceError(f"{redact(url)} is not a valid wdstream manifest: {exc}. "
+                          f"Re-run the conversion or point at the shards directly.",
+                          url=url) from exc
+    if compact:
+        _confine_table(table, url, allowed_prefixes)
+    return head, table
+
+
+def _confine_table(table: ShardTable, url: str, allowed_prefixes: Sequence[str]) -> None:
+    """Raise SourceError when a shard or index of ``table`` lies outside the manifest's folder
+    and ``allowed_prefixes``. Plain relative names (no scheme, no leading '/', no '..', no
+    '::') are inside by construction, so the usual table is checked in one pass over its
+    names."""
+    base = posixpath.dirname(url) or "."
+    blobs = [table.names_blob()] + ([table.index_names_blob()] if table.index_names_blob()
+                                     else [])
+    if all(_plainly_inside(b) for b in blobs):
+        return
+    for i in range(len(table)):
+        for what, value in (("url", table.name(i)), ("index", table.index_name(i))):
+            if value is None:
+                continue
+            why = _confined(value, base, allowed_prefixes)
+            if why:
+                raise SourceError(
+                    f"{redact(url)} is not a valid wdstream manifest: 'shards[{i}].{what}' "
+                    f"{_show(redact(value))} {why}. Re-run the conversion or point at the "
+                    f"shards directly.", url=url)
+
+
+def _plainly_inside(names: str) -> bool:
+    """True when newline-joined ``names`` are all plain relative paths."""
+    return not ("://" in names or names.startswith("/") or "\n/" in names or ".." in names
+                or "::" in names)
 
 
 # --------------------------------------------------------------------------- validation

@@ -27,8 +27,11 @@ def collate(samples: list[dict], config: Config | None = None,
     Returns ``input_ids``, ``attention_mask``, ``labels`` ``[B, T]`` long (T: the longest text in
     the batch; labels are -100 at padding), ``pixel_values`` ``[B, 3, S, S]`` float and
     ``has_image`` ``[B]`` bool, ``audio`` ``[B, L]`` float, ``audio_lengths`` ``[B]`` long and
-    ``has_audio`` ``[B]`` bool, ``keys`` and ``sources`` (lists) and ``synthetic`` (True if any
-    sample is synthetic). Raises SampleError for an empty batch.
+    ``has_audio`` ``[B]`` bool, ``is_filler`` ``[B]`` bool (True for a sample that is not a new
+    sample of the epoch: a padding repeat with ``drop_last=False``, or a good sample standing in
+    for a bad one in exact mode; mask these out when evaluating), ``keys`` and ``sources``
+    (lists) and ``synthetic`` (True if any sample is synthetic). Raises SampleError for an empty
+    batch.
 
     Without ``config``, the image side and the audio length are those of the samples (the
     decoder made them all the same), and the defaults of :class:`~wdstream.Config` for a
@@ -75,6 +78,7 @@ def collate(samples: list[dict], config: Config | None = None,
         "audio": audio,
         "audio_lengths": audio_lengths,
         "has_audio": has_audio,
+        "is_filler": torch.tensor([bool(s.get("filler")) for s in samples], dtype=torch.bool),
         "keys": [s["key"] for s in samples],
         "sources": [s.get("source") for s in samples],
         "synthetic": any(bool(s.get("synthetic")) for s in samples),

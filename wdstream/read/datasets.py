@@ -1,6 +1,6 @@
 """The datasets inside each DataLoader worker: a plan, then stages, then batches.
 
-exact mode (a manifest):   plan -> read spans -> shuffle buffer -> decode -> exact batches
+exact mode (a manifest):   plan -> read spans -> window shuffle -> decode -> exact batches
 streaming mode (no manifest, or ``exact=False``): shards (resampled per slot) -> samples ->
                            shuffle buffer -> decode -> batches
 mixed (several manifests): each source planned on its own -> mix by weight -> decode -> batches
@@ -15,18 +15,20 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, ErrorBudget, SourceError, redact
-from . import plan
-from .mix import mix, normalise_weights
+from . import planner
+from .mix import normalise_weights
+from .mixplan import MixPlan, mixed_epoch
+from .planner import Layout, Pool, SlotPlan
 from .shards import LocalCache, ShardReader, ShardRef
 from .shuffle import buffer_shuffle, derive_seed, shard_order
-from .stages import Bad, decode_stage, exact_batches, plain_batches, readahead
+from .stages import Bad, decode_stage, exact_batches, plain_batches, readahead, window_shuffle
 from .world import SharedEpoch, World
 
 __all__ = ["ShardSource", "ResumeInfo", "ShardDataset", "MixedDataset", "make_reader",
@@ -69,22 +71,33 @@ class TransformedDecoder:
         return out if result is None else result
 
 
+MAX_GAP = 64  # unwanted samples a read goes through rather than opening a new ranged read
+
+
+def _gap_split(wanted: np.ndarray, max_gap: int) -> list[np.ndarray]:
+    """Sorted local indices cut where more than ``max_gap`` samples lie between two."""
+    cuts = np.flatnonzero(np.diff(wanted) > max_gap + 1) + 1
+    return np.split(wanted, cuts)
+
+
 @dataclass
 class ShardSource:
     """One data source resolved to shards; ``sizes`` known when it came from a manifest."""
 
     name: str
-    shards: list[ShardRef]
+    shards: Sequence[ShardRef]  # a list, or ShardRefs over a manifest's compact table
     has_manifest: bool = False
     synthetic: bool = False
 
     @property
-    def sizes(self) -> list[int]:
-        return [int(s.samples or 0) for s in self.shards]
+    def sizes(self):
+        """Sample count of every shard (0 when unknown)."""
+        sizes = getattr(self.shards, "sizes", None)
+        return sizes if sizes is not None else [int(s.samples or 0) for s in self.shards]
 
     @property
     def samples(self) -> int | None:
-        return sum(self.sizes) if self.has_manifest else None
+        return int(sum(self.sizes)) if self.has_manifest else None
 
 
 @dataclass
@@ -92,7 +105,7 @@ class ResumeInfo:
     """Where a resumed epoch starts: the runs of that epoch so far, as (layout, batches)."""
 
     epoch: int
-    history: list[tuple[plan.Layout, int]] = field(default_factory=list)
+    history: list[tuple[Layout, int]] = field(default_factory=list)
 
 
 
@@ -138,21 +151,21 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def epoch(self) -> int:
         return self._epoch.get()
 
-    def layout(self) -> plan.Layout:
+    def layout(self) -> Layout:
         c = self.config
-        return plan.Layout(world=self.world, workers=self.slots_per_rank,
-                            batch_size=c.batch_size, cache_size=c.cache_size if c.shuffle else 0,
-                            drop_last=c.drop_last)
+        return Layout(world=self.world, workers=self.slots_per_rank, batch_size=c.batch_size,
+                      cache_size=c.cache_size if c.shuffle else 0, drop_last=c.drop_last)
 
-    def history(self, epoch: int) -> list[tuple[plan.Layout, int]]:
+    def history(self, epoch: int) -> list[tuple[Layout, int]]:
         if self.resume is not None and self.resume.epoch == epoch:
             return list(self.resume.history)
         return []
 
-    def pool(self, epoch: int) -> np.ndarray:
+    def pool(self, epoch: int) -> Pool:
+        """What is left of ``epoch`` after the resumed history: O(shards + old slots)."""
         c = self.config
-        return plan.epoch_pool(self.source.sizes, seed=c.seed, epoch=epoch, shuffle=c.shuffle,
-                                history=self.history(epoch))
+        return planner.epoch_plan(self.source.sizes, seed=c.seed, epoch=epoch,
+                                  shuffle=c.shuffle, history=self.history(epoch))
 
     def epoch_samples(self) -> int | None:
         if self.config.epoch_length is not None:
@@ -163,7 +176,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         """Batches each rank yields in ``epoch`` (None: unknown, a single natural pass)."""
         epoch = self.epoch if epoch is None else epoch
         if self.exact:
-            return plan.batches_per_rank(len(self.pool(epoch)), self.layout())
+            return self.pool(epoch).batches_per_rank(self.layout())
         n = self.epoch_samples()
         if n is None:
             return None
@@ -195,8 +208,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         stages before batching (used one sample at a time by MultimodalDataset)."""
         reader = make_reader(self.config, budget)
         if self.exact:
-            pool = self.pool(epoch)
-            items = self.slot_items(reader, pool, epoch, len(self.history(epoch)), world.worker)
+            items = self.slot_items(reader, self.slot_plan(epoch, world.worker))
         else:
             items = self._streaming_items(reader, epoch, world.worker, world.workers)
         return decode_stage(items, self.decoder_for(epoch), budget, self.source.name,
@@ -205,14 +217,11 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def _exact(self, reader: ShardReader, budget: ErrorBudget, epoch: int,
                worker: int) -> Iterator[dict]:
         c = self.config
-        layout = self.layout()
-        history = self.history(epoch)
-        pool = self.pool(epoch)
-        k = plan.batches_per_rank(len(pool), layout)
-        n_batches = plan.worker_batches(k, layout.workers, worker)
+        slot = self.slot_plan(epoch, worker)
+        n_batches = slot.length // c.batch_size
         if n_batches == 0:
             return
-        shuffled = self.slot_items(reader, pool, epoch, len(history), worker)
+        shuffled = self.slot_items(reader, slot)
         decoded = decode_stage(shuffled, self.decoder_for(epoch), budget, self.source.name,
                                self.source.synthetic)
         yield from exact_batches(decoded, c.batch_size, n_batches, self.collate,
@@ -230,21 +239,26 @@ class ShardDataset(torch.utils.data.IterableDataset):
                     return item
         return None
 
-    def slot_items(self, reader: ShardReader, pool: np.ndarray, epoch: int, generation: int,
-                   worker: int, rank: int | None = None) -> Iterator[dict]:
-        """Raw items of one slot in emission order: its span read, then buffer-shuffled."""
-        layout = self.layout()
+    def slot_plan(self, epoch: int, worker: int, rank: int | None = None) -> SlotPlan:
+        """What slot ``(rank, worker)`` reads this epoch: O(shards + old slots + cache)."""
         rank = self.rank if rank is None else rank
-        span = plan.slot_span(pool, layout, rank, worker)
-        items = readahead(self._read_span(reader, span, plan.shard_starts(self.source.sizes)),
-                          self.config.readahead)
-        seed = plan.slot_seed(self.config.seed, epoch, generation, rank, worker)
-        return buffer_shuffle(items, layout.cache_size, seed)
+        return self.pool(epoch).slot(self.layout(), rank, worker)
 
-    def _read_span(self, reader: ShardReader, span: np.ndarray,
-                   starts: np.ndarray) -> Iterator[dict]:
-        for shard, first, stop, wanted in plan.positions_to_runs(span, starts, max_gap=64):
-            yield from reader.read_run(self.source.shards[shard], first, stop, wanted)
+    def slot_items(self, reader: ShardReader, slot: SlotPlan) -> Iterator[dict]:
+        """Raw items of one slot in emission order: its reads, then the window shuffle."""
+        items = readahead(self._read_slot(reader, slot), self.config.readahead)
+        return window_shuffle(items, slot)
+
+    def _read_slot(self, reader: ShardReader, slot: SlotPlan) -> Iterator[dict]:
+        shards = self.source.shards
+        for read in slot.reads:
+            if read.wanted is None:
+                yield from reader.read_run(shards[read.shard], read.first, read.stop,
+                                           range(read.first, read.stop))
+                continue
+            for part in _gap_split(read.wanted, MAX_GAP):  # scattered: ranged reads
+                yield from reader.read_run(shards[read.shard], int(part[0]),
+                                           int(part[-1]) + 1, part)
 
     def _streaming_items(self, reader: ShardReader, epoch: int, worker: int,
                          workers: int) -> Iterator[dict]:
@@ -266,7 +280,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
                    workers: int) -> Iterator[dict]:
         c = self.config
         k = self.batches_per_rank(epoch)
-        n_batches = None if k is None else plan.worker_batches(k, workers, worker)
+        n_batches = None if k is None else planner.worker_batches(k, workers, worker)
         if n_batches == 0:
             return
         decoded = decode_stage(self._streaming_items(reader, epoch, worker, workers),
@@ -296,7 +310,9 @@ class ShardDataset(torch.utils.data.IterableDataset):
 
 
 class MixedDataset(torch.utils.data.IterableDataset):
-    """Batches mixing several manifest sources by ``config.weights``."""
+    """Batches mixing several manifest sources by ``config.weights`` (see
+    :mod:`wdstream.read.mixplan`): every step's per-source counts are arithmetic, equal on
+    every rank, and a mid-epoch state resumes exactly, as for one source."""
 
     def __init__(self, parts: dict[str, ShardDataset], config, collate, *, rank: int = 0,
                  world: int = 1):
@@ -312,12 +328,10 @@ class MixedDataset(torch.utils.data.IterableDataset):
         self.rank, self.world = rank, world
         self.slots_per_rank = max(1, config.num_workers)
         self._epoch = SharedEpoch()
-        self.resume = None
+        self.resume: ResumeInfo | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch.set(epoch)
-        for p in self.parts.values():
-            p.set_epoch(epoch)
 
     @property
     def epoch(self) -> int:
@@ -325,81 +339,60 @@ class MixedDataset(torch.utils.data.IterableDataset):
 
     @property
     def exact(self) -> bool:
-        return False
+        return True
 
-    def _slot_cap(self) -> int | None:
-        cap = self.config.max_samples_per_dataset
-        return None if cap is None else cap // (self.world * self.slots_per_rank)
+    def layout(self) -> Layout:
+        c = self.config
+        return Layout(world=self.world, workers=self.slots_per_rank, batch_size=c.batch_size,
+                      cache_size=c.cache_size if c.shuffle else 0, drop_last=True)
 
-    def _mix_seed(self, epoch: int, rank: int, worker: int) -> int:
-        return derive_seed(self.config.seed, epoch, rank, worker, "mix")
+    def history(self, epoch: int) -> list[tuple[Layout, int]]:
+        if self.resume is not None and self.resume.epoch == epoch:
+            return list(self.resume.history)
+        return []
 
-    def _span_lengths(self, pool_sizes: dict[str, int], worker: int) -> dict[str, int]:
-        """Samples worker ``worker`` of any rank reads from each source (the plan's arithmetic:
-        equal for every rank)."""
-        out = {}
-        for name, part in self.parts.items():
-            layout = part.layout()
-            k = plan.batches_per_rank(pool_sizes[name], layout)
-            out[name] = plan.worker_batches(k, layout.workers, worker) * layout.batch_size
-        return out
+    def epoch_samples(self) -> int | None:
+        """Samples of a resampled epoch (``epoch_length``, else the sources' total)."""
+        if self.config.mix_exhausted != "resample":
+            return None
+        return int(self.config.epoch_length or sum(p.source.samples or 0
+                                                   for p in self.parts.values()))
 
-    def _mixed_count(self, pool_sizes: dict[str, int], epoch: int, rank: int,
-                     worker: int) -> int:
-        """Items slot ``(rank, worker)`` yields in ``stop`` mode: the mix run on lengths only."""
-        lengths = self._span_lengths(pool_sizes, worker)
-        cap = self._slot_cap()
-        streams = {n: iter(range(lengths[n])) for n in self.names}
-        return sum(1 for _ in mix(streams, self.weights, seed=self._mix_seed(epoch, rank, worker),
-                                  exhausted="stop", caps={n: cap for n in self.names}))
+    def plan(self, epoch: int) -> tuple[MixPlan, dict[str, Pool]]:
+        """This generation's per-step counts and each source's pool: O(shards + batches)."""
+        c = self.config
+        cap = c.max_samples_per_dataset
+        return mixed_epoch({n: self.parts[n].source.sizes for n in self.names},
+                           self.weights, seed=c.seed, epoch=epoch, layout=self.layout(),
+                           mode=c.mix_exhausted, shuffle=c.shuffle,
+                           history=self.history(epoch), samples=self.epoch_samples(),
+                           caps=None if cap is None else dict.fromkeys(self.names, int(cap)))
 
     def batches_per_rank(self, epoch: int | None = None) -> int:
-        epoch = self.epoch if epoch is None else epoch
-        c = self.config
-        w_slots = self.slots_per_rank
-        if c.mix_exhausted == "resample":
-            total = c.epoch_length or sum(p.source.samples or 0 for p in self.parts.values())
-            return total // (self.world * c.batch_size)
-        pool_sizes = {name: len(part.pool(epoch)) for name, part in self.parts.items()}
-        best = None
-        for rank in range(self.world):
-            for worker in range(w_slots):
-                full = self._mixed_count(pool_sizes, epoch, rank, worker) // c.batch_size
-                # largest k with worker_batches(k, W, worker) <= full
-                k = full * w_slots + worker
-                best = k if best is None else min(best, k)
-        return max(0, best or 0)
+        return self.plan(self.epoch if epoch is None else epoch)[0].batches
 
     def __iter__(self) -> Iterator[dict]:
         worker = World.detect(self.rank, self.world).worker
         c = self.config
-        epoch = self.epoch
         budget = ErrorBudget(c.error_tolerance, what="bad samples/shards")
         reader = make_reader(c, budget)
-        k = self.batches_per_rank(epoch)
-        n_batches = plan.worker_batches(k, self.slots_per_rank, worker)
-        if n_batches == 0:
+        epoch = self.epoch
+        mix, pools = self.plan(epoch)
+        steps = range(worker, mix.batches, self.slots_per_rank)
+        if not steps:
             return
-
-        def stream(name: str, pass_no: int) -> Iterator[dict]:
+        streams = []
+        for name in mix.names:
             part = self.parts[name]
-            e = epoch if pass_no == 0 else derive_seed(epoch, pass_no, "pass") % (2**31)
-            return part.slot_items(reader, part.pool(e), e, 0, worker, rank=self.rank)
+            slot = pools[name].slot(mix.split(name), self.rank, worker)
+            streams.append(decode_stage(part.slot_items(reader, slot), part.decoder_for(epoch),
+                                        budget, name, part.source.synthetic, force_source=True))
 
-        passes = dict.fromkeys(self.names, 0)
+        def items() -> Iterator:
+            for step in steps:
+                for s in mix.batch_sources(step).tolist():
+                    yield next(streams[s])
 
-        def reopen(name: str) -> Iterator[dict]:
-            passes[name] += 1
-            return stream(name, passes[name])
-
-        cap = self._slot_cap()
-        decoders = {name: part.decoder_for(epoch) for name, part in self.parts.items()}
-        mixed = mix({n: stream(n, 0) for n in self.names}, self.weights,
-                    seed=self._mix_seed(epoch, self.rank, worker), exhausted=c.mix_exhausted,
-                    reopen=reopen, caps={n: cap for n in self.names})
-        decoded = itertools.chain.from_iterable(
-            decode_stage([item], decoders[name], budget, name,
-                         self.parts[name].source.synthetic, force_source=True)
-            for name, item in mixed)
-        yield from plain_batches(decoded, c.batch_size, self.collate, n_batches=n_batches,
-                                 drop_last=True)
+        first = self.parts[self.names[0]]
+        yield from exact_batches(items(), c.batch_size, len(steps), self.collate,
+                                 borrow=lambda: first._borrow(reader, budget, epoch))

@@ -20,10 +20,10 @@ import webdataset as wds
 
 from ..config import Config
 from ..errors import ConfigError, WdstreamError
-from . import plan
 from .collate import collate
 from .datasets import MixedDataset, ResumeInfo, ShardDataset
 from .decode import SampleDecoder
+from .planner import Layout
 from .sources import resolve_or_fallback
 from .tokenizer import check_vocab, load_tokenizer, pad_token_id
 from .world import World
@@ -31,7 +31,7 @@ from .world import World
 __all__ = ["make_loader", "Loader"]
 
 log = logging.getLogger(__name__)
-STATE_VERSION = 1
+STATE_VERSION = 2  # 1: wdstream <= 0.1, made with the per-sample shuffle buffer
 
 
 def make_loader(source: Any, config: Config | None = None, tokenizer=None, *,
@@ -162,39 +162,64 @@ class Loader:
                 _shutdown(self._holder)
 
     # -- state -------------------------------------------------------------------------
-    def _history(self) -> list[tuple[plan.Layout, int]]:
+    def _history(self) -> list[tuple[Layout, int]]:
         return self.dataset.history(self._epoch)
 
+    def _identity(self) -> dict[str, Any]:
+        """What a state must agree on to resume here: seed, shuffle and the data."""
+        ds = self.dataset
+        out: dict[str, Any] = {"seed": self.config.seed, "shuffle": self.config.shuffle}
+        parts = getattr(ds, "parts", None)
+        if parts is None:
+            out.update(samples=ds.source.samples, shards=len(ds.source.shards))
+        else:
+            out["sources"] = {n: [p.source.samples, len(p.source.shards)]
+                              for n, p in sorted(parts.items())}
+            out.update(mix_exhausted=self.config.mix_exhausted,
+                       max_samples_per_dataset=self.config.max_samples_per_dataset,
+                       weights=dict(sorted((self.config.weights or {}).items())))
+            if self.config.mix_exhausted == "resample":
+                out["epoch_length"] = ds.epoch_samples()
+        return out
+
     def state_dict(self) -> dict[str, Any]:
-        """Progress through the current epoch: JSON-serialisable, a few hundred bytes."""
+        """Progress through the current epoch: JSON-serialisable, a few hundred bytes (one
+        short entry per resume of the epoch)."""
         ds = self.dataset
         if not ds.exact:
-            raise WdstreamError("mid-epoch state needs exact mode: one manifest source and "
-                                "config.exact=True (mixed and shard-list sources restart "
-                                "their epoch)")
+            raise WdstreamError("mid-epoch state needs exact mode: manifest sources and "
+                                "config.exact=True (shard-list sources restart their epoch)")
         runs = [{**layout.to_dict(), "batches": k} for layout, k in self._history()]
         runs.append({**ds.layout().to_dict(), "batches": self._batches})
-        return {"version": STATE_VERSION, "epoch": self._epoch, "seed": self.config.seed,
-                "shuffle": self.config.shuffle, "samples": ds.source.samples,
-                "shards": len(ds.source.shards), "runs": runs}
+        return {"version": STATE_VERSION, "epoch": self._epoch, **self._identity(),
+                "runs": runs}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume: the next iteration yields exactly what the saved run had not delivered of
-        its epoch, laid out for this loader's world size and workers."""
+        its epoch, laid out for this loader's world size and workers.
+
+        Raises ConfigError for a state of another version, dataset, seed or mix."""
         ds = self.dataset
-        if state.get("version") != STATE_VERSION:
-            raise ConfigError(f"unsupported loader state version {state.get('version')!r}")
-        for key, mine in (("seed", self.config.seed), ("shuffle", self.config.shuffle),
-                          ("samples", ds.source.samples), ("shards", len(ds.source.shards))):
+        version = state.get("version")
+        if version == 1:
+            raise ConfigError(
+                f"loader state version 1 (epoch {state.get('epoch')}) was saved by wdstream "
+                f"<= 0.1, whose per-sample shuffle buffer this version replaced by windows; it "
+                f"cannot be resumed exactly. Restart that epoch from its start "
+                f"(loader.set_epoch(state['epoch']) without load_state_dict), or finish it "
+                f"with wdstream <= 0.1", key="version")
+        if version != STATE_VERSION:
+            raise ConfigError(f"unsupported loader state version {version!r}: this wdstream "
+                              f"reads version {STATE_VERSION}", key="version")
+        for key, mine in self._identity().items():
             if state.get(key) != mine:
                 raise ConfigError(f"loader state was saved with {key}={state.get(key)!r} but "
                                   f"this loader has {key}={mine!r}: resume with the same "
-                                  f"manifest and seed", key=key)
+                                  f"manifest(s), seed and mix", key=key)
         history = []
         for run in state["runs"]:
-            run = dict(run)
-            batches = int(run.pop("batches"))
-            history.append((plan.Layout(**run), batches))
+            batches = int(run["batches"])
+            history.append((Layout.from_dict(run), batches))
         self.close()
         ds.resume = ResumeInfo(epoch=int(state["epoch"]), history=history)
         self._epoch = int(state["epoch"])

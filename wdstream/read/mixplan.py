@@ -17,6 +17,12 @@ pool arithmetic per source, and O(K) per generation, never O(samples).
 - ``mode="resample"``: sources are cyclic (each pass a new shard order) and the epoch is
   ``samples`` samples (``K = samples // (world * batch)``).
 
+``caps`` (``max_samples_per_dataset``): a source gives at most ``cap`` samples in the epoch
+(over all ranks and resumes). In the step where a source would pass its cap, it gives what is
+left of it (rounded down to a multiple of ``world``, so every rank gets the same), the rest
+of that step is drawn from the other sources by weight, and the source leaves the mix. The
+epoch ends before a step that no source left in the mix can fill.
+
 Batches are always full (``drop_last`` does not apply). Each source's windows are at most
 ``cache_size // len(sources)`` items, so a worker still holds at most ``cache_size`` samples.
 """
@@ -58,11 +64,12 @@ def source_cache(cache_size: int, n_sources: int) -> int:
 
 
 def step_counts(probs: np.ndarray, batch_size: int, *, seed: int, epoch: int,
-                generation: int, start: int, stop: int) -> np.ndarray:
-    """``counts[j - start, s]`` for steps ``start <= j < stop``: samples of each source."""
+                generation: int, start: int, stop: int, salt: tuple = ()) -> np.ndarray:
+    """``counts[j - start, s]`` for steps ``start <= j < stop``: samples of each source
+    (``salt``: tells apart the draws after a capped source left the mix)."""
     out = np.zeros((max(0, stop - start), len(probs)), dtype=np.int64)
     for block in range(start // BLOCK, -(-stop // BLOCK)):
-        rng = np.random.default_rng(derive_seed(seed, epoch, generation, "mix", block))
+        rng = np.random.default_rng(derive_seed(seed, epoch, generation, "mix", block, *salt))
         drawn = rng.multinomial(batch_size, probs, size=BLOCK)
         lo, hi = max(start, block * BLOCK), min(stop, (block + 1) * BLOCK)
         out[lo - start:hi - start] = drawn[lo - block * BLOCK:hi - block * BLOCK]
@@ -132,20 +139,98 @@ def _stop_counts(lengths: np.ndarray, probs: np.ndarray, layout: Layout, *, seed
         block += 1
 
 
+def _capped_counts(probs: np.ndarray, limits: np.ndarray, ends: np.ndarray, layout: Layout,
+                   k_max: int | None, *, seed: int, epoch: int,
+                   generation: int) -> np.ndarray:
+    """Counts of every step when sources have caps: a source leaves the mix at its limit
+    (``ends[s]``: reaching it ends the epoch instead: a pool that ran out in mode 'stop').
+    Drawn in blocks as :func:`step_counts`, with one Python step per source that leaves."""
+    world, batch = layout.world, layout.batch_size
+    active = probs > 0
+    used = np.zeros(len(probs), dtype=np.int64)
+    chunks: list[np.ndarray] = []
+    step, salt = 0, ()
+    while k_max is None or step < k_max:
+        end = (step // BLOCK + 1) * BLOCK if k_max is None else min((step // BLOCK + 1) * BLOCK,
+                                                                     k_max)
+        p = np.where(active, probs, 0.0)
+        if p.sum() <= 0:
+            break
+        c = step_counts(p / p.sum(), batch, seed=seed, epoch=epoch, generation=generation,
+                        start=step, stop=end, salt=salt)
+        cum = used + np.cumsum(c, axis=0) * world
+        bad = np.flatnonzero((cum > limits).any(axis=1))
+        if not bad.size:
+            chunks.append(c)
+            used, step = cum[-1], end
+            continue
+        b = int(bad[0])
+        chunks.append(c[:b])
+        used = used + c[:b].sum(axis=0) * world
+        row = _fill_step(c[b], probs, limits, ends, used, active, world,
+                         np.random.default_rng(derive_seed(seed, epoch, generation, "mix-cap",
+                                                           step + b)))
+        if row is None:
+            break
+        chunks.append(row[None])
+        used = used + row * world
+        step = step + b + 1
+        salt = ("active", int(sum(1 << i for i in np.flatnonzero(active))), step)
+    if not chunks:
+        return np.zeros((0, len(probs)), dtype=np.int64)
+    return np.concatenate(chunks).astype(np.int64)
+
+
+def _fill_step(row: np.ndarray, probs: np.ndarray, limits: np.ndarray, ends: np.ndarray,
+               used: np.ndarray, active: np.ndarray, world: int,
+               rng: np.random.Generator) -> np.ndarray | None:
+    """The step's counts with every source within its limit: sources over it give what they
+    have left and leave ``active``; their excess is drawn again from the others. None when
+    the step cannot be filled (the epoch ends before it)."""
+    row = row.copy()
+    excess = 0
+    while True:
+        room = (limits - used) // world - row
+        over = room < 0
+        if (over & ends).any():
+            return None
+        excess += int(-room[over].sum())
+        row[over] += room[over]
+        active &= ~over
+        if excess == 0:
+            return row
+        p = np.where(active, probs, 0.0)
+        if p.sum() <= 0:
+            return None
+        add = rng.multinomial(excess, p / p.sum())
+        row += add
+        excess = 0
+
+
 def mix_plan(pool_lengths: Mapping[str, int], weights: Mapping[str, float] | None, *,
              seed: int, epoch: int, layout: Layout, mode: str = "stop", generation: int = 0,
-             samples: int | None = None) -> MixPlan:
+             samples: int | None = None, caps: Mapping[str, int] | None = None) -> MixPlan:
     """The mixed plan of one generation over pools of ``pool_lengths`` samples.
 
     ``samples`` (mode ``"resample"`` only, required there): samples this generation yields
-    over all ranks, rounded down to whole steps.
+    over all ranks, rounded down to whole steps. ``caps``: samples each source may still
+    give this epoch (see the module doc); a name missing from it has no cap.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     names = tuple(sorted(pool_lengths))
     probs = mix_weights(names, weights)
     lengths = np.array([pool_lengths[n] for n in names], dtype=np.int64)
-    if mode == "stop":
+    if caps:
+        if mode == "resample" and (samples is None or samples < 0):
+            raise ValueError("mode='resample' needs samples >= 0 (the epoch's length)")
+        cap = np.array([caps.get(n, 1 << 62) for n in names], dtype=np.int64)
+        limits = np.minimum(lengths, np.maximum(cap, 0))
+        ends = (lengths <= cap) if mode == "stop" else np.zeros(len(names), dtype=bool)
+        k_max = None if mode == "stop" else samples // (layout.world * layout.batch_size)
+        counts = _capped_counts(probs, limits, ends, layout, k_max, seed=seed, epoch=epoch,
+                                generation=generation)
+    elif mode == "stop":
         counts = _stop_counts(lengths, probs, layout, seed=seed, epoch=epoch,
                               generation=generation)
     else:
@@ -163,8 +248,10 @@ def mix_plan(pool_lengths: Mapping[str, int], weights: Mapping[str, float] | Non
 def mixed_epoch(sources: Mapping[str, Sequence[int]], weights: Mapping[str, float] | None, *,
                 seed: int, epoch: int, layout: Layout, mode: str = "stop",
                 shuffle: bool = True, history: Sequence[tuple[Layout, int]] = (),
-                samples: int | None = None) -> tuple[MixPlan, dict[str, Pool]]:
+                samples: int | None = None,
+                caps: Mapping[str, int] | None = None) -> tuple[MixPlan, dict[str, Pool]]:
     """The current generation's mixed plan and each source's pool, after ``history``.
+    ``caps``: the most samples each source gives in the epoch (``max_samples_per_dataset``).
 
     ``sources`` maps names to shard sizes. Slot ``(rank, worker)`` of source ``name`` is
     ``pools[name].slot(plan.split(name), rank, worker)``; its batch ``i`` is step
@@ -174,17 +261,23 @@ def mixed_epoch(sources: Mapping[str, Sequence[int]], weights: Mapping[str, floa
     pools = {n: epoch_plan(sizes, seed=seed, epoch=epoch, shuffle=shuffle, salt=n,
                            cyclic=cyclic) for n, sizes in sources.items()}
     left = samples
+    caps_left = dict(caps) if caps else None
     for generation, (old, k) in enumerate(history):
         plan = mix_plan({n: p.length for n, p in pools.items()}, weights, seed=seed,
                         epoch=epoch, layout=old, mode=mode, generation=generation,
-                        samples=left)
+                        samples=left, caps=caps_left)
         if not 0 <= k <= plan.batches:
             raise ValueError(f"{k} batches consumed but generation {generation} has "
                              f"{plan.batches} per rank")
         pools = {n: p.after(plan.split(n), plan.emitted(n, k)) for n, p in pools.items()}
         if left is not None:
             left = max(0, left - k * old.world * old.batch_size)
+        if caps_left is not None:
+            given = plan.counts[:k].sum(axis=0) * old.world
+            caps_left = {n: c - int(given[plan.names.index(n)]) if n in plan.names else c
+                         for n, c in caps_left.items()}
     plan = mix_plan({n: p.length for n, p in pools.items()}, weights, seed=seed, epoch=epoch,
-                    layout=layout, mode=mode, generation=len(history), samples=left)
+                    layout=layout, mode=mode, generation=len(history), samples=left,
+                    caps=caps_left)
     return plan, pools
 

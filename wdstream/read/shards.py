@@ -18,21 +18,24 @@ import os
 import posixpath
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .. import storage
 from ..errors import ErrorBudget, ShardReadError, TooManyErrors, redact
-from ..format.index import load_index
+from ..format.index import key_hash, load_index
 from ..format.tario import group_samples, iter_members
 
-__all__ = ["ShardRef", "ShardReader", "LocalCache", "error_item"]
+__all__ = ["ShardRef", "ShardRefs", "ShardReader", "LocalCache", "error_item"]
 
 log = logging.getLogger(__name__)
 
 DUPLICATE = "non-adjacent members"  # the reason counted for a key seen earlier in its shard
 TOO_LARGE = "member too large"  # the reason counted for a member over max_member_bytes
+INDEX_CACHE = 64  # shard indexes a reader keeps: 16 bytes per sample each (version 2)
 
 
 @dataclass
@@ -45,6 +48,34 @@ class ShardRef:
     index_url: str | None = None
     data: bytes | None = None
     bytes: int | None = None  # the size the manifest claims; checked when the shard is opened
+
+
+class ShardRefs(Sequence):
+    """A manifest's shards as :class:`ShardRef`, made on demand from its compact
+    :class:`~wdstream.format.shardtable.ShardTable` (arrays and one blob of names), so a
+    dataset pickles small into DataLoader workers whatever the number of shards."""
+
+    def __init__(self, table):
+        self.table = table
+
+    @property
+    def sizes(self):
+        """Sample count of every shard (an int64 array)."""
+        return self.table.samples
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        t = self.table
+        return ShardRef(url=t.url(i), samples=int(t.samples[i]), index_url=t.index_url(i))
 
 
 def error_item(reason: str, url: str, key: str | None = None) -> dict:
@@ -162,7 +193,7 @@ class ShardReader:
                         redact(shard.url), exc)
             idx = None
         self._indices[shard.index_url] = idx
-        if len(self._indices) > 256:
+        if len(self._indices) > INDEX_CACHE:
             self._indices.popitem(last=False)
         return idx
 
@@ -192,19 +223,6 @@ class ShardReader:
             self.budget.record("unreadable shard", redact(shard.url), exc)
 
     # -- spans -------------------------------------------------------------------------
-    def _duplicates(self, idx: dict) -> frozenset[int]:
-        """Positions whose key the index lists earlier in the shard (computed once)."""
-        dups = idx.get("duplicates")
-        if dups is None:
-            seen: set[str] = set()
-            found = set()
-            for i, key in enumerate(idx.get("keys") or ()):
-                if key in seen:
-                    found.add(i)
-                seen.add(key)
-            dups = idx["duplicates"] = frozenset(found)
-        return dups
-
     def read_run(self, shard: ShardRef, first: int, stop: int, wanted) -> Iterator[dict]:
         """Exactly one item per entry of ``wanted`` (ascending local indices in
         ``[first, stop)``): the sample, or an error marker if it could not be read.
@@ -219,14 +237,14 @@ class ShardReader:
         want = set(wanted)
         idx = self.index(shard)
         offset, skip = 0, first
-        keys = None
+        ids = None  # the index's key (version 1) or key hash (version 2) of each position
         dups: frozenset[int] = frozenset()
         if idx is not None:
             if not idx.get("whole"):
-                offset, skip = idx["offsets"][first], 0
-            keys = idx.get("keys")
-            dups = self._duplicates(idx)
-        position = _key_positions(idx) if keys is not None else None
+                offset, skip = int(idx["offsets"][first]), 0
+            ids = idx.get("keys") if idx.get("keys") is not None else idx.get("key_hashes")
+            dups = _duplicates(idx)
+        ident = key_hash if idx is not None and idx.get("keys") is None else (lambda k: k)
         got: dict[int, dict] = {}
         seen: set[str] = set()
         emitted = 0
@@ -236,16 +254,17 @@ class ShardReader:
                 local = first - skip
                 for sample in self._samples(f, shard):
                     key = sample["__key__"]
-                    if position is not None and (local >= len(keys) or key != keys[local]) \
-                            and position.get(key, local) < local:
+                    kid = ident(key) if ids is not None else key
+                    if ids is not None and (local >= len(ids) or kid != ids[local]) \
+                            and _key_positions(idx).get(kid, local) < local:
                         continue  # a repeated key the index left out
                     duplicate = key in seen or local in dups
                     seen.add(key)
                     if local >= first and local in want:
-                        if keys is not None and key != keys[local]:
+                        if ids is not None and (local >= len(ids) or kid != ids[local]):
                             raise ValueError(
-                                f"sample {local} has key {key!r}, index says "
-                                f"{keys[local]!r}: the shard does not match its index")
+                                f"sample {local} has key {key!r}, which is not the key its "
+                                f"index names: the shard does not match its index")
                         where = f"{redact(shard.url)} key {key}"
                         if duplicate:
                             self.budget.record(DUPLICATE, f"{where} (sample {local} repeats an "
@@ -277,14 +296,49 @@ class ShardReader:
             if w in got:
                 yield got.pop(w)
             else:
-                key = keys[w] if keys is not None and w < len(keys) else None
+                names = idx.get("keys") if idx is not None else None
+                key = names[w] if names is not None and w < len(names) else None
                 yield error_item(error or "missing sample", shard.url, key)
             emitted += 1
 
 
-def _key_positions(idx: dict) -> dict[str, int]:
-    """``{key: position}`` of an index's keys, built once per cached index."""
+def _ids(idx: dict):
+    """The index's key (version 1) or key hash (version 2) of each position."""
+    return idx["keys"] if idx.get("keys") is not None else idx.get("key_hashes")
+
+
+def _key_positions(idx: dict) -> dict:
+    """``{key or key hash: first position}`` of an index, built on first use (only when a
+    read meets a key the index does not name at that position) and cached with it."""
     pos = idx.get("_positions")
     if pos is None:
-        pos = idx["_positions"] = {k: i for i, k in enumerate(idx["keys"])}
+        ids = _ids(idx)
+        pos = {}
+        for i, k in enumerate(ids.tolist() if isinstance(ids, np.ndarray) else ids):
+            pos.setdefault(k, i)
+        idx["_positions"] = pos
     return pos
+
+
+def _duplicates(idx: dict) -> frozenset[int]:
+    """Positions whose key (or key hash) the index lists earlier in the shard (once)."""
+    dups = idx.get("duplicates")
+    if dups is None:
+        ids = _ids(idx)
+        if ids is None:
+            dups = frozenset()
+        elif isinstance(ids, np.ndarray):
+            _, first = np.unique(ids, return_index=True)
+            repeated = np.ones(len(ids), dtype=bool)
+            repeated[first] = False
+            dups = frozenset(np.flatnonzero(repeated).tolist())
+        else:
+            seen: set = set()
+            found = set()
+            for i, k in enumerate(ids):
+                if k in seen:
+                    found.add(i)
+                seen.add(k)
+            dups = frozenset(found)
+        idx["duplicates"] = dups
+    return dups

@@ -11,13 +11,13 @@ from ..config import Config
 from ..errors import ConfigError, NotFoundError, SourceError, StorageError, redact
 from ..format.manifest import (
     is_shard_source,
-    load_manifest,
+    load_reader_part,
     manifest_url_for,
     missing_manifest_error,
 )
 from ..format.synthetic import synthetic_shards_in_memory
 from .datasets import ShardSource
-from .shards import ShardRef
+from .shards import ShardRef, ShardRefs
 
 __all__ = ["resolve_source", "synthetic_source", "resolve_or_fallback"]
 
@@ -47,14 +47,12 @@ def resolve_source(source: Any, config: Config, name: str | None = None) -> Shar
         storage.check_readable(url, opts)
     except NotFoundError as exc:
         raise missing_manifest_error(url) from exc
-    manifest = load_manifest(source, opts, allowed_prefixes=config.allowed_prefixes)
-    if not manifest.shards:
+    # the reader part only (no sha256s, no keys), its shards confined to the manifest's folder
+    head, table = load_reader_part(url, opts, allowed_prefixes=config.allowed_prefixes)
+    if not len(table):
         raise SourceError(f"manifest {redact(source)} lists no shards", url=source)
-    shards = [ShardRef(url=u, samples=s.samples, index_url=i, bytes=s.bytes)
-              for u, s, i in zip(manifest.shard_urls(), manifest.shards, manifest.index_urls(),
-                                 strict=True)]
-    return ShardSource(name=name or manifest.source.get("name") or _short_name(source),
-                      shards=shards, has_manifest=True)
+    return ShardSource(name=name or (head.get("source") or {}).get("name") or _short_name(source),
+                      shards=ShardRefs(table), has_manifest=True)
 
 
 def _short_name(url: str) -> str:

@@ -2,6 +2,7 @@
 :mod:`wdstream.read.datasets` (and by :class:`wdstream.MultimodalDataset`).
 
 - :func:`readahead`: pull items on a background thread, in order, a bounded number ahead;
+- :func:`window_shuffle`: a slot's span, one window at a time, emitted in the plan's order;
 - :func:`decode_stage`: decode each item, passing undecodable ones on as counted :class:`Bad`
   markers so batch boundaries stay where the plan put them;
 - :func:`exact_batches`: exactly the planned number of batches, bad items replaced;
@@ -20,8 +21,8 @@ from typing import Any, TypeVar
 
 from ..errors import ErrorBudget, SampleError, TooManyErrors, redact
 
-__all__ = ["Bad", "readahead", "decode_stage", "exact_batches", "plain_batches",
-           "good_samples", "READAHEAD_THREAD_NAME"]
+__all__ = ["Bad", "readahead", "window_shuffle", "decode_stage", "exact_batches",
+           "plain_batches", "good_samples", "READAHEAD_THREAD_NAME", "FILLER"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,6 +48,7 @@ _DONE = object()
 
 
 READAHEAD_THREAD_NAME = "wdstream-readahead"
+FILLER = "__filler__"  # raw item key: a padding repeat, not a real sample of the epoch
 
 
 def readahead(items: Iterable[T], depth: int, *, name: str = READAHEAD_THREAD_NAME) -> Iterator[T]:
@@ -98,6 +100,23 @@ def readahead(items: Iterable[T], depth: int, *, name: str = READAHEAD_THREAD_NA
             close()
 
 
+def window_shuffle(items: Iterable[T], plan) -> Iterator[T]:
+    """Emit a slot's span items (``items``, in read order) window by window in the order of
+    ``plan`` (a :class:`wdstream.read.planner.SlotPlan`): hold one window (at most
+    ``cache_size`` items), then emit it permuted. Items at filler positions of the span
+    (padding repeats) are emitted as copies marked with ``FILLER``."""
+    it = iter(items)
+    for index, start, stop in plan.windows():
+        window: list = list(itertools.islice(it, stop - start))
+        if len(window) < stop - start:
+            raise AssertionError(f"plan promised {stop - start} items in window {index}, got "
+                                 f"{len(window)}")
+        for pos in plan.window_order(index, start, stop).tolist():
+            item = window[pos - start]
+            window[pos - start] = None
+            yield {**item, FILLER: True} if pos >= plan.real else item
+
+
 def decode_stage(items: Iterable[dict], decoder: Callable[[dict], dict], budget: ErrorBudget,
                  source: str | None = None, synthetic: bool = False,
                  force_source: bool = False) -> Iterator[Any]:
@@ -110,6 +129,7 @@ def decode_stage(items: Iterable[dict], decoder: Callable[[dict], dict], budget:
             budget.placeholders += 1  # already counted by the reader
             yield Bad(item.get("__key__"), item["__error__"])
             continue
+        filler = item.pop(FILLER, False)
         try:
             out = decoder(item)
         except SampleError as exc:
@@ -123,6 +143,8 @@ def decode_stage(items: Iterable[dict], decoder: Callable[[dict], dict], budget:
             out["source"] = source
         if synthetic:
             out["synthetic"] = True
+        if filler:
+            out["filler"] = True
         yield out
 
 
@@ -132,8 +154,9 @@ def exact_batches(items: Iterable[Any], batch_size: int, n_batches: int,
     """Exactly ``n_batches`` batches of ``batch_size`` consecutive items.
 
     A bad item is replaced by a good sample of the same batch (or the last good one before),
-    so batch boundaries stay where the plan put them; the replacement is already counted.
-    When a slot has no good sample at all, ``borrow()`` supplies one from elsewhere.
+    so batch boundaries stay where the plan put them; the replacement is already counted and
+    marked ``filler`` (collated into ``is_filler``). When a slot has no good sample at all,
+    ``borrow()`` supplies one from elsewhere.
     """
     it = iter(items)
     last_good: dict | None = None
@@ -147,22 +170,27 @@ def exact_batches(items: Iterable[Any], batch_size: int, n_batches: int,
             waiting.append(chunk)
             continue
         fill = good or [last_good]
-        batch = [s if not isinstance(s, Bad) else fill[i % len(fill)]
+        batch = [s if not isinstance(s, Bad) else _filler(fill[i % len(fill)])
                  for i, s in enumerate(chunk)]
         last_good = good[-1] if good else last_good
         for held in waiting:
-            yield collate([last_good] * len(held))
+            yield collate([_filler(last_good)] * len(held))
         waiting = []
         yield collate(batch)
     if waiting and borrow is not None:
         last_good = borrow()
         if last_good is not None:
             for held in waiting:
-                yield collate([last_good] * len(held))
+                yield collate([_filler(last_good)] * len(held))
             return
     if waiting:
         raise TooManyErrors(f"{len(waiting) * batch_size} samples in a row could not be read "
                             f"or decoded; no good sample to fill the batches with")
+
+
+def _filler(sample: dict) -> dict:
+    """A copy of ``sample`` standing in for another one: marked as a filler."""
+    return {**sample, "filler": True}
 
 
 def plain_batches(items: Iterable[Any], batch_size: int, collate: Callable[[list[dict]], dict],

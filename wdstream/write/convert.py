@@ -26,6 +26,7 @@ from ..format.manifest import (
     load_manifest,
 )
 from ..format.schema import modality_of
+from ..format.shardtable import save_compact
 from ..registry import Entry
 from .executors import Executor, check_executor, make_executor
 from .output import JOB_NAME, Output, check_job
@@ -142,7 +143,7 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
             executor.close()
     out.sweep()  # temp files / uploads of attempts that died and were retried
     manifest = _manifest(plan, records, output)
-    manifest.save(output, opts)
+    save_compact(manifest, output, opts)  # version 2: reader part + details part
     _warn_mixed_extensions(manifest)
     log.info("wrote %s: %d samples in %d shards (%.1f MB); skipped %s", redact(output),
              manifest.samples, len(manifest.shards), manifest.bytes / 1e6,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...format.manifest import Manifest
+from ...format.shardtable import save_compact
 from ...format.synthetic import MODALITIES, synthetic_samples
 from ..writer import ShardWriter
 
@@ -29,5 +30,5 @@ def write_synthetic(output_url: str, samples: int, *, seed: int = 0, modalities=
     manifest = Manifest(shards=shards, source={"name": "synthetic", "seed": seed,
                                                "modalities": list(modalities)},
                         fields=sorted(exts), base_url=output_url.rstrip("/"))
-    manifest.save(output_url, storage_options)
+    save_compact(manifest, output_url, storage_options)
     return manifest
