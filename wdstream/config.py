@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, redact_options
 
 __all__ = ["Config", "load_config", "config_fields", "DEPRECATED_KEYS"]
 
@@ -119,6 +119,14 @@ class Config:
         if self.workers is not None and int(self.workers) < 0:
             raise ConfigError(f"workers must be >= 0 (0 or null: one per CPU core), not "
                               f"{self.workers!r}", key="workers")
+
+    def __repr__(self) -> str:
+        """Every field, with credentials in ``storage_options`` (and in URLs) redacted."""
+        shown = ", ".join(f"{f.name}={redact_options(getattr(self, f.name))!r}"
+                          for f in dataclasses.fields(self))
+        return f"{type(self).__name__}({shown})"
+
+    __str__ = __repr__
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (unknown names raise ConfigError)."""
