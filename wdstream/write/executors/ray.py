@@ -8,7 +8,8 @@ results as they finish.
 - **Failures.** A task whose worker process or node dies is retried by Ray, up to
   ``max_retries`` times (Ray's ``max_retries``, system failures only). A Python exception in a
   task (bad data, a missing column...) is *not* retried (``retry_exceptions=False``): the job
-  stops with that exception, and the tasks not yet finished are cancelled. A task that still
+  stops with that exception, and the tasks not yet finished are cancelled (their workers are
+  killed: ``force=True``, so no worker is reused in a half-done state). A task that still
   dies after its retries stops the job with
   :class:`~wdstream.write.executors.base.TaskFailedError`.
 - **Progress.** Tasks put their ``(samples, nbytes)`` deltas into a ``ray.util.queue.Queue``
@@ -189,7 +190,9 @@ class RayExecutor(Executor):
         finally:
             for ref in pending:
                 try:
-                    ray.cancel(ref)
+                    # force: a running task's worker is killed, not interrupted where it stands
+                    # (a KeyboardInterrupt mid-import leaves a reused worker half-initialised)
+                    ray.cancel(ref, force=True)
                 except Exception as exc:  # already finished or gone
                     log.debug("could not cancel a Ray task: %s", exc)
 
