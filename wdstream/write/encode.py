@@ -160,8 +160,10 @@ class RowEncoder:
             except _BinaryValue:
                 raise ColumnError(
                     f"column {c!r} holds binary data inside a {type(value).__name__}, which "
-                    f"cannot be stored in the sample's .json (row {key}). Leave it out with "
-                    f"--drop-column {c} (config drop_columns)", key=c) from None
+                    f"cannot be stored in the sample's .json (row {key}). Name it with "
+                    f"--image-column/--audio-column if it holds an encoded image or clip, or "
+                    f"leave it out with --drop-column {c} (config drop_columns)",
+                    key=c) from None
         for c in cols.binary:
             value = row.get(c)
             if value is not None:

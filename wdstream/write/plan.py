@@ -57,6 +57,14 @@ def describe_columns(columns: ColumnMap | dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+def _bytes_path(value: Any) -> tuple[bytes | None, str | None] | None:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value), None
+    if isinstance(value, dict) and isinstance(value.get("bytes"), (bytes, bytearray)):
+        return bytes(value["bytes"]), value.get("path")
+    return None
+
+
 def plan_job(spec: HFSource, config: Config) -> JobPlan:
     """Open the source once: find the columns and the partitions (the source's shards).
 
@@ -69,9 +77,11 @@ def plan_job(spec: HFSource, config: Config) -> JobPlan:
     else:  # a generator of Python objects: look at the first row
         first = next(iter(ds), None)
         names = list(first) if first else []
-    samples = None
     if features is not None:  # media by layout and content: look at the binary columns' bytes
         samples = sample_binary_values(ds, exclude=config.drop_columns)
+    else:  # the first row's encoded values: bytes, or {"bytes", "path"} dicts
+        samples = {c: _bytes_path(v) for c, v in (first or {}).items()
+                   if _bytes_path(v) is not None}
     columns = resolve_columns(names, features, image=config.image_column,
                               audio=config.audio_column, text=config.text_columns,
                               samples=samples, drop=config.drop_columns)

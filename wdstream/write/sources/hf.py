@@ -232,14 +232,17 @@ def resolve_columns(columns: list[str], features: Any = None, *, image: str | No
                               f"--text-column/--drop-column", key=name)
     kinds = {c: _feature_kind(features[c]) if features is not None and c in features else None
              for c in columns}
+    typed = [c for c in columns if kinds[c] in ("image", "audio") and c not in drop]
     samples = samples or {}
     for c in columns:
-        if kinds[c] == "binary" and c in samples and samples[c] is not None:
+        if kinds[c] in ("binary", None) and samples.get(c) is not None:
             kinds[c] = _content_kind(*samples[c]) or "binary"
+    # an HF Image/Audio feature first, then a column found by its content
+    ranked = typed + [c for c in columns if c not in typed and c not in drop]
     if image is None:
-        image = next((c for c in columns if kinds[c] == "image" and c not in drop), None)
+        image = next((c for c in ranked if kinds[c] == "image"), None)
     if audio is None:
-        audio = next((c for c in columns if kinds[c] == "audio" and c not in drop), None)
+        audio = next((c for c in ranked if kinds[c] == "audio"), None)
     if not text:
         strings = [c for c in columns if kinds[c] == "text" and c not in drop]
         named = [c for n in TEXT_COLUMN_NAMES for c in strings if c.lower() == n]
