@@ -1,9 +1,10 @@
 """Rows to samples: one row of mapped columns becomes the members of one WebDataset sample.
 
 :class:`ColumnMap` says which columns hold the image, the audio and the text (``extra`` columns
-go into the ``.json``; other binary columns become ``<column>.bin`` members, so no byte is lost). :class:`RowEncoder` turns a row into ``{ext: bytes}`` members: encoded
-images and audio pass through byte for byte under their own format's extension; decoded ones
-(PIL images, audio arrays) are encoded once. The text comes from the text columns or from a
+go into the ``.json``; other binary columns become ``<column>.bin`` members, so no byte is
+lost). :class:`RowEncoder` turns a row into ``{ext: bytes}`` members: encoded images and audio
+pass through byte for byte under their own format's extension; decoded ones (PIL images,
+audio arrays) are encoded once. The text comes from the text columns or from a
 :class:`~wdstream.template.TextTemplate` over them.
 """
 

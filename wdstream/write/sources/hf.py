@@ -4,8 +4,8 @@ The write path starts here: :func:`open_source` streams anything ``datasets.load
 accepts (a Hub id, a local folder, or a builder such as ``parquet`` with ``data_files``), with
 Image and Audio columns cast to ``decode=False`` so encoded bytes pass through untouched.
 :func:`resolve_columns` finds the image, audio and text columns from the features, and from
-the layout and content of columns without HF feature types (a parquet written by pyarrow). Partitions
-are the source's own shards (``IterableDataset.n_shards`` / ``.shard(n, i)``).
+the layout and content of columns without HF feature types (a parquet written by pyarrow).
+Partitions are the source's own shards (``IterableDataset.n_shards`` / ``.shard(n, i)``).
 
 Rows are read as Arrow record batches (``with_format("arrow").iter(batch_size)``) and their
 columns turned into Python lists once per batch, which is much cheaper than one dict per row.
