@@ -72,6 +72,7 @@ def test_workers_zero_means_one_per_cpu_and_help_says_so(capsys):
     import os
 
     assert make_executor(Config(workers=0)).workers == (os.cpu_count() or 1)
+    assert make_executor(Config(executor="ray", workers=0)).num_cpus is None  # all, not none
 
 
 def test_unknown_log_level(capsys):
