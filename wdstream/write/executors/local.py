@@ -78,6 +78,7 @@ class LocalExecutor(Executor):
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._queue: Any = None
         self._alive: Any = None  # the write end of the workers' driver-liveness pipe
+        self._alive_r: Any = None  # its read end, handed to each worker as it starts
 
     def map_unordered(self, fn, tasks, *, progress=None):
         tasks = list(tasks)
@@ -88,10 +89,10 @@ class LocalExecutor(Executor):
         if self._pool is None:
             ctx = _mp_context()
             self._queue = ctx.Queue()
-            alive_r, self._alive = ctx.Pipe(duplex=False)
+            self._alive_r, self._alive = ctx.Pipe(duplex=False)
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=min(self.workers, len(tasks)), mp_context=ctx,
-                initializer=_init_worker, initargs=(self._queue, alive_r))
+                initializer=_init_worker, initargs=(self._queue, self._alive_r))
         pending = {self._pool.submit(_run_in_worker, fn, task) for task in tasks}
         try:
             while pending:
@@ -120,7 +121,8 @@ class LocalExecutor(Executor):
             self._pool = None
         if self._alive is not None:  # after the workers have exited: they never see it
             self._alive.close()
-            self._alive = None
+            self._alive_r.close()
+            self._alive = self._alive_r = None
         if self._queue is not None:
             self._queue.close()
             self._queue = None
