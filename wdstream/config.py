@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, redact_options
 from .format.schema import AUDIO_EXTS, IMAGE_EXTS
 
 __all__ = ["Config", "load_config", "config_fields", "DEPRECATED_KEYS"]
@@ -81,7 +81,7 @@ class Config:
     # --- converter ---
     max_samples_per_shard: int = 1000
     max_shard_bytes: int = 256 * 2**20
-    workers: int | None = None  # converter processes; None = number of cores
+    workers: int | None = None  # converter processes; None or 0 = one per CPU core
     executor: str = "local"  # "local" | "ray"
     ray_address: str | None = None
     image_column: str | None = None
@@ -93,10 +93,12 @@ class Config:
     audio_ext: str | None = None  # name every audio member .<ext> (e.g. flac); None: its format
     quiet: bool = False
     skip_bad_rows: bool = True
+    drop_columns: tuple[str, ...] = ()  # source columns to leave out of the samples
+    validate: str = "cheap"  # "cheap" (structural checks) | "full" (decode every image/clip)
 
     def __post_init__(self) -> None:
         for name in ("image_mean", "image_std", "text_columns", "modalities",
-                     "allowed_prefixes"):
+                     "allowed_prefixes", "drop_columns"):
             value = getattr(self, name)
             if isinstance(value, str):
                 value = [v for v in value.split(",") if v]
@@ -106,6 +108,9 @@ class Config:
         if self.mix_exhausted not in ("stop", "resample"):
             raise ConfigError(
                 f"mix_exhausted must be 'stop' or 'resample', not {self.mix_exhausted!r}")
+        if self.validate not in ("cheap", "full"):
+            raise ConfigError(f"validate must be 'cheap' or 'full', not {self.validate!r}",
+                              key="validate")
         if str(self.pin_memory).lower() not in ("auto", "true", "false"):
             raise ConfigError(f"pin_memory must be auto/true/false, not {self.pin_memory!r}")
         self.pin_memory = str(self.pin_memory).lower()
@@ -124,6 +129,20 @@ class Config:
                 setattr(self, name, value)
         if self.num_workers < 0 or self.cache_size < 0:
             raise ConfigError("num_workers and cache_size must be >= 0")
+        if self.limit is not None and int(self.limit) < 1:
+            raise ConfigError(f"limit must be at least 1 (or null for all rows), not "
+                              f"{self.limit!r}", key="limit")
+        if self.workers is not None and int(self.workers) < 0:
+            raise ConfigError(f"workers must be >= 0 (0 or null: one per CPU core), not "
+                              f"{self.workers!r}", key="workers")
+
+    def __repr__(self) -> str:
+        """Every field, with credentials in ``storage_options`` (and in URLs) redacted."""
+        shown = ", ".join(f"{f.name}={redact_options(getattr(self, f.name))!r}"
+                          for f in dataclasses.fields(self))
+        return f"{type(self).__name__}({shown})"
+
+    __str__ = __repr__
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (unknown names raise ConfigError)."""
@@ -169,8 +188,14 @@ def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Conf
     if path is not None:
         import yaml
 
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}; give an "
+                              f"existing YAML file") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
         data = _rename_deprecated(data, f" in {path}")

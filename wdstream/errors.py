@@ -8,8 +8,10 @@ what to do. Errors subclass the builtin a caller would already catch (``OSError`
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections import Counter
+from typing import Any
 
 __all__ = [
     "WdstreamError",
@@ -26,6 +28,8 @@ __all__ = [
     "TooManyErrors",
     "ErrorBudget",
     "redact",
+    "is_secret_name",
+    "redact_options",
 ]
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,31 @@ def redact(url: str) -> str:
         rest = host + slash + path
         url = scheme + sep + rest
     return url.split("?", 1)[0]
+
+
+# option names that hold (or may hold) a credential: key, secret, token, password,
+# aws_secret_access_key, session_token, account_key, sas_token, connection_string, ...
+_SECRET_NAME = re.compile(r"key|secret|token|passw|credential|sas|connection_string|auth",
+                          re.IGNORECASE)
+
+
+def is_secret_name(name: Any) -> bool:
+    """True for an option name that holds (or may hold) a credential; the one rule used to
+    keep secrets out of logs, reprs and cluster task arguments."""
+    return bool(_SECRET_NAME.search(str(name)))
+
+
+def redact_options(options: Any) -> Any:
+    """A copy of storage options fit to show: every credential's value replaced by ``***``
+    (nested dicts such as ``client_kwargs`` included) and URLs passed through :func:`redact`."""
+    if isinstance(options, dict):
+        return {name: "***" if is_secret_name(name) and not isinstance(value, dict)
+                else redact_options(value) for name, value in options.items()}
+    if isinstance(options, (list, tuple)):
+        return type(options)(redact_options(v) for v in options)
+    if isinstance(options, str) and "://" in options:
+        return redact(options)
+    return options
 
 
 class WdstreamError(Exception):

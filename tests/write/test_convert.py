@@ -302,6 +302,9 @@ def test_row_encoder_audio_extension_and_bad_bytes():
     enc2 = RowEncoder(ColumnMap(extra=("d", "b", "f")), "src")
     import datetime
 
-    meta = json.loads(enc2({"d": datetime.date(2024, 1, 2), "b": b"\x00", "f": float("nan")},
-                           "k")["json"])
-    assert meta == {"source": "src", "d": "2024-01-02", "b": None, "f": None}
+    fields = enc2({"d": datetime.date(2024, 1, 2), "b": b"\x00", "f": float("nan")}, "k")
+    meta = json.loads(fields["json"])
+    assert meta == {"source": "src", "d": "2024-01-02", "f": None}
+    assert fields["b.bin"] == b"\x00"  # binary data is never dropped: a member of its own
+    with pytest.raises(ColumnError, match=r"'n'.*--drop-column n"):
+        enc2 = RowEncoder(ColumnMap(extra=("n",)), "src")({"n": {"x": [b"\x01"]}}, "k")

@@ -15,6 +15,7 @@ from ..errors import WdstreamError
 __all__ = ["main", "COMMANDS"]
 
 COMMANDS = ("convert", "index", "synth", "inspect", "verify", "upgrade", "preview", "demo")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="wdstream",
         description="Hugging Face datasets -> WebDataset shards on any fsspec URL -> PyTorch.")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                        metavar="LEVEL",
+                        help=f"logging level: {', '.join(LOG_LEVELS)} (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 help="what to do (wdstream COMMAND --help for its options)")
     parser.commands = {}
@@ -77,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+    logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args._run(args) or 0)

@@ -12,8 +12,14 @@ from ..config import load_config
 from ..errors import ConfigError
 from ..storage import join_url
 from ..write.convert import convert, convert_entry
+from ..write.plan import describe_columns
 from ..write.sources.hf import LOCAL_BUILDERS, near_local_folder
-from .options import add_storage_option_argument, parse_storage_options, size_argument
+from .options import (
+    add_storage_option_argument,
+    int_argument,
+    parse_storage_options,
+    size_argument,
+)
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -43,14 +49,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="column holding the audio (default: the first Audio feature)")
     p.add_argument("--text-column", action="append", default=None, dest="text_columns",
                    help="text column (repeatable; several are joined by newlines)")
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--drop-column", action="append", default=None, dest="drop_columns",
+                   metavar="COLUMN", help="leave a source column out of the samples (repeatable)")
+    p.add_argument("--validate", choices=("cheap", "full"), default=None,
+                   help="checks of each image and audio clip: cheap structural checks (default: "
+                        "not cut short, header parses) or full (decode every one)")
+    p.add_argument("--limit", type=int_argument(1), default=None,
                    help="convert only the first N rows (as one partition)")
-    p.add_argument("--max-samples-per-shard", type=int, default=None, metavar="N",
+    p.add_argument("--max-samples-per-shard", type=int_argument(1), default=None, metavar="N",
                    help="start a new shard after N samples (default 1000)")
     p.add_argument("--max-shard-bytes", type=size_argument, default=None, metavar="SIZE",
                    help="e.g. 256MB, 1GiB")
-    p.add_argument("--workers", type=int, default=None,
-                   help="processes (default: number of cores); with a local Ray, its CPUs")
+    p.add_argument("--workers", type=int_argument(0), default=None,
+                   help="processes (default, or 0: one per CPU core); with a local Ray, its "
+                        "CPUs")
     p.add_argument("--executor", choices=("local", "ray"), default=None,
                    help="where partitions run: a local process pool (default) or Ray tasks "
                         "(pip install 'wdstream[ray]')")
@@ -76,11 +88,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     for name in ("image_column", "audio_column", "limit", "max_samples_per_shard",
-                 "max_shard_bytes", "workers", "image_ext", "audio_ext"):
+                 "max_shard_bytes", "workers", "image_ext", "audio_ext", "validate"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.text_columns:
         overrides["text_columns"] = tuple(args.text_columns)
+    if args.drop_columns:
+        overrides["drop_columns"] = tuple(args.drop_columns)
     if args.storage_option:
         overrides["storage_options"] = parse_storage_options(args.storage_option)
     if args.quiet:
@@ -113,17 +127,23 @@ def _convert_all(args: argparse.Namespace, config):
         reg = registry.get_registry(args.registry)
         for entry in registry.select_datasets("all", args.task_type, registry=reg):
             url = join_url(output, entry.name)
-            yield url, convert_entry(entry, url, config)
+            yield url, convert_entry(entry, url, config, on_plan=_print_plan)
         return
     if args.output is None:
         raise ConfigError("give SOURCE and OUTPUT (or --task-type T --all OUTPUT)")
     entry = _registry_entry(args.source, args.registry, args.data_files)
     if entry is not None:
-        yield args.output, convert_entry(entry, args.output, config)
+        yield args.output, convert_entry(entry, args.output, config, on_plan=_print_plan)
         return
     yield args.output, convert(args.source, args.output, name=args.name, split=args.split,
                                data_files=args.data_files, revision=args.revision,
-                               config=config)
+                               config=config, on_plan=_print_plan)
+
+
+def _print_plan(plan) -> None:
+    """Show the column mapping before the job starts, so a wrong one is seen at once."""
+    print(f"{plan.spec.source}: {plan.n_partitions} partition(s); columns: "
+          f"{describe_columns(plan.columns)}", flush=True)
 
 
 def _registry_entry(source: str, path: str | None, data_files):

@@ -6,13 +6,17 @@ import argparse
 import io
 import itertools
 import json
+import tarfile
+import zlib
 
 from PIL import Image
 
 from .. import storage
+from ..errors import ShardReadError, redact
 from ..format.manifest import is_shard_source, load_manifest
 from ..format.schema import modality_of
 from ..format.tario import group_samples, iter_members
+from ..write.plan import describe_columns
 from .options import add_storage_option_argument, parse_storage_options
 
 __all__ = ["HELP", "add_arguments", "run", "describe_member"]
@@ -64,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  fields:  {', '.join(m.fields) or '-'}")
         print(f"  source:  {json.dumps(m.source, sort_keys=True)}")
         print(f"  skipped: {json.dumps(m.skipped, sort_keys=True) if m.skipped else 'none'}")
+        if isinstance(m.options, dict) and isinstance(m.options.get("columns"), dict):
+            print(f"  columns: {describe_columns(m.options['columns'])}")
         if m.options:
             print(f"  options: {json.dumps(m.options, sort_keys=True)}")
         if not m.shards:
@@ -71,10 +77,15 @@ def run(args: argparse.Namespace) -> int:
         first = m.shards[0]
         print(f"  first shard: {first.url} ({first.samples} samples, {first.bytes} B)")
         shard_url = m.shard_urls()[0]
-    with storage.open_read(shard_url, options) as f:
-        samples = group_samples(iter_members(f, name=shard_url))
-        for sample in itertools.islice(samples, max(0, args.samples)):
-            print(f"sample {sample['__key__']}")
-            for ext in sorted(k for k in sample if not k.startswith("__")):
-                print(f"  .{ext}: {describe_member(ext, sample[ext])}")
+    try:
+        with storage.open_read(shard_url, options) as f:
+            samples = group_samples(iter_members(f, name=shard_url))
+            for sample in itertools.islice(samples, max(0, args.samples)):
+                print(f"sample {sample['__key__']}")
+                for ext in sorted(k for k in sample if not k.startswith("__")):
+                    print(f"  .{ext}: {describe_member(ext, sample[ext])}")
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise ShardReadError(f"{redact(shard_url)} is not a readable tar shard ({exc}); "
+                             f"check it with `wdstream verify`, or re-create it",
+                             shard=shard_url) from None
     return 0

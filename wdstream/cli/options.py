@@ -9,7 +9,8 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["parse_size", "size_argument", "parse_storage_options", "add_storage_option_argument"]
+__all__ = ["parse_size", "size_argument", "parse_storage_options", "add_storage_option_argument",
+           "int_argument"]
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
           "gb": 1000**3, "t": 1000**4, "tb": 1000**4, "kib": 2**10, "mib": 2**20, "gib": 2**30,
@@ -70,3 +71,20 @@ def size_argument(text: str) -> int:
         return parse_size(text)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def int_argument(minimum: int):
+    """argparse ``type=`` for an integer of at least ``minimum`` (a usage error, exit 2,
+    otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum of {minimum}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse

@@ -21,7 +21,10 @@ __all__ = [
 ]
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm")
-AUDIO_EXTS = ("flac", "wav", "mp3", "ogg", "opus")
+#: Every audio extension the converter writes; all but m4a/aac are opened by soundfile.
+AUDIO_EXTS = ("flac", "wav", "mp3", "ogg", "opus", "aiff", "aif", "aifc", "w64", "caf", "au",
+              "snd", "nist", "sph", "voc", "svx", "ircam", "paf", "htk", "xi", "avr", "wve",
+              "sds", "mpc2k", "pvf")
 TEXT_EXTS = ("txt", "text", "caption", "transcript")
 
 _MODALITY = {**{e: "image" for e in IMAGE_EXTS}, **{e: "audio" for e in AUDIO_EXTS},
@@ -51,16 +54,42 @@ def image_ext(data: bytes) -> str | None:
     return None
 
 
+_W64_GUID = bytes.fromhex("2e91cf11a5d628db04c10000")  # after b"riff" in a Sony Wave64 file
+
+
 def audio_ext(data: bytes) -> str | None:
-    """The file extension of encoded audio, from its magic bytes; ``None`` if unknown."""
-    if data[:4] == b"fLaC":
+    """The file extension of encoded audio, from its magic bytes; ``None`` if unknown.
+
+    Knows the formats soundfile (libsndfile) reads that have a signature (FLAC, WAV/RF64,
+    Ogg Vorbis/Opus, MP3, AIFF/AIFC, Wave64, CAF, AU, NIST, VOC, 8SVX) and MP4/AAC.
+    """
+    head = data[:16]
+    if head[:4] == b"fLaC":
         return "flac"
-    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+    if head[:4] in (b"RIFF", b"RF64", b"BW64") and head[8:12] == b"WAVE":
         return "wav"
-    if data[:4] == b"OggS":
+    if head[:4] == b"OggS":
         return "opus" if b"OpusHead" in data[:64] else "ogg"
-    if data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and (data[1] & 0xE0) == 0xE0):
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return "aiff"
+    if head[:4] == b"FORM" and head[8:12] in (b"8SVX", b"16SV"):
+        return "svx"
+    if head[:4] == b"riff" and head[4:16] == _W64_GUID:
+        return "w64"
+    if head[:4] == b"caff":
+        return "caf"
+    if head[:4] == b".snd":
+        return "au"
+    if head[:7] == b"NIST_1A":
+        return "nist"
+    if head[:15] == b"Creative Voice ":
+        return "voc"
+    if head[4:8] == b"ftyp":
+        return "m4a"
+    if head[:3] == b"ID3":
         return "mp3"
+    if len(data) > 1 and data[0] == 0xFF and (data[1] & 0xE0) == 0xE0:
+        return "aac" if (data[1] & 0x06) == 0 else "mp3"  # ADTS has layer bits 00
     return None
 
 

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -77,7 +78,8 @@ class _Bar:
 
 def convert(source: str, output: str, *, name: str | None = None, split: str | None = None,
             data_files: Any = None, revision: str | None = None, config: Config | None = None,
-            executor: Executor | str | None = None, **overrides: Any) -> Manifest:
+            executor: Executor | str | None = None,
+            on_plan: Callable[[JobPlan], None] | None = None, **overrides: Any) -> Manifest:
     """Convert a Hugging Face dataset into WebDataset shards under ``output``; returns the
     Manifest.
 
@@ -94,7 +96,8 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
     ``executor`` is an :class:`~wdstream.executors.Executor` to run the partitions on (it is
     left open), or ``"local"`` / ``"ray"`` (``config.executor``; Ray joins
     ``config.ray_address`` or starts a local Ray). A failed partition stops the job with its
-    own error, which names the partition.
+    own error, which names the partition. ``on_plan(plan)`` is called once the source's
+    columns and partitions are known, before any work (the CLI prints the column mapping).
     """
     if isinstance(executor, str):
         overrides["executor"], executor = executor, None
@@ -109,6 +112,8 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
     opts = dict(config.storage_options)
     storage.check_writable(output, opts)
     plan = plan_job(spec, config)
+    if on_plan is not None:
+        on_plan(plan)
     out = Output(output, opts)
     fresh = check_job(out, plan)
     if fresh:
@@ -129,7 +134,7 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
                          max_samples_per_shard=config.max_samples_per_shard,
                          max_shard_bytes=config.max_shard_bytes, limit=config.limit,
                          skip_bad_rows=config.skip_bad_rows, storage_options=opts,
-                         job=job)
+                         job=job, validate=config.validate)
              for p in pending]
     bar = _Bar(plan.total_rows, sum(r.samples for r in records.values()), config.quiet)
     own_executor = executor is None
@@ -167,6 +172,7 @@ def _warn_mixed_extensions(manifest: Manifest) -> None:
 
 
 def convert_entry(entry: Entry, output: str, config: Config | None = None,
+                  on_plan: Callable[[JobPlan], None] | None = None,
                   **overrides: Any) -> Manifest:
     """Convert one registry dataset with its column mapping and text template (see
     :func:`convert`); returns the Manifest."""
@@ -175,4 +181,4 @@ def convert_entry(entry: Entry, output: str, config: Config | None = None,
         text_columns=entry.template_columns, text_template=entry.text_template or None,
         **overrides)
     return convert(entry.hub_id, output, name=entry.config, split=entry.split,
-                   revision=entry.revision, config=config)
+                   revision=entry.revision, config=config, on_plan=on_plan)

@@ -1,9 +1,10 @@
 """Rows to samples: one row of mapped columns becomes the members of one WebDataset sample.
 
 :class:`ColumnMap` says which columns hold the image, the audio and the text (``extra`` columns
-go into the ``.json``). :class:`RowEncoder` turns a row into ``{ext: bytes}`` members: encoded
-images and audio pass through byte for byte under their own format's extension; decoded ones
-(PIL images, audio arrays) are encoded once. The text comes from the text columns or from a
+go into the ``.json``; other binary columns become ``<column>.bin`` members, so no byte is
+lost). :class:`RowEncoder` turns a row into ``{ext: bytes}`` members: encoded images and audio
+pass through byte for byte under their own format's extension; decoded ones (PIL images,
+audio arrays) are encoded once. The text comes from the text columns or from a
 :class:`~wdstream.template.TextTemplate` over them.
 """
 
@@ -14,16 +15,26 @@ import decimal
 import io
 import json
 import posixpath
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import SkipSample
+from ..errors import ColumnError, SkipSample
 from ..format.schema import audio_ext, image_ext
 from ..format.tario import MAX_MEMBER_BYTES
 from ..template import TextTemplate
+from .validate import (
+    SOUNDFILE_EXT,
+    audio_is_complete,
+    decode_audio,
+    decode_image,
+    image_is_complete,
+)
 
-__all__ = ["ColumnMap", "RowEncoder", "encode_pil_image", "encoded_bytes"]
+__all__ = ["ColumnMap", "RowEncoder", "encode_pil_image", "encoded_bytes", "binary_member"]
 
+#: Audio formats soundfile cannot open; kept unverified (there is no decoder here to check).
+_UNVERIFIABLE_AUDIO = ("m4a", "aac", "mp4", "wma")
 #: Lossless PIL modes are saved as PNG; RGB/CMYK/YCbCr (photographs) as JPEG.
 _JPEG_MODES = ("RGB", "CMYK", "YCbCr")
 
@@ -40,6 +51,18 @@ class ColumnMap:
     template: str | None = None  # the text from ``text`` columns by a template (registry)
     image_ext: str | None = None  # one member name for every image (bytes untouched)
     audio_ext: str | None = None  # one member name for every audio clip (bytes untouched)
+    binary: tuple[str, ...] = ()  # other binary columns: a member each, ``<column>.bin``
+
+
+def binary_member(column: str) -> str:
+    """The member extension of a binary column: ``<column>.bin``, the name made safe (no dots,
+    slashes or spaces; WebDataset splits a member name at its first dot)."""
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", column).strip("_") or "column"
+    return f"{safe}.bin"
+
+
+class _BinaryValue(TypeError):
+    """Binary data met where JSON is written (raised by :func:`_json_safe`)."""
 
 
 def encode_pil_image(img) -> tuple[str, bytes]:
@@ -89,7 +112,7 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, decimal.Decimal):
         return str(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return None  # binary data does not belong in JSON; dropped
+        raise _BinaryValue  # never dropped silently: the caller names the column
     if hasattr(value, "tolist"):  # numpy scalars and arrays
         return _json_safe(value.tolist())
     return str(value)
@@ -109,15 +132,18 @@ class RowEncoder:
     columns}`` made JSON-safe. The image goes under its own format's extension and the audio
     likewise, byte for byte when they arrive encoded; ``columns.image_ext``/``audio_ext`` name
     every one with that extension instead (the bytes stay as they are). A row whose image or
-    audio is missing its bytes or fails a cheap header check (PIL ``open`` + ``verify``; soundfile ``info``),
+    audio is missing its bytes or fails the checks of :mod:`.validate` (``validate="cheap"``:
+    the file is not cut short, PIL ``verify``, soundfile ``info``; ``"full"``: decoded whole)
     raises :class:`SkipSample` with the reason (``bad_image``, ``bad_audio``, ...); so does a
     row with a member over ``format.tario.MAX_MEMBER_BYTES`` (``member_too_large``).
     """
 
-    def __init__(self, columns: ColumnMap, source_name: str, *, verify: bool = True):
+    def __init__(self, columns: ColumnMap, source_name: str, *, verify: bool = True,
+                 validate: str = "cheap"):
         self.columns = columns
         self.source_name = source_name
         self.verify = verify
+        self.validate = validate
         self._template = TextTemplate(columns.template, f"text template of {source_name}") \
             if columns.template else None
 
@@ -131,7 +157,27 @@ class RowEncoder:
             fields["txt"] = "\n".join("" if p is None else str(p) for p in parts).encode()
         meta: dict[str, Any] = {"source": self.source_name}
         for c in cols.extra:
-            meta[c] = _json_safe(row.get(c))
+            value = row.get(c)
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                fields[binary_member(c)] = bytes(value)  # a source without features
+                continue
+            try:
+                meta[c] = _json_safe(value)
+            except _BinaryValue:
+                raise ColumnError(
+                    f"column {c!r} holds binary data inside a {type(value).__name__}, which "
+                    f"cannot be stored in the sample's .json (row {key}). Name it with "
+                    f"--image-column/--audio-column if it holds an encoded image or clip, or "
+                    f"leave it out with --drop-column {c} (config drop_columns)",
+                    key=c) from None
+        for c in cols.binary:
+            value = row.get(c)
+            if value is not None:
+                data, path = _bytes_and_path(value)
+                if data is None and path:
+                    data, path = encoded_bytes(value, key, "binary")
+                if data is not None:
+                    fields[binary_member(c)] = data
         fields["json"] = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode()
         if cols.image is not None and row.get(cols.image) is not None:
             ext, data = self._image(row[cols.image], key)
@@ -152,10 +198,15 @@ class RowEncoder:
         data, path = encoded_bytes(value, key, "image")
         ext = image_ext(data)
         if self.verify or ext is None:
+            if ext is not None and not image_is_complete(ext, data):
+                raise SkipSample("bad_image", key=key)  # cut short: header intact, end gone
             try:
-                with Image.open(io.BytesIO(data)) as img:
-                    fmt = img.format
-                    img.verify()
+                if self.validate == "full":
+                    fmt = decode_image(data)
+                else:
+                    with Image.open(io.BytesIO(data)) as img:
+                        fmt = img.format
+                        img.verify()
             except Exception as exc:
                 raise SkipSample("bad_image", key=key) from exc
             if ext is None:
@@ -167,21 +218,35 @@ class RowEncoder:
             return _encode_array_audio(value)
         data, path = encoded_bytes(value, key, "audio")
         ext = audio_ext(data)
-        if ext is None and path:
-            suffix = posixpath.splitext(path)[1].lstrip(".").lower()
-            ext = suffix or None
-        if self.verify:
-            import soundfile as sf
+        if not self.verify:
+            if ext is None and path:
+                ext = posixpath.splitext(path)[1].lstrip(".").lower() or None
+            if ext is None:
+                raise SkipSample("unknown_audio_format", key=key)
+            return ext, data
+        import soundfile as sf
 
+        try:
+            info = sf.info(io.BytesIO(data))
+        except Exception as exc:
+            suffix = posixpath.splitext(path or "")[1].lstrip(".").lower()
+            if ext in _UNVERIFIABLE_AUDIO or (ext is None and suffix in _UNVERIFIABLE_AUDIO):
+                # a format libsndfile does not read (m4a, aac...): kept, unverified
+                return ext or suffix, data
+            if ext is None:
+                raise SkipSample("unknown_audio_format", key=key) from exc
+            raise SkipSample("bad_audio", key=key) from exc
+        if ext is None:  # no signature we know, but soundfile reads it: its format names it
+            ext = SOUNDFILE_EXT.get(str(info.format).upper())
+            if ext is None:
+                raise SkipSample("unknown_audio_format", key=key)
+        if not audio_is_complete(ext, data):
+            raise SkipSample("bad_audio", key=key)
+        if self.validate == "full":
             try:
-                sf.info(io.BytesIO(data))
+                decode_audio(data)
             except Exception as exc:
-                if ext not in ("mp3", "ogg", "opus", "flac", "wav", None):
-                    # A format libsndfile does not read (m4a, aac...): keep it, unverified.
-                    return ext, data
                 raise SkipSample("bad_audio", key=key) from exc
-        if ext is None:
-            raise SkipSample("unknown_audio_format", key=key)
         return ext, data
 
 

@@ -55,6 +55,7 @@ class ConvertTask:
     batch_size: int = 64
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
     job: str = ""  # one convert() call; a worker opens the source once per job ("": each time)
+    validate: str = "cheap"  # "cheap" | "full" (see wdstream.write.validate)
 
     def __str__(self) -> str:
         return (f"partition {self.partition} of {self.n_partitions} "
@@ -129,7 +130,7 @@ def convert_partition(task: ConvertTask, progress: Progress | None = None) -> Pa
 
 def _convert_partition(task: ConvertTask, progress: Progress | None) -> PartitionRecord:
     ds = _partition_dataset(task)
-    encoder = RowEncoder(task.columns, task.spec.source)
+    encoder = RowEncoder(task.columns, task.spec.source, validate=task.validate)
     budget = ErrorBudget(-1 if task.skip_bad_rows else 0, what="bad rows")
     writer = ShardWriter(task.output_url, task.partition, max_samples=task.max_samples_per_shard,
                          max_bytes=task.max_shard_bytes, storage_options=task.storage_options)

@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..config import Config
-from .encode import ColumnMap
-from .sources.hf import HFSource, open_source, resolve_columns
+from .encode import ColumnMap, binary_member
+from .sources.hf import HFSource, open_source, resolve_columns, sample_binary_values
 
-__all__ = ["JobPlan", "plan_job", "columns_dict"]
+__all__ = ["JobPlan", "plan_job", "columns_dict", "describe_columns"]
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,32 @@ def columns_dict(columns: ColumnMap) -> dict[str, Any]:
     for key in ("image_ext", "audio_ext"):  # absent unless set: older jobs still resume
         if d[key] is None:
             del d[key]
+    if not d["binary"]:  # absent when empty: jobs planned before binary members still resume
+        del d["binary"]
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def describe_columns(columns: ColumnMap | dict[str, Any]) -> str:
+    """One line saying which source column becomes which member (for the console)."""
+    d = columns_dict(columns) if isinstance(columns, ColumnMap) else columns
+    parts = [f"image={d.get('image') or '-'}", f"audio={d.get('audio') or '-'}",
+             f"text={','.join(d.get('text') or []) or '-'}"]
+    if d.get("template"):
+        parts.append(f"template={d['template']!r}")
+    parts.append(f"json={','.join(d.get('extra') or []) or '-'}")
+    if d.get("binary"):
+        parts.append(f"own members={','.join(d['binary'])}")
+    if d.get("dropped"):
+        parts.append(f"left out={','.join(d['dropped'])}")
+    return "  ".join(parts)
+
+
+def _bytes_path(value: Any) -> tuple[bytes | None, str | None] | None:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value), None
+    if isinstance(value, dict) and isinstance(value.get("bytes"), (bytes, bytearray)):
+        return bytes(value["bytes"]), value.get("path")
+    return None
 
 
 def plan_job(spec: HFSource, config: Config) -> JobPlan:
@@ -55,8 +80,14 @@ def plan_job(spec: HFSource, config: Config) -> JobPlan:
     else:  # a generator of Python objects: look at the first row
         first = next(iter(ds), None)
         names = list(first) if first else []
+    if features is not None:  # media by layout and content: look at the binary columns' bytes
+        samples = sample_binary_values(ds, exclude=config.drop_columns)
+    else:  # the first row's encoded values: bytes, or {"bytes", "path"} dicts
+        samples = {c: _bytes_path(v) for c, v in (first or {}).items()
+                   if _bytes_path(v) is not None}
     columns = resolve_columns(names, features, image=config.image_column,
-                              audio=config.audio_column, text=config.text_columns)
+                              audio=config.audio_column, text=config.text_columns,
+                              samples=samples, drop=config.drop_columns)
     if config.text_template:
         columns = dataclasses.replace(columns, template=config.text_template)
     if config.image_ext or config.audio_ext:
@@ -66,8 +97,12 @@ def plan_job(spec: HFSource, config: Config) -> JobPlan:
         log.warning("no image, audio or text column found among %s; samples will only hold "
                     ".json (name them with --image-column/--audio-column/--text-column)", names)
     if columns.dropped:
-        log.warning("columns %s hold images/audio besides the chosen ones; they are not "
-                    "written", list(columns.dropped))
+        log.warning("columns %s are left out (images/audio besides the chosen ones, or "
+                    "drop_columns); they are not written", list(columns.dropped))
+    if columns.binary:
+        log.warning("columns %s hold binary data that is neither an image nor audio; each "
+                    "is written as its own member (%s)", list(columns.binary),
+                    ", ".join(f".{binary_member(c)}" for c in columns.binary))
     n_partitions = 1 if config.limit is not None else max(1, int(ds.n_shards))
     total = None
     try:
@@ -80,8 +115,9 @@ def plan_job(spec: HFSource, config: Config) -> JobPlan:
     options = {"max_samples_per_shard": config.max_samples_per_shard,
                "max_shard_bytes": config.max_shard_bytes, "limit": config.limit,
                "skip_bad_rows": config.skip_bad_rows}
-    log.info("source %s: columns image=%s audio=%s text=%s json=%s; %d partition(s)",
-             spec.source, columns.image, columns.audio, list(columns.text), list(columns.extra),
+    if config.validate != "cheap":  # only when set: older jobs keep resuming
+        options["validate"] = config.validate
+    log.info("source %s: columns %s; %d partition(s)", spec.source, describe_columns(columns),
              n_partitions)
     return JobPlan(spec=spec, columns=columns, n_partitions=n_partitions, total_rows=total,
                    options=options)

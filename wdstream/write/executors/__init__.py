@@ -27,7 +27,7 @@ def _local(config: Config) -> Executor:
 def _ray(config: Config) -> Executor:
     from .ray import RayExecutor  # ray is an optional extra
 
-    return RayExecutor(address=config.ray_address, num_cpus=config.workers)
+    return RayExecutor(address=config.ray_address, num_cpus=config.workers or None)  # 0: all
 
 
 EXECUTORS: MappingProxyType[str, Callable[[Config], Executor]] = MappingProxyType(

@@ -15,11 +15,10 @@ them into the task arguments it ships (Ray keeps and may show those), so a task 
 from __future__ import annotations
 
 import abc
-import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from ...errors import WdstreamError
+from ...errors import WdstreamError, is_secret_name
 
 __all__ = ["Executor", "Progress", "TaskFailedError", "split_secrets", "merge_secrets"]
 
@@ -32,15 +31,10 @@ class TaskFailedError(WdstreamError, RuntimeError):
     after the executor's retries)."""
 
 
-# option names that hold (or may hold) a credential: key, secret, token, password,
-# aws_secret_access_key, session_token, account_key, sas_token, connection_string, ...
-_SECRET_NAME = re.compile(r"key|secret|token|passw|credential|sas|connection_string|auth",
-                          re.IGNORECASE)
-
-
 def split_secrets(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split storage options into ``(public, secrets)``, nested dicts (``client_kwargs``,
-    ``config_kwargs``) included; a key whose name looks like a credential is a secret.
+    ``config_kwargs``) included; a key whose name looks like a credential
+    (:func:`wdstream.errors.is_secret_name`) is a secret.
     ``merge_secrets(public, secrets)`` gives ``options`` back."""
     public: dict[str, Any] = {}
     secrets: dict[str, Any] = {}
@@ -50,7 +44,7 @@ def split_secrets(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
             public[name] = pub
             if sec:
                 secrets[name] = sec
-        elif _SECRET_NAME.search(str(name)):
+        elif is_secret_name(name):
             secrets[name] = value
         else:
             public[name] = value

@@ -5,7 +5,9 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import multiprocessing
+import os
 import queue as queue_mod
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -24,9 +26,33 @@ def _mp_context() -> multiprocessing.context.BaseContext:
 _worker_queue: Any = None
 
 
-def _init_worker(q: Any) -> None:
+#: exit status of a worker that stops because its driver died
+DRIVER_GONE_EXIT = 75
+
+
+def _init_worker(q: Any, driver_alive: Any = None) -> None:
     global _worker_queue
     _worker_queue = q
+    if driver_alive is not None:
+        threading.Thread(target=_exit_when_driver_dies, args=(driver_alive,), daemon=True,
+                         name="wdstream-driver-watch").start()
+
+
+def _exit_when_driver_dies(driver_alive: Any) -> None:
+    """In a pool worker: block on the read end of a pipe whose only write end the driver
+    holds. The driver never writes; the read ends (EOF) when the driver closes it or dies,
+    however it dies (kill -9 included). The worker then exits at once, from this thread, so
+    nothing more is committed: a shard being written stays a temp file or a pending multipart
+    upload, which the next run cleans. (A pool worker is a child of the forkserver, not of
+    the driver, so ``PR_SET_PDEATHSIG`` would not fire.)"""
+    try:
+        driver_alive.recv_bytes()
+    except (EOFError, OSError):
+        pass
+    log.warning("the converter's driver is gone; worker %d stops without committing more",
+                os.getpid())
+    logging.shutdown()
+    os._exit(DRIVER_GONE_EXIT)
 
 
 def _report_to_queue(samples: int, nbytes: int) -> None:
@@ -43,13 +69,16 @@ class LocalExecutor(Executor):
 
     Workers are started with ``forkserver`` (or ``spawn``), never ``fork``, so each builds its
     own filesystem clients. Progress reports travel through a multiprocessing queue that the
-    driver drains while it waits.
+    driver drains while it waits. Each worker watches a pipe from the driver and exits as soon
+    as the driver is gone (killed), committing nothing after it.
     """
 
     def __init__(self, workers: int = 1):
         self.workers = max(1, int(workers))
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._queue: Any = None
+        self._alive: Any = None  # the write end of the workers' driver-liveness pipe
+        self._alive_r: Any = None  # its read end, handed to each worker as it starts
 
     def map_unordered(self, fn, tasks, *, progress=None):
         tasks = list(tasks)
@@ -60,9 +89,10 @@ class LocalExecutor(Executor):
         if self._pool is None:
             ctx = _mp_context()
             self._queue = ctx.Queue()
+            self._alive_r, self._alive = ctx.Pipe(duplex=False)
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=min(self.workers, len(tasks)), mp_context=ctx,
-                initializer=_init_worker, initargs=(self._queue,))
+                initializer=_init_worker, initargs=(self._queue, self._alive_r))
         pending = {self._pool.submit(_run_in_worker, fn, task) for task in tasks}
         try:
             while pending:
@@ -89,6 +119,10 @@ class LocalExecutor(Executor):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._alive is not None:  # after the workers have exited: they never see it
+            self._alive.close()
+            self._alive_r.close()
+            self._alive = self._alive_r = None
         if self._queue is not None:
             self._queue.close()
             self._queue = None

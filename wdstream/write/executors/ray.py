@@ -8,12 +8,14 @@ results as they finish.
 - **Failures.** A task whose worker process or node dies is retried by Ray, up to
   ``max_retries`` times (Ray's ``max_retries``, system failures only). A Python exception in a
   task (bad data, a missing column...) is *not* retried (``retry_exceptions=False``): the job
-  stops with that exception, and the tasks not yet finished are cancelled. A task that still
+  stops with that exception, and the tasks not yet finished are cancelled (their workers are
+  killed: ``force=True``, so no worker is reused in a half-done state). A task that still
   dies after its retries stops the job with
   :class:`~wdstream.write.executors.base.TaskFailedError`.
 - **Progress.** Tasks put their ``(samples, nbytes)`` deltas into a ``ray.util.queue.Queue``
   that the driver drains while it waits, so one ``progress`` callback sees the whole cluster.
-  A retried task's earlier reports are taken back when it starts again.
+  A retried task's earlier reports are taken back when it starts again. The queue's actor is
+  placed on the driver's node; if it is lost anyway, the job goes on without progress.
 - **Credentials.** A task that has ``without_secrets()`` (see :mod:`wdstream.write.executors.base`) is
   submitted without them; the secrets travel once per job through the object store
   (``ray.put``) and are put back inside the task, so they never appear in the task's
@@ -70,10 +72,21 @@ def _run_task(fn: Callable[..., Any], task: Any, index: int, queue: Any, job: in
         task = task.with_secrets(secrets)
     report = None
     if queue is not None:
-        queue.put_nowait(("start", job, index, 0, 0))
+        lost = []  # progress only: a lost queue (its node died) must not fail the partition
+
+        def send(message: tuple) -> None:
+            if not lost:
+                try:
+                    queue.put_nowait(message)
+                except Exception as exc:  # Ray raises several kinds for a dead actor
+                    lost.append(exc)
+                    log.warning("progress queue unreachable (%s); this task stops reporting",
+                                type(exc).__name__)
+
+        send(("start", job, index, 0, 0))
 
         def report(samples: int, nbytes: int) -> None:
-            queue.put_nowait(("add", job, index, samples, nbytes))
+            send(("add", job, index, samples, nbytes))
 
     return fn(task, progress=report)
 
@@ -134,7 +147,20 @@ class RayExecutor(Executor):
         if self._queue is None:
             from ray.util.queue import Queue
 
-            self._queue = Queue(actor_options={"num_cpus": 0})
+            self._queue = Queue(actor_options=self._queue_options())
+
+    def _queue_options(self) -> dict[str, Any]:
+        """The progress queue's actor lives on the driver's node (soft affinity), so losing
+        another node does not lose it."""
+        options: dict[str, Any] = {"num_cpus": 0}
+        try:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            node = self._ray.get_runtime_context().get_node_id()
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+        except Exception as exc:  # Ray Client or an older Ray: anywhere will do
+            log.debug("progress queue placed by Ray (%s)", exc)
+        return options
 
     def _init_ray(self) -> None:
         ray = self._ray
@@ -180,18 +206,32 @@ class RayExecutor(Executor):
             while pending:
                 done, pending = ray.wait(pending, num_returns=1, timeout=0.2)
                 if queue is not None and time.monotonic() - last_drain > 0.2:
-                    book.drain(queue)
+                    queue = self._drain(book, queue)
                     last_drain = time.monotonic()
                 for ref in done:
                     yield self._result(ref, tasks[refs[ref]])
             if queue is not None:
-                book.drain(queue)  # a task's reports are all in before it returns
+                self._drain(book, queue)  # a task's reports are all in before it returns
         finally:
             for ref in pending:
                 try:
-                    ray.cancel(ref)
+                    # force: a running task's worker is killed, not interrupted where it stands
+                    # (a KeyboardInterrupt mid-import leaves a reused worker half-initialised)
+                    ray.cancel(ref, force=True)
                 except Exception as exc:  # already finished or gone
                     log.debug("could not cancel a Ray task: %s", exc)
+
+    def _drain(self, book: _ProgressBook, queue: Any) -> Any:
+        """Drain progress; returns the queue, or None once it is lost (its node died): the
+        job goes on without progress."""
+        try:
+            book.drain(queue)
+            return queue
+        except self._ray.exceptions.RayError as exc:
+            log.warning("lost the progress queue (%s); the job goes on without progress",
+                        type(exc).__name__)
+            self._queue = None
+            return None
 
     def _result(self, ref: Any, task: Any) -> Any:
         ray = self._ray

@@ -3,8 +3,9 @@
 The write path starts here: :func:`open_source` streams anything ``datasets.load_dataset``
 accepts (a Hub id, a local folder, or a builder such as ``parquet`` with ``data_files``), with
 Image and Audio columns cast to ``decode=False`` so encoded bytes pass through untouched.
-:func:`resolve_columns` finds the image, audio and text columns from the features. Partitions
-are the source's own shards (``IterableDataset.n_shards`` / ``.shard(n, i)``).
+:func:`resolve_columns` finds the image, audio and text columns from the features, and from
+the layout and content of columns without HF feature types (a parquet written by pyarrow).
+Partitions are the source's own shards (``IterableDataset.n_shards`` / ``.shard(n, i)``).
 
 Rows are read as Arrow record batches (``with_format("arrow").iter(batch_size)``) and their
 columns turned into Python lists once per batch, which is much cheaper than one dict per row.
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ...errors import ColumnError, HubUnreachableError, SourceError
+from ...format.schema import AUDIO_EXTS, IMAGE_EXTS, audio_ext, image_ext
 from ...hub import check_hub_reachable
 from ..encode import ColumnMap
 
@@ -31,6 +33,7 @@ __all__ = [
     "HFSource",
     "open_source",
     "resolve_columns",
+    "sample_binary_values",
     "prepare",
     "iter_rows",
     "TEXT_COLUMN_NAMES",
@@ -169,42 +172,132 @@ def _feature_kind(feature: Any) -> str | None:
         return "audio"
     if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
         return "text"
+    if isinstance(feature, datasets.Value) and feature.dtype in ("binary", "large_binary"):
+        return "binary"
+    if _is_bytes_path_feature(feature):
+        return "binary"  # HF's own media layout, written without HF metadata
+    if _holds_binary(feature):
+        return "nested_binary"
     return None
 
 
+def _is_bytes_path_feature(feature: Any) -> bool:
+    """A ``{bytes: binary, path: string}`` struct: the layout of HF Image/Audio columns, as
+    plain pyarrow or pandas write it (no ``huggingface`` schema metadata)."""
+    return isinstance(feature, dict) and "bytes" in feature and "path" in feature and \
+        isinstance(feature["bytes"], datasets.Value) and \
+        feature["bytes"].dtype in ("binary", "large_binary")
+
+
+def _holds_binary(feature: Any) -> bool:
+    if isinstance(feature, datasets.Value):
+        return feature.dtype in ("binary", "large_binary")
+    if isinstance(feature, dict):
+        return any(_holds_binary(f) for f in feature.values())
+    if isinstance(feature, (list, tuple)):
+        return any(_holds_binary(f) for f in feature)
+    inner = getattr(feature, "feature", None)  # List, Sequence, LargeList
+    return inner is not None and _holds_binary(inner)
+
+
+def _content_kind(data: bytes | None, path: str | None) -> str | None:
+    """``"image"`` / ``"audio"`` from an encoded value's signature (else its path's suffix)."""
+    if data:
+        if image_ext(data) is not None:
+            return "image"
+        if audio_ext(data) is not None:
+            return "audio"
+        return None
+    suffix = os.path.splitext(path or "")[1].lstrip(".").lower()
+    return "image" if suffix in IMAGE_EXTS else "audio" if suffix in AUDIO_EXTS else None
+
+
+def sample_binary_values(ds, exclude: tuple[str, ...] | list[str] = (),
+                         rows: int = 16) -> dict[str, Any]:
+    """The first non-null ``(bytes, path)`` of each binary or bytes/path struct column of
+    ``ds`` (without HF feature type) within its first ``rows`` rows, for
+    :func:`resolve_columns`."""
+    found: dict[str, Any] = {}
+    features = ds.features or {}
+    columns = [c for c, f in features.items() if c not in exclude and
+               _feature_kind(f) == "binary"]
+    if not columns:
+        return found
+    table = next(iter(ds.select_columns(columns).with_format("arrow").iter(batch_size=rows)),
+                 None)
+    if table is None:
+        return found
+    for c in columns:
+        col = table.column(c)
+        if _is_bytes_path_struct(col.type):
+            values = zip(pc.struct_field(col, "bytes").to_pylist(),
+                         pc.struct_field(col, "path").to_pylist(), strict=True)
+        else:
+            values = ((v, None) for v in col.to_pylist())
+        found[c] = next(((b, p) for b, p in values if b or p), None)
+    return found
+
+
 def resolve_columns(columns: list[str], features: Any = None, *, image: str | None = None,
-                    audio: str | None = None, text: tuple[str, ...] | list[str] = ()) -> ColumnMap:
+                    audio: str | None = None, text: tuple[str, ...] | list[str] = (),
+                    samples: dict[str, Any] | None = None,
+                    drop: tuple[str, ...] | list[str] = ()) -> ColumnMap:
     """Pick the image, audio and text columns (named ones, or found from the features).
 
     Without names: the first Image feature, the first Audio feature, and the first string
-    column whose name is in :data:`TEXT_COLUMN_NAMES` (else the first string column). Every
-    other column goes into the sample's ``.json``; further Image/Audio columns are dropped
-    (their bytes do not belong in JSON) and reported. Raises ColumnError naming a missing column
-    and listing the existing ones.
+    column whose name is in :data:`TEXT_COLUMN_NAMES` (else the first string column). A column
+    without HF feature type is media by layout and content too: a binary column or a
+    ``{bytes, path}`` struct whose first value (``samples``: column -> ``(bytes, path)``, see
+    :func:`sample_binary_values`) starts with an image or audio signature. Other binary
+    columns become members of their own (``binary``: ``<column>.bin``), never ``null`` in the
+    ``.json``. Every other column goes into the sample's ``.json``; further image/audio columns
+    and the ``drop`` columns are left out (``dropped``) and reported.
+
+    Raises ColumnError naming a missing column and listing the existing ones, and for a column
+    holding binary data nested inside another type (it cannot go into JSON), naming the flag
+    that leaves it out.
     """
     columns = list(columns)
-    for name in [image, audio, *text]:
+    for name in [image, audio, *text, *drop]:
         if name is not None and name not in columns:
             raise ColumnError(f"column {name!r} does not exist; the source has {columns}. "
                               f"Pass an existing name to --image-column/--audio-column/"
-                              f"--text-column", key=name)
+                              f"--text-column/--drop-column", key=name)
     kinds = {c: _feature_kind(features[c]) if features is not None and c in features else None
              for c in columns}
+    typed = [c for c in columns if kinds[c] in ("image", "audio") and c not in drop]
+    samples = samples or {}
+    for c in columns:
+        if kinds[c] in ("binary", None) and samples.get(c) is not None:
+            kinds[c] = _content_kind(*samples[c]) or "binary"
+    # an HF Image/Audio feature first, then a column found by its content
+    ranked = typed + [c for c in columns if c not in typed and c not in drop]
     if image is None:
-        image = next((c for c in columns if kinds[c] == "image"), None)
+        image = next((c for c in ranked if kinds[c] == "image"), None)
     if audio is None:
-        audio = next((c for c in columns if kinds[c] == "audio"), None)
+        audio = next((c for c in ranked if kinds[c] == "audio"), None)
     if not text:
-        strings = [c for c in columns if kinds[c] == "text"]
+        strings = [c for c in columns if kinds[c] == "text" and c not in drop]
         named = [c for n in TEXT_COLUMN_NAMES for c in strings if c.lower() == n]
         if features is None:
             named = [c for n in TEXT_COLUMN_NAMES for c in columns if c.lower() == n]
         pick = named[:1] or strings[:1]
         text = tuple(pick)
     chosen = {image, audio, *text}
-    dropped = tuple(c for c in columns if c not in chosen and kinds[c] in ("image", "audio"))
-    extra = tuple(c for c in columns if c not in chosen and c not in dropped)
-    return ColumnMap(image=image, audio=audio, text=tuple(text), extra=extra, dropped=dropped)
+    dropped = tuple(c for c in columns if c not in chosen and
+                    (c in drop or kinds[c] in ("image", "audio")))
+    rest = [c for c in columns if c not in chosen and c not in dropped]
+    nested = [c for c in rest if kinds[c] == "nested_binary"]
+    if nested:
+        raise ColumnError(
+            f"column {nested[0]!r} holds binary data inside a {features[nested[0]]!r}, which "
+            f"cannot be stored in the sample's .json. Leave it out with --drop-column "
+            f"{nested[0]} (config drop_columns), or name it with --image-column/--audio-column "
+            f"if it holds one encoded image or clip", key=nested[0])
+    binary = tuple(c for c in rest if kinds[c] == "binary")
+    extra = tuple(c for c in rest if c not in binary)
+    return ColumnMap(image=image, audio=audio, text=tuple(text), extra=extra, dropped=dropped,
+                     binary=binary)
 
 
 def prepare(ds, columns: ColumnMap):
@@ -231,12 +324,13 @@ def iter_rows(ds, columns: ColumnMap, batch_size: int = 64) -> Iterator[dict[str
     Python list once per batch and media columns are reduced to their bytes/path without a
     dict per row. Without features (a generator of Python objects), rows pass as they are.
     """
-    wanted = [c for c in (columns.image, columns.audio, *columns.text, *columns.extra) if c]
+    wanted = [c for c in (columns.image, columns.audio, *columns.text, *columns.extra,
+                          *columns.binary) if c]
     if ds.features is None:
         for row in ds:
             yield {c: row.get(c) for c in wanted}
         return
-    media = {c for c in (columns.image, columns.audio) if c}
+    media = {c for c in (columns.image, columns.audio, *columns.binary) if c}
     for table in ds.with_format("arrow").iter(batch_size=batch_size):
         lists: dict[str, list[Any]] = {}
         for c in wanted:

@@ -1,0 +1,6 @@
+"""The fault suite shares tests/faults/killing.py (helpers for killed conversions)."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -1,0 +1,82 @@
+"""The CLI's answer to bad input: a one-line error and exit 2, never a traceback or a silent
+success (through ``wdstream.cli.main``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from wdstream.cli import main
+
+
+def _run(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse usage errors
+        code = exc.code
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err
+    return code, out.out + out.err
+
+
+def test_missing_config_file(small_hf_dataset, tmp_path, capsys, caplog):
+    code, text = _run(["convert", small_hf_dataset, str(tmp_path / "o"), "--config",
+                       str(tmp_path / "missing.yaml")], capsys)
+    assert code == 2
+    assert "missing.yaml" in caplog.text and "cannot read config file" in caplog.text
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_file_that_is_not_yaml(small_hf_dataset, tmp_path, capsys, caplog):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("workers: [1,\n")
+    code, _ = _run(["convert", small_hf_dataset, str(tmp_path / "o"), "--config", str(bad)],
+                   capsys)
+    assert code == 2 and "not valid YAML" in caplog.text
+
+
+def test_inspect_of_a_broken_tar(tmp_path, capsys, caplog):
+    shard = tmp_path / "broken.tar"
+    shard.write_bytes(b"this is not a tar archive at all" * 40)
+    code, _ = _run(["inspect", str(shard)], capsys)
+    assert code == 2
+    assert "broken.tar is not a readable tar shard" in caplog.text
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--limit", "-1"], "--limit"), (["--limit", "0"], "--limit"),
+    (["--workers", "-3"], "--workers"), (["--workers", "two"], "--workers"),
+    (["--max-samples-per-shard", "0"], "--max-samples-per-shard"),
+    (["--validate", "maybe"], "--validate")])
+def test_bad_numbers_are_usage_errors(argv, words, small_hf_dataset, tmp_path, capsys):
+    code, text = _run(["convert", small_hf_dataset, str(tmp_path / "o"), *argv], capsys)
+    assert code == 2 and words in text
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_values_in_a_config_file_are_errors(small_hf_dataset, tmp_path, capsys, caplog):
+    for text in ("limit: -1\n", "workers: -3\n"):
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(text)
+        code, _ = _run(["convert", small_hf_dataset, str(tmp_path / "o"), "--config",
+                        str(cfg)], capsys)
+        assert code == 2 and text.split(":")[0] in caplog.text
+    assert not (tmp_path / "o").exists()
+
+
+def test_workers_zero_means_one_per_cpu_and_help_says_so(capsys):
+    from wdstream.config import Config
+    from wdstream.write.executors import make_executor
+
+    code, text = _run(["convert", "--help"], capsys)
+    assert code == 0 and "0: one per CPU core" in " ".join(text.split())
+    import os
+
+    assert make_executor(Config(workers=0)).workers == (os.cpu_count() or 1)
+    assert make_executor(Config(executor="ray", workers=0)).num_cpus is None  # all, not none
+
+
+def test_unknown_log_level(capsys):
+    code, text = _run(["--log-level", "NOPE", "inspect", "x"], capsys)
+    assert code == 2 and "NOPE" in text and "DEBUG" in text
+    code, _ = _run(["--log-level", "debug", "inspect", "--help"], capsys)
+    assert code == 0  # levels are case-insensitive
