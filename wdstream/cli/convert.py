@@ -40,7 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-column", action="append", default=None, dest="text_columns",
                    help="text column (repeatable; several are joined by newlines)")
     p.add_argument("--limit", type=int, default=None,
-                   help="convert only the first N rows (as one partition)")
+                   help="convert about N rows for a trial: the first N/P rows of each of P = "
+                        "ceil(N/100) contiguous groups of source shards (one group: the "
+                        "first N rows)")
     p.add_argument("--max-samples-per-shard", type=int, default=None)
     p.add_argument("--max-shard-bytes", type=size_argument, default=None, metavar="SIZE",
                    help="e.g. 256MB, 1GiB")

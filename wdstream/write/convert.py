@@ -89,7 +89,9 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
     Re-running with the same arguments resumes: finished partitions are skipped, unfinished
     ones redone; a finished job is left unchanged. Raises StorageError/CredentialsError for an
     unwritable output, SourceError/HubUnreachableError for the source, ColumnError for a
-    missing column, ConfigError when ``output`` holds a job made with other options.
+    missing column, ConfigError when ``output`` holds a job made with other options, and
+    CleanupError when what dead attempts left cannot be cleaned (every finished partition is
+    recorded; re-running finishes the job and writes the manifest).
 
     ``executor`` is an :class:`~wdstream.executors.Executor` to run the partitions on (it is
     left open), or ``"local"`` / ``"ray"`` (``config.executor``; Ray joins
