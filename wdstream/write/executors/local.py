@@ -63,6 +63,10 @@ class LocalExecutor(Executor):
             return
         if self._pool is None:
             ctx = _mp_context()
+            if ctx.get_start_method() == "forkserver" and getattr(fn, "__module__", None):
+                # the fork server imports fn's module (datasets, torch...) once and every
+                # worker forks from it ready, instead of each importing it again
+                ctx.set_forkserver_preload([fn.__module__])
             self._queue = ctx.Queue()
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=self.workers, mp_context=ctx,
