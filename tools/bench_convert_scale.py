@@ -183,7 +183,8 @@ def run_driver(s3: S3, source: str, prefix: str, *, stop_at_first_partition: boo
         os.remove(result_file)
     env = {**os.environ, "PYTHONPATH": ROOT, "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true",
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "RAY_ADDRESS": "local"}  # a Ray of its own, whatever else runs on the machine
     s3.recorder.clear()
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-c", _DRIVER, json.dumps(argv), result_file],
@@ -277,6 +278,25 @@ def seed(s3: S3, prefix: str, n: int, done: range) -> dict:
 
 # --------------------------------------------------------------------------- phases
 
+def time_records(s3: S3, prefix: str) -> dict:
+    """In this process, through the proxy: the listing of ``_partitions/`` alone, then the
+    whole ``Output.records()`` (listing + batches + stragglers): what the resume's driver
+    spends on records, apart from planning and worker start-up."""
+    import s3fs
+
+    from wdstream.write.output import Output
+
+    opts = s3proxy.storage_options(s3.proxy.url)
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
+    t0 = time.monotonic()
+    names = fs.ls(f"{BUCKET}/{prefix}/_partitions", detail=False)
+    t1 = time.monotonic()
+    records = Output(f"s3://{BUCKET}/{prefix}", opts).records()
+    t2 = time.monotonic()
+    return {"listed": len(names), "list_s": round(t1 - t0, 1), "records": len(records),
+            "records_s": round(t2 - t1, 1)}
+
+
 def phase_plan_and_resume(s3: S3, n: int, seeded_only: bool) -> dict:
     source = make_source(n)
     prefix = f"scale-{n}"
@@ -289,6 +309,7 @@ def phase_plan_and_resume(s3: S3, n: int, seeded_only: bool) -> dict:
                 k.startswith(f"{prefix}/_partitions/part-")]:
         s3.backend().delete_object(BUCKET, key)
     out["seed_resume"] = seed(s3, prefix, n, range(n // 2))
+    out["records_read"] = time_records(s3, prefix)
     out["resume"] = run_driver(s3, source, prefix, stop_at_first_partition=True)
     s3.clear(f"{prefix}/shard-")
     s3.clear(f"{prefix}/_partitions/")
@@ -357,7 +378,7 @@ print(json.dumps({{"tasks": n, "s": round(dt, 1), "per_task_ms": round(1000 * dt
                   "driver_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                                          / 1024)}}))
 """
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_ADDRESS": "local"}
     res = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
                          text=True, timeout=3600)
     if res.returncode != 0:

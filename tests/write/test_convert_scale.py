@@ -225,3 +225,29 @@ def test_small_objects_are_single_puts(small_hf_dataset, s3_proxy):
     puts = {t.split("?")[0].rsplit("/", 1)[1] for method, t in log.requests if method == "PUT"}
     assert {"manifest.json", "_job.json", "part-00000.json", "_wdstream_write_probe",
             "shard-00000-00000.idx.json"} <= puts
+
+
+def _echo(task, progress=None):
+    if progress is not None:
+        progress(1, 1)
+    return task
+
+
+def test_local_pool_takes_tasks_as_earlier_ones_finish():
+    """The process pool holds at most ``in_flight`` submitted tasks and reads the task
+    generator as results come back: the driver never holds one task per partition."""
+    from wdstream.write.executors.local import LocalExecutor
+
+    pulled, reports = [], []
+
+    def tasks():
+        for i in range(60):
+            pulled.append(i)
+            yield i
+
+    with LocalExecutor(workers=2) as ex:
+        got = []
+        for result in ex.map_unordered(_echo, tasks(), progress=lambda s, b: reports.append(s)):
+            got.append(result)
+            assert len(pulled) - len(got) <= ex.in_flight == 4
+    assert sorted(got) == list(range(60)) and sum(reports) == 60

@@ -7,6 +7,7 @@ dead attempts left (:mod:`.output`) and writes ``OUTPUT/manifest.json`` last.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import time
@@ -159,13 +160,24 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
     output = output.rstrip("/")
     opts = dict(config.storage_options)
     storage.check_writable(output, opts)
-    plan = plan_job(spec, config)
     out = Output(output, opts)
-    fresh = check_job(out, plan)
-    if fresh:
-        storage.write_bytes(storage.join_url(output, f"{PARTITIONS_DIR}/{JOB_NAME}"),
-                            json.dumps(plan.to_dict(), indent=1, sort_keys=True).encode(), opts)
-    records = {} if fresh else out.records()
+    # a resume reads the finished partitions' records (requests) while the source is
+    # opened and planned (CPU); a fresh output skips it
+    reading = None
+    if out.read(f"{PARTITIONS_DIR}/{JOB_NAME}") is not None:
+        reading = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="records")
+    records_future = reading.submit(out.records) if reading else None
+    try:
+        plan = plan_job(spec, config)
+        fresh = check_job(out, plan)
+        if fresh:
+            storage.write_bytes(storage.join_url(output, f"{PARTITIONS_DIR}/{JOB_NAME}"),
+                                json.dumps(plan.to_dict(), indent=1, sort_keys=True).encode(),
+                                opts)
+        records = {} if fresh or records_future is None else records_future.result()
+    finally:
+        if reading is not None:
+            reading.shutdown(wait=True, cancel_futures=True)
     pending = [p for p in range(plan.n_partitions) if p not in records]
     if not pending and out.read(MANIFEST_NAME) is not None:
         log.info("%s is complete (%d partitions, %d samples); nothing to do",
