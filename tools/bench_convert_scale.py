@@ -403,7 +403,19 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--folder-source", action="store_true",
                     help="pass the folder as SOURCE instead of parquet --data-files DIR/*.parquet")
+    ap.add_argument("--records-only", type=int, default=0,
+                    help="only seed N/2 records and time the listing and Output.records()")
     args = ap.parse_args()
+    if args.records_only:
+        s3 = S3(args.ttfb)
+        try:
+            prefix = f"records-{args.records_only}"
+            seeded = seed(s3, prefix, args.records_only, range(args.records_only // 2))
+            print(json.dumps({"partitions": args.records_only, **seeded,
+                              **time_records(s3, prefix)}))
+        finally:
+            s3.close()
+        return
     global FOLDER_SOURCE
     FOLDER_SOURCE = args.folder_source
     results: dict = {"ttfb": args.ttfb, "cpus": os.cpu_count()}

@@ -127,6 +127,8 @@ class Output:
             return []
         except Exception as exc:
             raise storage.translate_error(exc, self.url, "list") from exc
+        finally:  # s3fs keeps a dict per listed object: 100 MB for 100k records
+            self.fs.invalidate_cache(path)
 
     def read(self, name: str) -> bytes | None:
         try:
