@@ -350,19 +350,15 @@ def phase_ray(s3: S3, n: int) -> dict:
     return out
 
 
-def _noop(task, progress=None):
-    if progress is not None:
-        progress(1, 1)
-    return task
-
-
 def phase_ray_tasks(m: int) -> dict:
     """``m`` no-op tasks through RayExecutor in a child: its overhead per task and RSS."""
     code = f"""
 import json, resource, sys, time
-sys.path.insert(0, {os.path.join(ROOT, "tools")!r})
-from bench_convert_scale import _noop
 from wdstream.write.executors.ray import RayExecutor
+def _noop(task, progress=None):  # defined in __main__: Ray pickles it by value
+    if progress is not None:
+        progress(1, 1)
+    return task
 ex = RayExecutor(num_cpus=2)
 seen = [0, 0]
 def progress(s, b):

@@ -129,7 +129,7 @@ def test_killed_job_resumes_with_bounded_startup_requests(s3_proxy, s3, tmp_path
                      or "shard-" in target.partition("?")[2])
         startup = log.requests[:first]
         bound = startup_bound(n, done)
-        assert len(startup) <= bound, startup
+        assert len(startup) <= bound, "\n".join(f"{m} {t}" for m, t in startup)
         # nothing read one record at a time: far fewer GETs than finished partitions
         gets = [t for method, t in startup if method == "GET" and "/_partitions/part-" in t]
         assert len(gets) <= records_per_batch(n) + 1

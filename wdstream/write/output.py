@@ -5,7 +5,8 @@ Records. A partition writes ``_partitions/part-NNNNN.json`` once its shards are 
 presence means "done". The driver also folds the records it receives into a few larger
 objects, ``_partitions/records-JOB-SSSSS.json`` (:class:`RecordLog`, about a hundred for a
 whole job), so a resume reads those and only the part files that no batch covers (at most one
-batch's worth plus those in flight when the job stopped), all of them concurrently.
+batch's worth plus those in flight when the job stopped), all of them concurrently, one GET
+each.
 
 Cleaning. Nothing lists the whole output on an object store: before and after a run the driver
 aborts the pending multipart uploads under the output prefix (a listing of *uploads*, not of
@@ -16,6 +17,7 @@ listing is cheap, the driver removes pending partitions' files and temp files in
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import posixpath
@@ -25,7 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from .. import storage
-from ..errors import ConfigError, NotFoundError, StorageError, redact
+from ..errors import ConfigError, StorageError, redact
 from ..format.manifest import MANIFEST_NAME, PARTITIONS_DIR, PartitionRecord
 from .plan import JobPlan
 
@@ -131,35 +133,54 @@ class Output:
             self.fs.invalidate_cache(path)
 
     def read(self, name: str) -> bytes | None:
-        try:
-            return storage.read_bytes(storage.join_url(self.url, name), self.storage_options)
-        except NotFoundError:
-            return None
+        """The object ``name`` (relative to OUTPUT), or None when there is none."""
+        return self._read_many([name]).get(name)
 
     def _read_many(self, names: list[str]) -> dict[str, bytes]:
-        """``{name: bytes}`` of the objects ``names`` (relative to OUTPUT), read concurrently
-        (fsspec's batched ``cat``: one event loop and at most ``concurrency`` requests at a
-        time on S3); a missing object is left out."""
+        """``{name: bytes}`` of the objects ``names`` (relative to OUTPUT), read concurrently,
+        one GET each: on an async filesystem (s3fs) at most ``concurrency`` requests at a time
+        on its event loop (fsspec's batched ``cat`` would first check that every path exists,
+        and s3fs's ``cat_file`` asks for its size: a HEAD each), otherwise a pool of threads.
+        A missing object is left out."""
         out: dict[str, bytes] = {}
         for start in range(0, len(names), 4096):  # bounded memory for the paths and futures
             chunk = names[start:start + 4096]
             paths = [f"{self.path}/{name}" for name in chunk]
-            try:
-                got = self.fs.cat(paths, on_error="return", batch_size=self.concurrency) \
-                    if _is_s3(self.fs) else self.fs.cat(paths, on_error="return")
-            except Exception as exc:
-                raise storage.translate_error(exc, self.url, "read") from exc
-            if len(paths) == 1 and not isinstance(got, dict):
-                got = {paths[0]: got}
-            for name, path in zip(chunk, paths, strict=True):
-                value = got.get(path, got.get(self.fs._strip_protocol(path)))
-                if isinstance(value, FileNotFoundError) or value is None:
+            for name, value in zip(chunk, self._cat_files(paths), strict=True):
+                if isinstance(value, FileNotFoundError):
                     continue
                 if isinstance(value, BaseException):
                     raise storage.translate_error(value, storage.join_url(self.url, name),
                                                   "read") from value
                 out[name] = value
         return out
+
+    def _cat_files(self, paths: list[str]) -> list[Any]:
+        """The bytes of each path, or the exception reading it raised, in order."""
+        fs = self.fs
+        if getattr(fs, "async_impl", False):
+            from fsspec.asyn import _run_coros_in_chunks, sync
+
+            # s3fs asks for the size first (a HEAD) unless told not to split the GET
+            kwargs = {"max_concurrency": 1} if _is_s3(fs) else {}
+
+            async def gather() -> list[Any]:
+                return await _run_coros_in_chunks([fs._cat_file(p, **kwargs) for p in paths],
+                                                  batch_size=self.concurrency, nofiles=True,
+                                                  return_exceptions=True)
+
+            return sync(fs.loop, gather)
+
+        def one(path: str) -> Any:
+            try:
+                return fs.cat_file(path)
+            except Exception as exc:  # noqa: BLE001 - returned, raised by the caller
+                return exc
+
+        if len(paths) <= 1:
+            return [one(p) for p in paths]
+        with concurrent.futures.ThreadPoolExecutor(min(self.concurrency, len(paths))) as pool:
+            return list(pool.map(one, paths))
 
     def records(self) -> dict[int, PartitionRecord]:
         """Every finished partition's record: the ``records-*`` batches, then the part files
