@@ -97,11 +97,12 @@ def _kill_halfway(source: str, url: str, n: int, s3) -> int:
 
 def startup_bound(n: int, done: int) -> int:
     """The resume's start-up requests, by design: the write probe (PUT, DELETE), the job file
-    (GET), the listing of ``_partitions/`` (1,000 names a page), one GET per records batch,
-    one GET per part file that no batch covers (at most a batch's worth, plus the one the
-    killed driver had not yet received), and the listing of pending uploads. 4 spare."""
+    (GET, twice: to know whether to read records while planning, then to compare), the
+    listing of ``_partitions/`` (1,000 names a page), one GET per records batch, one GET per
+    part file that no batch covers (at most a batch's worth, plus the one the killed driver
+    had not yet received), and the listing of pending uploads. 4 spare."""
     per = records_per_batch(n)
-    return 2 + 1 + math.ceil((done + 2 + done / per) / 1000) + math.ceil(done / per) \
+    return 2 + 2 + math.ceil((done + 2 + done / per) / 1000) + math.ceil(done / per) \
         + per + 1 + 1 + 4
 
 
