@@ -402,3 +402,36 @@ def test_loopback_helper_stops_its_threads(s3proxy):
             break
         time.sleep(0.05)
     assert not extra
+
+
+def test_lost_reply_applies_the_request_then_resets(fs, proxy, s3proxy):
+    """``lost_reply``: moto applies the request, the client gets a reset and no byte, so the
+    client's retry meets the state the first try made: here the upload is already gone."""
+    up = fs.call_s3("create_multipart_upload", Bucket="test", Key="k")
+    proxy.inject(s3proxy.Fault("lost_reply"), method="DELETE")
+    with pytest.raises(FileNotFoundError):  # botocore retried: NoSuchUpload
+        fs.call_s3("abort_multipart_upload", Bucket="test", Key="k", UploadId=up["UploadId"])
+    assert proxy.upstream["DELETE"] == 2  # both tries reached moto; the first one aborted it
+    assert fs.call_s3("list_multipart_uploads", Bucket="test").get("Uploads", []) == []
+    assert [f[3] for f in proxy.faults_seen] == ["lost_reply"]
+
+
+def test_multipart_upload_listings_are_paged_as_on_s3(fs, proxy):
+    """moto lists every upload at once; the proxy pages them as S3 does (1,000 at most,
+    key then upload id order, KeyMarker/UploadIdMarker to go on)."""
+    made = sorted((f"p/k{i % 7}", fs.call_s3("create_multipart_upload", Bucket="test",
+                                              Key=f"p/k{i % 7}")["UploadId"])
+                  for i in range(1003))
+    seen, markers, pages = [], {}, 0
+    while True:
+        resp = fs.call_s3("list_multipart_uploads", Bucket="test", Prefix="p/", **markers)
+        pages += 1
+        seen += [(u["Key"], u["UploadId"]) for u in resp.get("Uploads", [])]
+        if not resp["IsTruncated"]:
+            break
+        markers = {"KeyMarker": resp["NextKeyMarker"],
+                   "UploadIdMarker": resp["NextUploadIdMarker"]}
+    assert pages == 2 and seen == made
+    small = fs.call_s3("list_multipart_uploads", Bucket="test", MaxUploads=10)
+    assert len(small["Uploads"]) == 10 and small["IsTruncated"]
+    assert [(u["Key"], u["UploadId"]) for u in small["Uploads"]] == made[:10]

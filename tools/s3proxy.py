@@ -32,14 +32,20 @@ and models S3 instead:
   ``?versionId=``, HEAD and every write are forwarded to moto unchanged. (The fetch is the
   client's request without Range/If-Match/If-None-Match, so its SigV4 signature, which covers
   Range, no longer matches: fine for moto, which does not verify signatures.)
+* **multipart-upload listings are paged** as on S3 (moto lists every upload at once): at most
+  ``max-uploads`` (1,000) uploads in key and upload-id order, after ``key-marker`` /
+  ``upload-id-marker``, with ``IsTruncated`` and ``NextKeyMarker``/``NextUploadIdMarker``;
 * **injected faults**, chosen per request by a rule (:class:`FaultPlan` or any callable
   ``rule(RequestInfo) -> Fault | None`` assigned to ``proxy.faults``) or taken from a one-shot
   queue (:meth:`S3Proxy.inject`, consulted first): ``reset`` (RST, no response; the request
   is not forwarded), ``reset_after`` (headers and ``nbytes`` body bytes, then RST), ``500``/
   ``503`` (an S3 XML error, ``InternalError``/``SlowDown``, which botocore retries; not
-  forwarded), ``slow`` (``delay`` extra seconds before the response) and ``truncated``
-  (Content-Length of the whole body, only ``nbytes`` of it, then a clean close). Any other
-  3-digit status (``"403"``, ``"404"``...) is answered as an S3 error too;
+  forwarded), ``slow`` (``delay`` extra seconds before the response), ``truncated``
+  (Content-Length of the whole body, only ``nbytes`` of it, then a clean close) and
+  ``lost_reply`` (the request **is** forwarded and applied by moto, then the connection is
+  reset before any byte of the reply: a write that succeeded but whose answer was lost, so
+  the client retries something already done). Any other 3-digit status (``"403"``,
+  ``"404"``...) is answered as an S3 error too;
 * **counters** tests can read (see :meth:`S3Proxy.stats` for a consistent snapshot):
   ``requests`` (by method), ``gets``, ``bytes_sent`` (all response body bytes),
   ``get_bytes`` (body bytes of 2xx GET responses per raw request path -- object and listing
@@ -103,7 +109,7 @@ __all__ = [
 
 log = logging.getLogger("s3proxy")
 
-FAULT_KINDS = ("reset", "reset_after", "500", "503", "slow", "truncated")
+FAULT_KINDS = ("reset", "reset_after", "500", "503", "slow", "truncated", "lost_reply")
 
 # Query parameters that do not change what a GET of an object returns (botocore adds
 # ``x-id=GetObject`` to every GetObject); anything else makes the GET a pass-through.
@@ -718,6 +724,11 @@ class S3Proxy:
                 await asyncio.sleep(max(0.0, deadline - loop.time()))
                 finish()
                 raise _Reset()
+            if fault is not None and fault.kind == "lost_reply":
+                await self._respond(req)  # applied upstream; the reply never leaves
+                await asyncio.sleep(max(0.0, deadline - loop.time()))
+                finish()
+                raise _Reset()
             if fault is not None and fault.status is not None:
                 headers, body = _s3_error(fault.status, req.path)
                 resp = _Response(fault.status, _REASONS.get(fault.status, "Error"), headers,
@@ -836,6 +847,8 @@ class S3Proxy:
                 with self._lock:
                     self.cache_hits += 1
                 return self._serve_cached(req, obj)
+        if req.method == "GET" and _has_param(req.query, "uploads"):
+            return _paginate_uploads(req, await self._forward(req))
         return await self._forward(req)
 
     async def _cached_object(self, req: _Request) -> _Cached | _Response | None:
@@ -952,6 +965,58 @@ class S3Proxy:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+
+def _has_param(query: str, name: str) -> bool:
+    return any(k == name for k, _ in parse_qsl(query, keep_blank_values=True))
+
+
+def _paginate_uploads(req: _Request, resp: _Response) -> _Response:
+    """Apply S3's paging to moto's ListMultipartUploads answer, which lists every upload at
+    once: at most ``max-uploads`` (default and cap 1,000) uploads in (key, upload id) order,
+    after ``key-marker``/``upload-id-marker``, with IsTruncated and the Next*Marker fields."""
+    import xml.etree.ElementTree as ET
+
+    if resp.status != 200 or not resp.body:
+        return resp
+    params = dict(parse_qsl(req.query, keep_blank_values=True))
+    try:
+        limit = min(1000, max(0, int(params.get("max-uploads") or 1000)))
+    except ValueError:
+        limit = 1000
+    key_marker = params.get("key-marker") or ""
+    id_marker = params.get("upload-id-marker") or ""
+    try:
+        root = ET.fromstring(resp.body)
+    except ET.ParseError:
+        return resp
+    ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    uploads = root.findall(f"{ns}Upload")
+
+    def order(up) -> tuple[str, str]:
+        return (up.findtext(f"{ns}Key") or "", up.findtext(f"{ns}UploadId") or "")
+
+    uploads.sort(key=order)
+    if key_marker:
+        uploads = [u for u in uploads if order(u)[0] > key_marker
+                   or (id_marker and order(u)[0] == key_marker and order(u)[1] > id_marker)]
+    for up in root.findall(f"{ns}Upload"):
+        root.remove(up)
+    page, truncated = uploads[:limit], len(uploads) > limit
+    for name, value in (("KeyMarker", key_marker), ("UploadIdMarker", id_marker),
+                        ("MaxUploads", str(limit)), ("IsTruncated", str(truncated).lower()),
+                        ("NextKeyMarker", order(page[-1])[0] if page else ""),
+                        ("NextUploadIdMarker", order(page[-1])[1] if page else "")):
+        el = root.find(f"{ns}{name}")
+        if el is None:
+            el = ET.SubElement(root, f"{ns}{name}")
+        el.text = value
+    for up in page:
+        root.append(up)
+    if ns:
+        ET.register_namespace("", ns.strip("{}"))
+    body = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return _Response(resp.status, resp.reason, resp.headers, body)
 
 
 def _abort_with_rst(writer: asyncio.StreamWriter) -> None:

@@ -298,9 +298,21 @@ def _is_object_store(fs) -> bool:
 
 
 def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
-    """Write a small object atomically (manifest, index, partition record)."""
-    with atomic_write(url, storage_options) as w:
-        w.write(data)
+    """Write a small object atomically (manifest, index, partition record).
+
+    Locally: a same-folder temp file renamed into place. On an object store: one PUT
+    (``pipe_file``), which is atomic by itself and, unlike a multipart upload, leaves nothing
+    pending when it is interrupted. Raises StorageError/CredentialsError naming the URL.
+    """
+    fs, path = url_to_fs(url, storage_options)
+    if not _is_object_store(fs):
+        with atomic_write(url, fs=fs, path=path) as w:
+            w.write(data)
+        return
+    try:
+        fs.pipe_file(path, data)
+    except Exception as exc:
+        raise translate_error(exc, url, "write") from exc
 
 
 def read_bytes(url: str, storage_options: dict[str, Any] | None = None, *,

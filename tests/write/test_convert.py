@@ -98,7 +98,13 @@ def test_manifest_describes_the_shards(small_hf_dataset, converted):
         index = parse_index(open(os.path.join(out, s["index"]), "rb").read(), s["samples"])
         assert len(index["offsets"]) == s["samples"] + 1
     records = sorted(os.listdir(os.path.join(out, "_partitions")))
-    assert records == ["_job.json"] + [f"part-{p:05d}.json" for p in range(4)]
+    batches = [n for n in records if n.startswith("records-")]
+    assert [n for n in records if n not in batches] == \
+        ["_job.json"] + [f"part-{p:05d}.json" for p in range(4)]
+    # the driver's batch of the same records (what a resume reads instead of each part file)
+    assert len(batches) == 1
+    batch = json.loads(open(os.path.join(out, "_partitions", batches[0])).read())
+    assert sorted(r["partition"] for r in batch["records"]) == [0, 1, 2, 3]
     assert not [n for n in os.listdir(out) if ".partial-" in n]
 
 
@@ -146,6 +152,30 @@ def test_parquet_builder_with_data_files_and_limit(small_hf_dataset, tmp_path):
     first = source_rows(small_hf_dataset)
     expected = [r["text"] for part in first for r in part][:17]
     assert [s["txt"].decode() for s in samples] == expected
+    # a larger limit is spread: the 4 files split into ceil(150 / 100) = 2 contiguous groups
+    # (2 files each), 75 rows asked of each; every group has only 24
+    spread = convert("parquet", str(tmp_path / "spread"), data_files=files, limit=150,
+                     quiet=True, workers=2)
+    assert spread.options["partitions"] == 2 and spread.samples == 48
+    again = convert("parquet", str(tmp_path / "spread1"), data_files=files, limit=150,
+                    quiet=True, workers=1)
+    assert [s.sha256 for s in again.shards] == [s.sha256 for s in spread.shards]
+
+
+def test_limit_takes_a_share_of_each_contiguous_group(small_hf_dataset, tmp_path, monkeypatch):
+    import wdstream.write.plan as plan
+
+    monkeypatch.setattr(plan, "LIMIT_ROWS_PER_PARTITION", 10)
+    files = sorted(glob.glob(os.path.join(small_hf_dataset, "data", "*.parquet")))
+    # 30 rows -> 3 partitions: the 4 files (12 rows each) in groups [0, 1], [2], [3],
+    # the first 10 rows of each group
+    m = convert("parquet", str(tmp_path / "o"), data_files=files, limit=30, quiet=True,
+                workers=1, max_samples_per_shard=1000)
+    rows = [r["text"] for group in source_rows(small_hf_dataset) for r in group]
+    assert m.options["partitions"] == 3 and m.samples == 30
+    assert [s.partition for s in m.shards] == [0, 1, 2]
+    texts = [s["txt"].decode() for s in read_samples(str(tmp_path / "o"))]
+    assert texts == rows[0:10] + rows[24:34] + rows[36:46]
 
 
 def test_shards_cut_at_max_bytes(small_hf_dataset, tmp_path):

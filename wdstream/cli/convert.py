@@ -54,8 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validate", choices=("cheap", "full"), default=None,
                    help="checks of each image and audio clip: cheap structural checks (default: "
                         "not cut short, header parses) or full (decode every one)")
-    p.add_argument("--limit", type=int_argument(1), default=None,
-                   help="convert only the first N rows (as one partition)")
+    p.add_argument("--limit", type=int_argument(1), default=None, metavar="N",
+                   help="convert about N rows for a trial: the first N/P rows of each of P = "
+                        "ceil(N/100) contiguous groups of source shards (one group: the "
+                        "first N rows)")
     p.add_argument("--max-samples-per-shard", type=int_argument(1), default=None, metavar="N",
                    help="start a new shard after N samples (default 1000)")
     p.add_argument("--max-shard-bytes", type=size_argument, default=None, metavar="SIZE",

@@ -72,15 +72,21 @@ class PartitionRecord:
     skipped: dict[str, int] = field(default_factory=dict)
     fields: list[str] = field(default_factory=list)  # member extensions written
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> PartitionRecord:
-        d = json.loads(data)
+    def from_dict(cls, d: dict[str, Any]) -> PartitionRecord:
         return cls(partition=d["partition"], shards=[ShardInfo.from_dict(s) for s in d["shards"]],
                    samples=d["samples"], skipped=d.get("skipped", {}),
                    fields=d.get("fields", []))
+
+    @classmethod
+    def from_json(cls, data: bytes) -> PartitionRecord:
+        return cls.from_dict(json.loads(data))
 
 
 @dataclass

@@ -7,6 +7,7 @@ dead attempts left (:mod:`.output`) and writes ``OUTPUT/manifest.json`` last.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import time
@@ -30,7 +31,7 @@ from ..format.schema import modality_of
 from ..format.shardtable import save_compact
 from ..registry import Entry
 from .executors import Executor, check_executor, make_executor
-from .output import JOB_NAME, Output, check_job
+from .output import JOB_NAME, Output, RecordLog, check_job, records_per_batch
 from .partition import ConvertTask, convert_partition
 from .plan import JobPlan, columns_dict, plan_job
 from .sources.hf import HFSource
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 
 def _manifest(plan: JobPlan, records: dict[int, PartitionRecord], output_url: str) -> Manifest:
+    """The job's manifest from its records: the one place it is built (the records hold
+    shards, never samples, so the driver's memory grows with shards only)."""
     shards, skipped, fields = [], {}, set()
     for p in sorted(records):
         rec = records[p]
@@ -91,7 +94,9 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
     Re-running with the same arguments resumes: finished partitions are skipped, unfinished
     ones redone; a finished job is left unchanged. Raises StorageError/CredentialsError for an
     unwritable output, SourceError/HubUnreachableError for the source, ColumnError for a
-    missing column, ConfigError when ``output`` holds a job made with other options.
+    missing column, ConfigError when ``output`` holds a job made with other options, and
+    CleanupError when what dead attempts left cannot be cleaned (every finished partition is
+    recorded; re-running finishes the job and writes the manifest).
 
     ``executor`` is an :class:`~wdstream.executors.Executor` to run the partitions on (it is
     left open), or ``"local"`` / ``"ray"`` (``config.executor``; Ray joins
@@ -115,11 +120,23 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
     if on_plan is not None:
         on_plan(plan)
     out = Output(output, opts)
-    fresh = check_job(out, plan)
-    if fresh:
-        storage.write_bytes(storage.join_url(output, f"{PARTITIONS_DIR}/{JOB_NAME}"),
-                            json.dumps(plan.to_dict(), indent=1, sort_keys=True).encode(), opts)
-    records = out.records()
+    # a resume reads the finished partitions' records (requests) while the source is
+    # opened and planned (CPU); a fresh output skips it
+    reading = None
+    if out.read(f"{PARTITIONS_DIR}/{JOB_NAME}") is not None:
+        reading = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="records")
+    records_future = reading.submit(out.records) if reading else None
+    try:
+        plan = plan_job(spec, config)
+        fresh = check_job(out, plan)
+        if fresh:
+            storage.write_bytes(storage.join_url(output, f"{PARTITIONS_DIR}/{JOB_NAME}"),
+                                json.dumps(plan.to_dict(), indent=1, sort_keys=True).encode(),
+                                opts)
+        records = {} if fresh or records_future is None else records_future.result()
+    finally:
+        if reading is not None:
+            reading.shutdown(wait=True, cancel_futures=True)
     pending = [p for p in range(plan.n_partitions) if p not in records]
     if not pending and out.read(MANIFEST_NAME) is not None:
         log.info("%s is complete (%d partitions, %d samples); nothing to do",
@@ -127,26 +144,32 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
         return load_manifest(output, opts)
     if records:
         log.info("resuming: %d of %d partitions already done", len(records), plan.n_partitions)
-    out.clean(set(pending))
+    out.clean(pending)
     job = uuid.uuid4().hex
-    tasks = [ConvertTask(spec=spec, columns=plan.columns, partition=p,
+    tasks = (ConvertTask(spec=spec, columns=plan.columns, partition=p,
                          n_partitions=plan.n_partitions, output_url=output,
                          max_samples_per_shard=config.max_samples_per_shard,
-                         max_shard_bytes=config.max_shard_bytes, limit=config.limit,
+                         max_shard_bytes=config.max_shard_bytes, limit=plan.limit_of(p),
                          skip_bad_rows=config.skip_bad_rows, storage_options=opts,
-                         job=job, validate=config.validate)
-             for p in pending]
+                         job=job, validate=config.validate, source_shards=plan.source_shards,
+                         resume=not fresh)
+             for p in pending)  # made as the executor takes them: memory bounded by in-flight
+    batches = RecordLog(out, job[:12], records_per_batch(plan.n_partitions))
     bar = _Bar(plan.total_rows, sum(r.samples for r in records.values()), config.quiet)
     own_executor = executor is None
     executor = executor or make_executor(config)
+    log.info("running %d partition(s)", len(pending))
     try:
         for record in executor.map_unordered(convert_partition, tasks, progress=bar):
             records[record.partition] = record
+            batches.add(record)
     finally:
         bar.close()
         if own_executor:
             executor.close()
-    out.sweep()  # temp files / uploads of attempts that died and were retried
+        batches.flush()
+    log.info("all %d partitions done; cleaning up", plan.n_partitions)
+    out.sweep()  # uploads / temp files of attempts that died; CleanupError: re-run finishes
     manifest = _manifest(plan, records, output)
     save_compact(manifest, output, opts)  # version 2: reader part + details part
     _warn_mixed_extensions(manifest)

@@ -22,6 +22,7 @@ from ..format.manifest import PARTITIONS_DIR, PartitionRecord
 from ..format.schema import make_key
 from .encode import ColumnMap, RowEncoder
 from .executors.base import Progress, merge_secrets, split_secrets
+from .output import lists_by_prefix, remove_leftovers
 from .sources.hf import HFSource, iter_rows, open_source, prepare
 from .writer import ShardWriter
 
@@ -40,7 +41,11 @@ class ConvertTask:
 
     ``storage_options`` travel with the task (a process pool pickles them into a pipe); they
     are never logged. A cluster executor ships the task from :meth:`without_secrets` and the
-    credentials apart. ``limit`` caps the rows read (only used with a single partition).
+    credentials apart. ``limit`` caps the rows this partition reads (its share of a
+    ``--limit``). The source's shards are split into ``n_partitions`` contiguous groups and
+    the partition reads group ``partition``; ``source_shards`` is how many shards the source
+    had when the job was planned (0: ``n_partitions``, one shard a partition). ``resume`` says a dead attempt may have
+    committed files of this partition: it then removes those it does not write again.
     """
 
     spec: HFSource
@@ -56,6 +61,8 @@ class ConvertTask:
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
     job: str = ""  # one convert() call; a worker opens the source once per job ("": each time)
     validate: str = "cheap"  # "cheap" | "full" (see wdstream.write.validate)
+    source_shards: int = 0
+    resume: bool = False
 
     def __str__(self) -> str:
         return (f"partition {self.partition} of {self.n_partitions} "
@@ -95,12 +102,13 @@ def _partition_dataset(task: ConvertTask):
         _OPENED.clear()
         if task.job:
             _OPENED[key] = ds
-    if task.n_partitions > 1:
-        if ds.n_shards != task.n_partitions:
-            raise ConfigError(
-                f"{task.spec.source} now has {ds.n_shards} source shards, not the "
-                f"{task.n_partitions} this job was planned with; its files changed during the "
-                f"conversion. Convert it again into a new OUTPUT", url=task.output_url)
+    shards = task.source_shards or task.n_partitions
+    if shards > 1 and ds.n_shards != shards:
+        raise ConfigError(
+            f"{task.spec.source} now has {ds.n_shards} source shards, not the "
+            f"{shards} this job was planned with; its files changed during the "
+            f"conversion. Convert it again into a new OUTPUT", url=task.output_url)
+    if task.n_partitions > 1:  # contiguous groups of source shards (one each without --limit)
         ds = ds.shard(num_shards=task.n_partitions, index=task.partition, contiguous=True)
     if task.limit is not None:
         ds = ds.take(task.limit)
@@ -162,6 +170,10 @@ def _convert_partition(task: ConvertTask, progress: Progress | None) -> Partitio
     except BaseException:
         writer.abort()
         raise
+    if task.resume and lists_by_prefix(writer.fs):
+        # one listing of this partition's own prefix; locally the driver cleaned before
+        remove_leftovers(writer.fs, writer.base_path, task.partition,
+                         [n for s in shards for n in (s.url, s.index) if n], task.output_url)
     if progress is not None and (pending_samples or pending_bytes):
         progress(pending_samples, pending_bytes)
     record = PartitionRecord(partition=task.partition, shards=shards, samples=samples,

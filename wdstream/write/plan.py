@@ -15,9 +15,13 @@ from ..config import Config
 from .encode import ColumnMap, binary_member
 from .sources.hf import HFSource, open_source, resolve_columns, sample_binary_values
 
-__all__ = ["JobPlan", "plan_job", "columns_dict", "describe_columns"]
+__all__ = ["JobPlan", "plan_job", "columns_dict", "describe_columns", "LIMIT_ROWS_PER_PARTITION",
+           "partition_limit"]
 
 log = logging.getLogger(__name__)
+
+#: ``limit`` rows are spread over the first ``ceil(limit / 100)`` source shards (at most all).
+LIMIT_ROWS_PER_PARTITION = 100
 
 
 @dataclass
@@ -29,10 +33,30 @@ class JobPlan:
     n_partitions: int
     total_rows: int | None
     options: dict[str, Any]
+    source_shards: int = 0  # the source's shards (data files); 0: as many as partitions
+
+    def __post_init__(self):
+        if not self.source_shards:
+            self.source_shards = self.n_partitions
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.spec.to_dict(), "columns": columns_dict(self.columns),
-                "partitions": self.n_partitions, "options": self.options}
+        d = {"source": self.spec.to_dict(), "columns": columns_dict(self.columns),
+             "partitions": self.n_partitions, "options": self.options}
+        if self.source_shards != self.n_partitions:  # a --limit job: the first partitions
+            d["source_shards"] = self.source_shards
+        return d
+
+    def limit_of(self, partition: int) -> int | None:
+        """The rows partition ``partition`` may take (None: all of them)."""
+        return partition_limit(self.options.get("limit"), self.n_partitions, partition)
+
+
+def partition_limit(limit: int | None, n_partitions: int, partition: int) -> int | None:
+    """``limit`` rows split over ``n_partitions`` partitions as evenly as possible, the first
+    ones taking one more: the same split whatever the number of workers."""
+    if limit is None:
+        return None
+    return limit // n_partitions + (1 if partition < limit % n_partitions else 0)
 
 
 def columns_dict(columns: ColumnMap) -> dict[str, Any]:
@@ -103,7 +127,10 @@ def plan_job(spec: HFSource, config: Config) -> JobPlan:
         log.warning("columns %s hold binary data that is neither an image nor audio; each "
                     "is written as its own member (%s)", list(columns.binary),
                     ", ".join(f".{binary_member(c)}" for c in columns.binary))
-    n_partitions = 1 if config.limit is not None else max(1, int(ds.n_shards))
+    source_shards = max(1, int(ds.n_shards))
+    n_partitions = source_shards
+    if config.limit is not None:  # a trial: the first source shards, a share of rows each
+        n_partitions = max(1, min(source_shards, -(-config.limit // LIMIT_ROWS_PER_PARTITION)))
     total = None
     try:
         split_info = (ds.info.splits or {}).get(spec.split)
@@ -120,4 +147,4 @@ def plan_job(spec: HFSource, config: Config) -> JobPlan:
     log.info("source %s: columns %s; %d partition(s)", spec.source, describe_columns(columns),
              n_partitions)
     return JobPlan(spec=spec, columns=columns, n_partitions=n_partitions, total_rows=total,
-                   options=options)
+                   options=options, source_shards=source_shards)

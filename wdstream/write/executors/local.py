@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import logging
 import multiprocessing
 import os
@@ -70,32 +71,47 @@ class LocalExecutor(Executor):
     Workers are started with ``forkserver`` (or ``spawn``), never ``fork``, so each builds its
     own filesystem clients. Progress reports travel through a multiprocessing queue that the
     driver drains while it waits. Each worker watches a pipe from the driver and exits as soon
-    as the driver is gone (killed), committing nothing after it.
+    as the driver is gone (killed), committing nothing after it. At most ``in_flight`` tasks
+    (default: two per worker) are submitted at a time, and ``tasks`` is consumed as they are,
+    so it may be a generator.
     """
 
-    def __init__(self, workers: int = 1):
+    def __init__(self, workers: int = 1, in_flight: int | None = None):
         self.workers = max(1, int(workers))
+        self.in_flight = max(1, in_flight or 2 * self.workers)
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._queue: Any = None
         self._alive: Any = None  # the write end of the workers' driver-liveness pipe
         self._alive_r: Any = None  # its read end, handed to each worker as it starts
 
     def map_unordered(self, fn, tasks, *, progress=None):
-        tasks = list(tasks)
-        if self.workers == 1 or len(tasks) <= 1:
-            for task in tasks:
+        tasks = iter(tasks)
+        first = list(itertools.islice(tasks, 2))
+        if self.workers == 1 or len(first) <= 1:
+            for task in itertools.chain(first, tasks):
                 yield fn(task, progress=progress)
             return
         if self._pool is None:
             ctx = _mp_context()
+            if ctx.get_start_method() == "forkserver" and getattr(fn, "__module__", None):
+                # the fork server imports fn's module (datasets, torch...) once and every
+                # worker forks from it ready, instead of each importing it again
+                ctx.set_forkserver_preload([fn.__module__])
             self._queue = ctx.Queue()
             self._alive_r, self._alive = ctx.Pipe(duplex=False)
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=min(self.workers, len(tasks)), mp_context=ctx,
+                max_workers=self.workers, mp_context=ctx,
                 initializer=_init_worker, initargs=(self._queue, self._alive_r))
-        pending = {self._pool.submit(_run_in_worker, fn, task) for task in tasks}
+        # at most in_flight tasks submitted at a time: the driver holds a bounded number of
+        # tasks and futures however many partitions the job has
+        tasks = itertools.chain(first, tasks)
+        pending: set[concurrent.futures.Future] = set()
         try:
-            while pending:
+            while True:
+                for task in itertools.islice(tasks, self.in_flight - len(pending)):
+                    pending.add(self._pool.submit(_run_in_worker, fn, task))
+                if not pending:
+                    break
                 done, pending = concurrent.futures.wait(
                     pending, timeout=0.2, return_when=concurrent.futures.FIRST_COMPLETED)
                 self._drain(progress)

@@ -28,6 +28,7 @@ when a RayExecutor is made.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -125,17 +126,22 @@ class RayExecutor(Executor):
     Ray is already initialised in this process, it is used as it is.
 
     ``max_retries`` bounds Ray's retries of a task whose worker died; Python exceptions are
-    never retried. ``cpus_per_task`` is the CPUs Ray reserves for each task. Raises ConfigError
-    when Ray is not installed.
+    never retried. ``cpus_per_task`` is the CPUs Ray reserves for each task. At most
+    ``max_in_flight`` tasks are submitted at a time (default: twice what the cluster's CPUs
+    run at once, at least 8), so the driver holds a bounded number of tasks and refs whatever
+    the number of partitions, and ``tasks`` may be a generator. Raises ConfigError when Ray is
+    not installed.
     """
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None,
-                 max_retries: int = 3, *, cpus_per_task: float = 1):
+                 max_retries: int = 3, *, cpus_per_task: float = 1,
+                 max_in_flight: int | None = None):
         self._ray = import_ray()
         self.address = address
         self.num_cpus = num_cpus
         self.max_retries = max(0, int(max_retries))
         self.cpus_per_task = cpus_per_task
+        self.max_in_flight = max_in_flight
         self._started = False
         self._queue: Any = None  # progress messages, kept for the executor's lifetime
         self._jobs = 0
@@ -176,10 +182,20 @@ class RayExecutor(Executor):
             ray.init(num_cpus=self.num_cpus, include_dashboard=False, **quiet)
         self._started = True
 
+    def _in_flight(self) -> int:
+        if self.max_in_flight:
+            return self.max_in_flight
+        try:
+            cpus = float(self._ray.cluster_resources().get("CPU", 1))
+        except Exception:  # noqa: BLE001 - a sizing hint only
+            cpus = 1.0
+        return max(8, int(2 * cpus / max(self.cpus_per_task, 1e-3)))
+
     def map_unordered(self, fn: Callable[..., Any], tasks: Iterable[Any], *,
                       progress: Progress | None = None) -> Iterator[Any]:
-        tasks = list(tasks)
-        if not tasks:
+        tasks = iter(tasks)
+        first = next(tasks, None)
+        if first is None:
             return
         self._ensure_ray()
         ray = self._ray
@@ -189,31 +205,45 @@ class RayExecutor(Executor):
         queue = self._queue if progress is not None else None
         book = _ProgressBook(progress, self._jobs)
         stored: list[tuple[Any, Any]] = []  # (secrets, ObjectRef): one put per distinct value
-        refs: dict[Any, int] = {}
-        for index, task in enumerate(tasks):
-            secrets_ref = None
+        in_flight = self._in_flight()
+        refs: dict[Any, tuple[int, Any]] = {}  # submitted, not yet yielded: ref -> (index, task)
+        numbered = enumerate(itertools.chain([first], tasks))
+
+        def submit(index: int, task: Any) -> None:
+            shipped, secrets_ref = task, None
             if hasattr(task, "without_secrets"):
-                task, secrets = task.without_secrets()
+                shipped, secrets = task.without_secrets()
                 if secrets:
                     secrets_ref = next((ref for value, ref in stored if value == secrets), None)
                     if secrets_ref is None:
                         secrets_ref = ray.put(secrets)
                         stored.append((secrets, secrets_ref))
-            refs[run.remote(fn, task, index, queue, self._jobs, secrets_ref)] = index
-        pending = list(refs)
+            refs[run.remote(fn, shipped, index, queue, self._jobs, secrets_ref)] = (index, task)
+
         last_drain = 0.0
         try:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1, timeout=0.2)
+            while True:
+                # keep at most in_flight tasks submitted: bounded driver memory, and a
+                # ray.wait over a short list, so progress keeps up with 10k+ tasks
+                for index, task in itertools.islice(numbered, in_flight - len(refs)):
+                    submit(index, task)
+                if not refs:
+                    break
+                done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0.2,
+                                   fetch_local=False)
+                if not done:
+                    done, _ = ray.wait(list(refs), num_returns=1, timeout=0)
                 if queue is not None and time.monotonic() - last_drain > 0.2:
                     queue = self._drain(book, queue)
                     last_drain = time.monotonic()
                 for ref in done:
-                    yield self._result(ref, tasks[refs[ref]])
+                    index, task = refs.pop(ref)
+                    book.by_task.pop(index, None)  # finished: nothing of it to take back
+                    yield self._result(ref, task)
             if queue is not None:
                 self._drain(book, queue)  # a task's reports are all in before it returns
         finally:
-            for ref in pending:
+            for ref in refs:
                 try:
                     # force: a running task's worker is killed, not interrupted where it stands
                     # (a KeyboardInterrupt mid-import leaves a reused worker half-initialised)
