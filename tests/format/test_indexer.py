@@ -19,7 +19,7 @@ from helpers import small_config
 import wdstream
 from wdstream.cli import main
 from wdstream.demo.data import encode_image
-from wdstream.format.index import load_index
+from wdstream.format.index import key_hash, load_index
 from wdstream.format.indexer import index_dataset, list_shards
 from wdstream.format.manifest import load_manifest
 
@@ -119,7 +119,8 @@ def test_index_local_img2dataset_shards_then_exact_epochs_and_resume(tmp_path, c
     assert m.shards[2].sha256 == hashlib.sha256(before["00002.tar.gz"]).hexdigest()
     assert m.shards[0].bytes == len(before["00000.tar"])
     idx = load_index(str(data / m.shards[0].index), samples=20)
-    assert idx["keys"] == all_keys()[:20]
+    assert idx["keys"] is None  # version 2: the key hashes, checked as each key is read
+    assert idx["key_hashes"].tolist() == [key_hash(k) for k in all_keys()[:20]]
     assert load_index(str(data / m.shards[2].index))["whole"] is True
     exact_epoch_checks(str(data), {})
 
@@ -306,7 +307,7 @@ def test_shards_in_several_folders_keep_distinct_index_names(tmp_path, capsys):
                  str(tmp_path / "y" / "a" / "00000.tar"), "--out", str(out), "--quiet"]) == 0
     assert f"allowed_prefixes: [{tmp_path}/]" in capsys.readouterr().out
     m = load_manifest(str(out), allowed_prefixes=[f"{tmp_path}/"])
-    assert [s.index for s in m.shards] == ["x/a/00000.idx.json", "y/a/00000.idx.json"]
+    assert [s.index for s in m.shards] == ["x/a/00000.idx", "y/a/00000.idx"]
     config = small_config(batch_size=1, allowed_prefixes=[f"{tmp_path}/"])
     keys = [k for b in wdstream.make_loader(str(out), config) for k in b["keys"]]
     assert sorted(keys) == ["000000000", "000000001", "000000002", "000010000", "000010001"]

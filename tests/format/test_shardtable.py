@@ -9,7 +9,7 @@ import pickle
 import pytest
 
 from wdstream.errors import SourceError
-from wdstream.format.manifest import Manifest, ShardInfo, load_manifest
+from wdstream.format.manifest import Manifest, ShardInfo, load_manifest, load_reader_part
 from wdstream.format.shardtable import (
     DETAILS_NAME,
     load_shard_table,
@@ -50,13 +50,18 @@ def test_reader_part_is_a_small_table(tmp_path):
 
 
 def test_indexes_following_no_rule_and_absolute_urls(tmp_path):
-    shards = [ShardInfo(url="a.tar", samples=2, bytes=1, sha256="0", index="idx/a.idx"),
-              ShardInfo(url="s3://b/x.tar", samples=1, bytes=1, sha256="1", index=None)]
+    shards = [ShardInfo(url="a.tar", samples=2, bytes=10240, sha256="0", index="idx/a.idx"),
+              ShardInfo(url="s3://b/x.tar", samples=1, bytes=10240, sha256="1", index=None)]
     save_compact(Manifest(shards=shards), str(tmp_path))
     _, table = load_shard_table(str(tmp_path / "manifest.json"))
     assert table.index_url(0) == f"{tmp_path}/idx/a.idx" and table.index_url(1) is None
     assert table.url(1) == "s3://b/x.tar"
-    assert load_manifest(str(tmp_path)).shards == shards
+    assert load_manifest(str(tmp_path), allowed_prefixes=["s3://b/"]).shards == shards
+    # the reader's part is confined like the whole manifest: another bucket needs the user's leave
+    with pytest.raises(SourceError, match=r"shards\[1\].url.*allowed_prefixes"):
+        load_reader_part(str(tmp_path))
+    _, table = load_reader_part(str(tmp_path), allowed_prefixes=["s3://b/"])
+    assert len(table) == 2
 
 
 def test_upgrade_from_version_1_reads_no_shard(tmp_path):
