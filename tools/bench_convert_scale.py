@@ -399,6 +399,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--folder-source", action="store_true",
                     help="pass the folder as SOURCE instead of parquet --data-files DIR/*.parquet")
+    ap.add_argument("--finish-only", action="store_true",
+                    help="with --seeded: only the finishing phase")
     ap.add_argument("--records-only", type=int, default=0,
                     help="only seed N/2 records and time the listing and Output.records()")
     args = ap.parse_args()
@@ -422,8 +424,9 @@ def main() -> None:
                 lambda n=n: phase_plan_and_resume(s3, n, False), args.repeat)
             print(json.dumps(results[f"plan_resume_{n}"]), file=sys.stderr)
         for n in [int(x) for x in args.seeded.split(",") if x]:
-            results[f"plan_resume_{n}"] = phase_plan_and_resume(s3, n, True)
-            print(json.dumps(results[f"plan_resume_{n}"]), file=sys.stderr)
+            if not args.finish_only:
+                results[f"plan_resume_{n}"] = phase_plan_and_resume(s3, n, True)
+                print(json.dumps(results[f"plan_resume_{n}"]), file=sys.stderr)
             results[f"finish_{n}"] = phase_finish(s3, n)
             print(json.dumps(results[f"finish_{n}"]), file=sys.stderr)
         if args.ray:
