@@ -115,13 +115,14 @@ class Manifest:
         return [storage.join_url(self.base_url, s.index) if s.index else None
                 for s in self.shards]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, shards: bool = True) -> dict[str, Any]:
+        """The version-1 document; ``shards=False`` leaves the shard list out (empty)."""
         return {
             "format": FORMAT,
             "version": VERSION,
             "samples": self.samples,
             "bytes": self.bytes,
-            "shards": [_shard_dict(s) for s in self.shards],
+            "shards": [_shard_dict(s) for s in self.shards] if shards else [],
             "source": self.source,
             "skipped": dict(sorted(self.skipped.items())),
             "fields": sorted(self.fields),

@@ -235,11 +235,28 @@ def load_shard_table(url: str, storage_options: dict[str, Any] | None = None
                           url=url) from exc
 
 
+class _Fields:
+    """A read-only mapping view of a shard record's attributes (``s["url"]``, ``s.get(f)``)."""
+
+    __slots__ = ("_obj",)
+
+    def __init__(self, obj):
+        self._obj = obj
+
+    def __getitem__(self, name: str):
+        return getattr(self._obj, name)
+
+    def get(self, name: str, default=None):
+        return getattr(self._obj, name, default)
+
+
 def save_compact(manifest, output_url: str,
                  storage_options: dict[str, Any] | None = None) -> str:
     """Write ``manifest`` (a :class:`~wdstream.format.manifest.Manifest`) as version 2: the
     details part first, then ``manifest.json`` (a reader never sees one without the other)."""
-    head, details = compact_parts(manifest.to_dict())
+    d = {k: v for k, v in manifest.to_dict(shards=False).items()}
+    d["shards"] = [_Fields(s) for s in manifest.shards]  # views, not 500k dict copies
+    head, details = compact_parts(d)
     storage.write_bytes(storage.join_url(output_url, DETAILS_NAME), details, storage_options)
     url = storage.join_url(output_url, "manifest.json")
     storage.write_bytes(url, head, storage_options)
