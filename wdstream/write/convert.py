@@ -116,9 +116,6 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
     output = output.rstrip("/")
     opts = dict(config.storage_options)
     storage.check_writable(output, opts)
-    plan = plan_job(spec, config)
-    if on_plan is not None:
-        on_plan(plan)
     out = Output(output, opts)
     # a resume reads the finished partitions' records (requests) while the source is
     # opened and planned (CPU); a fresh output skips it
@@ -128,6 +125,8 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
     records_future = reading.submit(out.records) if reading else None
     try:
         plan = plan_job(spec, config)
+        if on_plan is not None:
+            on_plan(plan)
         fresh = check_job(out, plan)
         if fresh:
             storage.write_bytes(storage.join_url(output, f"{PARTITIONS_DIR}/{JOB_NAME}"),
