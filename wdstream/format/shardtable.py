@@ -139,13 +139,15 @@ def is_compact(d: Any) -> bool:
         and isinstance(d.get("shards"), dict)
 
 
-def compact_parts(d: dict[str, Any]) -> tuple[bytes, bytes]:
+def compact_parts(d: dict[str, Any], details_name: str = DETAILS_NAME) -> tuple[bytes, bytes]:
     """``(manifest.json, manifest.details.json)`` bytes of version 2 from a version-1 dict
-    (``Manifest.to_dict()``)."""
+    (``Manifest.to_dict()``); the reader part names its details part ``details_name``."""
     shards = d["shards"]
     details = {"format": "wdstream-manifest-details", "version": COMPACT_VERSION,
                "count": len(shards), **{f: [s.get(f) for s in shards] for f in _DETAIL_FIELDS}}
-    return json.dumps(_compact_head(d), indent=1).encode(), json.dumps(details).encode()
+    head = _compact_head(d)
+    head["details"] = details_name
+    return json.dumps(head, indent=1).encode(), json.dumps(details).encode()
 
 
 def _compact_head(d: dict[str, Any]) -> dict[str, Any]:
@@ -236,11 +238,14 @@ def load_shard_table(url: str, storage_options: dict[str, Any] | None = None
 
 
 def save_compact(manifest, output_url: str,
-                 storage_options: dict[str, Any] | None = None) -> str:
+                 storage_options: dict[str, Any] | None = None, *,
+                 details_name: str = DETAILS_NAME) -> str:
     """Write ``manifest`` (a :class:`~wdstream.format.manifest.Manifest`) as version 2: the
-    details part first, then ``manifest.json`` (a reader never sees one without the other)."""
-    head, details = compact_parts(manifest.to_dict())
-    storage.write_bytes(storage.join_url(output_url, DETAILS_NAME), details, storage_options)
+    details part first (as ``details_name``: an append writes a new one, so the manifest
+    being replaced stays whole), then ``manifest.json`` (a reader never sees one without the
+    other)."""
+    head, details = compact_parts(manifest.to_dict(), details_name)
+    storage.write_bytes(storage.join_url(output_url, details_name), details, storage_options)
     url = storage.join_url(output_url, "manifest.json")
     storage.write_bytes(url, head, storage_options)
     return url
