@@ -86,6 +86,9 @@ def _name_partition(exc: BaseException, task: ConvertTask) -> None:
     """Make a partition's error say which partition failed, keeping its type (callers catch
     ColumnError, TooManyErrors...): wdstream errors get a prefix, others a note."""
     where = f"partition {task.partition} of {task.n_partitions}"
+    if task.first_partition:  # an append: its partitions follow the output's earlier ones
+        where = (f"partition {task.partition} (of {task.first_partition}.."
+                 f"{task.first_partition + task.n_partitions - 1}, appended)")
     if isinstance(exc, WdstreamError) and exc.args and isinstance(exc.args[0], str):
         if not exc.args[0].startswith(where):
             exc.args = (f"{where}: {exc.args[0]}", *exc.args[1:])
