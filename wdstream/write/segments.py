@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,7 @@ from ..format.manifest import (
     PartitionRecord,
     load_manifest,
 )
-from .output import JOB_NAME, Output
+from .output import JOB_NAME, Output, lists_by_prefix
 from .plan import JobPlan
 
 __all__ = ["Segment", "job_name", "details_name", "start_append", "segments_manifest"]
@@ -67,7 +68,18 @@ class Segment:
 
 def _read_jobs(out: Output) -> list[dict[str, Any]]:
     """The job files of the output's segments, in order (``first_partition`` set)."""
-    names = out._ls(f"{out.path}/{PARTITIONS_DIR}")
+    folder = f"{out.path}/{PARTITIONS_DIR}"
+    if lists_by_prefix(out.fs):  # the job files only, not every record (one small listing)
+        try:
+            out.fs.invalidate_cache(folder)
+            names = [posixpath.basename(p) for p in
+                     out.fs.find(folder, maxdepth=1, prefix="_job")]
+        except FileNotFoundError:
+            names = []
+        except Exception as exc:
+            raise storage.translate_error(exc, out.url, "list") from exc
+    else:
+        names = out._ls(folder)
     numbers = sorted(int(m.group(1)) for n in names if (m := _JOB_RE.match(n)))
     if JOB_NAME not in names:
         return []
