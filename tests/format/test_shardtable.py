@@ -84,3 +84,13 @@ def test_a_bad_compact_manifest_names_the_url(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(head))
     with pytest.raises(SourceError, match="manifest.json is not a valid.*2 sample counts for 6"):
         load_shard_table(str(tmp_path / "manifest.json"))
+
+
+@pytest.mark.parametrize("details", ["../elsewhere.json", "/dev/zero", "sub/d.json"])
+def test_the_details_part_must_lie_beside_the_manifest(tmp_path, details):
+    save_compact(Manifest(shards=SHARDS), str(tmp_path))
+    head = json.loads((tmp_path / "manifest.json").read_text())
+    head["details"] = details
+    (tmp_path / "manifest.json").write_text(json.dumps(head))
+    with pytest.raises(SourceError, match="'details' must name a file beside the manifest"):
+        load_manifest(str(tmp_path))

@@ -1,5 +1,6 @@
 """A conversion slowed down so a test can kill it mid-job: ``python slow_convert.py SOURCE OUTPUT
 WORKERS DELAY [STORAGE_OPTIONS_JSON]``. Each row takes DELAY seconds more to encode.
+``WDSTREAM_TEST_APPEND=1`` makes it an append (``convert(..., append=True)``).
 
 The slowdown is set at module level, so the pool's workers have it too: the forkserver preloads
 ``__main__`` (and ``spawn`` re-imports it) before it forks them; the conversion itself runs only
@@ -33,5 +34,5 @@ if __name__ == "__main__":
     options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
     print(f"DRIVER {os.getpid()}", flush=True)
     convert(source, output, max_samples_per_shard=3, workers=workers, quiet=True,
-            storage_options=options)
+            storage_options=options, append=os.environ.get("WDSTREAM_TEST_APPEND") == "1")
     print("FINISHED", flush=True)

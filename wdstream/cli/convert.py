@@ -82,6 +82,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="dataset registry file for registry names and --all (default: "
                         "$WDSTREAM_DATASETS, else the registry shipped with wdstream)")
     add_storage_option_argument(p)
+    p.add_argument("--append", action="store_true",
+                   help="add SOURCE to the finished dataset in OUTPUT (new shards and a "
+                        "manifest covering both; nothing finished is rewritten; re-run the "
+                        "same command to resume it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--config", default=None, metavar="YAML", help="config file (wdstream.Config "
                                                                    "keys); options above win")
@@ -129,17 +133,19 @@ def _convert_all(args: argparse.Namespace, config):
         reg = registry.get_registry(args.registry)
         for entry in registry.select_datasets("all", args.task_type, registry=reg):
             url = join_url(output, entry.name)
-            yield url, convert_entry(entry, url, config, on_plan=_print_plan)
+            yield url, convert_entry(entry, url, config, on_plan=_print_plan,
+                                     append=args.append)
         return
     if args.output is None:
         raise ConfigError("give SOURCE and OUTPUT (or --task-type T --all OUTPUT)")
     entry = _registry_entry(args.source, args.registry, args.data_files)
     if entry is not None:
-        yield args.output, convert_entry(entry, args.output, config, on_plan=_print_plan)
+        yield args.output, convert_entry(entry, args.output, config, on_plan=_print_plan,
+                                         append=args.append)
         return
     yield args.output, convert(args.source, args.output, name=args.name, split=args.split,
                                data_files=args.data_files, revision=args.revision,
-                               config=config, on_plan=_print_plan)
+                               config=config, on_plan=_print_plan, append=args.append)
 
 
 def _print_plan(plan) -> None:

@@ -41,6 +41,7 @@ __all__ = ["COMPACT_VERSION", "DETAILS_NAME", "ShardTable", "is_compact", "compa
 
 COMPACT_VERSION = 2
 DETAILS_NAME = "manifest.details.json"
+MAX_DETAILS_BYTES = 1 << 30  # a details part is ~120 bytes a shard: 1 GiB is ~8M shards
 _DETAIL_FIELDS = ("bytes", "sha256", "partition", "first_key", "last_key")
 _STEM_EXTS = (".tar.gz", ".tgz", ".tar")
 
@@ -139,13 +140,15 @@ def is_compact(d: Any) -> bool:
         and isinstance(d.get("shards"), dict)
 
 
-def compact_parts(d: dict[str, Any]) -> tuple[bytes, bytes]:
+def compact_parts(d: dict[str, Any], details_name: str = DETAILS_NAME) -> tuple[bytes, bytes]:
     """``(manifest.json, manifest.details.json)`` bytes of version 2 from a version-1 dict
-    (``Manifest.to_dict()``)."""
+    (``Manifest.to_dict()``); the reader part names its details part ``details_name``."""
     shards = d["shards"]
     details = {"format": "wdstream-manifest-details", "version": COMPACT_VERSION,
                "count": len(shards), **{f: [s.get(f) for s in shards] for f in _DETAIL_FIELDS}}
-    return json.dumps(_compact_head(d), indent=1).encode(), json.dumps(details).encode()
+    head = _compact_head(d)
+    head["details"] = details_name
+    return json.dumps(head, indent=1).encode(), json.dumps(details).encode()
 
 
 def _compact_head(d: dict[str, Any]) -> dict[str, Any]:
@@ -186,9 +189,13 @@ def expand_compact(d: dict[str, Any], url: str,
     """A version-2 manifest (and its details part) as the version-1 dict it was made from."""
     base = posixpath.dirname(url)
     table = _table(d, base)
-    details_url = storage.join_url(base, d.get("details") or DETAILS_NAME)
+    name = d.get("details") or DETAILS_NAME
+    if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"'details' must name a file beside the manifest, not {name!r}")
+    details_url = storage.join_url(base, name)
     try:
-        details = json.loads(storage.read_bytes(details_url, storage_options))
+        details = json.loads(storage.read_bytes(details_url, storage_options,
+                                                max_bytes=MAX_DETAILS_BYTES))
     except OSError as exc:
         raise SourceError(f"cannot read {redact(details_url)}, the per-shard part of "
                           f"{redact(url)}: {exc}", url=details_url) from exc
@@ -251,13 +258,16 @@ class _Fields:
 
 
 def save_compact(manifest, output_url: str,
-                 storage_options: dict[str, Any] | None = None) -> str:
+                 storage_options: dict[str, Any] | None = None, *,
+                 details_name: str = DETAILS_NAME) -> str:
     """Write ``manifest`` (a :class:`~wdstream.format.manifest.Manifest`) as version 2: the
-    details part first, then ``manifest.json`` (a reader never sees one without the other)."""
+    details part first (as ``details_name``: an append writes a new one, so the manifest
+    being replaced stays whole), then ``manifest.json`` (a reader never sees one without the
+    other)."""
     d = {k: v for k, v in manifest.to_dict(shards=False).items()}
     d["shards"] = [_Fields(s) for s in manifest.shards]  # views, not 500k dict copies
-    head, details = compact_parts(d)
-    storage.write_bytes(storage.join_url(output_url, DETAILS_NAME), details, storage_options)
+    head, details = compact_parts(d, details_name)
+    storage.write_bytes(storage.join_url(output_url, details_name), details, storage_options)
     url = storage.join_url(output_url, "manifest.json")
     storage.write_bytes(url, head, storage_options)
     return url

@@ -34,6 +34,7 @@ from .executors import Executor, check_executor, make_executor
 from .output import JOB_NAME, Output, RecordLog, check_job, records_per_batch
 from .partition import ConvertTask, convert_partition
 from .plan import JobPlan, columns_dict, plan_job
+from .segments import details_name, segments_manifest, start_append
 from .sources.hf import HFSource
 
 __all__ = ["convert", "convert_entry"]
@@ -82,7 +83,8 @@ class _Bar:
 def convert(source: str, output: str, *, name: str | None = None, split: str | None = None,
             data_files: Any = None, revision: str | None = None, config: Config | None = None,
             executor: Executor | str | None = None,
-            on_plan: Callable[[JobPlan], None] | None = None, **overrides: Any) -> Manifest:
+            on_plan: Callable[[JobPlan], None] | None = None, append: bool = False,
+            **overrides: Any) -> Manifest:
     """Convert a Hugging Face dataset into WebDataset shards under ``output``; returns the
     Manifest.
 
@@ -103,6 +105,12 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
     ``config.ray_address`` or starts a local Ray). A failed partition stops the job with its
     own error, which names the partition. ``on_plan(plan)`` is called once the source's
     columns and partitions are known, before any work (the CLI prints the column mapping).
+
+    ``append=True`` adds this source to the finished dataset in ``output`` as a new segment
+    (:mod:`.segments`): new partitions numbered after its last one, a manifest covering both;
+    nothing finished is rewritten. Re-running the same append resumes or is a no-op. Raises
+    ConfigError when ``output`` holds no finished conversion, or an unfinished append of
+    another source or options.
     """
     if isinstance(executor, str):
         overrides["executor"], executor = executor, None
@@ -127,17 +135,20 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
         plan = plan_job(spec, config)
         if on_plan is not None:
             on_plan(plan)
-        fresh = check_job(out, plan)
-        if fresh:
+        segment = start_append(out, plan) if append else None
+        fresh = segment.fresh if segment else check_job(out, plan)
+        if fresh and not segment:
             storage.write_bytes(storage.join_url(output, f"{PARTITIONS_DIR}/{JOB_NAME}"),
                                 json.dumps(plan.to_dict(), indent=1, sort_keys=True).encode(),
                                 opts)
-        records = {} if fresh or records_future is None else records_future.result()
+        records = {} if (fresh and not segment) or records_future is None \
+            else records_future.result()
     finally:
         if reading is not None:
             reading.shutdown(wait=True, cancel_futures=True)
-    pending = [p for p in range(plan.n_partitions) if p not in records]
-    if not pending and out.read(MANIFEST_NAME) is not None:
+    first = segment.first_partition if segment else 0
+    pending = [first + p for p in range(plan.n_partitions) if first + p not in records]
+    if not pending and (segment.finished if segment else out.read(MANIFEST_NAME) is not None):
         log.info("%s is complete (%d partitions, %d samples); nothing to do",
                  redact(output), plan.n_partitions, sum(r.samples for r in records.values()))
         return load_manifest(output, opts)
@@ -148,13 +159,14 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
     tasks = (ConvertTask(spec=spec, columns=plan.columns, partition=p,
                          n_partitions=plan.n_partitions, output_url=output,
                          max_samples_per_shard=config.max_samples_per_shard,
-                         max_shard_bytes=config.max_shard_bytes, limit=plan.limit_of(p),
+                         max_shard_bytes=config.max_shard_bytes, limit=plan.limit_of(p - first),
                          skip_bad_rows=config.skip_bad_rows, storage_options=opts,
                          job=job, validate=config.validate, source_shards=plan.source_shards,
-                         resume=not fresh)
+                         resume=not fresh, first_partition=first)
              for p in pending)  # made as the executor takes them: memory bounded by in-flight
     batches = RecordLog(out, job[:12], records_per_batch(plan.n_partitions))
-    bar = _Bar(plan.total_rows, sum(r.samples for r in records.values()), config.quiet)
+    bar = _Bar(plan.total_rows, sum(r.samples for p, r in records.items() if p >= first),
+               config.quiet)
     own_executor = executor is None
     executor = executor or make_executor(config)
     log.info("running %d partition(s)", len(pending))
@@ -169,8 +181,12 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
         batches.flush()
     log.info("all %d partitions done; cleaning up", plan.n_partitions)
     out.sweep()  # uploads / temp files of attempts that died; CleanupError: re-run finishes
-    manifest = _manifest(plan, records, output)
-    save_compact(manifest, output, opts)  # version 2: reader part + details part
+    if segment:  # every segment's shards; a new details part: the old manifest stays whole
+        manifest = segments_manifest(segment, records, output)
+        save_compact(manifest, output, opts, details_name=details_name(segment.index))
+    else:
+        manifest = _manifest(plan, records, output)
+        save_compact(manifest, output, opts)  # version 2: reader part + details part
     _warn_mixed_extensions(manifest)
     log.info("wrote %s: %d samples in %d shards (%.1f MB); skipped %s", redact(output),
              manifest.samples, len(manifest.shards), manifest.bytes / 1e6,
@@ -194,13 +210,13 @@ def _warn_mixed_extensions(manifest: Manifest) -> None:
 
 
 def convert_entry(entry: Entry, output: str, config: Config | None = None,
-                  on_plan: Callable[[JobPlan], None] | None = None,
+                  on_plan: Callable[[JobPlan], None] | None = None, append: bool = False,
                   **overrides: Any) -> Manifest:
     """Convert one registry dataset with its column mapping and text template (see
-    :func:`convert`); returns the Manifest."""
+    :func:`convert`; ``append`` as there); returns the Manifest."""
     config = (config or Config()).replace(
         image_column=entry.image_column, audio_column=entry.audio_column,
         text_columns=entry.template_columns, text_template=entry.text_template or None,
         **overrides)
     return convert(entry.hub_id, output, name=entry.config, split=entry.split,
-                   revision=entry.revision, config=config, on_plan=on_plan)
+                   revision=entry.revision, config=config, on_plan=on_plan, append=append)

@@ -46,6 +46,9 @@ class ConvertTask:
     the partition reads group ``partition``; ``source_shards`` is how many shards the source
     had when the job was planned (0: ``n_partitions``, one shard a partition). ``resume`` says a dead attempt may have
     committed files of this partition: it then removes those it does not write again.
+    ``first_partition`` is the job's first partition number (an append numbers its partitions
+    after the output's last one): ``partition`` names the shards, keys and record, and the
+    task reads group ``partition - first_partition`` of the source.
     """
 
     spec: HFSource
@@ -63,6 +66,7 @@ class ConvertTask:
     validate: str = "cheap"  # "cheap" | "full" (see wdstream.write.validate)
     source_shards: int = 0
     resume: bool = False
+    first_partition: int = 0
 
     def __str__(self) -> str:
         return (f"partition {self.partition} of {self.n_partitions} "
@@ -82,6 +86,9 @@ def _name_partition(exc: BaseException, task: ConvertTask) -> None:
     """Make a partition's error say which partition failed, keeping its type (callers catch
     ColumnError, TooManyErrors...): wdstream errors get a prefix, others a note."""
     where = f"partition {task.partition} of {task.n_partitions}"
+    if task.first_partition:  # an append: its partitions follow the output's earlier ones
+        where = (f"partition {task.partition} (of {task.first_partition}.."
+                 f"{task.first_partition + task.n_partitions - 1}, appended)")
     if isinstance(exc, WdstreamError) and exc.args and isinstance(exc.args[0], str):
         if not exc.args[0].startswith(where):
             exc.args = (f"{where}: {exc.args[0]}", *exc.args[1:])
@@ -109,7 +116,8 @@ def _partition_dataset(task: ConvertTask):
             f"{shards} this job was planned with; its files changed during the "
             f"conversion. Convert it again into a new OUTPUT", url=task.output_url)
     if task.n_partitions > 1:  # contiguous groups of source shards (one each without --limit)
-        ds = ds.shard(num_shards=task.n_partitions, index=task.partition, contiguous=True)
+        ds = ds.shard(num_shards=task.n_partitions, index=task.partition - task.first_partition,
+                      contiguous=True)
     if task.limit is not None:
         ds = ds.take(task.limit)
     return ds
