@@ -94,3 +94,15 @@ def test_the_details_part_must_lie_beside_the_manifest(tmp_path, details):
     (tmp_path / "manifest.json").write_text(json.dumps(head))
     with pytest.raises(SourceError, match="'details' must name a file beside the manifest"):
         load_manifest(str(tmp_path))
+
+
+def test_the_reader_part_carries_sizes_and_refuses_impossible_counts(tmp_path):
+    save_compact(Manifest(shards=SHARDS), str(tmp_path))
+    _, table = load_reader_part(str(tmp_path))
+    assert table.bytes.tolist() == [s.bytes for s in SHARDS]  # checked when a shard opens
+    head = json.loads((tmp_path / "manifest.json").read_text())
+    head["shards"]["samples"] = [[10**8, 1], [5, 2], [3, 1], [0, 1], [5, 1]]
+    head["samples"] = sum(n * r for n, r in head["shards"]["samples"])
+    (tmp_path / "manifest.json").write_text(json.dumps(head))
+    with pytest.raises(SourceError, match=r"'shards\[0\].samples' is 100000000, more than"):
+        load_reader_part(str(tmp_path))

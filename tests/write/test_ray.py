@@ -253,11 +253,11 @@ def test_cli_maps_executor_options(monkeypatch):
                        (["--ray-address", "auto"], ("ray", "auto")),
                        (["--executor", "ray", "--ray-address", "10.0.0.1:6379"],
                         ("ray", "10.0.0.1:6379"))]:
-        args = parser.parse_args(["convert", "src", "out", *argv])
+        args = parser.parse_args(["convert", "someone/src", "out", *argv])
         with pytest.raises(ConfigError, match="stop here"):
             cmd.run(args)
         assert (seen["config"].executor, seen["config"].ray_address) == want
-    args = parser.parse_args(["convert", "src", "out", "--executor", "local",
+    args = parser.parse_args(["convert", "someone/src", "out", "--executor", "local",
                               "--ray-address", "auto"])
     with pytest.raises(ConfigError, match="--ray-address needs --executor ray"):
         cmd.run(args)

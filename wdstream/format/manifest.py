@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .. import storage
 from ..errors import NotFoundError, SourceError, redact
 from .shardtable import ShardTable, expand_compact, is_compact, parse_reader_part
@@ -241,7 +243,30 @@ def load_reader_part(source: str, storage_options: dict[str, Any] | None = None,
                           url=url) from exc
     if compact:
         _confine_table(table, url, allowed_prefixes)
+        _check_table_sizes(table, url)
     return head, table
+
+
+def _check_table_sizes(table: ShardTable, url: str) -> None:
+    """Refuse a shard that claims more samples than its bytes can hold (every sample takes at
+    least one 512-byte tar header; compressed shards are left to the read)."""
+    if table.bytes is None:
+        return
+    plain = np.array([not table.name(i).endswith((".gz", ".tgz")) for i in range(len(table))]) \
+        if not _plainly_tar(table) else np.ones(len(table), dtype=bool)
+    too_many = np.flatnonzero(plain & (table.samples * 512 > table.bytes))
+    if len(too_many):
+        i = int(too_many[0])
+        raise SourceError(
+            f"{redact(url)} is not a valid wdstream manifest: 'shards[{i}].samples' is "
+            f"{int(table.samples[i])}, more than its {int(table.bytes[i])} bytes can hold. "
+            f"Re-run the conversion or point at the shards directly.", url=url)
+
+
+def _plainly_tar(table: ShardTable) -> bool:
+    """True when no shard name is compressed (one pass over the name blob)."""
+    blob = table.names_blob()
+    return ".gz" not in blob and ".tgz" not in blob
 
 
 def _confine_table(table: ShardTable, url: str, allowed_prefixes: Sequence[str]) -> None:

@@ -93,9 +93,11 @@ class ShardTable:
     ``url(i)`` and ``index_url(i)``. Built by :func:`load_shard_table`."""
 
     def __init__(self, base_url: str, names: str, samples: np.ndarray,
-                 index: dict[str, str] | None):
+                 index: dict[str, str] | None, nbytes: np.ndarray | None = None):
         self.base_url = base_url
         self.samples = np.asarray(samples, dtype=np.int64)
+        #: each shard's size in bytes, when the manifest says (the reader checks it at open)
+        self.bytes = None if nbytes is None else np.asarray(nbytes, dtype=np.int64)
         self._names = _Names(names, len(self.samples))
         self._suffix = index.get("suffix") if index else None
         self._index_names = _Names(index["names"], len(self.samples)) \
@@ -170,14 +172,22 @@ def _compact_head(d: dict[str, Any]) -> dict[str, Any]:
     head.update(version=COMPACT_VERSION, details=DETAILS_NAME,
                 shards={"count": len(shards), "names": "\n".join(names),
                         "samples": _rle([int(s["samples"]) for s in shards]), "index": index})
+    sizes = [s.get("bytes") for s in shards]
+    if shards and all(isinstance(b, int) and not isinstance(b, bool) for b in sizes):
+        head["shards"]["bytes"] = sizes  # lets a reader check a shard's size when it opens it
     return head
 
 
 def _table(d: dict[str, Any], base_url: str) -> ShardTable:
     cols = d["shards"]
     count = int(cols["count"])
+    sizes = cols.get("bytes")
+    if sizes is not None:
+        sizes = np.asarray(sizes, dtype=np.int64)
+        if sizes.shape != (count,) or (sizes < 0).any():
+            raise ValueError(f"'shards.bytes' must be {count} non-negative sizes")
     table = ShardTable(base_url, cols["names"], _unrle(cols["samples"], count, "sample counts"),
-                       cols.get("index"))
+                       cols.get("index"), sizes)
     if "samples" in d and int(d["samples"]) != int(table.samples.sum()):
         raise ValueError(f"manifest total {d['samples']} != sum of shard counts "
                          f"{int(table.samples.sum())}")

@@ -75,7 +75,8 @@ class ShardRefs(Sequence):
         if not 0 <= i < len(self):
             raise IndexError(i)
         t = self.table
-        return ShardRef(url=t.url(i), samples=int(t.samples[i]), index_url=t.index_url(i))
+        return ShardRef(url=t.url(i), samples=int(t.samples[i]), index_url=t.index_url(i),
+                        bytes=None if t.bytes is None else int(t.bytes[i]))
 
 
 def error_item(reason: str, url: str, key: str | None = None) -> dict:
