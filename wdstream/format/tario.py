@@ -231,6 +231,9 @@ def split_members(data, *, name: str = "<shard>", max_member_bytes: int | None =
             out.append((member, MemberTooLarge(member, size, max_member_bytes)))
         else:
             out.append((member, bytes(view[start:stop])))
+    else:
+        if pos < end:
+            raise EOFError(f"{name}: span truncated inside a tar header at byte {pos}")
     return out
 
 
