@@ -152,3 +152,28 @@ def test_shards_without_an_index_read_the_same(tmp_path, local_ds):
     for s in m.shards:
         os.remove(os.path.join(url, s.index))
     assert keys_of(url, cfg(read_ahead_requests=8, decode_threads=2)) == with_index
+
+
+def test_decode_threads_keep_order_and_count_bad_samples_in_order():
+    from wdstream.errors import ErrorBudget, SampleError
+    from wdstream.read.stages import Bad, decode_stage
+
+    def decoder(item):
+        if item["__key__"] in ("k3", "k7"):
+            raise SampleError("broken", reason="undecodable image")
+        return {"key": item["__key__"]}
+
+    def items():
+        for i in range(20):
+            yield {"__error__": "unreadable shard", "__key__": f"k{i}"} if i == 11 else \
+                {"__key__": f"k{i}", "__url__": "u"}
+
+    out = {}
+    for threads in (0, 4):
+        budget = ErrorBudget(-1)
+        got = list(decode_stage(items(), decoder, budget, threads=threads))
+        out[threads] = ([g.key if isinstance(g, Bad) else g["key"] for g in got],
+                        [isinstance(g, Bad) for g in got], dict(budget.counts),
+                        budget.placeholders)
+    assert out[0] == out[4]
+    assert out[0][1].count(True) == 3 and out[0][3] == 3
