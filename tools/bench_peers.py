@@ -57,6 +57,8 @@ MB = 2**20
 SHARD_BYTES = 64 * MB  # one target shard/chunk size for every writer
 SHUFFLE_BUFFER = 1000
 BUCKET = "bench"
+READ_STORES = ("local", "s3", "s3-latency")  # s3-latency: the s3 data via tools/s3proxy.py
+LATENCY_TTFB, LATENCY_JITTER, LATENCY_BANDWIDTH = 0.03, 0.01, 80e6  # as a real bucket, roughly
 SECTION = "## Peers"
 NOTES_MARK = "<!-- notes below are kept when bench_peers.py rewrites this section -->"
 INSTALL = ("python3 -m venv .venv-bench && .venv-bench/bin/pip install -e '.[test,bench]' "
@@ -158,6 +160,11 @@ class Store:
     kind: str  # "local" | "s3"
     root: str  # local folder, or s3://bucket
     endpoint: str | None = None
+    label: str | None = None  # the store's name in results: "s3-latency" reads s3 via the proxy
+
+    @property
+    def name(self) -> str:
+        return self.label or self.kind
 
     @property
     def storage_options(self) -> dict:
@@ -175,7 +182,8 @@ class Store:
         return fsspec.core.url_to_fs(self.root, **self.storage_options)[0]
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "root": self.root, "endpoint": self.endpoint}
+        return {"kind": self.kind, "root": self.root, "endpoint": self.endpoint,
+                "label": self.label}
 
 
 def storage_bytes(store: Store, url: str) -> int:
@@ -617,10 +625,21 @@ def run_benchmark(args) -> Results:
     stores = []
     if "local" in args.stores:
         stores.append(Store("local", os.path.join(cache, "local")))
-    if "s3" in args.stores:
+    proxy = None
+    if "s3" in args.stores or "s3-latency" in args.stores:
         server, endpoint = start_s3()
         stores.append(Store("s3", f"s3://{BUCKET}", endpoint))
         print(f"loopback S3 (moto) at {endpoint}", flush=True)
+    read_stores = [s for s in stores if s.name in args.stores]
+    if "s3-latency" in args.stores:  # the s3 data, read through the S3 test proxy
+        from s3proxy import S3Proxy  # tools/, this script's folder
+
+        proxy = S3Proxy(endpoint, ttfb=LATENCY_TTFB, jitter=LATENCY_JITTER,
+                        bandwidth=LATENCY_BANDWIDTH).start()
+        read_stores.append(Store("s3", f"s3://{BUCKET}", proxy.url, label="s3-latency"))
+        print(f"S3 test proxy at {proxy.url}: {LATENCY_TTFB * 1e3:.0f} ms to first byte "
+              f"(+- {LATENCY_JITTER * 1e3:.0f}), {LATENCY_BANDWIDTH / 1e6:.0f} MB/s per "
+              f"connection", flush=True)
     try:
         # ---- conversion, in turns: each system once per store
         for store in stores:
@@ -643,7 +662,7 @@ def run_benchmark(args) -> Results:
                 print(_convert_line(name, store.kind, r), flush=True)
         # ---- reads, in turns: round 1 A B C ..., round 2 A B C ...
         for rnd in range(args.rounds):
-            for store in stores:
+            for store in read_stores:
                 for workers in args.workers:
                     for name in present:
                         if "error" in res.convert.get((name, store.kind), {}):
@@ -655,10 +674,12 @@ def run_benchmark(args) -> Results:
                                "max_batches": args.max_batches}
                         r = run_child(args.python, job, args.timeout)
                         shutil.rmtree(read_cache, ignore_errors=True)
-                        res.reads.setdefault((name, store.kind, workers), []).append(r)
-                        print(f"round {rnd + 1} {_read_line(name, store.kind, workers, r)}",
+                        res.reads.setdefault((name, store.name, workers), []).append(r)
+                        print(f"round {rnd + 1} {_read_line(name, store.name, workers, r)}",
                               flush=True)
     finally:
+        if proxy is not None:
+            proxy.stop()
         if server is not None:
             server.stop()
         res.save(os.path.join(cache, "results.json"))
@@ -712,6 +733,7 @@ def _why_missing(res: Results, name: str, store: str) -> str | None:
 def render_markdown(res: Results, args) -> str:
     cmd = "python tools/bench_peers.py " + " ".join(shlex.quote(a) for a in args.argv)
     base_stores = [s for s in ("local", "s3") if s in args.stores]
+    read_stores = [s for s in READ_STORES if s in args.stores]
     lines = [
         "The peers live in their own venv (mosaicml-streaming 0.13 pins numpy<2.2 and "
         "transformers<5, and transformers 4.x needs huggingface-hub<1, hence datasets 4.x); "
@@ -734,7 +756,7 @@ def render_markdown(res: Results, args) -> str:
         "first batch s | × wdstream | peak RSS MiB | × wdstream | samples read |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for store in base_stores:
+    for store in read_stores:
         for workers in args.workers:
             base = read_stats(res.reads.get(("wdstream", store, workers), []))
             for name in res.systems:
@@ -819,7 +841,7 @@ def plot(res: Results, args, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    settings = [(s, w) for s in ("local", "s3") if s in args.stores for w in args.workers]
+    settings = [(s, w) for s in READ_STORES if s in args.stores for w in args.workers]
     names = res.systems
     colors = {"wdstream": "#d62728", "webdataset": "#1f77b4", "hf-parquet": "#ff7f0e",
               "mds": "#2ca02c", "litdata": "#9467bd"}
@@ -885,8 +907,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[0, 2],
                    help="DataLoader worker counts (default 0,2)")
-    p.add_argument("--stores", type=lambda s: s.split(","), default=["local", "s3"],
-                   help="local,s3 (default both)")
+    p.add_argument("--stores", type=lambda s: s.split(","),
+                   default=["local", "s3", "s3-latency"],
+                   help="local,s3,s3-latency (default all; s3-latency reads the s3 data "
+                        "through the S3 test proxy: 30 ms to first byte, 80 MB/s)")
     p.add_argument("--systems", type=lambda s: s.split(","), default=list(SYSTEMS),
                    help=f"comma-separated, from {','.join(SYSTEMS)} (default all)")
     p.add_argument("--max-batches", type=int, default=None,

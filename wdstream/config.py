@@ -60,8 +60,12 @@ class Config:
     prefetch_factor: int = 2
     local_cache_dir: str | None = None  # optional local LRU folder of whole shards (on disk)
     local_cache_bytes: int = 10 * 2**30  # bound of that folder, in bytes
-    read_block_size: int = 8 * 2**20  # bytes per ranged GET when streaming a shard
-    readahead: int = 64  # samples read ahead by a background thread per slot (0: none)
+    read_block_size: int = 8 * 2**20  # most bytes per ranged GET (a span is cut at samples)
+    readahead: int = 64  # samples read ahead by a thread: streaming mode, read_ahead_requests 0
+    read_ahead_requests: int = 8  # ranged GETs in flight per worker (0: one at a time, readahead)
+    read_ahead_bytes: int = 64 * 2**20  # most fetched-but-unconsumed bytes per worker
+    decode_threads: int = 0  # threads per worker decoding ahead, in order (0: inline)
+    stats_log_every: int = 100  # batches between DEBUG lines of a worker's read stats (0: none)
     storage_options: dict[str, Any] = field(default_factory=dict)
     max_member_bytes: int = 2**30  # a larger tar member is skipped and counted, never read
     allowed_prefixes: tuple[str, ...] = ()  # shard/index URL prefixes a manifest may name
@@ -129,6 +133,10 @@ class Config:
                 setattr(self, name, value)
         if self.num_workers < 0 or self.cache_size < 0:
             raise ConfigError("num_workers and cache_size must be >= 0")
+        for name in ("read_ahead_requests", "read_ahead_bytes", "decode_threads",
+                     "stats_log_every", "readahead"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"{name} must be >= 0, not {getattr(self, name)!r}", key=name)
         if self.limit is not None and int(self.limit) < 1:
             raise ConfigError(f"limit must be at least 1 (or null for all rows), not "
                               f"{self.limit!r}", key="limit")

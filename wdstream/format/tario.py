@@ -21,6 +21,7 @@ __all__ = [
     "split_key",
     "iter_members",
     "iter_members_at",
+    "split_members",
     "group_samples",
     "MemberTooLarge",
     "MTIME",
@@ -151,6 +152,92 @@ def iter_members_at(stream: BinaryIO, *, name: str = "<shard>",
         if pos is not None and pos < tar.offset + BLOCK:
             raise EOFError(f"{name}: truncated after {tar.offset} bytes "
                            f"(no end-of-archive marker)")
+
+
+def _number(field: bytes) -> int:
+    """A tar header's numeric field: octal text, or GNU base-256 when the top bit is set."""
+    if field[:1] and field[0] & 0x80:
+        n = int.from_bytes(field[1:], "big")
+        return n - (1 << (8 * len(field) - 8)) if field[0] & 0x40 else n
+    text = field.split(b"\0", 1)[0].strip(b" ")
+    return int(text, 8) if text else 0
+
+
+def _pax_path(data: bytes) -> str | None:
+    """The ``path`` record of a pax extended header, if any."""
+    path = None
+    pos = 0
+    while pos < len(data):
+        space = data.find(b" ", pos)
+        if space < 0:
+            break
+        length = int(data[pos:space])
+        record = data[space + 1:pos + length - 1]
+        key, _, value = record.partition(b"=")
+        if key == b"path":
+            path = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return path
+
+
+def split_members(data, *, name: str = "<shard>", max_member_bytes: int | None = None
+                  ) -> list[tuple[str, bytes | MemberTooLarge]]:
+    """``(member name, bytes)`` of the regular files in ``data``, the bytes of a span of an
+    uncompressed tar that starts at a header: a minimal parser, no ``tarfile`` objects.
+
+    512-byte headers (name, size, typeflag, checksum checked); GNU long names
+    (``././@LongLink``, type ``L``) and pax headers (``x``: their ``path``) apply to the next
+    member; other types are skipped. Parsing stops at the end of ``data`` or at a zero block.
+    A member whose data runs past the end raises EOFError; a bad checksum raises ValueError.
+    """
+    view = memoryview(data)
+    end = len(view)
+    pos = 0
+    out: list[tuple[str, bytes | MemberTooLarge]] = []
+    long_name: str | None = None
+    while pos + BLOCK <= end:
+        header = bytes(view[pos:pos + BLOCK])
+        if header == _ZERO_BLOCK:
+            break
+        stored = _number(header[148:156])
+        if stored != sum(header[:148]) + 256 + sum(header[156:]):
+            raise ValueError(f"{name}: bad tar header checksum at byte {pos} of the span")
+        size = _number(header[124:136])
+        kind = header[156:157]
+        start = pos + BLOCK
+        stop = start + size
+        if stop > end:
+            raise EOFError(f"{name}: member at byte {pos} of the span truncated "
+                           f"({end - start} of {size} bytes)")
+        pos = stop + (-size) % BLOCK
+        if kind == b"L":
+            long_name = bytes(view[start:stop]).split(b"\0", 1)[0].decode(
+                "utf-8", "surrogateescape")
+            continue
+        if kind == b"x":
+            long_name = _pax_path(bytes(view[start:stop])) or long_name
+            continue
+        if kind not in (b"0", b"\0", b"7"):
+            long_name = None
+            continue
+        if long_name is not None:
+            member, long_name = long_name, None
+        else:
+            member = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            prefix = header[345:500].split(b"\0", 1)[0]
+            if header[257:262] == b"ustar" and prefix:
+                member = prefix.decode("utf-8", "surrogateescape") + "/" + member
+        if max_member_bytes is not None and size > max_member_bytes:
+            out.append((member, MemberTooLarge(member, size, max_member_bytes)))
+        else:
+            out.append((member, bytes(view[start:stop])))
+    else:
+        if pos < end:
+            raise EOFError(f"{name}: span truncated inside a tar header at byte {pos}")
+    return out
+
+
+_ZERO_BLOCK = bytes(BLOCK)
 
 
 def group_samples(members: Iterable[tuple[str, bytes | MemberTooLarge]]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ import torch
 
 from ..errors import ConfigError, ErrorBudget, SourceError, redact
 from . import planner
+from .fetch import Counters, Prefetcher, ReadStats
 from .mix import normalise_weights
 from .mixplan import MixPlan, mixed_epoch
 from .planner import Layout, Pool, SlotPlan
@@ -43,6 +45,26 @@ def make_reader(config, budget: ErrorBudget) -> ShardReader:
         if config.local_cache_dir else None
     return ShardReader(config.storage_options, block_size=config.read_block_size, budget=budget,
                        cache=cache, max_member_bytes=config.max_member_bytes)
+
+
+def tracked(batches: Iterator[dict], stats: ReadStats, worker: int, counters: Counters,
+            batch_size: int, log_every: int, what: str) -> Iterator[dict]:
+    """``batches``, counting each into ``counters`` (written to ``stats`` row ``worker``)
+    and the seconds spent suspended at the yield: blocked on the consumer."""
+    for batch in batches:
+        counters.batches += 1
+        counters.samples += batch_size
+        stats.write(worker, counters)
+        if log_every and counters.batches % log_every == 0:
+            log.debug("%s worker %d: %d batches, %.1f samples/s, io wait %.2fs, decode %.2fs, "
+                      "blocked %.2fs, %d GETs, %d bytes", what, worker, counters.batches,
+                      counters.samples / max(counters.elapsed_s, 1e-9), counters.io_wait_s,
+                      counters.decode_s, counters.blocked_s, counters.get_requests,
+                      counters.bytes_read)
+        t0 = time.perf_counter()
+        yield batch
+        counters.blocked_s += time.perf_counter() - t0
+    stats.write(worker, counters)
 
 
 def transform_seed(seed: int, epoch: int, source: str, key: str) -> int:
@@ -130,6 +152,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.resume = resume
         self.slots_per_rank = max(1, config.num_workers)
         self._epoch = SharedEpoch()
+        self.read_stats = ReadStats(self.slots_per_rank)
         self.exact = bool(source.has_manifest and config.exact)
         if not self.exact and world > 1 and self.epoch_samples() is None:
             raise ConfigError(
@@ -194,11 +217,14 @@ class ShardDataset(torch.utils.data.IterableDataset):
         budget = ErrorBudget(c.error_tolerance, what="bad samples/shards")
         reader = make_reader(c, budget)
         epoch = self.epoch
+        counters = Counters()
         if self.exact:
-            stream = self._exact(reader, budget, epoch, world.worker)
+            stream = self._exact(reader, budget, epoch, world.worker, counters)
         else:
-            stream = self._streaming(reader, budget, epoch, world.worker, world.workers)
-        yield from stream
+            stream = self._streaming(reader, budget, epoch, world.worker, world.workers,
+                                     counters)
+        yield from tracked(stream, self.read_stats, world.worker, counters, c.batch_size,
+                           c.stats_log_every, f"epoch {epoch}, rank {self.rank}")
         if budget.total or budget.placeholders:
             log.warning("epoch %d, rank %d worker %d: skipped %s; %d samples not delivered",
                         epoch, self.rank, world.worker, dict(budget.counts), budget.placeholders)
@@ -212,18 +238,19 @@ class ShardDataset(torch.utils.data.IterableDataset):
         else:
             items = self._streaming_items(reader, epoch, world.worker, world.workers)
         return decode_stage(items, self.decoder_for(epoch), budget, self.source.name,
-                            self.source.synthetic)
+                            self.source.synthetic, threads=self.config.decode_threads)
 
     def _exact(self, reader: ShardReader, budget: ErrorBudget, epoch: int,
-               worker: int) -> Iterator[dict]:
+               worker: int, counters: Counters | None = None) -> Iterator[dict]:
         c = self.config
         slot = self.slot_plan(epoch, worker)
         n_batches = slot.length // c.batch_size
         if n_batches == 0:
             return
-        shuffled = self.slot_items(reader, slot)
+        shuffled = self.slot_items(reader, slot, counters)
         decoded = decode_stage(shuffled, self.decoder_for(epoch), budget, self.source.name,
-                               self.source.synthetic)
+                               self.source.synthetic, threads=c.decode_threads,
+                               counters=counters)
         yield from exact_batches(decoded, c.batch_size, n_batches, self.collate,
                                  borrow=lambda: self._borrow(reader, budget, epoch))
 
@@ -244,10 +271,33 @@ class ShardDataset(torch.utils.data.IterableDataset):
         rank = self.rank if rank is None else rank
         return self.pool(epoch).slot(self.layout(), rank, worker)
 
-    def slot_items(self, reader: ShardReader, slot: SlotPlan) -> Iterator[dict]:
-        """Raw items of one slot in emission order: its reads, then the window shuffle."""
-        items = readahead(self._read_slot(reader, slot), self.config.readahead)
+    def slot_items(self, reader: ShardReader, slot: SlotPlan,
+                   counters: Counters | None = None) -> Iterator[dict]:
+        """Raw items of one slot in emission order: its reads (``read_ahead_requests``
+        ranged GETs in flight, see :mod:`wdstream.read.fetch`; or, with 0, one read at a
+        time on the ``readahead`` thread), then the window shuffle."""
+        c = self.config
+        if c.read_ahead_requests > 0 and reader.cache is None:  # the cache reads whole shards
+            items = iter(Prefetcher(reader, self.source.shards, self._slot_reads(slot),
+                                    requests=c.read_ahead_requests,
+                                    max_bytes=c.read_ahead_bytes,
+                                    request_bytes=min(c.read_block_size, max(
+                                        1, c.read_ahead_bytes // c.read_ahead_requests)),
+                                    counters=counters))
+        else:
+            items = readahead(self._read_slot(reader, slot), c.readahead)
         return window_shuffle(items, slot)
+
+    @staticmethod
+    def _slot_reads(slot: SlotPlan) -> Iterator[tuple[int, int, int, np.ndarray | None]]:
+        """The slot's reads as ``(shard, first, stop, wanted or None)``, scattered ones cut
+        where samples lie far apart (as :meth:`_read_slot` reads them)."""
+        for read in slot.reads:
+            if read.wanted is None:
+                yield read.shard, read.first, read.stop, None
+                continue
+            for part in _gap_split(np.asarray(read.wanted), MAX_GAP):
+                yield read.shard, int(part[0]), int(part[-1]) + 1, part
 
     def _read_slot(self, reader: ShardReader, slot: SlotPlan) -> Iterator[dict]:
         shards = self.source.shards
@@ -277,7 +327,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
                               seed)
 
     def _streaming(self, reader: ShardReader, budget: ErrorBudget, epoch: int, worker: int,
-                   workers: int) -> Iterator[dict]:
+                   workers: int, counters: Counters | None = None) -> Iterator[dict]:
         c = self.config
         k = self.batches_per_rank(epoch)
         n_batches = None if k is None else planner.worker_batches(k, workers, worker)
@@ -285,7 +335,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
             return
         decoded = decode_stage(self._streaming_items(reader, epoch, worker, workers),
                                self.decoder_for(epoch), budget, self.source.name,
-                               self.source.synthetic)
+                               self.source.synthetic, threads=c.decode_threads,
+                               counters=counters)
         yield from plain_batches(decoded, c.batch_size, self.collate, n_batches=n_batches,
                                  drop_last=c.drop_last)
 
@@ -328,6 +379,7 @@ class MixedDataset(torch.utils.data.IterableDataset):
         self.rank, self.world = rank, world
         self.slots_per_rank = max(1, config.num_workers)
         self._epoch = SharedEpoch()
+        self.read_stats = ReadStats(self.slots_per_rank)
         self.resume: ResumeInfo | None = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -377,6 +429,7 @@ class MixedDataset(torch.utils.data.IterableDataset):
         budget = ErrorBudget(c.error_tolerance, what="bad samples/shards")
         reader = make_reader(c, budget)
         epoch = self.epoch
+        counters = Counters()
         mix, pools = self.plan(epoch)
         steps = range(worker, mix.batches, self.slots_per_rank)
         if not steps:
@@ -385,8 +438,10 @@ class MixedDataset(torch.utils.data.IterableDataset):
         for name in mix.names:
             part = self.parts[name]
             slot = pools[name].slot(mix.split(name), self.rank, worker)
-            streams.append(decode_stage(part.slot_items(reader, slot), part.decoder_for(epoch),
-                                        budget, name, part.source.synthetic, force_source=True))
+            streams.append(decode_stage(part.slot_items(reader, slot, counters),
+                                        part.decoder_for(epoch), budget, name,
+                                        part.source.synthetic, force_source=True,
+                                        threads=c.decode_threads, counters=counters))
 
         def items() -> Iterator:
             for step in steps:
@@ -394,5 +449,7 @@ class MixedDataset(torch.utils.data.IterableDataset):
                     yield next(streams[s])
 
         first = self.parts[self.names[0]]
-        yield from exact_batches(items(), c.batch_size, len(steps), self.collate,
-                                 borrow=lambda: first._borrow(reader, budget, epoch))
+        yield from tracked(exact_batches(items(), c.batch_size, len(steps), self.collate,
+                                         borrow=lambda: first._borrow(reader, budget, epoch)),
+                           self.read_stats, worker, counters, c.batch_size, c.stats_log_every,
+                           f"epoch {epoch}, rank {self.rank} (mixed)")

@@ -161,6 +161,16 @@ class Loader:
             if not (self.config.num_workers > 0 and self.config.persistent_workers):
                 _shutdown(self._holder)
 
+    def stats(self) -> list[dict[str, Any]]:
+        """Where this rank's read time goes in the current epoch, one dict per DataLoader
+        worker (one row with 0 workers): ``samples``, ``batches``, ``elapsed_s``,
+        ``samples_per_s``, ``io_wait_s`` (waiting for fetched spans and indexes),
+        ``decode_s`` (decoding, summed over decode threads), ``blocked_s`` (a batch ready,
+        waiting for the consumer), ``get_requests`` and ``bytes_read`` (ranged GETs the
+        reader made and their bytes). Updated by the workers after every batch (see
+        docs/reader.md, "Tuning")."""
+        return self.dataset.read_stats.rows()
+
     # -- state -------------------------------------------------------------------------
     def _history(self) -> list[tuple[Layout, int]]:
         return self.dataset.history(self._epoch)

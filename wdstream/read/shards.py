@@ -224,7 +224,30 @@ class ShardReader:
             self.budget.record("unreadable shard", redact(shard.url), exc)
 
     # -- spans -------------------------------------------------------------------------
-    def read_run(self, shard: ShardRef, first: int, stop: int, wanted) -> Iterator[dict]:
+    def remember_index(self, shard: ShardRef, idx: dict | None) -> None:
+        """Keep an index fetched elsewhere (the prefetcher) as if :meth:`index` had read it."""
+        if shard.index_url is None:
+            return
+        self._indices[shard.index_url] = idx
+        self._indices.move_to_end(shard.index_url)
+        if len(self._indices) > INDEX_CACHE:
+            self._indices.popitem(last=False)
+
+    def has_index(self, shard: ShardRef) -> bool:
+        """Whether the shard's index is cached already (loaded, or known to be missing)."""
+        return shard.index_url is None or shard.index_url in self._indices
+
+    def _span_samples(self, shard: ShardRef, offset: int, members) -> Iterator[dict]:
+        if members is None:
+            with self._open(shard, offset) as f:
+                yield from self._samples(f, shard)
+            return
+        if isinstance(members, BaseException):
+            raise members
+        yield from group_samples(members)
+
+    def read_run(self, shard: ShardRef, first: int, stop: int, wanted,
+                 members=None) -> Iterator[dict]:
         """Exactly one item per entry of ``wanted`` (ascending local indices in
         ``[first, stop)``): the sample, or an error marker if it could not be read.
 
@@ -233,7 +256,11 @@ class ShardReader:
         that comes back after other keys and that the index left out (``wdstream index`` does)
         is skipped; one that the index counts as a position (or, without an index, one this
         read has seen) is counted and becomes an error marker, so later positions do not
-        shift."""
+        shift.
+
+        ``members``: the span's members already fetched from the index's offset of ``first``
+        (a list of ``(name, bytes)``, see :func:`~wdstream.format.tario.split_members`), or
+        the exception that fetching them raised; the shard is then not opened here."""
         wanted = [int(w) for w in wanted]
         want = set(wanted)
         idx = self.index(shard)
@@ -250,48 +277,50 @@ class ShardReader:
         seen: set[str] = set()
         emitted = 0
         error: str | None = None
+        samples = self._span_samples(shard, offset, members)
         try:
-            with self._open(shard, offset) as f:
-                local = first - skip
-                for sample in self._samples(f, shard):
-                    key = sample["__key__"]
-                    kid = ident(key) if ids is not None else key
-                    if ids is not None and (local >= len(ids) or kid != ids[local]) \
-                            and _key_positions(idx).get(kid, local) < local:
-                        continue  # a repeated key the index left out
-                    duplicate = key in seen or local in dups
-                    seen.add(key)
-                    if local >= first and local in want:
-                        if ids is not None and (local >= len(ids) or kid != ids[local]):
-                            raise ValueError(
-                                f"sample {local} has key {key!r}, which is not the key its "
-                                f"index names: the shard does not match its index")
-                        where = f"{redact(shard.url)} key {key}"
-                        if duplicate:
-                            self.budget.record(DUPLICATE, f"{where} (sample {local} repeats an "
-                                               f"earlier key; a placeholder takes its place)")
-                            got[local] = error_item(DUPLICATE, shard.url, key)
-                        elif "__error__" in sample:
-                            self.budget.record(TOO_LARGE, where, ValueError(sample["__error__"]))
-                            got[local] = error_item(TOO_LARGE, shard.url, key)
-                        else:
-                            sample["__url__"] = shard.url
-                            got[local] = sample
-                        # yield in wanted order as soon as possible (bounded memory)
-                        while emitted < len(wanted) and wanted[emitted] in got:
-                            yield got.pop(wanted[emitted])
-                            emitted += 1
-                    local += 1
-                    if local >= stop:
-                        break
-                if local < stop:
-                    raise EOFError(f"shard ended after {local} samples, expected at least {stop}")
+            local = first - skip
+            for sample in samples:
+                key = sample["__key__"]
+                kid = ident(key) if ids is not None else key
+                if ids is not None and (local >= len(ids) or kid != ids[local]) \
+                        and _key_positions(idx).get(kid, local) < local:
+                    continue  # a repeated key the index left out
+                duplicate = key in seen or local in dups
+                seen.add(key)
+                if local >= first and local in want:
+                    if ids is not None and (local >= len(ids) or kid != ids[local]):
+                        raise ValueError(
+                            f"sample {local} has key {key!r}, which is not the key its "
+                            f"index names: the shard does not match its index")
+                    where = f"{redact(shard.url)} key {key}"
+                    if duplicate:
+                        self.budget.record(DUPLICATE, f"{where} (sample {local} repeats an "
+                                           f"earlier key; a placeholder takes its place)")
+                        got[local] = error_item(DUPLICATE, shard.url, key)
+                    elif "__error__" in sample:
+                        self.budget.record(TOO_LARGE, where, ValueError(sample["__error__"]))
+                        got[local] = error_item(TOO_LARGE, shard.url, key)
+                    else:
+                        sample["__url__"] = shard.url
+                        got[local] = sample
+                    # yield in wanted order as soon as possible (bounded memory)
+                    while emitted < len(wanted) and wanted[emitted] in got:
+                        yield got.pop(wanted[emitted])
+                        emitted += 1
+                local += 1
+                if local >= stop:
+                    break
+            if local < stop:
+                raise EOFError(f"shard ended after {local} samples, expected at least {stop}")
         except TooManyErrors:
             raise
         except Exception as exc:  # noqa: BLE001 - OSError, TarError, zlib.error, and the odd
             # types a hostile tar makes tarfile raise: all count as an unreadable shard
             error = f"{type(exc).__name__}: {exc}"
             self.budget.record("unreadable shard", redact(shard.url), exc)
+        finally:
+            samples.close()
         while emitted < len(wanted):
             w = wanted[emitted]
             if w in got:

@@ -12,10 +12,13 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import itertools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -117,22 +120,71 @@ def window_shuffle(items: Iterable[T], plan) -> Iterator[T]:
             yield {**item, FILLER: True} if pos >= plan.real else item
 
 
+def _timed(decoder: Callable[[dict], dict], item: dict) -> tuple[Any, float]:
+    """``(decoded sample or the SampleError it raised, seconds)``; other errors propagate."""
+    t0 = time.perf_counter()
+    try:
+        out = decoder(item)
+    except SampleError as exc:
+        out = exc
+    return out, time.perf_counter() - t0
+
+
+def _decoded(items: Iterable[dict], decoder: Callable[[dict], dict], threads: int
+             ) -> Iterator[tuple[dict, bool, Any, float]]:
+    """``(item, filler, decoded or SampleError or None, seconds)`` in the order of ``items``;
+    with ``threads``, decoded on a pool at most ``2 * threads`` items ahead."""
+    if threads <= 0:
+        for item in items:
+            if "__error__" in item:
+                yield item, False, None, 0.0
+                continue
+            filler = item.pop(FILLER, False)
+            yield item, filler, *_timed(decoder, item)
+        return
+    ahead: collections.deque = collections.deque()
+    with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="wdstream-decode") \
+            as pool:
+        try:
+            for item in items:
+                if "__error__" in item:
+                    ahead.append((item, False, None))
+                else:
+                    filler = item.pop(FILLER, False)
+                    ahead.append((item, filler, pool.submit(_timed, decoder, item)))
+                while len(ahead) > 2 * threads:
+                    item, filler, fut = ahead.popleft()
+                    yield (item, filler, None, 0.0) if fut is None else (item, filler,
+                                                                          *fut.result())
+            while ahead:
+                item, filler, fut = ahead.popleft()
+                yield (item, filler, None, 0.0) if fut is None else (item, filler,
+                                                                      *fut.result())
+        finally:
+            for _, _, fut in ahead:
+                if fut is not None:
+                    fut.cancel()
+
+
 def decode_stage(items: Iterable[dict], decoder: Callable[[dict], dict], budget: ErrorBudget,
                  source: str | None = None, synthetic: bool = False,
-                 force_source: bool = False) -> Iterator[Any]:
+                 force_source: bool = False, *, threads: int = 0,
+                 counters=None) -> Iterator[Any]:
     """Decode each item; undecodable ones are counted, logged and passed on as ``Bad``.
 
     ``source`` fills the sample's source when its metadata names none (``force_source``:
-    always, as when mixing named sources)."""
-    for item in items:
+    always, as when mixing named sources). ``threads``: decode on that many threads, ahead
+    of the consumer, emitting in the order of ``items`` (errors counted in that order too).
+    ``counters`` (a :class:`~wdstream.read.fetch.Counters`) gets the seconds spent decoding."""
+    for item, filler, out, seconds in _decoded(items, decoder, threads):
+        if counters is not None:
+            counters.decode_s += seconds
         if "__error__" in item:
             budget.placeholders += 1  # already counted by the reader
             yield Bad(item.get("__key__"), item["__error__"])
             continue
-        filler = item.pop(FILLER, False)
-        try:
-            out = decoder(item)
-        except SampleError as exc:
+        if isinstance(out, SampleError):
+            exc = out
             reason = exc.reason or "undecodable sample"
             budget.record(reason, f"{redact(item.get('__url__', '?'))} key {item.get('__key__')}",
                           exc)

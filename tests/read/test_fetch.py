@@ -1,0 +1,179 @@
+"""Concurrent ranged reads (read/fetch.py), the minimal tar parser, decode threads and
+loader.stats(): bounds counted at the S3 test proxy, and keys identical whatever the
+read-ahead and decode settings."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+
+import pytest
+from helpers import write_test_shards
+
+import wdstream
+from wdstream.format.index import parse_index
+from wdstream.format.tario import iter_members, split_members, tar_bytes
+
+
+def cfg(**kw):
+    base = dict(batch_size=4, num_workers=0, cache_size=8, vision_dim=16, max_audio_length=200,
+                max_text_length=16, seed=3)
+    base.update(kw)
+    return wdstream.Config(**base)
+
+
+def keys_of(url, config, **kw):
+    return [k for b in wdstream.make_loader(url, config, **kw) for k in b["keys"]]
+
+
+# -- the minimal tar parser ------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+def test_split_members_matches_tarfile(fmt):
+    names = ["dir/" + "x" * 150 + ".jpg", "dir/" + "x" * 150 + ".txt", "short.cls", "é/ü.txt"]
+    if fmt == tarfile.USTAR_FORMAT:
+        names = ["d" * 120 + "/k.jpg", "short.cls", "é/ü.txt"]  # ustar: prefix + name
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for i, name in enumerate(names):
+            info = tarfile.TarInfo(name)
+            info.size = 700 * i
+            tar.addfile(info, io.BytesIO(bytes([i]) * info.size))
+    data = buf.getvalue()
+    assert split_members(data) == list(iter_members(io.BytesIO(data)))
+
+
+def test_split_members_of_a_span_and_its_errors():
+    data = tar_bytes([(f"k{i}", {"jpg": b"j" * (100 * i), "txt": b"t"}) for i in range(6)])
+    whole = split_members(data)
+    assert [n for n, _ in whole][:4] == ["k0.jpg", "k0.txt", "k1.jpg", "k1.txt"]
+    with pytest.raises(EOFError):
+        split_members(data[:4 * 512 + 50])  # k1.jpg's data cut short
+    with pytest.raises(EOFError):
+        split_members(data[:3 * 512 + 50])  # cut inside k1.jpg's header
+    bad = bytearray(data)
+    bad[0] ^= 1  # the name changes, the checksum no longer matches
+    with pytest.raises(ValueError, match="checksum"):
+        split_members(bytes(bad))
+    big = split_members(data, max_member_bytes=250)
+    assert [type(d).__name__ for n, d in big if n == "k5.jpg"] == ["MemberTooLarge"]
+
+
+# -- requests in flight, counted at the proxy ------------------------------------------------
+@pytest.mark.s3
+@pytest.mark.slow
+def test_requests_in_flight_reach_and_keep_the_bound_and_stats_match_the_proxy(s3, s3_proxy):
+    opts = s3["storage_options"]
+    m = write_test_shards("s3://test/ra", [12, 12, 12], storage_options=opts, audio=False)
+    proxy, via_proxy = s3_proxy
+    proxy.ttfb = 0.03  # every GET waits, as on S3: requests pile up only if sent together
+    for bound in (1, 3):
+        config = cfg(storage_options=via_proxy, read_ahead_requests=bound, read_block_size=1,
+                     shuffle=False)  # one sample per ranged GET
+        loader = wdstream.make_loader("s3://test/ra", config)
+        proxy.reset_counters()
+        keys = [k for b in loader for k in b["keys"]]
+        snap = proxy.stats()
+        assert len(keys) == 36
+        assert snap["max_in_flight"] == bound  # the bound holds, and is reached
+        (row,) = loader.stats()
+        assert row["samples"] == 36 and row["batches"] == 9
+        assert row["get_requests"] == snap["gets"] == 36 + 3  # a GET per sample, per index
+        span_bytes = sum(s.bytes for s in m.shards) - 3 * 1024  # shards less their end blocks
+        assert row["bytes_read"] >= span_bytes * 0.9
+        assert row["bytes_read"] == sum(snap["get_bytes"].values())
+        assert row["io_wait_s"] >= 0 and row["decode_s"] > 0 and row["samples_per_s"] > 0
+
+
+@pytest.mark.s3
+def test_bytes_bound_limits_requests_in_flight(s3, s3_proxy):
+    opts = s3["storage_options"]
+    m = write_test_shards("s3://test/rb", [16], storage_options=opts, audio=False)
+    index = parse_index(s3["fs"].cat_file(f"test/rb/{m.shards[0].index}"), 16)
+    sample = int(max(index["offsets"][1:] - index["offsets"][:-1]))
+    proxy, via_proxy = s3_proxy
+    proxy.ttfb = 0.03
+    config = cfg(storage_options=via_proxy, read_ahead_requests=8, read_block_size=1,
+                 read_ahead_bytes=2 * sample, shuffle=False)
+    loader = wdstream.make_loader("s3://test/rb", config)
+    proxy.reset_counters()
+    assert len(keys_of_loader(loader)) == 16
+    assert proxy.stats()["max_in_flight"] <= 2  # two samples' bytes at most
+
+
+def keys_of_loader(loader):
+    return [k for b in loader for k in b["keys"]]
+
+
+# -- the same keys whatever the read-ahead and decode settings --------------------------------
+@pytest.fixture(scope="module")
+def local_ds(tmp_path_factory):
+    url = str(tmp_path_factory.mktemp("fetch") / "ds")
+    write_test_shards(url, [9, 14, 5, 11], seed=1)
+    return url
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_keys_identical_with_read_ahead_and_decode_threads(local_ds, workers):
+    runs = {}
+    for ra, threads in ((0, 0), (1, 0), (8, 0), (8, 4), (1, 4)):
+        config = cfg(num_workers=workers, read_ahead_requests=ra, decode_threads=threads,
+                     read_block_size=4096)
+        runs[ra, threads] = keys_of(local_ds, config)
+    first = runs[0, 0]
+    assert len(first) == 36 and len(set(first)) == 36
+    assert all(keys == first for keys in runs.values())
+
+
+def test_resume_is_the_same_with_read_ahead_and_decode_threads(local_ds):
+    def seen_and_rest(config):
+        loader = wdstream.make_loader(local_ds, config)
+        seen = []
+        for i, b in enumerate(loader):
+            seen += b["keys"]
+            if i == 2:
+                state = loader.state_dict()
+                break
+        loader.close()
+        resumed = wdstream.make_loader(local_ds, config)
+        resumed.load_state_dict(state)
+        return seen, keys_of_loader(resumed)
+
+    slow = seen_and_rest(cfg(read_ahead_requests=1, decode_threads=0))
+    fast = seen_and_rest(cfg(read_ahead_requests=8, decode_threads=4, read_block_size=4096))
+    assert fast == slow
+    assert sorted(fast[0] + fast[1]) == sorted(keys_of(local_ds, cfg()))  # the rest, exactly
+
+
+def test_shards_without_an_index_read_the_same(tmp_path, local_ds):
+    with_index = keys_of(local_ds, cfg())
+    url = str(tmp_path / "ds")
+    m = write_test_shards(url, [9, 14, 5, 11], seed=1)
+    for s in m.shards:
+        os.remove(os.path.join(url, s.index))
+    assert keys_of(url, cfg(read_ahead_requests=8, decode_threads=2)) == with_index
+
+
+def test_decode_threads_keep_order_and_count_bad_samples_in_order():
+    from wdstream.errors import ErrorBudget, SampleError
+    from wdstream.read.stages import Bad, decode_stage
+
+    def decoder(item):
+        if item["__key__"] in ("k3", "k7"):
+            raise SampleError("broken", reason="undecodable image")
+        return {"key": item["__key__"]}
+
+    def items():
+        for i in range(20):
+            yield {"__error__": "unreadable shard", "__key__": f"k{i}"} if i == 11 else \
+                {"__key__": f"k{i}", "__url__": "u"}
+
+    out = {}
+    for threads in (0, 4):
+        budget = ErrorBudget(-1)
+        got = list(decode_stage(items(), decoder, budget, threads=threads))
+        out[threads] = ([g.key if isinstance(g, Bad) else g["key"] for g in got],
+                        [isinstance(g, Bad) for g in got], dict(budget.counts),
+                        budget.placeholders)
+    assert out[0] == out[4]
+    assert out[0][1].count(True) == 3 and out[0][3] == 3
