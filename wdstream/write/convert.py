@@ -152,7 +152,8 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
                          max_shard_bytes=config.max_shard_bytes, limit=plan.limit_of(p),
                          skip_bad_rows=config.skip_bad_rows, storage_options=opts,
                          job=job, validate=config.validate, source_shards=plan.source_shards,
-                         resume=not fresh)
+                         resume=not fresh, upload_concurrency=config.upload_concurrency,
+                         upload_buffer_bytes=config.upload_buffer_bytes)
              for p in pending)  # made as the executor takes them: memory bounded by in-flight
     batches = RecordLog(out, job[:12], records_per_batch(plan.n_partitions))
     bar = _Bar(plan.total_rows, sum(r.samples for r in records.values()), config.quiet)

@@ -63,6 +63,8 @@ class ConvertTask:
     validate: str = "cheap"  # "cheap" | "full" (see wdstream.write.validate)
     source_shards: int = 0
     resume: bool = False
+    upload_concurrency: int = 4
+    upload_buffer_bytes: int = 64 * 2**20
 
     def __str__(self) -> str:
         return (f"partition {self.partition} of {self.n_partitions} "
@@ -141,7 +143,9 @@ def _convert_partition(task: ConvertTask, progress: Progress | None) -> Partitio
     encoder = RowEncoder(task.columns, task.spec.source, validate=task.validate)
     budget = ErrorBudget(-1 if task.skip_bad_rows else 0, what="bad rows")
     writer = ShardWriter(task.output_url, task.partition, max_samples=task.max_samples_per_shard,
-                         max_bytes=task.max_shard_bytes, storage_options=task.storage_options)
+                         max_bytes=task.max_shard_bytes, storage_options=task.storage_options,
+                         upload_concurrency=task.upload_concurrency,
+                         upload_buffer_bytes=task.upload_buffer_bytes)
     exts: set[str] = set()
     samples = 0
     pending_samples = pending_bytes = 0
