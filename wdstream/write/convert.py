@@ -34,7 +34,7 @@ from .executors import Executor, check_executor, make_executor
 from .output import JOB_NAME, Output, RecordLog, check_job, records_per_batch
 from .partition import ConvertTask, convert_partition
 from .plan import JobPlan, columns_dict, plan_job
-from .sources.hf import HFSource
+from .sources.hf import HFSource, without_torch
 
 __all__ = ["convert", "convert_entry"]
 
@@ -116,9 +116,6 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
     output = output.rstrip("/")
     opts = dict(config.storage_options)
     storage.check_writable(output, opts)
-    plan = plan_job(spec, config)
-    if on_plan is not None:
-        on_plan(plan)
     out = Output(output, opts)
     # a resume reads the finished partitions' records (requests) while the source is
     # opened and planned (CPU); a fresh output skips it
@@ -127,7 +124,10 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
         reading = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="records")
     records_future = reading.submit(out.records) if reading else None
     try:
-        plan = plan_job(spec, config)
+        with without_torch():
+            plan = plan_job(spec, config)
+        if on_plan is not None:
+            on_plan(plan)
         fresh = check_job(out, plan)
         if fresh:
             storage.write_bytes(storage.join_url(output, f"{PARTITIONS_DIR}/{JOB_NAME}"),

@@ -23,7 +23,7 @@ from ..format.schema import make_key
 from .encode import ColumnMap, RowEncoder
 from .executors.base import Progress, merge_secrets, split_secrets
 from .output import lists_by_prefix, remove_leftovers
-from .sources.hf import HFSource, iter_rows, open_source, prepare
+from .sources.hf import HFSource, iter_rows, open_source, prepare, without_torch
 from .writer import ShardWriter
 
 __all__ = ["ConvertTask", "convert_partition", "record_name"]
@@ -132,7 +132,8 @@ def convert_partition(task: ConvertTask, progress: Progress | None = None) -> Pa
     sweeps at the end of the job).
     """
     try:
-        return _convert_partition(task, progress)
+        with without_torch():
+            return _convert_partition(task, progress)
     except Exception as exc:
         _name_partition(exc, task)
         raise
