@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -123,6 +124,11 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
     if out.read(f"{PARTITIONS_DIR}/{JOB_NAME}") is not None:
         reading = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="records")
     records_future = reading.submit(out.records) if reading else None
+    early = None  # the pool's start-up (imports in a fresh process) overlaps the planning
+    if executor is None and config.executor == "local" and \
+            (config.workers or os.cpu_count() or 1) > 1:
+        early = make_executor(config)
+        early.start(convert_partition)
     try:
         with without_torch():
             plan = plan_job(spec, config)
@@ -134,11 +140,17 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
                                 json.dumps(plan.to_dict(), indent=1, sort_keys=True).encode(),
                                 opts)
         records = {} if fresh or records_future is None else records_future.result()
+    except BaseException:
+        if early is not None:
+            early.close()
+        raise
     finally:
         if reading is not None:
             reading.shutdown(wait=True, cancel_futures=True)
     pending = [p for p in range(plan.n_partitions) if p not in records]
     if not pending and out.read(MANIFEST_NAME) is not None:
+        if early is not None:
+            early.close()
         log.info("%s is complete (%d partitions, %d samples); nothing to do",
                  redact(output), plan.n_partitions, sum(r.samples for r in records.values()))
         return load_manifest(output, opts)
@@ -158,7 +170,7 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
     batches = RecordLog(out, job[:12], records_per_batch(plan.n_partitions))
     bar = _Bar(plan.total_rows, sum(r.samples for r in records.values()), config.quiet)
     own_executor = executor is None
-    executor = executor or make_executor(config)
+    executor = executor or early or make_executor(config)
     log.info("running %d partition(s)", len(pending))
     try:
         for record in executor.map_unordered(convert_partition, tasks, progress=bar):
