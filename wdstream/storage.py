@@ -183,7 +183,7 @@ class _BackgroundWriter:
 UPLOAD_CONCURRENCY = 4
 UPLOAD_BUFFER_BYTES = 64 * 2**20
 _MIN_PART = 5 * 2**20  # S3's smallest part (but the last)
-_MAX_PART = 16 * 2**20
+_MAX_PART = 8 * 2**20  # parts upload while the shard is still being written
 
 
 class UploadBudget:
