@@ -99,6 +99,8 @@ class Config:
     skip_bad_rows: bool = True
     drop_columns: tuple[str, ...] = ()  # source columns to leave out of the samples
     validate: str = "cheap"  # "cheap" (structural checks) | "full" (decode every image/clip)
+    upload_concurrency: int = 4  # S3 parts (and shards) uploading at once, per writer process
+    upload_buffer_bytes: int = 64 * 2**20  # bytes of parts waiting or uploading, per process
 
     def __post_init__(self) -> None:
         for name in ("image_mean", "image_std", "text_columns", "modalities",
@@ -120,7 +122,7 @@ class Config:
         self.pin_memory = str(self.pin_memory).lower()
         for name in ("batch_size", "vision_dim", "max_audio_length", "max_text_length",
                      "audio_sample_rate", "max_samples_per_shard", "max_shard_bytes",
-                     "max_member_bytes"):
+                     "max_member_bytes", "upload_concurrency", "upload_buffer_bytes"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
         for name, valid in (("image_ext", IMAGE_EXTS), ("audio_ext", AUDIO_EXTS)):

@@ -16,6 +16,7 @@ import queue
 import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 import fsspec
@@ -178,16 +179,150 @@ class _BackgroundWriter:
         self.thread.join()
 
 
+#: Defaults of Config.upload_concurrency / Config.upload_buffer_bytes.
+UPLOAD_CONCURRENCY = 4
+UPLOAD_BUFFER_BYTES = 64 * 2**20
+_MIN_PART = 5 * 2**20  # S3's smallest part (but the last)
+_MAX_PART = 8 * 2**20  # parts upload while the shard is still being written
+
+
+class UploadBudget:
+    """A process's upload threads and the bytes they may hold: at most ``concurrency`` parts
+    upload at once, and the parts handed over but not yet uploaded total at most
+    ``buffer_bytes`` (one part is always let through, so a part larger than the buffer cannot
+    block forever). Shared by every open upload of the process, so several shards of one
+    worker upload at once under one bound."""
+
+    _shared: dict[tuple[int, int], UploadBudget] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, concurrency: int, buffer_bytes: int):
+        self.concurrency = max(1, int(concurrency))
+        self.buffer_bytes = max(1, int(buffer_bytes))
+        self.part_size = max(_MIN_PART, min(_MAX_PART, self.buffer_bytes // self.concurrency))
+        self.pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="wdstream-upload")
+        self._cond = threading.Condition()
+        self.used = 0
+
+    @classmethod
+    def get(cls, concurrency: int | None = None, buffer_bytes: int | None = None) -> UploadBudget:
+        key = (int(concurrency or UPLOAD_CONCURRENCY), int(buffer_bytes or UPLOAD_BUFFER_BYTES))
+        with cls._lock:
+            budget = cls._shared.get(key)
+            if budget is None:
+                budget = cls._shared[key] = cls(*key)
+            return budget
+
+    def acquire(self, n: int) -> None:
+        with self._cond:
+            while self.used and self.used + n > self.buffer_bytes:
+                self._cond.wait()
+            self.used += n
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
+class _MultipartWriter:
+    """An S3 object written as a multipart upload whose parts upload concurrently on the
+    process's :class:`UploadBudget` (bounded by bytes). Nothing is staged on disk. An object
+    smaller than one part is sent by one PUT on :meth:`commit` (atomic, nothing pending on
+    a kill); a larger one becomes visible only at ``complete_multipart_upload``, and
+    :meth:`abort` aborts it."""
+
+    def __init__(self, fs, path: str, budget: UploadBudget):
+        self.fs = fs
+        self.bucket, self.key, _ = fs.split_path(path)
+        self.budget = budget
+        self.pending = bytearray()
+        self.upload_id: str | None = None
+        self.futures: list = []
+        self.error: BaseException | None = None
+        self.stopped = False
+
+    def write(self, data) -> None:
+        if self.error is not None:
+            raise self.error
+        self.pending += data
+        size = self.budget.part_size
+        while len(self.pending) >= size:
+            self._submit(bytes(self.pending[:size]))
+            del self.pending[:size]
+
+    def flush(self) -> None:
+        """Send what is pending as a part when it may be one (S3: at least 5 MiB)."""
+        if len(self.pending) >= _MIN_PART:
+            self._submit(bytes(self.pending))
+            self.pending.clear()
+
+    def _submit(self, part: bytes) -> None:
+        if self.upload_id is None:
+            self.upload_id = self.fs.call_s3("create_multipart_upload", Bucket=self.bucket,
+                                             Key=self.key)["UploadId"]
+        number = len(self.futures) + 1
+        self.budget.acquire(len(part))
+        try:
+            self.futures.append(self.budget.pool.submit(self._upload, number, part))
+        except BaseException:
+            self.budget.release(len(part))
+            raise
+
+    def _upload(self, number: int, part: bytes) -> dict:
+        try:
+            if self.stopped:
+                raise StorageError("upload aborted")
+            out = self.fs.call_s3("upload_part", Bucket=self.bucket, Key=self.key,
+                                  UploadId=self.upload_id, PartNumber=number, Body=part)
+            return {"PartNumber": number, "ETag": out["ETag"]}
+        except BaseException as exc:
+            if self.error is None:
+                self.error = exc
+            raise
+        finally:
+            self.budget.release(len(part))
+
+    def commit(self) -> None:
+        if self.upload_id is None:
+            self.fs.call_s3("put_object", Bucket=self.bucket, Key=self.key,
+                            Body=bytes(self.pending))
+            self.pending.clear()
+            return
+        if self.pending:
+            self._submit(bytes(self.pending))
+            self.pending.clear()
+        parts = [f.result() for f in self.futures]
+        self.fs.call_s3("complete_multipart_upload", Bucket=self.bucket, Key=self.key,
+                        UploadId=self.upload_id, MultipartUpload={"Parts": parts})
+
+    def abort(self) -> None:
+        self.stopped = True
+        self.pending.clear()
+        for f in self.futures:
+            f.cancel()
+        for f in self.futures:
+            with contextlib.suppress(BaseException):
+                f.result()
+        if self.upload_id is not None:
+            with contextlib.suppress(Exception):
+                self.fs.call_s3("abort_multipart_upload", Bucket=self.bucket, Key=self.key,
+                                UploadId=self.upload_id)
+
+
 class AtomicFile:
     """A file that becomes visible at its URL only on :meth:`commit`.
 
     Opened with ``autocommit=False``: a local temp file renamed on commit, an S3 multipart
     upload completed on commit and aborted on :meth:`discard`. Counts bytes and computes the
-    sha256 of what was written, so nothing is read back.
+    sha256 of what was written, so nothing is read back. With ``background`` on S3 (s3fs),
+    parts upload concurrently, bounded by ``upload_concurrency`` parts and
+    ``upload_buffer_bytes`` bytes per process (see :class:`UploadBudget`).
     """
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None,
-                 *, fs=None, path: str | None = None, background: bool = True):
+                 *, fs=None, path: str | None = None, background: bool = True,
+                 upload_concurrency: int | None = None, upload_buffer_bytes: int | None = None):
         import hashlib
 
         if fs is None:
@@ -204,15 +339,19 @@ class AtomicFile:
                 base = posixpath.basename(path)
                 self._local_tmp = posixpath.join(parent, f".{base}.partial-{uuid.uuid4().hex[:12]}")
                 self._f = open(self._local_tmp, "wb")
+            elif background and hasattr(fs, "call_s3"):  # s3fs: concurrent parts
+                self._f = _MultipartWriter(fs, path, UploadBudget.get(upload_concurrency,
+                                                                      upload_buffer_bytes))
             else:
                 if parent and not _is_object_store(fs):
                     fs.makedirs(parent, exist_ok=True)
                 self._f = fs.open(path, "wb", autocommit=False)
         except Exception as exc:
             raise translate_error(exc, url, "write") from exc
-        # object stores upload parts inside write(): do that on a thread, off the encoder's path
+        # other object stores upload parts inside write(): do that on a thread, off the path
         self._bg = _BackgroundWriter(self._f) if background and self._local_tmp is None \
-            and _is_object_store(fs) and "memory" not in str(fs.protocol) else None
+            and not isinstance(self._f, _MultipartWriter) and _is_object_store(fs) \
+            and "memory" not in str(fs.protocol) else None
         self.bytes = 0
         self._sha = hashlib.sha256()
         self.done = False
@@ -243,6 +382,10 @@ class AtomicFile:
         try:
             if self._bg is not None:
                 self._bg.finish()
+            if isinstance(self._f, _MultipartWriter):
+                self._f.commit()
+                self.done = True
+                return
             self._f.close()
             if self._local_tmp is not None:
                 os.replace(self._local_tmp, self._path)
@@ -265,6 +408,9 @@ class AtomicFile:
                 self._f.close()
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self._local_tmp)
+            return
+        if isinstance(self._f, _MultipartWriter):
+            self._f.abort()
             return
         with contextlib.suppress(Exception):
             self._f.discard()

@@ -19,8 +19,9 @@ SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "sc
                       "slow_convert.py")
 
 
-def start_conversion(source, output, workers, options=None, delay=0.05):
-    env = {**os.environ, "WDSTREAM_TEST_ROW_DELAY": str(delay)}
+def start_conversion(source, output, workers, options=None, delay=0.05, config=None):
+    env = {**os.environ, "WDSTREAM_TEST_ROW_DELAY": str(delay),
+           "WDSTREAM_TEST_CONVERT_ARGS": json.dumps(config or {})}
     args = [sys.executable, SCRIPT, source, output, str(workers)]
     if options:
         args.append(json.dumps(options))

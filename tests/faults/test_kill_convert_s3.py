@@ -77,3 +77,56 @@ def test_ten_random_kills_then_reruns(small_hf_dataset, s3, caplog):
         convert(small_hf_dataset, url, max_samples_per_shard=3, workers=1, quiet=True,
                 storage_options=opts)
         check_complete(url, 48, opts)
+
+
+#: Shards of several 5 MiB parts, 2 parts and 2 shards of a worker uploading at once.
+CONCURRENT = {"max_samples_per_shard": 10**6, "max_shard_bytes": 12 * 2**20,
+              "upload_concurrency": 2, "upload_buffer_bytes": 10 * 2**20}
+
+
+@pytest.fixture(scope="module")
+def large_rows(tmp_path_factory):
+    """32 rows of about 0.6 MB in 2 parquet files: partitions of several 5 MiB parts."""
+    from wdstream.demo.data import build_parquet_dataset
+
+    return build_parquet_dataset(str(tmp_path_factory.mktemp("large")), 32, n_files=2,
+                                 image_size=(700, 900), with_audio=False)
+
+
+def test_random_kills_during_concurrent_uploads_then_reruns(large_rows, s3, caplog):
+    """Killed while parts of several shards upload at once: no partial shard is ever visible,
+    and after the re-run no multipart upload is left pending."""
+    from killing import pending_uploads
+
+    caplog.set_level(logging.INFO, logger=__name__)
+    seed = int(os.environ.get("WDSTREAM_FAULT_SEED") or random.SystemRandom().randrange(2**31))
+    log.warning("kill moments from seed %d (replay with WDSTREAM_FAULT_SEED=%d)", seed, seed)
+    rng = random.Random(seed)
+    opts = s3["storage_options"]
+    for round_no in range(4):
+        url = f"s3://test/ckill{round_no}"
+        workers = rng.choice((1, 2))
+        child = start_conversion(large_rows, url, workers=workers, options=opts, delay=0.01,
+                                 config=CONCURRENT)
+        try:
+            # the moment: a random time after the first part upload opened
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and child.poll() is None and \
+                    not pending_uploads(opts):
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0, 1.5))
+            saw_upload = child.poll() is None
+            if saw_upload:
+                os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=30)
+        finally:
+            if child.poll() is None:
+                child.kill()
+        time.sleep(0.5)  # pool workers stop with the driver
+        names = _nothing_partial(url, opts)
+        log.info("round %d: workers=%d, killed=%s; %d visible after", round_no, workers,
+                 saw_upload, len(names))
+        convert(large_rows, url, workers=1, quiet=True, storage_options=opts, **CONCURRENT)
+        check_complete(url, 32, opts)
+        assert [u["Key"] for u in pending_uploads(opts) if u["Key"].startswith(
+            f"ckill{round_no}/")] == []

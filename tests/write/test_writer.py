@@ -61,11 +61,10 @@ def test_abort_leaves_nothing(tmp_path):
 def test_s3_abort_mid_shard_no_object_no_upload(s3):
     """A forced error mid-shard on S3: the multipart upload in flight is aborted."""
     fs = s3["fs"]
-    opts = dict(s3["storage_options"], default_block_size=5 * 2**20)
-    w = ShardWriter("s3://test/w", 0, max_samples=10, storage_options=opts)
-    w.write("k0", _fields(0, 6 * 2**20))  # past the 5 MiB block: a multipart upload starts
+    w = ShardWriter("s3://test/w", 0, max_samples=10, storage_options=s3["storage_options"],
+                    upload_concurrency=1, upload_buffer_bytes=5 * 2**20)  # 5 MiB parts
+    w.write("k0", _fields(0, 6 * 2**20))  # past one part: the multipart upload is open
     w.write("k1", _fields(1, 10))
-    w._file.flush()  # parts upload on a background thread: wait until the upload is open
     assert fs.call_s3("list_multipart_uploads", Bucket="test").get("Uploads")
     try:
         raise RuntimeError("forced")

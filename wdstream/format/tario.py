@@ -44,6 +44,41 @@ def split_key(name: str) -> tuple[str, str] | None:
     return (m.group(1), m.group(2)) if m else None
 
 
+def _header_tarfile(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = MTIME
+    info.mode = 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+
+
+#: tarfile's header of a member with an empty name and size 0: the converter's headers differ
+#: from it only in the name, the size and the checksum (made from it, so the bytes stay what
+#: tarfile writes whatever its version).
+_TEMPLATE = _header_tarfile("", 0)
+_SIZE_FIELD = slice(124, 136)
+_CHKSUM_FIELD = slice(148, 156)
+_TEMPLATE_SUM = sum(_TEMPLATE[:148]) + 8 * 32 + sum(_TEMPLATE[156:]) - sum(_TEMPLATE[124:136])
+
+
+def member_header(name: str, size: int) -> bytes:
+    """The 512-byte GNU tar header of a regular member (fixed mtime, mode 0444, uid/gid 0),
+    byte for byte what ``tarfile`` writes; names over 100 bytes or sizes past 8 GiB go
+    through ``tarfile`` itself (a GNU long-name header)."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) > 100 or size >= 8**11:
+        return _header_tarfile(name, size)
+    size_field = b"%011o\0" % size
+    chksum = _TEMPLATE_SUM + sum(raw) + sum(size_field)
+    head = bytearray(_TEMPLATE)
+    head[:len(raw)] = raw
+    head[_SIZE_FIELD] = size_field
+    head[_CHKSUM_FIELD] = b"%06o\0 " % chksum
+    return bytes(head)
+
+
 class TarStreamWriter:
     """Writes samples as tar members to a binary stream; never seeks.
 
@@ -63,13 +98,7 @@ class TarStreamWriter:
         start = self.offset
         for ext in sorted(fields):
             data = fields[ext]
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size = len(data)
-            info.mtime = MTIME
-            info.mode = 0o444
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._write(info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape"))
+            self._write(member_header(f"{key}.{ext}", len(data)))
             self._write(data)
             pad = (-len(data)) % BLOCK
             if pad:

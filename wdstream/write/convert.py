@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from .output import JOB_NAME, Output, RecordLog, check_job, records_per_batch
 from .partition import ConvertTask, convert_partition
 from .plan import JobPlan, columns_dict, plan_job
 from .segments import details_name, segments_manifest, start_append
-from .sources.hf import HFSource
+from .sources.hf import HFSource, without_torch
 
 __all__ = ["convert", "convert_entry"]
 
@@ -131,8 +132,14 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
     if out.read(f"{PARTITIONS_DIR}/{JOB_NAME}") is not None:
         reading = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="records")
     records_future = reading.submit(out.records) if reading else None
+    early = None  # the pool's start-up (imports in a fresh process) overlaps the planning
+    if executor is None and config.executor == "local" and \
+            (config.workers or os.cpu_count() or 1) > 1:
+        early = make_executor(config)
+        early.start(convert_partition)
     try:
-        plan = plan_job(spec, config)
+        with without_torch():
+            plan = plan_job(spec, config)
         if on_plan is not None:
             on_plan(plan)
         segment = start_append(out, plan) if append else None
@@ -143,12 +150,18 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
                                 opts)
         records = {} if (fresh and not segment) or records_future is None \
             else records_future.result()
+    except BaseException:
+        if early is not None:
+            early.close()
+        raise
     finally:
         if reading is not None:
             reading.shutdown(wait=True, cancel_futures=True)
     first = segment.first_partition if segment else 0
     pending = [first + p for p in range(plan.n_partitions) if first + p not in records]
     if not pending and (segment.finished if segment else out.read(MANIFEST_NAME) is not None):
+        if early is not None:
+            early.close()
         log.info("%s is complete (%d partitions, %d samples); nothing to do",
                  redact(output), plan.n_partitions, sum(r.samples for r in records.values()))
         return load_manifest(output, opts)
@@ -162,13 +175,15 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
                          max_shard_bytes=config.max_shard_bytes, limit=plan.limit_of(p - first),
                          skip_bad_rows=config.skip_bad_rows, storage_options=opts,
                          job=job, validate=config.validate, source_shards=plan.source_shards,
-                         resume=not fresh, first_partition=first)
+                         resume=not fresh, first_partition=first,
+                         upload_concurrency=config.upload_concurrency,
+                         upload_buffer_bytes=config.upload_buffer_bytes)
              for p in pending)  # made as the executor takes them: memory bounded by in-flight
     batches = RecordLog(out, job[:12], records_per_batch(plan.n_partitions))
     bar = _Bar(plan.total_rows, sum(r.samples for p, r in records.items() if p >= first),
                config.quiet)
     own_executor = executor is None
-    executor = executor or make_executor(config)
+    executor = executor or early or make_executor(config)
     log.info("running %d partition(s)", len(pending))
     try:
         for record in executor.map_unordered(convert_partition, tasks, progress=bar):

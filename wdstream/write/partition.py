@@ -23,7 +23,7 @@ from ..format.schema import make_key
 from .encode import ColumnMap, RowEncoder
 from .executors.base import Progress, merge_secrets, split_secrets
 from .output import lists_by_prefix, remove_leftovers
-from .sources.hf import HFSource, iter_rows, open_source, prepare
+from .sources.hf import HFSource, iter_rows, open_source, prepare, without_torch
 from .writer import ShardWriter
 
 __all__ = ["ConvertTask", "convert_partition", "record_name"]
@@ -67,6 +67,8 @@ class ConvertTask:
     source_shards: int = 0
     resume: bool = False
     first_partition: int = 0
+    upload_concurrency: int = 4
+    upload_buffer_bytes: int = 64 * 2**20
 
     def __str__(self) -> str:
         return (f"partition {self.partition} of {self.n_partitions} "
@@ -138,7 +140,8 @@ def convert_partition(task: ConvertTask, progress: Progress | None = None) -> Pa
     sweeps at the end of the job).
     """
     try:
-        return _convert_partition(task, progress)
+        with without_torch():
+            return _convert_partition(task, progress)
     except Exception as exc:
         _name_partition(exc, task)
         raise
@@ -149,7 +152,9 @@ def _convert_partition(task: ConvertTask, progress: Progress | None) -> Partitio
     encoder = RowEncoder(task.columns, task.spec.source, validate=task.validate)
     budget = ErrorBudget(-1 if task.skip_bad_rows else 0, what="bad rows")
     writer = ShardWriter(task.output_url, task.partition, max_samples=task.max_samples_per_shard,
-                         max_bytes=task.max_shard_bytes, storage_options=task.storage_options)
+                         max_bytes=task.max_shard_bytes, storage_options=task.storage_options,
+                         upload_concurrency=task.upload_concurrency,
+                         upload_buffer_bytes=task.upload_buffer_bytes)
     exts: set[str] = set()
     samples = 0
     pending_samples = pending_bytes = 0

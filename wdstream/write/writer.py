@@ -7,6 +7,8 @@ writer returns one :class:`ShardInfo` per committed shard.
 
 from __future__ import annotations
 
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import storage
@@ -28,10 +30,15 @@ class ShardWriter:
     A shard is cut before a sample that would take it past ``max_samples`` samples or
     ``max_bytes`` bytes (a sample larger than ``max_bytes`` gets a shard of its own).
     Call :meth:`close` to commit the last shard, or :meth:`abort` to discard it.
+
+    On an object store a finished shard commits (its last parts upload, then its index) on a
+    thread while the next one is written: up to ``upload_concurrency`` shards are in flight,
+    their parts bounded by ``upload_buffer_bytes`` (:class:`storage.UploadBudget`).
     """
 
     def __init__(self, output_url: str, partition: int, *, max_samples: int = 1000,
-                 max_bytes: int = 256 * 2**20, storage_options: dict[str, Any] | None = None):
+                 max_bytes: int = 256 * 2**20, storage_options: dict[str, Any] | None = None,
+                 upload_concurrency: int | None = None, upload_buffer_bytes: int | None = None):
         self.output_url = output_url.rstrip("/")
         self.partition = partition
         self.max_samples = max_samples
@@ -44,6 +51,10 @@ class ShardWriter:
         self._tar: TarStreamWriter | None = None
         self._offsets: list[int] = []
         self._keys: list[str] = []
+        self.upload_concurrency = upload_concurrency or storage.UPLOAD_CONCURRENCY
+        self.upload_buffer_bytes = upload_buffer_bytes
+        self._committing: list = []  # futures of shards committing, in shard order
+        self._commits = None  # a thread pool, made for the first shard sent to an object store
 
     @staticmethod
     def sample_size(fields: dict[str, bytes]) -> int:
@@ -65,7 +76,9 @@ class ShardWriter:
     def _start(self) -> None:
         name = shard_name(self.partition, self._seq)
         path = f"{self.base_path}/{name}"
-        self._file = storage.AtomicFile(f"{self.output_url}/{name}", fs=self.fs, path=path)
+        self._file = storage.AtomicFile(f"{self.output_url}/{name}", fs=self.fs, path=path,
+                                        upload_concurrency=self.upload_concurrency,
+                                        upload_buffer_bytes=self.upload_buffer_bytes)
         self._tar = TarStreamWriter(self._file)
         self._offsets, self._keys = [], []
 
@@ -73,23 +86,46 @@ class ShardWriter:
         assert self._tar is not None and self._file is not None
         end_of_samples = self._tar.offset
         self._tar.close()
-        self._file.commit()
-        name = shard_name(self.partition, self._seq)
-        index = index_name(name)
-        storage.write_bytes(f"{self.output_url}/{index}",
-                            index_bytes(self._offsets + [end_of_samples], self._keys),
-                            self.storage_options)
-        self.shards.append(ShardInfo(
-            url=name, samples=len(self._offsets), bytes=self._file.bytes,
-            sha256=self._file.hexdigest(), index=index, partition=self.partition,
-            first_key=self._keys[0], last_key=self._keys[-1]))
+        file, offsets, keys, seq = self._file, self._offsets, self._keys, self._seq
         self._seq += 1
         self._file = self._tar = None
+        if storage._is_local(self.fs):
+            self.shards.append(self._commit(file, offsets + [end_of_samples], keys, seq))
+            return
+        if self._commits is None:
+            self._commits = ThreadPoolExecutor(self.upload_concurrency,
+                                               thread_name_prefix="wdstream-commit")
+        while len(self._committing) >= self.upload_concurrency:
+            self.shards.append(self._committing.pop(0).result())
+        self._committing.append(self._commits.submit(
+            self._commit, file, offsets + [end_of_samples], keys, seq))
+
+    def _commit(self, file: storage.AtomicFile, offsets: list[int], keys: list[str],
+                seq: int) -> ShardInfo:
+        """Publish a finished shard, then its index; the shard's ShardInfo."""
+        file.commit()
+        name = shard_name(self.partition, seq)
+        index = index_name(name)
+        storage.write_bytes(f"{self.output_url}/{index}", index_bytes(offsets, keys),
+                            self.storage_options)
+        return ShardInfo(
+            url=name, samples=len(keys), bytes=file.bytes, sha256=file.hexdigest(),
+            index=index, partition=self.partition, first_key=keys[0], last_key=keys[-1])
+
+    def _wait(self) -> None:
+        try:
+            while self._committing:
+                self.shards.append(self._committing.pop(0).result())
+        finally:
+            if self._commits is not None:
+                self._commits.shutdown(wait=True)
+                self._commits = None
 
     def close(self) -> list[ShardInfo]:
         """Commit the open shard (if any) and return every committed shard of this writer."""
         if self._tar is not None:
             self._finish()
+        self._wait()
         return self.shards
 
     def abort(self) -> None:
@@ -97,3 +133,5 @@ class ShardWriter:
         if self._file is not None:
             self._file.discard()
         self._file = self._tar = None
+        with contextlib.suppress(Exception):
+            self._wait()

@@ -61,6 +61,10 @@ def _report_to_queue(samples: int, nbytes: int) -> None:
         _worker_queue.put((samples, nbytes))
 
 
+def _started() -> None:
+    """A no-op task: submitting it makes the pool start a worker."""
+
+
 def _run_in_worker(fn: Callable[..., Any], task: Any) -> Any:
     return fn(task, progress=_report_to_queue)
 
@@ -91,17 +95,7 @@ class LocalExecutor(Executor):
             for task in itertools.chain(first, tasks):
                 yield fn(task, progress=progress)
             return
-        if self._pool is None:
-            ctx = _mp_context()
-            if ctx.get_start_method() == "forkserver" and getattr(fn, "__module__", None):
-                # the fork server imports fn's module (datasets, torch...) once and every
-                # worker forks from it ready, instead of each importing it again
-                ctx.set_forkserver_preload([fn.__module__])
-            self._queue = ctx.Queue()
-            self._alive_r, self._alive = ctx.Pipe(duplex=False)
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=ctx,
-                initializer=_init_worker, initargs=(self._queue, self._alive_r))
+        self._ensure_pool(fn)
         # at most in_flight tasks submitted at a time: the driver holds a bounded number of
         # tasks and futures however many partitions the job has
         tasks = itertools.chain(first, tasks)
@@ -121,6 +115,29 @@ class LocalExecutor(Executor):
         finally:
             for future in pending:
                 future.cancel()
+
+    def _ensure_pool(self, fn) -> None:
+        if self._pool is not None:
+            return
+        ctx = _mp_context()
+        if ctx.get_start_method() == "forkserver" and getattr(fn, "__module__", None):
+            # the fork server imports fn's module (datasets, pyarrow...) once and every
+            # worker forks from it ready, instead of each importing it again
+            ctx.set_forkserver_preload([fn.__module__])
+        self._queue = ctx.Queue()
+        self._alive_r, self._alive = ctx.Pipe(duplex=False)
+        self._pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=ctx,
+            initializer=_init_worker, initargs=(self._queue, self._alive_r))
+
+    def start(self, fn) -> None:
+        """Start the workers now (for tasks of ``fn``), so their start-up (a fork server that
+        imports ``fn``'s module, then the workers) overlaps what the driver does meanwhile."""
+        if self.workers == 1:
+            return
+        self._ensure_pool(fn)
+        for _ in range(self.workers):
+            self._pool.submit(_started)
 
     def _drain(self, progress: Progress | None) -> None:
         while True:

@@ -13,9 +13,11 @@ columns turned into Python lists once per batch, which is much cheaper than one 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +38,7 @@ __all__ = [
     "sample_binary_values",
     "prepare",
     "iter_rows",
+    "without_torch",
     "TEXT_COLUMN_NAMES",
     "LOCAL_BUILDERS",
     "near_local_folder",
@@ -124,6 +127,27 @@ def _map_load_error(exc: BaseException, spec: HFSource) -> Exception:
             f"dataset id, folder, config name, split and --data-files patterns{_near_hint(spec)}",
             url=spec.source)
     return SourceError(f"cannot open source {spec.source!r}: {text}", url=spec.source)
+
+
+@contextlib.contextmanager
+def without_torch() -> Iterator[None]:
+    """Open and iterate streaming datasets without importing torch.
+
+    ``datasets`` imports torch (about 0.5 GB and seconds in every process) only to put an
+    IterableDataset's epoch in shared memory for a DataLoader's persistent workers; a
+    conversion never hands its datasets to a DataLoader. While torch is not imported yet, this
+    tells ``datasets`` it is absent, and restores the setting after. A process that already
+    imported torch (a training script) is left as it is.
+    """
+    if "torch" in sys.modules:
+        yield
+        return
+    before = datasets.config.TORCH_AVAILABLE
+    datasets.config.TORCH_AVAILABLE = False
+    try:
+        yield
+    finally:
+        datasets.config.TORCH_AVAILABLE = before
 
 
 def open_source(spec: HFSource, *, check_hub: bool = True):
