@@ -197,12 +197,7 @@ def load_manifest(source: str, storage_options: dict[str, Any] | None = None, *,
     malformed (see :func:`validate_manifest`).
     """
     url = manifest_url_for(source)
-    try:
-        data = storage.read_bytes(url, storage_options, max_bytes=MAX_MANIFEST_BYTES)
-    except NotFoundError as exc:
-        raise missing_manifest_error(url) from exc
-    except OSError as exc:
-        raise SourceError(f"cannot read manifest {redact(url)}: {exc}", url=url) from exc
+    data = _read_manifest(url, storage_options)
     try:
         d = json.loads(data)
         if is_compact(d):  # version 2: shard columns plus the details part
@@ -215,6 +210,17 @@ def load_manifest(source: str, storage_options: dict[str, Any] | None = None, *,
     return Manifest.from_dict(d, base_url=posixpath.dirname(url) or ".")
 
 
+def _read_manifest(url: str, storage_options: dict[str, Any] | None) -> bytes:
+    """The manifest's bytes (at most MAX_MANIFEST_BYTES). Raises ManifestNotFoundError or
+    SourceError naming the URL."""
+    try:
+        return storage.read_bytes(url, storage_options, max_bytes=MAX_MANIFEST_BYTES)
+    except NotFoundError as exc:
+        raise missing_manifest_error(url) from exc
+    except OSError as exc:
+        raise SourceError(f"cannot read manifest {redact(url)}: {exc}", url=url) from exc
+
+
 def load_reader_part(source: str, storage_options: dict[str, Any] | None = None, *,
                      allowed_prefixes: Sequence[str] = ()) -> tuple[dict[str, Any], ShardTable]:
     """What a reader needs of a manifest, checked: ``(header, shard table)``. Version 2 reads
@@ -223,12 +229,7 @@ def load_reader_part(source: str, storage_options: dict[str, Any] | None = None,
     ``allowed_prefixes``. Raises ManifestNotFoundError or SourceError, as
     :func:`load_manifest`."""
     url = manifest_url_for(source)
-    try:
-        data = storage.read_bytes(url, storage_options, max_bytes=MAX_MANIFEST_BYTES)
-    except NotFoundError as exc:
-        raise missing_manifest_error(url) from exc
-    except OSError as exc:
-        raise SourceError(f"cannot read manifest {redact(url)}: {exc}", url=url) from exc
+    data = _read_manifest(url, storage_options)
     try:
         d = json.loads(data)
         compact = is_compact(d)
