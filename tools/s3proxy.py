@@ -268,11 +268,17 @@ class _Request:
     body: bytes = b""
 
     def header(self, name: str, default: str | None = None) -> str | None:
-        name = name.lower()
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return default
+        return _header(self.headers, name, default)
+
+
+def _header(headers: list[tuple[str, str]], name: str,
+            default: str | None = None) -> str | None:
+    """The first value of header ``name`` (case-insensitive), else ``default``."""
+    name = name.lower()
+    for k, v in headers:
+        if k.lower() == name:
+            return v
+    return default
 
 
 @dataclass
@@ -283,11 +289,7 @@ class _Response:
     body: bytes = b""
 
     def header(self, name: str, default: str | None = None) -> str | None:
-        name = name.lower()
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return default
+        return _header(self.headers, name, default)
 
 
 @dataclass
