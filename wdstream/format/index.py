@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .. import storage
+from .schema import shard_stem
 
 __all__ = ["index_name", "index_bytes", "parse_index", "load_index", "key_hash",
            "max_index_bytes", "INDEX_MAGIC"]
@@ -40,10 +41,7 @@ _INDEX_BYTES_UNKNOWN = 64 * 2**20  # when the sample count is not known
 
 def index_name(shard_name: str) -> str:
     """The index file name beside a shard: ``shard-00000-00000.tar -> ....idx``."""
-    for ext in (".tar.gz", ".tgz", ".tar"):
-        if shard_name.endswith(ext):
-            return shard_name[: -len(ext)] + ".idx"
-    return shard_name + ".idx"
+    return shard_stem(shard_name) + ".idx"
 
 
 def key_hash(key: str) -> int:

@@ -45,6 +45,7 @@ from ..errors import (
 )
 from .index import index_bytes, index_name
 from .manifest import MANIFEST_NAME, Manifest, ShardInfo, is_shard_source
+from .schema import SHARD_EXTS
 from .tario import iter_members_at, split_key
 from .verify import _HashingReader
 
@@ -66,7 +67,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SHARD_EXTS = (".tar", ".tar.gz", ".tgz")
 STATE_NAME = "_index_state.json"
 TOOL = "wdstream index"  # the manifest's options.tool: who wrote it
 _COMPRESSED = (".tar.gz", ".tgz")

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import storage
 from ..errors import NotFoundError, SourceError, redact
+from .schema import SHARD_EXTS
 from .shardtable import ShardTable, expand_compact, is_compact, parse_reader_part
 
 __all__ = [
@@ -162,7 +163,7 @@ def is_shard_source(source: str | list | tuple) -> bool:
     if isinstance(source, (list, tuple)):
         return True
     base = source.split("?", 1)[0]
-    return base.endswith((".tar", ".tar.gz", ".tgz")) or ("{" in base and ".." in base)
+    return base.endswith(SHARD_EXTS) or ("{" in base and ".." in base)
 
 
 def manifest_url_for(source: str) -> str:

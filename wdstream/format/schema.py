@@ -10,6 +10,8 @@ from __future__ import annotations
 from types import MappingProxyType
 
 __all__ = [
+    "SHARD_EXTS",
+    "shard_stem",
     "IMAGE_EXTS",
     "AUDIO_EXTS",
     "TEXT_EXTS",
@@ -19,6 +21,18 @@ __all__ = [
     "modality_of",
     "find_member",
 ]
+
+#: Shard file endings: plain tar, and gzip-compressed tar (read from the start only).
+SHARD_EXTS = (".tar.gz", ".tgz", ".tar")
+
+
+def shard_stem(name: str) -> str:
+    """A shard's name without its ending: ``dir/shard-00000.tar.gz -> dir/shard-00000``."""
+    for ext in SHARD_EXTS:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm")
 #: Every audio extension the converter writes; all but m4a/aac are opened by soundfile.

@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import storage
 from ..errors import SourceError, redact
+from .schema import shard_stem
 
 __all__ = ["COMPACT_VERSION", "DETAILS_NAME", "ShardTable", "is_compact", "compact_parts",
            "expand_compact", "load_shard_table", "parse_reader_part", "save_compact", "upgrade_manifest"]
@@ -43,14 +44,6 @@ COMPACT_VERSION = 2
 DETAILS_NAME = "manifest.details.json"
 MAX_DETAILS_BYTES = 1 << 30  # a details part is ~120 bytes a shard: 1 GiB is ~8M shards
 _DETAIL_FIELDS = ("bytes", "sha256", "partition", "first_key", "last_key")
-_STEM_EXTS = (".tar.gz", ".tgz", ".tar")
-
-
-def _stem(name: str) -> str:
-    for ext in _STEM_EXTS:
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
 
 
 def _rle(values: list[int]) -> list[list[int]]:
@@ -118,7 +111,7 @@ class ShardTable:
             return self._index_names[i] or None
         if self._suffix is None:
             return None
-        return _stem(self._names[i]) + self._suffix
+        return shard_stem(self._names[i]) + self._suffix
 
     def index_url(self, i: int) -> str | None:
         name = self.index_name(i)
@@ -162,7 +155,7 @@ def _compact_head(d: dict[str, Any]) -> dict[str, Any]:
     indexes = [s.get("index") for s in shards]
     index: dict[str, str] | None = None
     if any(indexes):
-        suffixes = {i[len(_stem(n)):] if i and i.startswith(_stem(n)) else None
+        suffixes = {i[len(shard_stem(n)):] if i and i.startswith(shard_stem(n)) else None
                     for n, i in zip(names, indexes, strict=True)}
         if len(suffixes) == 1 and None not in suffixes:
             index = {"suffix": suffixes.pop()}
