@@ -469,12 +469,15 @@ def read_bytes(url: str, storage_options: dict[str, Any] | None = None, *,
     try:
         if max_bytes is None:
             return fs.cat_file(path)
-        with fs.open(path, "rb") as f:
-            size = getattr(f, "size", None)  # known up front on object stores: no GET at all
-            data = None if isinstance(size, int) and size > max_bytes else f.read(max_bytes + 1)
+        try:  # one ranged GET (no HEAD first): at most max_bytes + 1 bytes of any object
+            data = fs.cat_file(path, start=0, end=max_bytes + 1)
+        except Exception:
+            if fs.info(path).get("size") != 0:  # S3 refuses a range of an empty object
+                raise
+            data = b""
     except Exception as exc:
         raise translate_error(exc, url, "read") from exc
-    if data is None or len(data) > max_bytes:
+    if len(data) > max_bytes:
         raise StorageError(f"{redact(url)} is larger than {max_bytes} bytes, the most expected "
                            f"there; not reading it", url=url)
     return data

@@ -177,7 +177,8 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
                          job=job, validate=config.validate, source_shards=plan.source_shards,
                          resume=not fresh, first_partition=first,
                          upload_concurrency=config.upload_concurrency,
-                         upload_buffer_bytes=config.upload_buffer_bytes)
+                         upload_buffer_bytes=config.upload_buffer_bytes,
+                         files=plan.files_of(p - first))
              for p in pending)  # made as the executor takes them: memory bounded by in-flight
     batches = RecordLog(out, job[:12], records_per_batch(plan.n_partitions))
     bar = _Bar(plan.total_rows, sum(r.samples for p, r in records.items() if p >= first),

@@ -23,7 +23,8 @@ from ..format.schema import make_key
 from .encode import ColumnMap, RowEncoder
 from .executors.base import Progress, merge_secrets, split_secrets
 from .output import lists_by_prefix, remove_leftovers
-from .sources.hf import HFSource, iter_rows, open_source, prepare, without_torch
+from .sources.hf import (HFSource, SourceFiles, iter_rows, open_files, open_source, prepare,
+                         without_torch)
 from .writer import ShardWriter
 
 __all__ = ["ConvertTask", "convert_partition", "record_name"]
@@ -48,7 +49,9 @@ class ConvertTask:
     committed files of this partition: it then removes those it does not write again.
     ``first_partition`` is the job's first partition number (an append numbers its partitions
     after the output's last one): ``partition`` names the shards, keys and record, and the
-    task reads group ``partition - first_partition`` of the source.
+    task reads group ``partition - first_partition`` of the source. ``files``, when the
+    source's shards are data files (parquet, arrow), are that group's files: the worker opens
+    only them, instead of resolving every file of the source again.
     """
 
     spec: HFSource
@@ -69,6 +72,7 @@ class ConvertTask:
     first_partition: int = 0
     upload_concurrency: int = 4
     upload_buffer_bytes: int = 64 * 2**20
+    files: SourceFiles | None = None  # this partition's data files (None: open the source)
 
     def __str__(self) -> str:
         return (f"partition {self.partition} of {self.n_partitions} "
@@ -103,7 +107,11 @@ _OPENED: dict[str, Any] = {}  # per process: the prepared source of the current 
 
 def _partition_dataset(task: ConvertTask):
     """The task's rows: the source opened (once per job and process, as ``load_dataset``
-    resolves every data file of the dataset, a Hub listing included) and sharded."""
+    resolves every data file of the dataset, a Hub listing included) and sharded; or, when
+    the task carries its data files, just those files."""
+    if task.files is not None:
+        ds = prepare(open_files(task.spec, task.files), task.columns)
+        return ds.take(task.limit) if task.limit is not None else ds
     key = f"{task.job}|{task.spec!r}|{task.columns!r}"
     ds = _OPENED.get(key) if task.job else None
     if ds is None:

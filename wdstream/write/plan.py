@@ -13,7 +13,8 @@ from typing import Any
 
 from ..config import Config
 from .encode import ColumnMap, binary_member
-from .sources.hf import HFSource, open_source, resolve_columns, sample_binary_values
+from .sources.hf import (HFSource, SourceFiles, file_group, open_source, resolve_columns,
+                         sample_binary_values, source_files)
 
 __all__ = ["JobPlan", "plan_job", "columns_dict", "describe_columns", "LIMIT_ROWS_PER_PARTITION",
            "partition_limit"]
@@ -34,6 +35,7 @@ class JobPlan:
     total_rows: int | None
     options: dict[str, Any]
     source_shards: int = 0  # the source's shards (data files); 0: as many as partitions
+    files: SourceFiles | None = None  # the source's data files, one per shard (not in _job.json)
 
     def __post_init__(self):
         if not self.source_shards:
@@ -45,6 +47,15 @@ class JobPlan:
         if self.source_shards != self.n_partitions:  # a --limit job: the first partitions
             d["source_shards"] = self.source_shards
         return d
+
+    def files_of(self, partition: int) -> SourceFiles | None:
+        """The data files partition ``partition`` reads (the group ``ds.shard(n_partitions,
+        partition, contiguous=True)`` would read), or None: the worker opens the whole
+        source."""
+        if self.files is None:
+            return None
+        group = file_group(len(self.files.paths), self.n_partitions, partition)
+        return dataclasses.replace(self.files, paths=self.files.paths[group.start:group.stop])
 
     def limit_of(self, partition: int) -> int | None:
         """The rows partition ``partition`` may take (None: all of them)."""
@@ -147,4 +158,4 @@ def plan_job(spec: HFSource, config: Config) -> JobPlan:
     log.info("source %s: columns %s; %d partition(s)", spec.source, describe_columns(columns),
              n_partitions)
     return JobPlan(spec=spec, columns=columns, n_partitions=n_partitions, total_rows=total,
-                   options=options, source_shards=source_shards)
+                   options=options, source_shards=source_shards, files=source_files(ds))
