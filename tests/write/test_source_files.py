@@ -23,8 +23,7 @@ from wdstream.config import Config
 from wdstream.write import partition as partition_mod
 from wdstream.write.convert import convert
 from wdstream.write.plan import plan_job
-from wdstream.write.sources.hf import (HFSource, file_group, open_files, open_source,
-                                       source_files)
+from wdstream.write.sources.hf import HFSource, file_group, open_files, open_source, source_files
 
 
 def _folder(tmp_path, sizes: list[int]) -> str:

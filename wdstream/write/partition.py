@@ -23,8 +23,15 @@ from ..format.schema import make_key
 from .encode import ColumnMap, RowEncoder
 from .executors.base import Progress, merge_secrets, split_secrets
 from .output import lists_by_prefix, remove_leftovers
-from .sources.hf import (HFSource, SourceFiles, iter_rows, open_files, open_source, prepare,
-                         without_torch)
+from .sources.hf import (
+    HFSource,
+    SourceFiles,
+    iter_rows,
+    open_files,
+    open_source,
+    prepare,
+    without_torch,
+)
 from .writer import ShardWriter
 
 __all__ = ["ConvertTask", "convert_partition", "record_name"]
