@@ -12,6 +12,8 @@ worker too), so runs do not pollute each other:
   shards (our ``TarStreamWriter``) with no other work;
 * ``wdstream.convert`` to a local folder (1 worker, then 2), on all rows and on half the files
   (peak RSS should not grow with the dataset size);
+* raw and ``wdstream.convert`` (1 worker) on a second dataset with audio (``--audio-rows``:
+  600-1000 px JPEGs, 2 s FLAC clips, text, id, label), so the audio checks are measured too;
 * the same conversion as Ray tasks on a local Ray with 1 and then 2 CPUs (when ray is
   installed; ``--no-ray`` skips it);
 * raw and ``wdstream.convert`` to moto's ThreadedMotoServer on 127.0.0.1 (started here, in
@@ -120,12 +122,15 @@ def child_raw(files: list[str], output: str, opts: dict, max_bytes: int) -> dict
     out = None
     tar = None
     for fi, f in enumerate(files):
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=64,
-                                                    columns=["image", "text", "id"]):
-            images = batch.column("image").field("bytes").to_pylist()
+        pf = pq.ParquetFile(f)
+        names = pf.schema_arrow.names
+        media = [(c, ext) for c, ext in (("image", "jpg"), ("audio", "flac")) if c in names]
+        rest = [c for c in names if c not in ("image", "audio", "text")]
+        for batch in pf.iter_batches(batch_size=64):
+            cols = {c: batch.column(c).field("bytes").to_pylist() for c, _ in media}
             texts = batch.column("text").to_pylist()
-            ids = batch.column("id").to_pylist()
-            for i, (img, txt, id_) in enumerate(zip(images, texts, ids, strict=True)):
+            others = {c: batch.column(c).to_pylist() for c in rest}
+            for i, txt in enumerate(texts):
                 if tar is None or tar.offset > max_bytes:
                     if tar is not None:
                         tar.close()
@@ -135,8 +140,10 @@ def child_raw(files: list[str], output: str, opts: dict, max_bytes: int) -> dict
                     out = AtomicFile(f"{output}/{name}", fs=fs, path=f"{path}/{name}")
                     tar = TarStreamWriter(out)
                     shard += 1
-                tar.write_sample(f"{fi:05d}_{i:09d}", {
-                    "jpg": img, "txt": txt.encode(), "json": json.dumps({"id": id_}).encode()})
+                fields = {ext: cols[c][i] for c, ext in media}
+                fields["txt"] = txt.encode()
+                fields["json"] = json.dumps({c: v[i] for c, v in others.items()}).encode()
+                tar.write_sample(f"{fi:05d}_{i:09d}", fields)
                 samples += 1
     if tar is not None:
         tar.close()
@@ -255,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=3000, help="rows of the dataset (default 3000, "
                                                           "about 600 MB)")
     p.add_argument("--files", type=int, default=8, help="parquet files (= partitions)")
+    p.add_argument("--audio-rows", type=int, default=1000,
+                   help="rows of the image + audio dataset (0: no audio rows)")
     p.add_argument("--s3-files", type=int, default=2, help="files converted to the loopback S3")
     p.add_argument("--max-shard-bytes", type=int, default=64 * 2**20)
     p.add_argument("--cache", default=os.path.join(ROOT, ".bench"))
@@ -301,6 +310,21 @@ def main(argv: list[str] | None = None) -> int:
         ch = local("convert half", "convert", half, workers=1)
         rows.append(_fmt(f"wdstream convert, local, 1 worker, half ({len(half)} files)", ch,
                          raw_half))
+        if args.audio_rows:  # image + 2 s FLAC clips + text: the audio checks' cost
+            from wdstream.demo.data import build_parquet_dataset
+
+            afolder = os.path.join(args.cache, f"audio-{args.audio_rows}-{args.files}")
+            if not os.path.exists(os.path.join(afolder, "DONE")):
+                shutil.rmtree(afolder, ignore_errors=True)
+                build_parquet_dataset(afolder, args.audio_rows, n_files=args.files,
+                                      image_size=(600, 1000), audio_seconds=2.0, seed=3)
+                open(os.path.join(afolder, "DONE"), "w").close()
+            afiles = sorted(glob.glob(os.path.join(afolder, "data", "*.parquet")))
+            araw = local("raw audio", "raw", afiles)
+            rows.append(_fmt(f"raw limit, local, image + audio ({args.audio_rows} rows)",
+                             araw, None))
+            ca = local("convert audio", "convert", afiles, workers=1)
+            rows.append(_fmt("wdstream convert, local, 1 worker, image + audio", ca, araw))
 
         from wdstream.demo.s3 import loopback_s3
 
