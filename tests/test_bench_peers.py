@@ -43,7 +43,7 @@ def test_bench_peers_writes_table_and_plot(tmp_path):
     peers = text.split("## Peers", 1)[1].split("## Later", 1)[0]
     assert "tools/bench_peers.py --samples 16" in peers  # the exact command
     rows = [line.split("|")[1:-1] for line in peers.splitlines() if line.startswith("| ")]
-    read_rows = [r for r in rows if len(r) == 11 and r[0].strip() in systems]
+    read_rows = [r for r in rows if len(r) == 12 and r[0].strip() in systems]
     for store in ("local", "s3"):
         for name in systems:  # every system keeps its row, installed or not
             row = next(r for r in read_rows if r[0].strip() == name and r[1].strip() == store)

@@ -59,11 +59,13 @@ SHUFFLE_BUFFER = 1000
 BUCKET = "bench"
 READ_STORES = ("local", "s3", "s3-latency")  # s3-latency: the s3 data via tools/s3proxy.py
 LATENCY_TTFB, LATENCY_JITTER, LATENCY_BANDWIDTH = 0.03, 0.01, 80e6  # as a real bucket, roughly
+DECODE_LIMIT_STORE = "memory"  # the decode limit reads rows already in memory
 SECTION = "## Peers"
 NOTES_MARK = "<!-- notes below are kept when bench_peers.py rewrites this section -->"
 INSTALL = ("python3 -m venv .venv-bench && .venv-bench/bin/pip install -e '.[test,bench]' "
-           "mosaicml-streaming==0.13.0 litdata==0.2.76 torchvision==0.29.1 "
-           "transformers==4.57.6 datasets==4.8.5 'numpy<2.2'")
+           "mosaicml-streaming==0.13.0 litdata==0.2.76 torch==2.14.1 torchaudio==2.11.0 "
+           "torchvision==0.29.1 transformers==4.57.6 datasets==4.8.5 'numpy<2.2' "
+           "fsspec==2026.2.0 s3fs==2026.2.0 moto==5.2.5 ray==2.60.0")
 
 
 @dataclass(frozen=True)
@@ -307,8 +309,42 @@ def write_litdata(source: str, url: str, store: Store, staging: str, workers: in
                      verbose=False, start_method="fork")
 
 
+def write_raw_limit(source: str, url: str, store: Store, staging: str, workers: int) -> None:
+    """The raw limit of a conversion: the same rows read with pyarrow and the same bytes written
+    as tar shards of the same size, one write per shard, in one process; no checks, no index,
+    no manifest, no resume."""
+    import io
+    import tarfile
+
+    fs = store.fs()
+    remote = fs._strip_protocol(url)
+    fs.makedirs(remote, exist_ok=True)
+    buf = io.BytesIO()
+    tar = tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT)
+    n = 0
+
+    def flush() -> None:
+        nonlocal buf, tar, n
+        tar.close()
+        fs.pipe_file(f"{remote}/raw-{n:06d}.tar", buf.getvalue())
+        n += 1
+        buf = io.BytesIO()
+        tar = tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT)
+
+    for key, fields in iter_source(source):
+        for ext, data in tar_fields(fields).items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if buf.tell() >= SHARD_BYTES:
+            flush()
+    if buf.tell():
+        flush()
+
+
 WRITERS = {"wdstream": write_wdstream, "webdataset": write_webdataset,
-           "hf-parquet": write_hf_parquet, "mds": write_mds, "litdata": write_litdata}
+           "hf-parquet": write_hf_parquet, "mds": write_mds, "litdata": write_litdata,
+           "raw-limit": write_raw_limit}
 
 
 # =========================================================================== readers (child)
@@ -432,6 +468,31 @@ def read_litdata(url, store, config, tokenizer, workers, cache):
     return loader, None
 
 
+class _InMemory:
+    """Rows already in memory, for the decode limit (a map-style dataset)."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+def read_decode_limit(rows, config, tokenizer, workers):
+    """The decode limit: the same decode and collate over rows already in memory (read before
+    the clock starts), shuffled, through a torch DataLoader with the same workers. No I/O, no
+    parsing: what any reader can reach with this many processes."""
+    import torch
+
+    return torch.utils.data.DataLoader(_InMemory(rows), batch_size=config.batch_size,
+                                       shuffle=True, drop_last=True,
+                                       collate_fn=DecodeCollate(config, tokenizer),
+                                       **_dl_kwargs(workers)), None
+
+
 READERS = {"wdstream": read_wdstream, "webdataset": read_webdataset,
            "hf-parquet": read_hf_parquet, "mds": read_mds, "litdata": read_litdata}
 
@@ -455,9 +516,14 @@ def child_main(job: dict) -> dict:
 
     config = Config(batch_size=job["batch_size"], pin_memory="false", seed=0)
     tokenizer = load_tokenizer(config)
-    t0 = time.perf_counter()
-    loader, close = READERS[job["system"]](job["url"], store, config, tokenizer, job["workers"],
-                                           job["cache"])
+    if job["system"] == "decode-limit":
+        rows = [{"key": k, **f} for k, f in iter_source(job["source"])]
+        t0 = time.perf_counter()
+        loader, close = read_decode_limit(rows, config, tokenizer, job["workers"])
+    else:
+        t0 = time.perf_counter()
+        loader, close = READERS[job["system"]](job["url"], store, config, tokenizer,
+                                               job["workers"], job["cache"])
     first = None
     samples = batches = 0
     shape = None
@@ -481,9 +547,12 @@ def child_main(job: dict) -> dict:
 
 # =========================================================================== parent: jobs
 
-def _tree_rss(pid: int) -> int:
-    """RSS in bytes of ``pid`` and all its descendants (Linux /proc)."""
-    total, stack, seen = 0, [pid], set()
+def _tree_memory(pid: int) -> tuple[int, int]:
+    """``(RSS, PSS)`` in bytes of ``pid`` and all its descendants (Linux /proc). PSS divides
+    each shared page among the processes that map it, so a tree of forked workers is not
+    charged several times for the libraries they share (RSS is)."""
+    rss = pss = 0
+    stack, seen = [pid], set()
     while stack:
         p = stack.pop()
         if p in seen:
@@ -493,14 +562,19 @@ def _tree_rss(pid: int) -> int:
             with open(f"/proc/{p}/status") as f:
                 for line in f:
                     if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
+                        rss += int(line.split()[1]) * 1024
+                        break
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
                         break
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children") as f:
                     stack.extend(int(c) for c in f.read().split())
         except (FileNotFoundError, ProcessLookupError, PermissionError, ValueError):
             continue
-    return total
+    return rss, pss
 
 
 def _dir_bytes(path: str) -> int:
@@ -525,12 +599,13 @@ def run_child(python: str, job: dict, timeout: float, watch_dir: str | None = No
                LITDATA_DISABLE_VERSION_CHECK="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
-    peak = {"rss": 0, "disk": 0}
+    peak = {"rss": 0, "pss": 0, "disk": 0}
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            peak["rss"] = max(peak["rss"], _tree_rss(proc.pid))
+            rss, pss = _tree_memory(proc.pid)
+            peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
             if watch_dir:
                 peak["disk"] = max(peak["disk"], _dir_bytes(watch_dir))
             done.wait(0.1)
@@ -555,6 +630,7 @@ def run_child(python: str, job: dict, timeout: float, watch_dir: str | None = No
         with contextlib.suppress(OSError):
             os.remove(p)
     result["peak_rss"] = peak["rss"]
+    result["peak_pss"] = peak["pss"]
     if watch_dir:
         result["peak_disk"] = peak["disk"]
     if proc.returncode and "error" not in result:
@@ -654,9 +730,10 @@ def run_benchmark(args) -> Results:
                                                        proxy.url)))
             print(f"S3 test proxy (30 ms ttfb) at {proxy.url}", flush=True)
         runs: dict[tuple[str, str], list[dict]] = {}
+        writers = present + (["raw-limit"] if args.limits else [])
         for rnd in range(args.convert_rounds):
             for key, store in convert_stores:
-                for name in present:
+                for name in writers:
                     url = store.url(name)
                     remove_tree(store, url)
                     staging = os.path.join(cache, "staging", name)
@@ -680,21 +757,24 @@ def run_benchmark(args) -> Results:
                 print(f"median of {len(rs)}: {_convert_line(name, key, r)}  "
                       f"(min-max {sps[0]:.1f}-{sps[-1]:.1f} samples/s)", flush=True)
         # ---- reads, in turns: round 1 A B C ..., round 2 A B C ...
+        # the decode limit (no store) runs once a round per number of workers, beside them
         for rnd in range(args.rounds):
-            for store in read_stores:
+            for i, store in enumerate(read_stores):
                 for workers in args.workers:
-                    for name in present:
+                    readers = present + (["decode-limit"] if args.limits and i == 0 else [])
+                    for name in readers:
                         if "error" in res.convert.get((name, store.kind), {}):
                             continue
+                        where = DECODE_LIMIT_STORE if name == "decode-limit" else store.name
                         read_cache = tempfile.mkdtemp(prefix=f"{name}-", dir=cache)
                         job = {"kind": "read", "system": name, "url": store.url(name),
                                "store": store.to_dict(), "workers": workers,
                                "batch_size": args.batch_size, "cache": read_cache,
-                               "max_batches": args.max_batches}
+                               "max_batches": args.max_batches, "source": source}
                         r = run_child(args.python, job, args.timeout)
                         shutil.rmtree(read_cache, ignore_errors=True)
-                        res.reads.setdefault((name, store.name, workers), []).append(r)
-                        print(f"round {rnd + 1} {_read_line(name, store.name, workers, r)}",
+                        res.reads.setdefault((name, where, workers), []).append(r)
+                        print(f"round {rnd + 1} {_read_line(name, where, workers, r)}",
                               flush=True)
     finally:
         for p in (proxy, read_proxy):
@@ -724,6 +804,7 @@ def _median_run(runs: list[dict]) -> dict:
     out = dict(ok[(len(ok) - 1) // 2])
     out["rounds"] = [r["seconds"] for r in ok]
     out["peak_rss"] = max(r["peak_rss"] for r in ok)
+    out["peak_pss"] = max(r.get("peak_pss", 0) for r in ok)
     return out
 
 
@@ -753,6 +834,7 @@ def read_stats(runs: list[dict]) -> dict | None:
     return {"median": statistics.median(rates), "min": min(rates), "max": max(rates),
             "n": len(rates), "first": statistics.median(r["first_batch"] for r in ok),
             "rss": max(r["peak_rss"] for r in ok),
+            "pss": max(r.get("peak_pss", 0) for r in ok),
             "samples": statistics.median(r["samples"] for r in ok)}
 
 
@@ -773,7 +855,7 @@ def _why_missing(res: Results, name: str, store: str) -> str | None:
 
 def render_markdown(res: Results, args) -> str:
     cmd = "python tools/bench_peers.py " + " ".join(shlex.quote(a) for a in args.argv)
-    base_stores = [s for s in ("local", "s3") if s in args.stores]
+    base_stores = [s for s in ("local", "s3", "s3-latency") if s in args.stores]
     read_stores = [s for s in READ_STORES if s in args.stores]
     lines = [
         "The peers live in their own venv (mosaicml-streaming 0.13 pins numpy<2.2 and "
@@ -793,56 +875,156 @@ def render_markdown(res: Results, args) -> str:
         "",
         "### Reading",
         "",
+        "PSS (proportional set size) shares each page among the processes that map it, so a "
+        "loader and its forked workers are not charged twice for the same libraries; RSS is "
+        "given too. The decode limit reads nothing: the same decode and collate over rows "
+        "already in memory, through a torch DataLoader with the same workers.",
+        "",
         "| system | store | workers | samples/s (median) | min–max | × wdstream | "
-        "first batch s | × wdstream | peak RSS MiB | × wdstream | samples read |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "first batch s | × wdstream | peak PSS MiB | × wdstream | peak RSS MiB | samples read |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for store in read_stores:
         for workers in args.workers:
             base = read_stats(res.reads.get(("wdstream", store, workers), []))
-            for name in res.systems:
-                why = _why_missing(res, name, store)
-                st = None if why else read_stats(res.reads.get((name, store, workers), []))
-                if st is None:
-                    runs = res.reads.get((name, store, workers), [])
-                    why = why or next((r["error"] for r in runs if "error" in r), "no result")
-                    lines.append(f"| {name} | {store} | {workers} | {_md(why)} | | | | | | | |")
-                    continue
+            for name in [*res.systems, "decode-limit"]:
+                if name == "decode-limit":
+                    st = read_stats(res.reads.get((name, DECODE_LIMIT_STORE, workers), []))
+                    if st is None:
+                        continue
+                    label = "*decode limit*"
+                else:
+                    label = name
+                    why = _why_missing(res, name, store)
+                    st = None if why else read_stats(res.reads.get((name, store, workers), []))
+                    if st is None:
+                        runs = res.reads.get((name, store, workers), [])
+                        why = why or next((r["error"] for r in runs if "error" in r),
+                                          "no result")
+                        lines.append(f"| {name} | {store} | {workers} | {_md(why)} "
+                                     f"| | | | | | | | |")
+                        continue
                 lines.append(
-                    f"| {name} | {store} | {workers} | {st['median']:.1f} | "
+                    f"| {label} | {store} | {workers} | {st['median']:.1f} | "
                     f"{st['min']:.1f}–{st['max']:.1f} | "
                     f"{_ratio(st['median'], base and base['median'])} | {st['first']:.2f} | "
-                    f"{_ratio(st['first'], base and base['first'])} | {st['rss'] / MB:.0f} | "
-                    f"{_ratio(st['rss'], base and base['rss'])} | {st['samples']:.0f} |")
+                    f"{_ratio(st['first'], base and base['first'])} | {st['pss'] / MB:.0f} | "
+                    f"{_ratio(st['pss'], base and base['pss'])} | {st['rss'] / MB:.0f} | "
+                    f"{st['samples']:.0f} |")
+    lines += ["", *read_goals(res, args, read_stores)]
     lines += [
         "",
         "### Converting and storing",
         "",
-        "| system | store | samples/s | × wdstream | peak RSS MiB | × wdstream | bytes stored "
-        "MiB | × wdstream | peak local disk MiB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"Median of {args.convert_rounds} rounds in turns; wdstream and the peers with "
+        f"{args.convert_workers} writer processes where they have them; the raw limit reads the "
+        "same rows with pyarrow and writes the same bytes as tar shards in one process, with no "
+        "checks, index or manifest. Peers that write locally then upload are timed whole.",
+        "",
+        "| system | store | samples/s | min–max | × wdstream | peak PSS MiB | × wdstream | "
+        "peak RSS MiB | bytes stored MiB | × wdstream | peak local disk MiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for store in base_stores:
         base = res.convert.get(("wdstream", store), {})
         base_rate = base["samples"] / base["seconds"] if "seconds" in base else None
-        for name in res.systems:
+        for name in [*res.systems, "raw-limit"]:
             why = _why_missing(res, name, store)
             r = res.convert.get((name, store), {})
+            if name == "raw-limit" and not r:
+                continue
+            label = "*raw limit*" if name == "raw-limit" else name
             if why:
-                lines.append(f"| {name} | {store} | {_md(why)} | | | | | | |")
+                lines.append(f"| {label} | {store} | {_md(why)} | | | | | | | | |")
                 continue
             rate = r["samples"] / r["seconds"]
+            rounds = [r["samples"] / x for x in r.get("rounds") or [r["seconds"]]]
             disk = f"{r['peak_disk'] / MB:.0f}" if "peak_disk" in r else "(output is local)"
             lines.append(
-                f"| {name} | {store} | {rate:.1f} | {_ratio(rate, base_rate)} | "
-                f"{r['peak_rss'] / MB:.0f} | {_ratio(r['peak_rss'], base.get('peak_rss'))} | "
+                f"| {label} | {store} | {rate:.1f} | {min(rounds):.1f}–{max(rounds):.1f} | "
+                f"{_ratio(rate, base_rate)} | {r.get('peak_pss', 0) / MB:.0f} | "
+                f"{_ratio(r.get('peak_pss'), base.get('peak_pss'))} | "
+                f"{r['peak_rss'] / MB:.0f} | "
                 f"{r['bytes'] / MB:.1f} | {_ratio(r['bytes'], base.get('bytes'))} | {disk} |")
+    lines += ["", *convert_goals(res, args, base_stores)]
     lines += ["", "### What each system does here", ""]
     for name in res.systems:
         s = SYSTEMS[name]
         state = f" **Not installed:** {res.missing[name]}." if name in res.missing else ""
         lines.append(f"- **{name}**: {s.notes}.{state}")
     return "\n".join(lines) + "\n"
+
+
+def _verdict(ok: bool | None) -> str:
+    return "—" if ok is None else ("met" if ok else "**not met**")
+
+
+def read_goals(res: Results, args, stores: list[str]) -> list[str]:
+    """Issue 12's goals per setting, from the medians: samples/s at least the lower of 1.15x
+    the best peer and 0.95x the decode limit; first batch no later than the fastest peer's;
+    peak PSS at most 1.1x the lowest peer's."""
+    lines = ["Goals (issue 12), from the medians above:", "",
+             "| store | workers | wdstream samples/s | mark (min of 1.15× best peer, 0.95× "
+             "decode limit) | throughput | first batch s vs fastest peer | first batch | "
+             "PSS MiB vs lowest peer × 1.1 | memory |", "|---|---:|---:|---|---|---|---|---|---|"]
+    for store in stores:
+        for w in args.workers:
+            wd = read_stats(res.reads.get(("wdstream", store, w), []))
+            peers = {n: read_stats(res.reads.get((n, store, w), [])) for n in res.systems
+                     if n != "wdstream" and not _why_missing(res, n, store)}
+            peers = {n: st for n, st in peers.items() if st is not None}
+            limit = read_stats(res.reads.get(("decode-limit", DECODE_LIMIT_STORE, w), []))
+            if wd is None or not peers:
+                rate = "—" if wd is None else f"{wd['median']:.1f}"
+                lines.append(f"| {store} | {w} | {rate} | no peer measured | — | — | — | — | — |")
+                continue
+            best = max(peers, key=lambda n: peers[n]["median"])
+            marks = [(1.15 * peers[best]["median"], f"1.15× {best}")]
+            if limit is not None:
+                marks.append((0.95 * limit["median"], "0.95× decode limit"))
+            mark, which = min(marks)
+            fastest = min(peers, key=lambda n: peers[n]["first"])
+            leanest = min(peers, key=lambda n: peers[n]["pss"])
+            lines.append(
+                f"| {store} | {w} | {wd['median']:.1f} | {mark:.1f} ({which}) | "
+                f"{_verdict(wd['median'] >= mark)} | {wd['first']:.2f} vs "
+                f"{peers[fastest]['first']:.2f} ({fastest}) | "
+                f"{_verdict(wd['first'] <= peers[fastest]['first'])} | "
+                f"{wd['pss'] / MB:.0f} vs {1.1 * peers[leanest]['pss'] / MB:.0f} ({leanest}) | "
+                f"{_verdict(wd['pss'] <= 1.1 * peers[leanest]['pss'])} |")
+    return lines
+
+
+def convert_goals(res: Results, args, stores: list[str]) -> list[str]:
+    """Issue 13's goals per store: samples/s at least the lower of 1.2x the best peer and
+    0.95x the raw limit; peak PSS at most 1.2x the lowest peer's."""
+    lines = ["Goals (issue 13), from the medians above:", "",
+             "| store | wdstream samples/s | mark (min of 1.2× best peer, 0.95× raw limit) | "
+             "throughput | PSS MiB vs lowest peer × 1.2 | memory |",
+             "|---|---:|---|---|---|---|"]
+    for store in stores:
+        wd = res.convert.get(("wdstream", store), {})
+        peers = {n: res.convert.get((n, store), {}) for n in res.systems
+                 if n != "wdstream" and not _why_missing(res, n, store)}
+        peers = {n: r for n, r in peers.items() if "seconds" in r}
+        if "seconds" not in wd or not peers:
+            lines.append(f"| {store} | — | no peer measured | — | — | — |")
+            continue
+        rate = {n: r["samples"] / r["seconds"] for n, r in peers.items()}
+        best = max(rate, key=rate.get)
+        marks = [(1.2 * rate[best], f"1.2× {best}")]
+        raw = res.convert.get(("raw-limit", store), {})
+        if "seconds" in raw:
+            marks.append((0.95 * raw["samples"] / raw["seconds"], "0.95× raw limit"))
+        mark, which = min(marks)
+        wd_rate = wd["samples"] / wd["seconds"]
+        leanest = min(peers, key=lambda n: peers[n].get("peak_pss") or float("inf"))
+        lean = peers[leanest].get("peak_pss") or 0
+        lines.append(f"| {store} | {wd_rate:.1f} | {mark:.1f} ({which}) | "
+                     f"{_verdict(wd_rate >= mark)} | {wd.get('peak_pss', 0) / MB:.0f} vs "
+                     f"{1.2 * lean / MB:.0f} ({leanest}) | "
+                     f"{_verdict(wd.get('peak_pss', 0) <= 1.2 * lean if lean else None)} |")
+    return lines
 
 
 def _md(text: str) -> str:
@@ -917,7 +1099,7 @@ def plot(res: Results, args, path: str) -> None:
     ax.set_title(f"Reading with the same decode (batch {args.batch_size}, {args.samples} samples)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    stores = [s for s in ("local", "s3") if s in args.stores]
+    stores = [s for s in ("local", "s3", "s3-latency") if s in args.stores]
     for i, name in enumerate(names):
         xs, ys = [], []
         for j, store in enumerate(stores):
@@ -960,6 +1142,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="conversion rounds, in turns (default 5; the median is kept)")
     p.add_argument("--convert-workers", type=int, default=2,
                    help="processes for writers that have them (wdstream, litdata)")
+    p.add_argument("--no-limits", dest="limits", action="store_false",
+                   help="leave out the raw conversion limit and the decode-only read limit")
     p.add_argument("--python", default=sys.executable,
                    help="interpreter for the child processes (e.g. .venv-bench/bin/python)")
     p.add_argument("--cache", default=None, help="data folder (default .bench/peers-N)")

@@ -18,6 +18,7 @@ listing is cheap, the driver removes pending partitions' files and temp files in
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
 import json
 import logging
 import posixpath
@@ -55,6 +56,15 @@ def records_per_batch(n_partitions: int) -> int:
     10 to 1,000 records each. A resume reads at most ~``n/1000`` listing pages, ~100 batches
     and one batch's worth of part files (plus those in flight when the job stopped)."""
     return min(1000, max(10, -(-n_partitions // 100)))
+
+
+def _cat_file_splits(fs) -> bool:
+    """Whether this s3fs's ``_cat_file`` takes ``max_concurrency`` (and splits a GET after a
+    HEAD unless it is 1)."""
+    try:
+        return "max_concurrency" in inspect.signature(fs._cat_file).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _is_s3(fs) -> bool:
@@ -161,8 +171,9 @@ class Output:
         if getattr(fs, "async_impl", False):
             from fsspec.asyn import _run_coros_in_chunks, sync
 
-            # s3fs asks for the size first (a HEAD) unless told not to split the GET
-            kwargs = {"max_concurrency": 1} if _is_s3(fs) else {}
+            # s3fs 2026.3 and later ask for the size first (a HEAD) unless told not to split
+            # the GET; earlier releases make one GET and know no such argument
+            kwargs = {"max_concurrency": 1} if _is_s3(fs) and _cat_file_splits(fs) else {}
 
             async def gather() -> list[Any]:
                 return await _run_coros_in_chunks([fs._cat_file(p, **kwargs) for p in paths],
