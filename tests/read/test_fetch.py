@@ -101,6 +101,33 @@ def test_bytes_bound_limits_requests_in_flight(s3, s3_proxy):
     assert proxy.stats()["max_in_flight"] <= 2  # two samples' bytes at most
 
 
+@pytest.mark.s3
+def test_fetch_threads_share_one_filesystem(s3, s3_proxy, monkeypatch):
+    """fsspec before 2026.3 caches a filesystem per thread, and every new s3fs instance builds
+    a client of its own (0.1-0.3 s): with one per fetch thread the first batch waited for
+    eight of them. Here every ``url_to_fs`` call makes a new filesystem, as there in each new
+    thread: the reader must ask once per protocol and share it across its fetch threads."""
+    from wdstream import storage
+
+    opts = s3["storage_options"]
+    write_test_shards("s3://test/rc", [6, 6, 6, 6], storage_options=opts, audio=False)
+    proxy, via_proxy = s3_proxy
+    proxy.ttfb = 0.02
+    loader = wdstream.make_loader("s3://test/rc", cfg(storage_options=via_proxy,
+                                                      read_ahead_requests=8, shuffle=False))
+    made = []
+    real = storage.url_to_fs
+
+    def fresh(url, options=None):
+        fs, path = real(url, dict(options or {}, skip_instance_cache=True))
+        made.append(fs)
+        return fs, path
+
+    monkeypatch.setattr(storage, "url_to_fs", fresh)
+    assert len(keys_of_loader(loader)) == 24
+    assert len(made) == 1  # one filesystem for the epoch, shared by every fetch thread
+
+
 def keys_of_loader(loader):
     return [k for b in loader for k in b["keys"]]
 

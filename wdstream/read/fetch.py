@@ -123,17 +123,39 @@ class Prefetcher:
         self.pieces: deque[_Span] = deque()  # the current read cut into requests
         self.indexes: dict[int, Future] = {}  # shard -> index being fetched
         self.failed: dict[int, ShardReadError] = {}  # shards that cannot be read at all
+        # one filesystem per protocol for every fetch thread: fsspec caches instances per
+        # thread, and each new s3fs instance builds its own client (0.1-0.3 s, its own
+        # connections), which made the first batch wait for one per thread
+        self._filesystems: dict[str, object] = {}
+        self._fs_lock = threading.Lock()
+        if shards and shards[0].data is None:
+            try:  # made here, in the consumer's thread, where it is often cached already
+                self._fs_path(shards[0].url)
+            except StorageError:
+                pass  # the read itself reports it, naming the shard
+
+    def _fs_path(self, url: str):
+        """``(filesystem, path)`` for ``url``, sharing one filesystem across threads."""
+        protocol = url.split("://", 1)[0] if "://" in url else "file"
+        fs = self._filesystems.get(protocol)
+        if fs is None:
+            with self._fs_lock:
+                fs = self._filesystems.get(protocol)
+                if fs is None:
+                    fs, path = storage.url_to_fs(url, self.reader.storage_options)
+                    self._filesystems[protocol] = fs
+                    return fs, path
+        return fs, fs._strip_protocol(url)
 
     # -- indexes -----------------------------------------------------------------------
     def _load_index(self, shard: ShardRef) -> dict | None:
         try:
             self._check_size(shard)
-            fs, path = storage.url_to_fs(shard.index_url, self.reader.storage_options)
+            fs, path = self._fs_path(shard.index_url)
             limit = max_index_bytes(shard.samples)
-            # one GET: whole on object stores (sizes are known there; a ranged GET past the
-            # end makes s3fs ask again), bounded elsewhere (an endless file is not read whole)
-            data = fs.cat_file(path) if storage._is_object_store(fs) else \
-                fs.cat_file(path, start=0, end=limit + 1)
+            # one ranged GET, no HEAD first (a whole-object cat_file asks for the size first
+            # on recent s3fs), and at most limit + 1 bytes of any file
+            data = fs.cat_file(path, start=0, end=limit + 1)
             self.counters.add_request(len(data))
             if len(data) > limit:
                 raise StorageError(f"{redact(shard.index_url)} is larger than {limit} bytes, "
@@ -151,7 +173,7 @@ class Prefetcher:
         """The shard's stored size against the manifest's, when the manifest gives one."""
         if shard.bytes is None or shard.data is not None:
             return
-        fs, path = storage.url_to_fs(shard.url, self.reader.storage_options)
+        fs, path = self._fs_path(shard.url)
         try:
             size = fs.size(path)
         except Exception as exc:
@@ -221,7 +243,7 @@ class Prefetcher:
             a = b
 
     def _fetch(self, shard: ShardRef, start: int, end: int):
-        fs, path = storage.url_to_fs(shard.url, self.reader.storage_options)
+        fs, path = self._fs_path(shard.url)
         try:
             data = fs.cat_file(path, start=start, end=end)
         except Exception as exc:
