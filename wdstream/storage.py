@@ -443,14 +443,17 @@ def _is_object_store(fs) -> bool:
     return any(p in ("s3", "s3a", "gs", "gcs", "az", "abfs", "memory") for p in protocols)
 
 
-def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
+def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = None, *,
+                fs=None, path: str | None = None) -> None:
     """Write a small object atomically (manifest, index, partition record).
 
     Locally: a same-folder temp file renamed into place. On an object store: one PUT
     (``pipe_file``), which is atomic by itself and, unlike a multipart upload, leaves nothing
     pending when it is interrupted. Raises StorageError/CredentialsError naming the URL.
+    ``fs`` and ``path``: a filesystem already open (another thread's, shared), for ``url``.
     """
-    fs, path = url_to_fs(url, storage_options)
+    if fs is None:
+        fs, path = url_to_fs(url, storage_options)
     if not _is_object_store(fs):
         with atomic_write(url, fs=fs, path=path) as w:
             w.write(data)

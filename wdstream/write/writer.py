@@ -107,7 +107,8 @@ class ShardWriter:
         name = shard_name(self.partition, seq)
         index = index_name(name)
         storage.write_bytes(f"{self.output_url}/{index}", index_bytes(offsets, keys),
-                            self.storage_options)
+                            self.storage_options, fs=self.fs,  # shared across commit threads
+                            path=f"{self.base_path}/{index}")
         return ShardInfo(
             url=name, samples=len(keys), bytes=file.bytes, sha256=file.hexdigest(),
             index=index, partition=self.partition, first_key=keys[0], last_key=keys[-1])
