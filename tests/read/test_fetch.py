@@ -128,6 +128,37 @@ def test_fetch_threads_share_one_filesystem(s3, s3_proxy, monkeypatch):
     assert len(made) == 1  # one filesystem for the epoch, shared by every fetch thread
 
 
+@pytest.mark.s3
+def test_one_request_goes_first_then_the_fetch_threads(s3, s3_proxy):
+    """s3fs and botocore set up their request machinery on the first requests, without a
+    lock: eight threads starting at once in a fresh worker each did it (about 1 s before the
+    worker's first response on loopback S3). A reader sends one request, waits for it, then
+    fans out: no second request reaches the store before the first one's answer."""
+    import time
+
+    opts = s3["storage_options"]
+    write_test_shards("s3://test/rd", [8, 8, 8], storage_options=opts, audio=False)
+    proxy, via_proxy = s3_proxy
+    ttfb = 0.15
+    proxy.ttfb = ttfb
+    loader = wdstream.make_loader("s3://test/rd", cfg(storage_options=via_proxy,
+                                                      read_ahead_requests=8, shuffle=False))
+    arrivals = []
+
+    def log(info):
+        arrivals.append((time.monotonic(), info.method, info.path))
+        return None
+
+    proxy.faults = log
+    try:
+        assert len(keys_of_loader(loader)) == 24
+    finally:
+        proxy.faults = None
+    assert arrivals[0][1] == "HEAD"  # the first shard's size, which its check needs anyway
+    assert arrivals[1][0] - arrivals[0][0] >= 0.8 * ttfb  # the others waited for its answer
+    assert len(arrivals) >= 6  # then the rest: sizes, indexes and spans
+
+
 def keys_of_loader(loader):
     return [k for b in loader for k in b["keys"]]
 

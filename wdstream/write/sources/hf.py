@@ -19,6 +19,7 @@ import difflib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -144,15 +145,27 @@ def without_torch() -> Iterator[None]:
     tells ``datasets`` it is absent, and restores the setting after. A process that already
     imported torch (a training script) is left as it is.
     """
-    if "torch" in sys.modules:
-        yield
-        return
-    before = datasets.config.TORCH_AVAILABLE
-    datasets.config.TORCH_AVAILABLE = False
+    global _WITHOUT_TORCH_DEPTH, _TORCH_AVAILABLE_BEFORE
+    with _WITHOUT_TORCH_LOCK:  # re-entrant across threads: the first in saves, the last out
+        if _WITHOUT_TORCH_DEPTH == 0:  # restores (partitions may run on two threads)
+            if "torch" in sys.modules:
+                _TORCH_AVAILABLE_BEFORE = None  # leave it as it is
+            else:
+                _TORCH_AVAILABLE_BEFORE = datasets.config.TORCH_AVAILABLE
+                datasets.config.TORCH_AVAILABLE = False
+        _WITHOUT_TORCH_DEPTH += 1
     try:
         yield
     finally:
-        datasets.config.TORCH_AVAILABLE = before
+        with _WITHOUT_TORCH_LOCK:
+            _WITHOUT_TORCH_DEPTH -= 1
+            if _WITHOUT_TORCH_DEPTH == 0 and _TORCH_AVAILABLE_BEFORE is not None:
+                datasets.config.TORCH_AVAILABLE = _TORCH_AVAILABLE_BEFORE
+
+
+_WITHOUT_TORCH_LOCK = threading.Lock()
+_WITHOUT_TORCH_DEPTH = 0
+_TORCH_AVAILABLE_BEFORE: bool | None = None
 
 
 def open_source(spec: HFSource, *, check_hub: bool = True):
