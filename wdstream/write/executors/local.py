@@ -72,12 +72,6 @@ def _run_in_worker(fn: Callable[..., Any], task: Any) -> Any:
 class LocalExecutor(Executor):
     """A pool of ``workers`` processes on this machine; ``workers=1`` runs tasks inline.
 
-    Inline, up to ``inline_threads`` tasks (default 2) run at once on threads of this process,
-    so that one partition's reading and encoding overlaps the previous one's last uploads (a
-    partition's record is written only after its shards are committed, and on S3 that wait
-    was 40% of a one-process conversion). Memory stays bounded: every upload in the process
-    draws on one upload buffer budget.
-
     Workers are started with ``forkserver`` (or ``spawn``), never ``fork``, so each builds its
     own filesystem clients. Progress reports travel through a multiprocessing queue that the
     driver drains while it waits. Each worker watches a pipe from the driver and exits as soon
@@ -86,10 +80,8 @@ class LocalExecutor(Executor):
     so it may be a generator.
     """
 
-    def __init__(self, workers: int = 1, in_flight: int | None = None,
-                 inline_threads: int = 2):
+    def __init__(self, workers: int = 1, in_flight: int | None = None):
         self.workers = max(1, int(workers))
-        self.inline_threads = max(1, int(inline_threads))
         self.in_flight = max(1, in_flight or 2 * self.workers)
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._queue: Any = None
@@ -100,11 +92,8 @@ class LocalExecutor(Executor):
         tasks = iter(tasks)
         first = list(itertools.islice(tasks, 2))
         if self.workers == 1 or len(first) <= 1:
-            if self.inline_threads == 1 or len(first) <= 1:
-                for task in itertools.chain(first, tasks):
-                    yield fn(task, progress=progress)
-            else:
-                yield from self._inline_threads(fn, itertools.chain(first, tasks), progress)
+            for task in itertools.chain(first, tasks):
+                yield fn(task, progress=progress)
             return
         self._ensure_pool(fn)
         # at most in_flight tasks submitted at a time: the driver holds a bounded number of
@@ -126,33 +115,6 @@ class LocalExecutor(Executor):
         finally:
             for future in pending:
                 future.cancel()
-
-    def _inline_threads(self, fn, tasks, progress):
-        """Tasks on ``inline_threads`` threads of this process, results as they finish."""
-        lock = threading.Lock()
-
-        def report(samples: int, nbytes: int) -> None:
-            with lock:
-                progress(samples, nbytes)
-
-        pool = concurrent.futures.ThreadPoolExecutor(self.inline_threads,
-                                                     thread_name_prefix="wdstream-partition")
-        pending: set[concurrent.futures.Future] = set()
-        try:
-            while True:
-                for task in itertools.islice(tasks, self.inline_threads - len(pending)):
-                    pending.add(pool.submit(fn, task,
-                                            progress=report if progress is not None else None))
-                if not pending:
-                    break
-                done, pending = concurrent.futures.wait(
-                    pending, return_when=concurrent.futures.FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
-        finally:
-            for future in pending:
-                future.cancel()
-            pool.shutdown(wait=True)  # a task already running finishes (or fails) first
 
     def _ensure_pool(self, fn) -> None:
         if self._pool is not None:
