@@ -23,7 +23,8 @@ not its workers) is read from /proc. Moments are taken at the proxy, which sees 
   manifest.json and exited (the manifest names N x 5 shards: 500k at N = 100k). The driver's
   peak RSS here is the job's worst case (every record in memory, the manifest serialised).
 * **Ray** (``--ray N``): a fresh job of N partitions converted for real on a local Ray (2 CPUs)
-  and with the local executor (2 workers): wall time per partition, and the difference.
+  and with the local executor (2 workers): wall time per partition, and the difference
+  (``--ray-only``: the Ray job alone).
   ``--ray-tasks M``: M no-op tasks through RayExecutor (the driver's own overhead per task,
   its RSS, and how many progress updates arrived).
 
@@ -334,10 +335,11 @@ def phase_finish(s3: S3, n: int) -> dict:
     return out
 
 
-def phase_ray(s3: S3, n: int) -> dict:
+def phase_ray(s3: S3, n: int, ray_only: bool = False) -> dict:
     source = make_source(n)
     out = {"partitions": n}
-    for name, extra in (("local", []), ("ray", ["--executor", "ray"])):
+    runs = (("local", []), ("ray", ["--executor", "ray"]))
+    for name, extra in runs[1:] if ray_only else runs:
         prefix = f"ray-{n}-{name}"
         s3.clear(prefix)
         r = run_driver(s3, source, prefix, stop_at_first_partition=False, extra=extra)
@@ -345,8 +347,9 @@ def phase_ray(s3: S3, n: int) -> dict:
         r["per_partition_ms"] = round(1000 * span / n, 1)
         out[name] = r
         s3.clear(prefix)
-    out["ray_overhead_ms"] = round(out["ray"]["per_partition_ms"]
-                                   - out["local"]["per_partition_ms"], 1)
+    if "local" in out:
+        out["ray_overhead_ms"] = round(out["ray"]["per_partition_ms"]
+                                       - out["local"]["per_partition_ms"], 1)
     return out
 
 
@@ -395,6 +398,8 @@ def main() -> None:
                     help="partitions for resuming + finishing from seeded state ('' to skip)")
     ap.add_argument("--ray", type=int, default=0, help="partitions of the Ray comparison")
     ap.add_argument("--ray-tasks", type=int, default=0, help="no-op tasks through Ray")
+    ap.add_argument("--ray-only", action="store_true",
+                    help="with --ray: the Ray job only, not the local pool's beside it")
     ap.add_argument("--ttfb", type=float, default=0.03)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--folder-source", action="store_true",
@@ -430,7 +435,7 @@ def main() -> None:
             results[f"finish_{n}"] = phase_finish(s3, n)
             print(json.dumps(results[f"finish_{n}"]), file=sys.stderr)
         if args.ray:
-            results[f"ray_{args.ray}"] = phase_ray(s3, args.ray)
+            results[f"ray_{args.ray}"] = phase_ray(s3, args.ray, args.ray_only)
             print(json.dumps(results[f"ray_{args.ray}"]), file=sys.stderr)
     finally:
         s3.close()
