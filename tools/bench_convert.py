@@ -373,10 +373,11 @@ def main(argv: list[str] | None = None) -> int:
         "| run | samples | MB | s | samples/s | MB/s | ratio | cold s | cold ratio | "
         "peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
-        "Reading the figures: importing `datasets` (which imports torch) alone peaks at about "
-        "620 MB RSS here, so most of the converter's RSS is the libraries; the rest is one "
-        "Arrow batch and one shard's upload buffer, and it does not grow with the dataset "
-        "(compare the full and half runs). The fixed start-up (imports, `load_dataset` "
+        "Reading the figures: a converting process does not import torch; `datasets`, "
+        "pyarrow and pandas take about 200 MB RSS here, so most of the converter's RSS is the "
+        "libraries; the rest is one Arrow batch and the upload buffers, and it does not grow "
+        "with the dataset (compare the full and half runs). The image + audio row adds the "
+        "audio checks (`soundfile.info` per clip) to the image checks. The fixed start-up (imports, `load_dataset` "
         "resolution) is what separates the cold ratio from the warm one on a dataset this "
         "small. On this shared 2-core machine two workers fight the other jobs (and the "
         "driver) for the cores, so the 2-worker and 2-CPU lines are not scaling figures. The "
