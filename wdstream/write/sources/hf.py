@@ -147,7 +147,7 @@ def without_torch() -> Iterator[None]:
     """
     global _WITHOUT_TORCH_DEPTH, _TORCH_AVAILABLE_BEFORE
     with _WITHOUT_TORCH_LOCK:  # re-entrant across threads: the first in saves, the last out
-        if _WITHOUT_TORCH_DEPTH == 0:  # restores (partitions may run on two threads)
+        if _WITHOUT_TORCH_DEPTH == 0:  # restores (conversions may overlap on threads)
             if "torch" in sys.modules:
                 _TORCH_AVAILABLE_BEFORE = None  # leave it as it is
             else:
