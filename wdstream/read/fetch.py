@@ -110,7 +110,7 @@ def _connect(fs, path: str) -> int | None:
     once in a fresh worker each did that work (about 1 s before a worker's first response,
     measured on loopback S3; 0.04 s once one request has gone first). One HEAD, which the
     shard's size check needs anyway, goes first."""
-    if "s3" not in str(getattr(fs, "protocol", "")) and "gs" not in str(getattr(fs, "protocol", "")):
+    if not storage._is_object_store(fs):  # the shared test of what an object store is
         return None
     try:
         size = fs.size(path)
