@@ -1,16 +1,24 @@
-"""The Ray flake "partially initialized module 'datasets' has no attribute 'utils'" (in
-test_cli_executor_ray, only in full runs).
+"""How a Ray job stops its tasks in flight when one fails: cooperatively, never with
+``ray.cancel``.
 
-Root cause: when a job stops (a partition raised), the executor cancelled the tasks still
-running. ``ray.cancel`` without ``force`` raises KeyboardInterrupt inside the running task, and
-a task that was still importing ``datasets`` for the first time (a fresh worker, slow under a
-full run's load) left half-initialised ``datasets.*`` modules behind. Ray reuses that worker,
-and every later task in it failed on its first ``datasets`` import. Importing again cannot
-repair it (``datasets`` registers pyarrow extension types once per process).
+Two flakes, both from ``ray.cancel``:
 
-Fix: the executor cancels with ``force=True``: the worker of a cancelled running task is
-killed, never reused half-done. The first test reproduces the poisoning deterministically in a
-fresh process; the second checks that a failed job's running tasks have their workers killed."""
+- Without ``force`` (until stop 17): ``ray.cancel`` raises KeyboardInterrupt inside the running
+  task. A task still importing ``datasets`` for the first time (a fresh worker, slow under a full
+  run's load) left half-initialised ``datasets.*`` modules behind; Ray reused that worker, and
+  every later task in it failed with "partially initialized module 'datasets' has no attribute
+  'utils'" (seen in test_cli_executor_ray, only in full runs). Importing again cannot repair it.
+  The first test reproduces this deterministically in a fresh process.
+- With ``force=True`` (stop 18): the cancel races with the task's reply inside Ray's driver
+  code, which then fails its own check ("Check failed: it != submissible_tasks_.end() Tried to
+  complete task that was not pending", ray-project/ray#54798) and ends the driver process with
+  exit status 1: the whole pytest run died at test_cli_executor_ray, after
+  test_data_error_names_the_partition_and_is_not_retried had cancelled its tasks.
+
+Fix: the executor marks the job stopped on its channel actor; each task in flight learns it at
+its start or its next progress report and unwinds (a partition aborts its open shard, as on any
+error); the driver waits for them. The second test checks that, with ``ray.cancel`` made to fail
+the test if it is called."""
 
 from __future__ import annotations
 
@@ -55,27 +63,31 @@ def test_an_interrupted_first_import_poisons_the_process(where):
     assert "partially initialized module 'datasets' has no attribute 'utils'" in run.stderr
 
 
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
 def _task(folder):
+    """Task 0 fails once task 1 runs; every other task reports progress for a minute (a long
+    partition) and records whether it was stopped."""
+
     def fn(task, progress=None):
-        if task == 0:  # fails once the other task is under way
+        from wdstream.write.executors.ray import JobStopped
+
+        if task == 0:
             deadline = time.monotonic() + 60
-            while not os.path.exists(os.path.join(folder, "pid-1")) and \
+            while not os.path.exists(os.path.join(folder, "running-1")) and \
                     time.monotonic() < deadline:
                 time.sleep(0.05)
             raise ValueError("bad data in partition 0")
-        with open(os.path.join(folder, "pid-1"), "w") as f:
+        with open(os.path.join(folder, f"running-{task}"), "w") as f:
             f.write(str(os.getpid()))
-        time.sleep(60)  # a long partition (or a slow first import)
-        with open(os.path.join(folder, "finished-1"), "w") as f:
-            f.write("not cancelled")
+        try:
+            for _ in range(1200):
+                progress(1, 1)
+                time.sleep(0.05)
+        except JobStopped:
+            with open(os.path.join(folder, f"stopped-{task}"), "w") as f:
+                f.write("stopped")
+            raise
+        with open(os.path.join(folder, f"finished-{task}"), "w") as f:
+            f.write("not stopped")
         return task
 
     return fn
@@ -83,25 +95,34 @@ def _task(folder):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_failed_job_kills_the_workers_of_its_running_tasks(tmp_path):
+def test_a_failed_job_stops_its_tasks_in_flight_without_ray_cancel(tmp_path, monkeypatch):
     import ray
 
     from wdstream.write.executors.ray import RayExecutor
 
+    cancels = []  # ray.cancel can crash the driver (ray#54798): it must not be called
+    monkeypatch.setattr(ray, "cancel", lambda *a, **kw: cancels.append((a, kw)))
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  logging_level="WARNING")
     try:
-        executor = RayExecutor()
+        # 2 CPUs, 4 tasks in flight: tasks 0 and 1 run, 2 and 3 wait for a CPU
+        executor = RayExecutor(max_in_flight=4)
         with pytest.raises(ValueError, match="bad data in partition 0"):
-            list(executor.map_unordered(_task(str(tmp_path)), [0, 1]))
-        pid = int((tmp_path / "pid-1").read_text())
-        deadline = time.monotonic() + 20
-        while _running(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _running(pid), "the cancelled task's worker is still running"
-        assert not (tmp_path / "finished-1").exists()
+            list(executor.map_unordered(_task(str(tmp_path)), range(4),
+                                        progress=lambda s, b: None))
+        assert cancels == []
+        names = sorted(os.listdir(tmp_path))
+        # the driver returned after its tasks stopped: task 1 was stopped at a report, and
+        # tasks 2 and 3 either never ran fn (stopped at their start) or were stopped likewise
+        assert "stopped-1" in names, names
+        assert not [n for n in names if n.startswith("finished-")], names
+        for t in (2, 3):
+            assert (f"running-{t}" in names) == (f"stopped-{t}" in names), names
+        # the executor (and its workers) are still usable for the next job
+        assert sorted(executor.map_unordered(lambda t, progress=None: t * 2, range(3))) == \
+            [0, 2, 4]
         executor.close()
     finally:
         if started:
