@@ -133,9 +133,11 @@ def _run_task(fn: Callable[..., Any], task: Any, index: int, channel: Any, job: 
     try:
         send(("start", job, index, 0, 0))
         return fn(task, progress=report)
-    except JobStopped:  # returned, not raised: the driver no longer reads this job's results
-        log.info("task %d stopped: its job stopped", index)  # (and Ray would log an error
-        return None  # for each unread failed task)
+    except JobStopped:
+        # returned, not raised: the driver no longer reads this job's results, and Ray would
+        # log an "unhandled error" for each failed result nobody reads
+        log.info("task %d stopped: its job stopped", index)
+        return None
 
 
 class _ProgressBook:
