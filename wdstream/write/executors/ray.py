@@ -144,14 +144,12 @@ class _ProgressBook:
     """On the driver: turns the channel's messages into ``progress`` deltas, per task, so a
     retried task's earlier reports are taken back."""
 
-    def __init__(self, ray: Any, progress: Progress | None, job: int):
-        self._ray = ray
+    def __init__(self, progress: Progress | None, job: int):
         self.progress = progress
         self.job = job
         self.by_task: dict[int, list[int]] = {}
 
-    def drain(self, channel: Any) -> None:
-        messages = self._ray.get(channel.take.remote())
+    def drain(self, messages: list[tuple]) -> None:
         samples = nbytes = 0
         for kind, job, index, s, b in messages:
             if job != self.job:  # left by an earlier call's stopped tasks
@@ -251,7 +249,7 @@ class RayExecutor(Executor):
         self._jobs += 1
         job = self._jobs
         channel = self._channel
-        book = _ProgressBook(ray, progress, job)
+        book = _ProgressBook(progress, job)
         stored: list[tuple[Any, Any]] = []  # (secrets, ObjectRef): one put per distinct value
         in_flight = self._in_flight()
         refs: dict[Any, tuple[int, Any]] = {}  # submitted, not yet yielded: ref -> (index, task)
@@ -320,7 +318,7 @@ class RayExecutor(Executor):
         """Drain progress; returns the channel, or None once it is lost (its node died): the
         job goes on without progress."""
         try:
-            book.drain(channel)
+            book.drain(self._ray.get(channel.take.remote()))
             return channel
         except self._ray.exceptions.RayError as exc:
             log.warning("lost the progress channel (%s); the job goes on without progress",
