@@ -13,7 +13,7 @@ from wdstream.format.schema import make_key
 from wdstream.format.shardtable import save_compact
 from wdstream.write.writer import ShardWriter
 
-__all__ = ["small_config", "write_test_shards"]
+__all__ = ["small_config", "write_test_shards", "read_span"]
 
 
 def small_config(**overrides) -> Config:
@@ -52,3 +52,17 @@ def write_test_shards(url: str, sizes: list[int], *, storage_options=None, seed:
     else:
         m.save(url, storage_options)
     return m
+
+
+def read_span(shard, first, stop, wanted, budget):
+    """The items the reader makes of samples ``wanted`` (ascending, within ``[first, stop)``)
+    of one shard (a ShardRef): fetched by a ShardReader, reconciled by span_items."""
+    import numpy as np
+
+    from wdstream.read.fetch import ReadOptions, ShardReader
+    from wdstream.read.planner import Read
+    from wdstream.read.shards import span_items
+
+    reader = ShardReader(ReadOptions(storage_options={}))
+    read = Read(0, first, stop, np.asarray(wanted, dtype=np.int64))
+    return list(span_items(reader.fetch([shard], [read]), budget))

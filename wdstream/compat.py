@@ -21,14 +21,15 @@ It is a ``torch.utils.data.IterableDataset`` of decoded samples (the reader's
   ``synthetic=True`` in every sample;
 - ``use_streaming=False``: synthetic data.
 
-It has no pipeline of its own: it builds a source (planned shards, or Hugging Face rows encoded
-into samples by the converter's :class:`~wdstream.write.encode.RowEncoder` with the entry's
-template) and runs it through the reader's stages (:mod:`wdstream.read.stages`): mix, shuffle
-buffer, decode, and :func:`~wdstream.read.stages.readahead`, which reads and decodes samples
-ahead on one background thread per iterator (at most ``config.prefetch_factor *
-config.batch_size`` samples ahead). The thread stops at the end of
-the iteration, when the iterator is dropped, on :meth:`close` and when the dataset is
-garbage-collected. ``cache_size`` bounds the shuffle buffer, in samples.
+It has no pipeline of its own: the reader's :mod:`wdstream.read.pipeline` builds both of its
+chains. Shards are planned as the loader plans them, at batch size 1, and read, shuffled and
+decoded by :func:`wdstream.read.pipeline.samples` (read ahead by the reader's fetch threads).
+Hugging Face rows are encoded into samples by :class:`~wdstream.rows.encode.RowEncoder` with
+the entry's template and run through :func:`wdstream.read.pipeline.hub_samples`: mix, shuffle
+buffer, decode, and one background thread per iterator that reads and decodes ahead (at most
+``config.prefetch_factor * config.batch_size`` samples). Every thread stops at the end of the
+iteration, when the iterator is dropped, on :meth:`close` and when the dataset is
+garbage-collected. ``cache_size`` bounds the shuffle window (or buffer), in samples.
 """
 
 from __future__ import annotations
@@ -44,14 +45,14 @@ from datasets.distributed import split_dataset_by_node
 
 from .config import Config, config_fields
 from .errors import ConfigError, ErrorBudget, SampleError, SourceError, StorageError, redact
+from .read import pipeline
 from .read.collate import collate
-from .read.datasets import ShardDataset, ShardSource
+from .read.datasets import read_plan
 from .read.decode import SampleDecoder
-from .read.mix import mix
-from .read.shuffle import buffer_shuffle, derive_seed
-from .read.sources import resolve_source, synthetic_source
-from .read.stages import decode_stage, good_samples, readahead
-from .read.tokenizer import load_tokenizer, pad_token_id
+from .read.fetch import ReadOptions, ShardReader
+from .read.planner import Layout
+from .read.seeds import derive_seed
+from .read.sources import ShardSource, resolve_source, synthetic_source
 from .read.world import SharedEpoch, World
 from .registry import Entry, select_datasets
 from .write.encode import ColumnMap, RowEncoder
@@ -87,12 +88,19 @@ def _as_config(config: Any) -> Config:
 def _shard_samples(source: ShardSource, config: Config, decoder, world: World,
                    epoch: int) -> Iterator[dict]:
     """Decoded samples of a shard source for this rank and worker: the reader's plan at batch
-    size 1, through its stages."""
-    cfg = config.replace(batch_size=1, num_workers=world.workers if world.workers > 1 else 0)
-    dataset = ShardDataset(source, cfg, decoder, collate=None, rank=world.rank,
-                           world=world.world)
+    size 1, through the reader's sample chain."""
+    if not (source.has_manifest and config.exact) and world.world > 1 \
+            and config.epoch_length is None:
+        raise ConfigError(
+            f"{world.world} ranks read {source.name!r} without a manifest: set "
+            f"config.epoch_length (samples per epoch) so every rank reads as many samples")
+    layout = Layout(world=world.world, workers=world.workers, batch_size=1,
+                    cache_size=config.cache_size, drop_last=config.drop_last)
+    plan = read_plan(source, config, epoch=epoch, layout=layout, rank=world.rank,
+                     worker=world.worker)
     budget = ErrorBudget(config.error_tolerance, what="bad samples/shards")
-    yield from good_samples(dataset.decoded(world, epoch, budget))
+    return pipeline.samples(plan, source, ShardReader(ReadOptions.from_config(config)),
+                            decoder, budget, threads=config.decode_threads)
 
 
 def _entry_members(entry: Entry, ds, world: World, budget: ErrorBudget,
@@ -121,27 +129,23 @@ def _entry_members(entry: Entry, ds, world: World, budget: ErrorBudget,
 def _hub_samples(entries: list[Entry], streams: dict[str, Any], config: Config, decoder,
                  world: World, epoch: int) -> Iterator[dict]:
     """Decoded samples streamed from Hugging Face: one entry, or several mixed by weight,
-    through the reader's stages (mix -> shuffle buffer -> decode)."""
+    through the reader's Hub chain (mix -> shuffle buffer -> decode -> read ahead)."""
     budget = ErrorBudget(config.error_tolerance, what="bad rows/samples")
     by_name = {e.name: e for e in entries}
     cap = config.max_samples_per_dataset
-    passes = dict.fromkeys(by_name, 0)
 
-    def members(name: str) -> Iterator[dict]:
-        return _entry_members(by_name[name], streams[name], world, budget, passes[name])
+    def members(name: str, pass_no: int) -> Iterator[dict]:
+        return _entry_members(by_name[name], streams[name], world, budget, pass_no)
 
-    def reopen(name: str) -> Iterator[dict]:
-        passes[name] += 1
-        return members(name)
-
-    seed = derive_seed(config.seed, epoch, world.rank, world.worker, "hub")
-    weights = {n: w for n, w in config.weights.items() if n in by_name} or None
-    mixed = mix({n: members(n) for n in by_name}, weights, seed=seed,
-                exhausted=config.mix_exhausted, reopen=reopen,
-                caps=dict.fromkeys(by_name, cap) if cap is not None else None)
-    items = (item for _, item in mixed)
-    shuffled = buffer_shuffle(items, config.cache_size if config.shuffle else 0, seed)
-    yield from good_samples(decode_stage(shuffled, decoder, budget))
+    return pipeline.hub_samples(
+        members, sorted(by_name), decoder, budget,
+        weights={n: w for n, w in config.weights.items() if n in by_name} or None,
+        seed=derive_seed(config.seed, epoch, world.rank, world.worker, "hub"),
+        exhausted=config.mix_exhausted,
+        caps=dict.fromkeys(by_name, cap) if cap is not None else None,
+        shuffle=config.shuffle, buffer=config.cache_size,
+        ahead=max(1, config.prefetch_factor * config.batch_size),
+        thread_name=PREFETCH_THREAD_NAME)
 
 
 # --------------------------------------------------------------------------- the dataset
@@ -179,10 +183,10 @@ class MultimodalDataset(torch.utils.data.IterableDataset):
         cfg = _as_config(config)
         self.config = cfg.replace(cache_size=int(cache_size), use_streaming=bool(use_streaming))
         self.split = split
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.config)
-        self.decoder = SampleDecoder(self.config, self.tokenizer)
+        self.decoder = SampleDecoder(self.config, tokenizer)
+        self.tokenizer = self.decoder.tokenizer
         self.collate_fn = functools.partial(collate, config=self.config,
-                                            pad_token_id=pad_token_id(self.tokenizer))
+                                            pad_token_id=self.decoder.pad_token_id)
         self.rank, self.world = World.ranks()
         self.entries: list[Entry] = []
         self._spec: ShardSource | None = None  # shards or synthetic
@@ -278,7 +282,8 @@ class MultimodalDataset(torch.utils.data.IterableDataset):
 
     # -- iteration ---------------------------------------------------------------------
     def _samples(self) -> Iterator[dict]:
-        """The decoded samples of this process (its rank and DataLoader worker)."""
+        """The decoded samples of this process (its rank and DataLoader worker); closing
+        the iterator stops its threads."""
         world = World.detect(self.rank, self.world)
         epoch = self.epoch
         if self.mode == "hub":
@@ -287,8 +292,7 @@ class MultimodalDataset(torch.utils.data.IterableDataset):
         return _shard_samples(self._spec, self.config, self.decoder, world, epoch)
 
     def __iter__(self) -> Iterator[dict]:
-        ahead = max(1, self.config.prefetch_factor * self.config.batch_size)
-        it = readahead(self._samples(), ahead, name=PREFETCH_THREAD_NAME)
+        it = self._samples()
         self._iterators.add(it)
         return _iterate(it, self)
 
@@ -325,9 +329,11 @@ def _close_all(iterators: weakref.WeakSet) -> None:
 
 def _iterate(it: Iterator[dict], _owner: MultimodalDataset) -> Iterator[dict]:
     """The consumer side; closing it (end, error, drop, :meth:`MultimodalDataset.close`)
-    stops the read-ahead thread. It holds ``_owner`` so that ``for s in
+    stops the chain's threads. It holds ``_owner`` so that ``for s in
     MultimodalDataset(...)`` keeps the dataset alive while it runs."""
     try:
         yield from it
     finally:
-        it.close()
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()

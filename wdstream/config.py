@@ -17,7 +17,8 @@ from typing import Any
 from .errors import ConfigError, redact_options
 from .format.schema import AUDIO_EXTS, IMAGE_EXTS
 
-__all__ = ["Config", "load_config", "config_fields", "DEPRECATED_KEYS"]
+__all__ = ["Config", "load_config", "config_fields", "DEPRECATED_KEYS", "RETIRED_KEYS",
+           "MIX_MODES"]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,13 @@ DEPRECATED_KEYS = MappingProxyType({
     "shard_cache_dir": "local_cache_dir",
     "shard_cache_bytes": "local_cache_bytes",
 })
+#: Old config keys still accepted (with a warning) that no longer set anything, and why.
+RETIRED_KEYS = MappingProxyType({
+    "readahead": "every shard read, streamed ones included, is now read ahead by the fetch "
+                 "threads: tune read_ahead_requests and read_ahead_bytes",
+})
+#: What a mix does when one of its sources runs out (``mix_exhausted``).
+MIX_MODES = ("stop", "resample")
 
 
 @dataclass(kw_only=True)
@@ -46,7 +54,7 @@ class Config:
     # --- reader ---
     batch_size: int = 8
     num_workers: int = 2
-    cache_size: int = 1000  # shuffle-buffer bound, in samples
+    cache_size: int = 1000  # the shuffle window: most samples a worker holds to shuffle
     seed: int = 0
     shuffle: bool = True
     drop_last: bool = True  # True: drop < world*batch samples an epoch; False: pad by repeating
@@ -61,8 +69,7 @@ class Config:
     local_cache_dir: str | None = None  # optional local LRU folder of whole shards (on disk)
     local_cache_bytes: int = 10 * 2**30  # bound of that folder, in bytes
     read_block_size: int = 8 * 2**20  # most bytes per ranged GET (a span is cut at samples)
-    readahead: int = 64  # samples read ahead by a thread: streaming mode, read_ahead_requests 0
-    read_ahead_requests: int = 8  # ranged GETs in flight per worker (0: one at a time, readahead)
+    read_ahead_requests: int = 8  # requests in flight per worker (0: fetched one at a time)
     read_ahead_bytes: int = 64 * 2**20  # most fetched-but-unconsumed bytes per worker
     decode_threads: int = 0  # threads per worker decoding ahead, in order (0: inline)
     stats_log_every: int = 100  # batches between DEBUG lines of a worker's read stats (0: none)
@@ -111,9 +118,9 @@ class Config:
             setattr(self, name, tuple(value))
         if self.fallback not in ("error", "synthetic"):
             raise ConfigError(f"fallback must be 'error' or 'synthetic', not {self.fallback!r}")
-        if self.mix_exhausted not in ("stop", "resample"):
-            raise ConfigError(
-                f"mix_exhausted must be 'stop' or 'resample', not {self.mix_exhausted!r}")
+        if self.mix_exhausted not in MIX_MODES:
+            raise ConfigError(f"mix_exhausted must be one of {', '.join(MIX_MODES)}, not "
+                              f"{self.mix_exhausted!r}", key="mix_exhausted")
         if self.validate not in ("cheap", "full"):
             raise ConfigError(f"validate must be 'cheap' or 'full', not {self.validate!r}",
                               key="validate")
@@ -136,7 +143,7 @@ class Config:
         if self.num_workers < 0 or self.cache_size < 0:
             raise ConfigError("num_workers and cache_size must be >= 0")
         for name in ("read_ahead_requests", "read_ahead_bytes", "decode_threads",
-                     "stats_log_every", "readahead"):
+                     "stats_log_every"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"{name} must be >= 0, not {getattr(self, name)!r}", key=name)
         if self.limit is not None and int(self.limit) < 1:
@@ -169,9 +176,14 @@ def config_fields() -> list[str]:
 
 
 def _rename_deprecated(values: dict[str, Any], where: str = "") -> dict[str, Any]:
-    """``values`` with deprecated keys renamed to their fields (a WARNING for each)."""
+    """``values`` with deprecated keys renamed to their fields and retired keys left out (a
+    WARNING for each)."""
     out = {}
     for key, value in values.items():
+        if key in RETIRED_KEYS:
+            log.warning("config key %r%s is no longer used and is ignored: %s", key, where,
+                        RETIRED_KEYS[key])
+            continue
         new = DEPRECATED_KEYS.get(key)
         if new is not None:
             log.warning("config key %r%s is deprecated; use %r", key, where, new)

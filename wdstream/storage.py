@@ -548,3 +548,22 @@ def check_readable(url: str, storage_options: dict[str, Any] | None = None) -> N
         fs.info(path)
     except Exception as exc:
         raise translate_error(exc, url, "read") from exc
+
+
+def is_object_store(fs) -> bool:
+    """Whether ``fs`` is an object store (S3, GCS, Azure, memory)."""
+    return _is_object_store(fs)
+
+
+def fs_path(fs, url: str) -> str:
+    """The path of ``url`` within ``fs`` (the URL without its protocol)."""
+    return fs._strip_protocol(url)
+
+
+def download(url: str, local_path: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Copy the object at ``url`` to ``local_path``. Raises StorageError naming the URL."""
+    fs, path = url_to_fs(url, storage_options)
+    try:
+        fs.get_file(path, local_path)
+    except Exception as exc:
+        raise translate_error(exc, url, "cache") from exc

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wdstream.read.mixplan import source_cache, step_counts
+from wdstream.read.mixplan import source_window, step_counts
 from wdstream.read.seeds import shard_order, slot_seed
 from wdstream.read.windows import window_order
 
@@ -25,6 +25,11 @@ def epoch_positions(sizes, seed, epoch, shuffle=True, pass_no=0):
     for s in shard_order(len(sizes), seed, epoch, shuffle, pass_no):
         out.extend(range(starts[s], starts[s + 1]))
     return out
+
+
+def window_of(cache_size, shuffle=True):
+    """A slot's window cap: the layout's cache_size when the epoch is shuffled, else 1."""
+    return cache_size if shuffle else 1
 
 
 def window_sizes(length, cache_size):
@@ -90,7 +95,7 @@ def layout_emitted(k, layout):
     return [len(range(w, k, layout.workers)) * layout.batch_size for w in range(layout.workers)]
 
 
-def chain(total, history, final, *, seed, epoch):
+def chain(total, history, final, *, seed, epoch, shuffle=True):
     """Pools of every generation of a single source of ``total`` samples (root indices), and
     each generation's slots; ``history`` is ``[(layout, batches)]`` and ``final`` the last
     layout, run to the end."""
@@ -99,7 +104,8 @@ def chain(total, history, final, *, seed, epoch):
     for generation, (layout, k) in enumerate([*history, (final, None)]):
         lengths, n_batches = layout_lengths(len(pool), layout)
         k = n_batches if k is None else k
-        slots, rest = run_generation(pool, layout.world, lengths, layout.cache_size,
+        slots, rest = run_generation(pool, layout.world, lengths,
+                                     window_of(layout.cache_size, shuffle),
                                      layout_emitted(k, layout), seed=seed, epoch=epoch,
                                      generation=generation)
         gens.append({"pool": pool, "batches": n_batches, "lengths": lengths, "slots": slots})
@@ -125,7 +131,7 @@ def mix_counts(lengths, probs, layout, *, seed, epoch, generation, mode, samples
 
 
 def mixed_chain(totals, probs, history, final, *, seed, epoch, mode, samples=None,
-                horizon=None):
+                horizon=None, shuffle=True):
     """Per source (names sorted, ``totals`` in that order): the pool of every generation
     (root indices, a finite ``horizon`` of a cyclic pool) and every generation's slots."""
     names = sorted(totals)
@@ -138,7 +144,7 @@ def mixed_chain(totals, probs, history, final, *, seed, epoch, mode, samples=Non
         counts = mix_counts(infinite, probs, layout, seed=seed, epoch=epoch,
                             generation=generation, mode=mode, samples=left)
         k = len(counts) if k is None else k
-        cache = source_cache(layout.cache_size, len(names))
+        cache = window_of(source_window(layout.cache_size, len(names)), shuffle)
         gen = {"counts": counts, "pools": dict(pools), "slots": {}}
         for s, name in enumerate(names):
             lengths = [int(counts[w::layout.workers, s].sum()) for w in range(layout.workers)]

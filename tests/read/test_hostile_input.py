@@ -15,13 +15,13 @@ import zlib
 from functools import partial
 
 import pytest
-from helpers import small_config, write_test_shards
+from helpers import read_span, small_config, write_test_shards
 
 import wdstream
 from wdstream.errors import ErrorBudget, SampleError
 from wdstream.format.tario import TarStreamWriter
 from wdstream.read.decode import SampleDecoder
-from wdstream.read.shards import ShardReader, ShardRef
+from wdstream.read.shards import ShardRef
 
 cfg = partial(small_config, batch_size=1, num_workers=0, cache_size=0, shuffle=False,
               drop_last=False)
@@ -203,17 +203,16 @@ def test_duplicate_key_is_a_counted_placeholder_and_positions_do_not_shift(tmp_p
                                                                           index):
     ds, _ = _dup_shard(tmp_path, index)
     budget = ErrorBudget(-1)
-    reader = ShardReader(budget=budget)
     ref = ShardRef(url=f"{ds}/s.tar", samples=4,
                    index_url=None if index == "none" else f"{ds}/s.idx.json")
-    items = list(reader.read_run(ref, 0, 4, [0, 1, 2, 3]))
+    items = read_span(ref, 0, 4, [0, 1, 2, 3], budget)
     assert [i["__key__"] for i in items] == ["d0", "d1", "d0", "d2"]
     assert [i.get("__error__") for i in items] == [None, None, "non-adjacent members", None]
     assert items[3]["txt"] == b"text 3"  # d2 is delivered, at its own position
     assert budget.counts == {"non-adjacent members": 1}
     # a run that starts after the first d0 still knows d0 was seen (index keys, or a read
     # from the shard's start); an index of offsets alone starts at the offset and cannot know
-    items = list(reader.read_run(ref, 2, 4, [2, 3]))
+    items = read_span(ref, 2, 4, [2, 3], budget)
     assert [i["__key__"] for i in items] == ["d0", "d2"]
     assert items[1]["txt"] == b"text 3"
     assert ("__error__" in items[0]) == (index != "offsets")

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wdstream.errors import ConfigError, SourceError
-from wdstream.read.mix import mix, normalise_weights
+from wdstream.read.mix import mix
+from wdstream.read.mixplan import normalise_weights
 
 
 def _source(name, size):

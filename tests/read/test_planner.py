@@ -46,7 +46,8 @@ def read_positions(reads: list[Read], sizes) -> list[int]:
     return out
 
 
-def check_generation(pool, opool, layout, k, *, sizes, order, seed, epoch, generation):
+def check_generation(pool, opool, layout, k, *, sizes, order, seed, epoch, generation,
+                     shuffle=True):
     """Compare one generation of the planner with the oracle; returns (oracle slots, rest,
     real items emitted per slot as root indices, fillers emitted)."""
     assert pool.length == len(opool)
@@ -56,7 +57,8 @@ def check_generation(pool, opool, layout, k, *, sizes, order, seed, epoch, gener
     assert list(split.lengths) == lengths and pool.batches_per_rank(layout) == n_batches
     assert split.rank_length == n_batches * layout.batch_size  # equal batches per rank
     emitted = oracle.layout_emitted(k, layout)
-    slots, rest = oracle.run_generation(opool, layout.world, lengths, layout.cache_size, emitted,
+    slots, rest = oracle.run_generation(opool, layout.world, lengths,
+                                        oracle.window_of(layout.cache_size, shuffle), emitted,
                                         seed=seed, epoch=epoch, generation=generation)
     real_emitted: list[int] = []
     fillers = 0
@@ -101,7 +103,7 @@ def test_chain_of_resumes_matches_oracle_and_is_exactly_once(sizes, layouts, sto
         k = n_batches if last else int(stops[generation] * n_batches)
         opool_next, real, fillers = check_generation(
             pool, opool, layout, k, sizes=sizes, order=order, seed=seed, epoch=epoch,
-            generation=generation)
+            generation=generation, shuffle=shuffle)
         delivered.update(real)
         step = layout.world * layout.batch_size
         if last:

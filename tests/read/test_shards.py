@@ -9,7 +9,7 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from helpers import small_config, write_test_shards
+from helpers import read_span, small_config, write_test_shards
 
 import wdstream
 
@@ -106,7 +106,7 @@ def test_a_shard_that_does_not_match_its_binary_index_is_a_counted_error(tmp_pat
     """Key hashes in the index catch a shard replaced under its manifest: every sample of
     the read becomes an error item naming the shard, never a wrong sample."""
     from wdstream.errors import ErrorBudget
-    from wdstream.read.shards import ShardReader, ShardRef
+    from wdstream.read.shards import ShardRef
     from wdstream.write.writer import ShardWriter
 
     infos = {}
@@ -117,10 +117,10 @@ def test_a_shard_that_does_not_match_its_binary_index_is_a_counted_error(tmp_pat
         infos[folder] = w.close()[0]
     shard = ShardRef(url=str(tmp_path / "a" / infos["a"].url), samples=4,
                      index_url=str(tmp_path / "a" / infos["a"].index))
-    good = list(ShardReader(budget=ErrorBudget(-1)).read_run(shard, 1, 4, [1, 3]))
+    good = read_span(shard, 1, 4, [1, 3], ErrorBudget(-1))
     assert [s["__key__"] for s in good] == ["key1", "key3"]
     (tmp_path / "a" / infos["a"].url).write_bytes((tmp_path / "b" / infos["b"].url).read_bytes())
-    bad = list(ShardReader(budget=ErrorBudget(-1)).read_run(shard, 1, 4, [1, 3]))
+    bad = read_span(shard, 1, 4, [1, 3], ErrorBudget(-1))
     assert all("__error__" in x and "not the key its index names" in x["__error__"] for x in bad)
 
 

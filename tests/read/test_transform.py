@@ -11,7 +11,7 @@ from helpers import small_config, write_test_shards
 
 import wdstream
 from wdstream.errors import SampleError
-from wdstream.read.datasets import transform_seed
+from wdstream.read.transform import transform_seed
 
 
 def jitter(sample, generator, *, scale=1.0):

@@ -1,6 +1,7 @@
 """Per-sample decoding: image, audio and text members to tensors. Nothing is ever unpickled.
 
-:class:`SampleDecoder` turns one sample dict from :func:`wdstream.tario.group_samples`
+:class:`SampleDecoder` turns one sample dict from
+:func:`wdstream.format.tario.group_samples`
 (``{"__key__", "__url__", ext: bytes, ...}``) into model-ready tensors. It runs inside DataLoader
 workers, so it pickles small and builds its caches lazily.
 
@@ -49,7 +50,7 @@ from PIL import Image
 
 from ..errors import SampleError
 from ..format.schema import find_member
-from .tokenizer import check_vocab, load_tokenizer
+from .tokenizer import check_vocab, load_tokenizer, pad_token_id
 
 __all__ = [
     "SampleDecoder",
@@ -265,6 +266,11 @@ class SampleDecoder:
         state = self.__dict__.copy()
         state["_resamplers"] = {}  # kernels are rebuilt in each worker
         return state
+
+    @property
+    def pad_token_id(self) -> int:
+        """The id that pads ``input_ids`` in a batch (see :func:`.tokenizer.pad_token_id`)."""
+        return pad_token_id(self.tokenizer)
 
     def __call__(self, sample: dict) -> dict:
         try:

@@ -1,106 +1,249 @@
-"""Concurrent ranged reads for one slot, and the counters that say where its time goes.
+"""Fetching: reads in, members out, one way.
 
-The plan names every sample a slot reads, in order; the shards' indexes give their byte
-ranges. :class:`Prefetcher` turns a slot's reads into ranged requests of at most
-``request_bytes`` each (cut at sample boundaries), keeps up to ``read_ahead_requests`` of them
-(and the indexes they need) in flight on a small thread pool, never holds more than
-``read_ahead_bytes`` of fetched-but-not-consumed spans (one request at least), and hands the
-spans back strictly in plan order, split into tar members by
-:func:`~wdstream.format.tario.split_members`. Shards without an index (or compressed ones)
-are streamed by :meth:`ShardReader.read_run` when their turn comes.
+A :class:`ShardReader` (one per worker) fetches a slot's reads ``(shard, first, stop,
+wanted)`` in plan order and hands back one :class:`~wdstream.read.shards.Fetched` per
+request: the read's tar members, or the exception fetching them raised. It never yields
+samples itself: :func:`wdstream.read.shards.span_items` reconciles what came with what was
+wanted.
 
-One filesystem per process serves every request (fsspec caches instances per process, so a
-forked or spawned DataLoader worker makes its own and reuses its HTTP connections).
+- A read of an indexed, uncompressed shard is cut at sample boundaries into ranged GETs of
+  at most ``request_bytes`` (a wanted subset is first cut where more than :data:`MAX_GAP`
+  unwanted samples lie between two wanted ones) and split into members by
+  :func:`~wdstream.format.tario.split_members`.
+- A read of a shard without an index, a compressed one, or a whole shard (streaming mode) is
+  streamed from the shard's start on one fetch thread, its members handed over in chunks of
+  about ``request_bytes``.
 
-:class:`ReadStats` is a small shared-memory table, one row per DataLoader worker of this rank:
-the workers write their counters after every batch, the main process reads them
-(``loader.stats()``).
+Up to ``requests`` requests are in flight ahead of the consumer (the next shards' indexes
+included), and at most ``max_bytes`` of fetched members wait unconsumed (one request always
+goes out). With ``requests == 0`` everything is fetched in the consumer's thread, one request
+at a time. This is the reader's only read-ahead: nothing else reads shards ahead.
+
+One filesystem per protocol serves every request of a worker (fsspec caches instances per
+process, so a forked or spawned DataLoader worker makes its own and reuses its connections),
+one LRU cache holds the shard indexes, and a shard's stored size is checked against the
+manifest's once, when it is first touched.
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
+import os
+import queue
 import threading
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import torch
 
 from .. import storage
 from ..errors import ShardReadError, StorageError, redact
 from ..format.index import max_index_bytes, parse_index
-from ..format.tario import split_members
-from .shards import ShardReader, ShardRef
+from ..format.tario import iter_members, split_members
+from .cache import LocalCache
+from .planner import Read
+from .shards import Fetched, ShardRef
+from .stats import Counters
 
-__all__ = ["Counters", "ReadStats", "Prefetcher", "FIELDS"]
+__all__ = ["ReadOptions", "ShardReader", "MAX_GAP", "INDEX_CACHE"]
 
 log = logging.getLogger(__name__)
 
-#: The columns of a worker's row in :class:`ReadStats`.
-FIELDS = ("samples", "batches", "elapsed_s", "io_wait_s", "decode_s", "blocked_s",
-          "get_requests", "bytes_read")
+MAX_GAP = 64  # unwanted samples a read goes through rather than opening a new ranged read
+INDEX_CACHE = 64  # shard indexes a reader keeps: 16 bytes per sample each (version 2)
+_STREAM_CHUNKS = 4  # member chunks a streamed read holds ahead of the consumer
 
 
-class Counters:
-    """One worker's counters for the current epoch (plain floats; copied to shared memory)."""
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a worker fetches: the config's read settings, gathered (see docs/reader.md,
+    "Tuning")."""
 
-    __slots__ = FIELDS + ("_lock", "_start")
+    storage_options: dict
+    requests: int = 8  # read_ahead_requests
+    max_bytes: int = 64 * 2**20  # read_ahead_bytes
+    block_size: int = 8 * 2**20  # read_block_size
+    max_member_bytes: int | None = 2**30
+    cache_dir: str | None = None  # local_cache_dir
+    cache_bytes: int = 10 * 2**30  # local_cache_bytes
 
-    def __init__(self):
-        for f in FIELDS:
-            setattr(self, f, 0.0)
-        self._lock = threading.Lock()
-        self._start = time.perf_counter()
+    @classmethod
+    def from_config(cls, config) -> ReadOptions:
+        return cls(storage_options=dict(config.storage_options or {}),
+                   requests=int(config.read_ahead_requests),
+                   max_bytes=int(config.read_ahead_bytes),
+                   block_size=int(config.read_block_size),
+                   max_member_bytes=config.max_member_bytes,
+                   cache_dir=config.local_cache_dir, cache_bytes=int(config.local_cache_bytes))
 
-    def add_request(self, nbytes: int) -> None:
-        with self._lock:  # requests finish on the prefetcher's threads
-            self.get_requests += 1
-            self.bytes_read += nbytes
-
-    def values(self) -> list[float]:
-        self.elapsed_s = time.perf_counter() - self._start
-        return [float(getattr(self, f)) for f in FIELDS]
-
-
-class ReadStats:
-    """Per-worker counters in shared memory: written by DataLoader workers (or the main
-    process with 0 workers), read by the main process."""
-
-    def __init__(self, workers: int):
-        self._t = torch.zeros((max(1, workers), len(FIELDS)), dtype=torch.float64).share_memory_()
-
-    def write(self, worker: int, counters: Counters) -> None:
-        self._t[worker] = torch.tensor(counters.values(), dtype=torch.float64)
-
-    def rows(self) -> list[dict]:
-        out = []
-        for worker, row in enumerate(self._t.tolist()):
-            d = dict(zip(FIELDS, row, strict=True))
-            d["samples"], d["batches"] = int(d["samples"]), int(d["batches"])
-            d["get_requests"], d["bytes_read"] = int(d["get_requests"]), int(d["bytes_read"])
-            d["samples_per_s"] = d["samples"] / d["elapsed_s"] if d["elapsed_s"] > 0 else 0.0
-            out.append({"worker": worker, **d})
-        return out
+    @property
+    def request_bytes(self) -> int:
+        """The most bytes of one ranged GET: ``read_block_size``, or less when the bytes
+        bound shared by the requests in flight is smaller."""
+        return max(1, min(self.block_size, self.max_bytes // max(1, self.requests)))
 
 
-class _Span:
-    """One ranged request (or a streamed read) of a slot, in plan order."""
-
-    __slots__ = ("shard", "first", "stop", "wanted", "nbytes", "future")
-
-    def __init__(self, shard, first, stop, wanted, nbytes=0, future=None):
-        self.shard, self.first, self.stop, self.wanted = shard, first, stop, wanted
-        self.nbytes, self.future = nbytes, future
+def gap_split(wanted: np.ndarray, max_gap: int = MAX_GAP) -> list[np.ndarray]:
+    """Sorted local indices cut where more than ``max_gap`` samples lie between two."""
+    cuts = np.flatnonzero(np.diff(wanted) > max_gap + 1) + 1
+    return np.split(wanted, cuts)
 
 
-def _failed(exc: BaseException) -> Future:
-    fut: Future = Future()
-    fut.set_exception(exc)
-    return fut
+class ShardReader:
+    """One worker's fetching: its filesystems, its index cache, its optional local cache.
+    :meth:`fetch` runs one sequence of reads."""
+
+    def __init__(self, options: ReadOptions):
+        self.options = options
+        self.cache = LocalCache(options.cache_dir, options.cache_bytes) \
+            if options.cache_dir else None
+        self._indexes: OrderedDict[str, dict | None] = OrderedDict()
+        self._index_lock = threading.Lock()
+        self._filesystems: dict[str, Any] = {}
+        self._fs_lock = threading.Lock()
+        self._known_sizes: dict[str, int | None] = {}  # from the warm-up HEAD
+        self._checked: set[str] = set()  # shards whose size matched the manifest's
+
+    def fetch(self, shards: Sequence[ShardRef], reads: Iterable[Read],
+              counters: Counters | None = None) -> Iterator[Fetched]:
+        """The members of each read (``shards[read.shard]``), in order (module doc). Closing
+        the iterator cancels what is queued."""
+        return iter(_Run(self, shards, reads, counters or Counters()))
+
+    # -- filesystems -------------------------------------------------------------------
+    def fs_path(self, url: str):
+        """``(filesystem, path)`` for ``url``, one filesystem per protocol for all threads."""
+        protocol = url.split("://", 1)[0] if "://" in url else "file"
+        fs = self._filesystems.get(protocol)
+        if fs is None:
+            with self._fs_lock:
+                fs = self._filesystems.get(protocol)
+                if fs is None:
+                    fs, path = storage.url_to_fs(url, self.options.storage_options)
+                    self._known_sizes[url] = _connect(fs, path)
+                    self._filesystems[protocol] = fs
+                    return fs, path
+        return fs, storage.fs_path(fs, url)
+
+    # -- the shard's size, once --------------------------------------------------------
+    def check_size(self, shard: ShardRef, size: int | None = None) -> None:
+        """Raise ShardReadError when the shard's stored size differs from the manifest's
+        ``bytes`` (asked once per shard; ``size``: already known)."""
+        if shard.bytes is None or shard.data is not None or shard.url in self._checked:
+            return
+        if size is None:
+            size = self._known_sizes.pop(shard.url, None)
+        if size is None:
+            fs, path = self.fs_path(shard.url)
+            try:
+                size = fs.size(path)
+            except Exception as exc:
+                raise storage.translate_error(exc, shard.url, "read") from exc
+        if isinstance(size, int) and size != shard.bytes:
+            raise ShardReadError(f"shard {redact(shard.url)} is {size} bytes, its manifest says "
+                                 f"{shard.bytes}: it was replaced or the manifest is wrong",
+                                 shard=shard.url)
+        self._checked.add(shard.url)
+
+    # -- indexes -----------------------------------------------------------------------
+    def cached_index(self, shard: ShardRef) -> tuple[bool, dict | None]:
+        """``(known, index)``: whether the shard's index is in the cache (or known to be
+        missing), and the index."""
+        if shard.index_url is None:
+            return True, None
+        with self._index_lock:
+            if shard.index_url in self._indexes:
+                self._indexes.move_to_end(shard.index_url)
+                return True, self._indexes[shard.index_url]
+        return False, None
+
+    def remember_index(self, shard: ShardRef, idx: dict | None) -> None:
+        with self._index_lock:
+            self._indexes[shard.index_url] = idx
+            self._indexes.move_to_end(shard.index_url)
+            if len(self._indexes) > INDEX_CACHE:
+                self._indexes.popitem(last=False)
+
+    def load_index(self, shard: ShardRef, counters: Counters) -> dict | None:
+        """The shard's index, read with one bounded ranged GET (no HEAD first); None when it
+        is missing or unusable (a WARNING: it only costs speed). Raises ShardReadError when
+        the shard itself is bad (its size differs from the manifest's)."""
+        self.check_size(shard)
+        try:
+            data = self._read_index_bytes(shard, counters)
+            return parse_index(data, shard.samples)
+        except Exception as exc:  # noqa: BLE001 - a missing index only costs speed
+            log.warning("no usable index for %s (%s); reading the shard from its start",
+                        redact(shard.url), exc)
+            return None
+
+    def _read_index_bytes(self, shard: ShardRef, counters: Counters) -> bytes:
+        limit = max_index_bytes(shard.samples)
+        fs, path = self.fs_path(shard.index_url)
+        data = fs.cat_file(path, start=0, end=limit + 1)
+        counters.add_request(len(data))
+        if len(data) > limit:
+            raise StorageError(f"{redact(shard.index_url)} is larger than {limit} bytes, the "
+                               f"most expected there; not reading it", url=shard.index_url)
+        return data
+
+    # -- bytes -------------------------------------------------------------------------
+    def read_range(self, shard: ShardRef, start: int, end: int, counters: Counters) -> list:
+        """The members in bytes ``[start, end)`` of an uncompressed shard (one ranged GET, a
+        seek in the local cache, or a slice of in-memory bytes)."""
+        if shard.data is not None:
+            data = shard.data[start:end]
+        elif self.cache is not None:
+            path = self.cache.get(shard.url, self.options.storage_options)
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read(end - start)
+        else:
+            fs, path = self.fs_path(shard.url)
+            try:
+                data = fs.cat_file(path, start=start, end=end)
+            except Exception as exc:
+                raise storage.translate_error(exc, shard.url, "read") from exc
+            counters.add_request(len(data))
+        if len(data) != end - start:
+            raise EOFError(f"ranged read of bytes {start}-{end} returned {len(data)} bytes")
+        return split_members(data, name=shard.url,
+                             max_member_bytes=self.options.max_member_bytes)
+
+    def open(self, shard: ShardRef):
+        """The shard as a file object from its start (in memory, the local cache, or fsspec),
+        its size checked against the manifest's."""
+        if shard.data is not None:
+            return io.BytesIO(shard.data)
+        if self.cache is not None:
+            path = self.cache.get(shard.url, self.options.storage_options)
+            f = open(path, "rb")  # noqa: SIM115 - closed by the caller
+            size = os.path.getsize(path)
+        else:
+            f = storage.open_read(shard.url, self.options.storage_options,
+                                  block_size=self.options.block_size)
+            size = getattr(f, "size", None)
+        try:
+            self.check_size(shard, size if isinstance(size, int) else None)
+        except BaseException:
+            f.close()
+            raise
+        return f
+
+    def stream_members(self, shard: ShardRef, offset: int = 0) -> Iterator[tuple[str, Any]]:
+        """The shard's members from byte ``offset`` (a sample's first header) on, read as a
+        stream."""
+        with self.open(shard) as f:
+            if offset:
+                f.seek(offset)
+            yield from iter_members(f, name=shard.url,
+                                    max_member_bytes=self.options.max_member_bytes)
 
 
 def _connect(fs, path: str) -> int | None:
@@ -110,7 +253,7 @@ def _connect(fs, path: str) -> int | None:
     once in a fresh worker each did that work (about 1 s before a worker's first response,
     measured on loopback S3; 0.04 s once one request has gone first). One HEAD, which the
     shard's size check needs anyway, goes first."""
-    if not storage._is_object_store(fs):  # the shared test of what an object store is
+    if not storage.is_object_store(fs):
         return None
     try:
         size = fs.size(path)
@@ -119,173 +262,229 @@ def _connect(fs, path: str) -> int | None:
     return size if isinstance(size, int) else None
 
 
-class Prefetcher:
-    """The items of ``reads`` (``(shard index, first, stop, wanted or None)``, in plan
-    order), exactly as :meth:`ShardReader.read_run` yields them, with requests in flight
-    ahead of the consumer. Iterate once; closing the iterator cancels what is queued."""
+class _Piece:
+    """One request of a run (a ranged GET, or a streamed read), in plan order."""
 
-    def __init__(self, reader: ShardReader, shards: Sequence[ShardRef], reads,
-                 *, requests: int, max_bytes: int, request_bytes: int,
-                 counters: Counters | None = None):
-        self.reader, self.shards = reader, shards
-        self.reads = deque(reads)
-        self.requests = max(1, int(requests))
-        self.max_bytes = max(1, int(max_bytes))
-        self.request_bytes = max(1, int(request_bytes))
-        self.counters = counters or Counters()
-        self.pool = ThreadPoolExecutor(self.requests, thread_name_prefix="wdstream-fetch")
-        self.pending: deque[_Span] = deque()  # submitted or streamed, not yet consumed
-        self.outstanding = 0  # bytes of pending spans
-        self.pieces: deque[_Span] = deque()  # the current read cut into requests
+    __slots__ = ("shard", "first", "stop", "wanted", "index", "nbytes", "range", "offset",
+                 "future", "stream", "error")
+
+    def __init__(self, shard, first, stop, wanted, index=None, nbytes=0, byte_range=None,
+                 offset=None, error=None):
+        self.shard, self.first, self.stop, self.wanted = shard, first, stop, wanted
+        self.index, self.nbytes, self.range, self.error = index, nbytes, byte_range, error
+        self.offset = offset  # a streamed read from this byte (sample ``first``'s header)
+        self.future: Future | None = None
+        self.stream: _Stream | None = None
+
+
+class _Stream:
+    """A streamed read on a fetch thread: members handed over in chunks of about
+    ``chunk_bytes`` through a bounded queue; closing it stops the thread at its next chunk."""
+
+    def __init__(self, members: Iterator, chunk_bytes: int):
+        self.members, self.chunk_bytes = members, chunk_bytes
+        self.q: queue.Queue = queue.Queue(_STREAM_CHUNKS)
+        self.stop = threading.Event()
+
+    def _put(self, x) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.q.put(x, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        chunk: list = []
+        size = 0
+        try:
+            for name, data in self.members:
+                chunk.append((name, data))
+                size += len(data) if isinstance(data, bytes) else 0
+                if size >= self.chunk_bytes:
+                    if not self._put(chunk):
+                        return
+                    chunk, size = [], 0
+            self._put(chunk)
+            self._put(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            self._put(chunk)
+            self._put(exc)
+        finally:
+            self.members.close()
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        try:
+            while True:
+                x = self.q.get()
+                if x is None:
+                    return
+                if isinstance(x, BaseException):
+                    raise x
+                yield from x
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.stop.set()
+
+
+class _Deferred(Future):
+    """A future run on its first ``result()`` (``requests == 0``: nothing runs ahead)."""
+
+    def __init__(self, fn, args):
+        super().__init__()
+        self._call = (fn, args)
+
+    def done(self) -> bool:
+        return True
+
+    def result(self, timeout=None):
+        if self._call is not None:
+            fn, args = self._call
+            self._call = None
+            try:
+                self.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - re-raised by result()
+                self.set_exception(exc)
+        return super().result(timeout)
+
+
+class _Run:
+    """One sequence of reads, fetched ahead (see the module doc)."""
+
+    def __init__(self, reader: ShardReader, shards: Sequence[ShardRef], reads: Iterable[Read],
+                 counters: Counters):
+        self.reader, self.shards, self.counters = reader, shards, counters
+        opts = reader.options
+        self.requests = max(1, opts.requests)
+        self.max_bytes = max(1, opts.max_bytes)
+        self.request_bytes = opts.request_bytes
+        self.pool = ThreadPoolExecutor(opts.requests, thread_name_prefix="wdstream-fetch") \
+            if opts.requests > 0 else None
+        self.source = iter(reads)
+        self.ahead: deque[Read] = deque()  # reads taken from the source, not yet cut
+        self.pending: deque[_Piece] = deque()  # submitted, not yet consumed
+        self.outstanding = 0  # bytes of pending ranged requests
+        self.pieces: deque[_Piece] = deque()  # the current read cut into requests
         self.indexes: dict[int, Future] = {}  # shard -> index being fetched
-        self.failed: dict[int, ShardReadError] = {}  # shards that cannot be read at all
-        # one filesystem per protocol for every fetch thread: fsspec caches instances per
-        # thread, and each new s3fs instance builds its own client (0.1-0.3 s, its own
-        # connections), which made the first batch wait for one per thread
-        self._filesystems: dict[str, object] = {}
-        self._fs_lock = threading.Lock()
-        self._known_sizes: dict[str, int | None] = {}  # from the warm-up HEAD
-        first = shards[self.reads[0][0]] if shards and self.reads else None
-        if first is not None and first.data is None:
-            try:  # made here, in the consumer's thread, where it is often cached already
-                self._fs_path(first.url)
-            except StorageError:
-                pass  # the read itself reports it, naming the shard
+        self.failed: dict[int, BaseException] = {}  # shards that cannot be read at all
+        first = self._peek(1)
+        if first and self.pool is not None:
+            shard = shards[first[0].shard]
+            if shard.data is None:
+                try:  # made here, in the consumer's thread, before the fetch threads
+                    reader.fs_path(shard.url)
+                except StorageError:
+                    pass  # the read itself reports it, naming the shard
 
-    def _fs_path(self, url: str):
-        """``(filesystem, path)`` for ``url``, sharing one filesystem across threads."""
-        protocol = url.split("://", 1)[0] if "://" in url else "file"
-        fs = self._filesystems.get(protocol)
-        if fs is None:
-            with self._fs_lock:
-                fs = self._filesystems.get(protocol)
-                if fs is None:
-                    fs, path = storage.url_to_fs(url, self.reader.storage_options)
-                    self._known_sizes[url] = _connect(fs, path)
-                    self._filesystems[protocol] = fs
-                    return fs, path
-        return fs, fs._strip_protocol(url)
+    def _submit(self, fn, *args) -> Future:
+        if self.pool is None:
+            return _Deferred(fn, args)
+        return self.pool.submit(fn, *args)
+
+    def _peek(self, n: int) -> deque[Read]:
+        while len(self.ahead) < n:
+            read = next(self.source, None)
+            if read is None:
+                break
+            self.ahead.append(read)
+        return self.ahead
 
     # -- indexes -----------------------------------------------------------------------
-    def _load_index(self, shard: ShardRef) -> dict | None:
+    def _load_index(self, shard: ShardRef):
         try:
-            self._check_size(shard)
-            fs, path = self._fs_path(shard.index_url)
-            limit = max_index_bytes(shard.samples)
-            # one ranged GET, no HEAD first (a whole-object cat_file asks for the size first
-            # on recent s3fs), and at most limit + 1 bytes of any file
-            data = fs.cat_file(path, start=0, end=limit + 1)
-            self.counters.add_request(len(data))
-            if len(data) > limit:
-                raise StorageError(f"{redact(shard.index_url)} is larger than {limit} bytes, "
-                                   f"the most expected there; not reading it",
-                                   url=shard.index_url)
-            return parse_index(data, shard.samples)
-        except ShardReadError as exc:
-            return exc
-        except Exception as exc:  # noqa: BLE001 - a missing index only costs speed
-            log.warning("no usable index for %s (%s); reading the shard from its start",
-                        redact(shard.url), exc)
-            return None
-
-    def _check_size(self, shard: ShardRef) -> None:
-        """The shard's stored size against the manifest's, when the manifest gives one."""
-        if shard.bytes is None or shard.data is not None:
-            return
-        fs, path = self._fs_path(shard.url)
-        size = self._known_sizes.pop(shard.url, None)
-        if size is None:
-            try:
-                size = fs.size(path)
-            except Exception as exc:
-                raise storage.translate_error(exc, shard.url, "read") from exc
-        if isinstance(size, int) and size != shard.bytes:
-            raise ShardReadError(f"shard {redact(shard.url)} is {size} bytes, its manifest says "
-                                 f"{shard.bytes}: it was replaced or the manifest is wrong",
-                                 shard=shard.url)
+            return self.reader.load_index(shard, self.counters)
+        except Exception as exc:  # noqa: BLE001 - the shard itself is bad: every read fails
+            return _Failed(exc)
 
     def _prefetch_indexes(self) -> None:
         """Start fetching the indexes of the next few shards the plan reads."""
-        ahead = 0
-        for i, _, _, _ in itertools.islice(self.reads, 4 * self.requests):
-            if ahead >= self.requests:
+        if self.pool is None:
+            return
+        started = 0
+        for read in itertools.islice(self._peek(4 * self.requests), 4 * self.requests):
+            if started >= self.requests:
                 break
+            i = read.shard
             shard = self.shards[i]
-            if i in self.indexes or self.reader.has_index(shard):
+            if i in self.indexes or i in self.failed or self.reader.cached_index(shard)[0]:
                 continue
             self.indexes[i] = self.pool.submit(self._load_index, shard)
-            ahead += 1
+            started += 1
 
     def _index(self, i: int, block: bool) -> tuple[bool, dict | None]:
         """``(known, index)`` of shard ``i``; waits only when ``block``."""
+        if i in self.failed:
+            return True, None
         shard = self.shards[i]
         fut = self.indexes.get(i)
         if fut is None:
-            if self.reader.has_index(shard):
-                return True, self.reader.index(shard)
-            fut = self.indexes[i] = self.pool.submit(self._load_index, shard)
+            known, idx = self.reader.cached_index(shard)
+            if known:
+                return True, idx
+            fut = self.indexes[i] = self._submit(self._load_index, shard)
         if not fut.done() and not block:
             return False, None
         t0 = time.perf_counter()
         idx = fut.result()
         self.counters.io_wait_s += time.perf_counter() - t0
         del self.indexes[i]
-        if isinstance(idx, ShardReadError):  # the shard itself is bad: every read fails
-            self.failed[i] = idx
-            self.reader.remember_index(shard, None)
+        if isinstance(idx, _Failed):
+            self.failed[i] = idx.exc
             return True, None
         self.reader.remember_index(shard, idx)
         return True, idx
 
-    # -- spans -------------------------------------------------------------------------
-    def _cut(self, i: int, first: int, stop: int, wanted, idx: dict | None) -> None:
-        """Queue read ``(i, first, stop, wanted)`` as ranged requests at sample boundaries."""
-        shard = self.shards[i]
-        if i in self.failed:
-            self.pieces.append(_Span(shard, first, stop, wanted, 0, _failed(self.failed[i])))
+    # -- cutting reads into requests ---------------------------------------------------
+    def _cut(self, read: Read, idx: dict | None) -> None:
+        shard = self.shards[read.shard]
+        wanted = None if read.wanted is None else np.asarray(read.wanted)
+        if read.shard in self.failed:
+            self.pieces.append(_Piece(shard, read.first, read.stop, wanted,
+                                      error=self.failed[read.shard]))
             return
-        if idx is None or idx.get("whole"):
-            self.pieces.append(_Span(shard, first, stop, wanted))  # streamed by the reader
+        if idx is None or idx.get("whole") or read.stop is None:
+            self.pieces.append(_Piece(shard, read.first, read.stop, wanted, idx))
             return
+        parts = [(read.first, read.stop, None)] if wanted is None else \
+            [(int(p[0]), int(p[-1]) + 1, p) for p in gap_split(wanted)]
         offsets = idx["offsets"]
-        a = first
-        while a < stop:
-            limit = int(offsets[a]) + self.request_bytes
-            b = int(np.searchsorted(offsets, limit, side="right")) - 1
-            b = min(stop, max(a + 1, b))
-            if wanted is None:
-                part = None
-            else:
-                part = wanted[(wanted >= a) & (wanted < b)]
-            if part is None or len(part):
-                n = int(offsets[b]) - int(offsets[a])
-                big = self.reader.max_member_bytes is not None and n > self.reader.max_member_bytes
-                self.pieces.append(_Span(shard, a, b, part, -1 if big else n))
-            a = b
+        for first, stop, part in parts:
+            a = first
+            while a < stop:
+                limit = int(offsets[a]) + self.request_bytes
+                b = int(np.searchsorted(offsets, limit, side="right")) - 1
+                b = min(stop, max(a + 1, b))
+                sub = None if part is None else part[(part >= a) & (part < b)]
+                if sub is None or len(sub):
+                    start, end = int(offsets[a]), int(offsets[b])
+                    limit_member = self.reader.options.max_member_bytes
+                    if limit_member is not None and end - start > limit_member:
+                        # a member too large: streamed, so it is read through, never held
+                        self.pieces.append(_Piece(shard, a, b, sub, idx, offset=start))
+                    else:
+                        self.pieces.append(_Piece(shard, a, b, sub, idx, end - start,
+                                                  (start, end)))
+                a = b
 
-    def _fetch(self, shard: ShardRef, start: int, end: int):
-        fs, path = self._fs_path(shard.url)
-        try:
-            data = fs.cat_file(path, start=start, end=end)
-        except Exception as exc:
-            raise storage.translate_error(exc, shard.url, "read") from exc
-        self.counters.add_request(len(data))
-        if len(data) != end - start:
-            raise EOFError(f"ranged read of bytes {start}-{end} returned {len(data)} bytes")
-        return split_members(data, name=shard.url,
-                             max_member_bytes=self.reader.max_member_bytes)
-
-    def _next_piece(self, block: bool) -> _Span | None:
+    def _next_piece(self, block: bool) -> _Piece | None:
         while not self.pieces:
-            if not self.reads:
+            ahead = self._peek(1)
+            if not ahead:
                 return None
-            i, first, stop, wanted = self.reads[0]
-            known, idx = self._index(i, block)
+            read = ahead[0]
+            known, idx = self._index(read.shard, block) if self.shards[read.shard].index_url \
+                and read.stop is not None else (True, None)
             if not known:
                 return None
-            self.reads.popleft()
-            self._cut(i, first, stop, wanted, idx)
+            self.ahead.popleft()
+            self._cut(read, idx)
         return self.pieces[0]
+
+    def _stream(self, piece: _Piece) -> Iterator[tuple[str, Any]]:
+        return self.reader.stream_members(piece.shard, piece.offset or 0)
 
     def _top_up(self) -> None:
         self._prefetch_indexes()
@@ -297,39 +496,61 @@ class Prefetcher:
                     self.outstanding + piece.nbytes > self.max_bytes:
                 return
             self.pieces.popleft()
-            if piece.nbytes > 0:
-                idx = self.reader.index(piece.shard)
-                start, end = int(idx["offsets"][piece.first]), int(idx["offsets"][piece.stop])
-                piece.future = self.pool.submit(self._fetch, piece.shard, start, end)
-                self.outstanding += piece.nbytes
+            if piece.error is None:
+                if piece.range is not None:
+                    piece.future = self._submit(self.reader.read_range, piece.shard,
+                                                *piece.range, self.counters)
+                    self.outstanding += piece.nbytes
+                elif self.pool is not None:
+                    piece.stream = _Stream(self._stream(piece), self.request_bytes)
+                    piece.future = self.pool.submit(piece.stream.run)
             self.pending.append(piece)
-            if piece.future is None:
-                return  # a streamed read: nothing to fetch ahead of it
+            if piece.range is None:
+                return  # a streamed read: nothing is fetched ahead of it
 
-    def __iter__(self) -> Iterator[dict]:
+    def _members(self, piece: _Piece):
+        """The piece's members (a list, or a stream), or the exception fetching raised."""
+        if piece.error is not None:
+            return piece.error
+        if piece.range is None:
+            return iter(piece.stream) if piece.stream is not None else self._stream(piece)
+        t0 = time.perf_counter()
+        try:
+            members = piece.future.result()
+        except Exception as exc:  # noqa: BLE001 - counted by span_items
+            members = exc
+        self.counters.io_wait_s += time.perf_counter() - t0
+        self.outstanding -= piece.nbytes
+        return members
+
+    def __iter__(self) -> Iterator[Fetched]:
+        current = None
         try:
             while True:
                 self._top_up()
                 if not self.pending:
                     return
-                span = self.pending.popleft()
-                wanted = range(span.first, span.stop) if span.wanted is None else span.wanted
-                if span.future is None:  # no index, compressed, or a member too large:
-                    # streamed through fsspec's file object (its requests are not counted)
-                    yield from self.reader.read_run(span.shard, span.first, span.stop, wanted)
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    members = span.future.result()
-                except Exception as exc:  # noqa: BLE001 - counted by read_run
-                    members = exc
-                self.counters.io_wait_s += time.perf_counter() - t0
-                self.outstanding -= span.nbytes
+                current = piece = self.pending.popleft()
+                members = self._members(piece)
                 self._top_up()
-                yield from self.reader.read_run(span.shard, span.first, span.stop, wanted,
-                                                members=members)
+                yield Fetched(piece.shard, piece.first, piece.stop, piece.wanted, members,
+                              piece.index, piece.range is not None or piece.offset is not None)
         finally:
-            for span in self.pending:
-                if span.future is not None:
-                    span.future.cancel()
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            for piece in [current, *self.pending] if current is not None else self.pending:
+                if piece.stream is not None:
+                    piece.stream.close()
+                if piece.future is not None:
+                    piece.future.cancel()
+            for fut in self.indexes.values():
+                fut.cancel()
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Failed:
+    """An index load that found the shard itself unreadable."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc

@@ -21,17 +21,16 @@ import webdataset as wds
 from ..config import Config
 from ..errors import ConfigError, WdstreamError
 from .collate import collate
-from .datasets import MixedDataset, ResumeInfo, ShardDataset
+from .datasets import EpochDataset, MixedDataset, ResumeInfo, ShardDataset
 from .decode import SampleDecoder
 from .planner import Layout
-from .sources import resolve_or_fallback
-from .tokenizer import check_vocab, load_tokenizer, pad_token_id
+from .sources import resolve_sources
 from .world import World
 
-__all__ = ["make_loader", "Loader"]
+__all__ = ["make_loader", "Loader", "STATE_VERSION"]
 
 log = logging.getLogger(__name__)
-STATE_VERSION = 2  # 1: wdstream <= 0.1, made with the per-sample shuffle buffer
+STATE_VERSION = 2  # the version of state_dict(); 1 was made by the per-sample shuffle buffer
 
 
 def make_loader(source: Any, config: Config | None = None, tokenizer=None, *,
@@ -45,33 +44,29 @@ def make_loader(source: Any, config: Config | None = None, tokenizer=None, *,
     (``key``, ``input_ids``, ``pixel_values``, ``audio``, ...); return it (or None after
     changing it in place). Draw every random number from ``generator``, a ``torch.Generator``
     seeded by ``(config.seed, epoch, source name, sample key)``
-    (:func:`wdstream.read.datasets.transform_seed`): the same seed gives the same augmented
+    (:func:`wdstream.read.transform.transform_seed`): the same seed gives the same augmented
     batches, in any number of workers or ranks and after a resume; another epoch gives other
-    ones. It must pickle (a module-level function, or a ``functools.partial`` of one)."""
+    ones. It must pickle (a module-level function, or a ``functools.partial`` of one).
+
+    Raises ConfigError for a rank outside the world, a tokenizer that does not fit
+    ``vocab_size`` or an empty dict of sources; SourceError/StorageError when a source cannot
+    be read (unless ``config.fallback`` is ``"synthetic"``)."""
     config = config or Config()
-    if tokenizer is None:
-        tokenizer = load_tokenizer(config)
-    check_vocab(tokenizer, config)
     r, w = World.ranks()
     rank = r if rank is None else rank
     world = w if world is None else world
     if not 0 <= rank < world:
         raise ConfigError(f"rank {rank} is outside world size {world}")
     decoder = SampleDecoder(config, tokenizer)
-    collate_fn = functools.partial(collate, config=config, pad_token_id=pad_token_id(tokenizer))
+    collate_fn = functools.partial(collate, config=config, pad_token_id=decoder.pad_token_id)
+    sources = resolve_sources(source, config)
     if isinstance(source, dict):
-        if not source:
-            raise ConfigError("no sources to mix: the dict is empty")
-        parts = {}
-        for name, src in source.items():
-            spec = resolve_or_fallback(src, config)
-            spec.name = name
-            parts[name] = ShardDataset(spec, config, decoder, collate_fn, rank=rank,
-                                       world=world, transform=transform)
-        return Loader(MixedDataset(parts, config, collate_fn, rank=rank, world=world), config)
-    spec = resolve_or_fallback(source, config)
-    dataset = ShardDataset(spec, config, decoder, collate_fn, rank=rank, world=world,
-                           transform=transform)
+        dataset: EpochDataset = MixedDataset(sources, config, decoder, collate_fn, rank=rank,
+                                             world=world, transform=transform)
+    else:
+        (spec,) = sources.values()
+        dataset = ShardDataset(spec, config, decoder, collate_fn, rank=rank, world=world,
+                               transform=transform)
     return Loader(dataset, config)
 
 
@@ -91,7 +86,7 @@ class Loader:
     "Guarantees"), also with another world size or worker count.
     """
 
-    def __init__(self, dataset: ShardDataset, config: Config):
+    def __init__(self, dataset: EpochDataset, config: Config):
         self.dataset = dataset
         self.config = config
         self._epoch = 0
@@ -135,10 +130,7 @@ class Loader:
     @property
     def synthetic(self) -> bool:
         """True when the data is synthetic (fallback or ``use_streaming=False``)."""
-        parts = getattr(self.dataset, "parts", None)
-        if parts is not None:
-            return any(p.source.synthetic for p in parts.values())
-        return self.dataset.source.synthetic
+        return self.dataset.synthetic
 
     def __len__(self) -> int:
         n = self.dataset.batches_per_rank(self._epoch)
@@ -167,8 +159,9 @@ class Loader:
         ``samples_per_s``, ``io_wait_s`` (waiting for fetched spans and indexes),
         ``decode_s`` (decoding, summed over decode threads), ``blocked_s`` (a batch ready,
         waiting for the consumer), ``get_requests`` and ``bytes_read`` (ranged GETs the
-        reader made and their bytes). Updated by the workers after every batch (see
-        docs/reader.md, "Tuning")."""
+        reader made and their bytes), ``skipped`` (samples and shards skipped, by reason) and
+        ``placeholders`` (planned samples not delivered). Updated by the workers after every
+        batch (see docs/reader.md, "Tuning")."""
         return self.dataset.read_stats.rows()
 
     # -- state -------------------------------------------------------------------------
@@ -177,20 +170,8 @@ class Loader:
 
     def _identity(self) -> dict[str, Any]:
         """What a state must agree on to resume here: seed, shuffle and the data."""
-        ds = self.dataset
-        out: dict[str, Any] = {"seed": self.config.seed, "shuffle": self.config.shuffle}
-        parts = getattr(ds, "parts", None)
-        if parts is None:
-            out.update(samples=ds.source.samples, shards=len(ds.source.shards))
-        else:
-            out["sources"] = {n: [p.source.samples, len(p.source.shards)]
-                              for n, p in sorted(parts.items())}
-            out.update(mix_exhausted=self.config.mix_exhausted,
-                       max_samples_per_dataset=self.config.max_samples_per_dataset,
-                       weights=dict(sorted((self.config.weights or {}).items())))
-            if self.config.mix_exhausted == "resample":
-                out["epoch_length"] = ds.epoch_samples()
-        return out
+        return {"seed": self.config.seed, "shuffle": self.config.shuffle,
+                **self.dataset.identity()}
 
     def state_dict(self) -> dict[str, Any]:
         """Progress through the current epoch: JSON-serialisable, a few hundred bytes (one

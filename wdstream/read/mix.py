@@ -18,49 +18,19 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
-import math
 import random
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
+from ..config import MIX_MODES
 from ..errors import ConfigError, SourceError
+from .mixplan import normalise_weights
 
-__all__ = ["mix", "normalise_weights", "EXHAUSTED_MODES"]
+__all__ = ["mix"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-EXHAUSTED_MODES = ("stop", "resample")
-
-
-def normalise_weights(names, weights: Mapping[str, float] | None) -> dict[str, float]:
-    """Weights for ``names`` summing to 1; empty/None weights mean equal weights.
-
-    Raises ConfigError for a weight naming no source, a source without a weight, a negative
-    or non-finite weight, or weights that are all zero.
-    """
-    names = list(names)
-    if not names:
-        raise ConfigError("nothing to mix: no sources")
-    if not weights:
-        return {n: 1.0 / len(names) for n in names}
-    unknown = sorted(set(weights) - set(names))
-    if unknown:
-        raise ConfigError(f"weights name unknown source(s) {unknown}; the sources are {names}",
-                          key=unknown[0])
-    missing = [n for n in names if n not in weights]
-    if missing:
-        raise ConfigError(f"no weight for source(s) {missing}; give every source a weight "
-                          f"(config.weights) or none for equal weights", key=missing[0])
-    for name in names:
-        w = weights[name]
-        if not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-            raise ConfigError(f"weight of {name!r} must be a finite number >= 0, not {w!r}",
-                              key=name)
-    total = float(sum(weights[n] for n in names))
-    if total <= 0:
-        raise ConfigError(f"the weights {dict(weights)} are all zero")
-    return {n: weights[n] / total for n in names}
 
 
 def mix(streams: Mapping[str, Iterator[T]], weights: Mapping[str, float] | None = None, *,
@@ -73,8 +43,8 @@ def mix(streams: Mapping[str, Iterator[T]], weights: Mapping[str, float] | None 
     weight 0 is never drawn. Raises ConfigError for bad weights, modes or caps, and
     SourceError when a reopened source yields nothing (it would never end).
     """
-    if exhausted not in EXHAUSTED_MODES:
-        raise ConfigError(f"exhausted must be one of {EXHAUSTED_MODES}, not {exhausted!r}")
+    if exhausted not in MIX_MODES:
+        raise ConfigError(f"exhausted must be one of {MIX_MODES}, not {exhausted!r}")
     if exhausted == "resample" and reopen is None:
         raise ConfigError("exhausted='resample' needs reopen(name) to start a source again")
     names = sorted(streams)

@@ -24,41 +24,69 @@ of that step is drawn from the other sources by weight, and the source leaves th
 epoch ends before a step that no source left in the mix can fill.
 
 Batches are always full (``drop_last`` does not apply). Each source's windows are at most
-``cache_size // len(sources)`` items, so a worker still holds at most ``cache_size`` samples.
+:func:`source_window` items (``cache_size // len(sources)``), so a worker still holds at most
+``cache_size`` samples.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from .planner import Layout, Pool, Split, epoch_plan
+from ..config import MIX_MODES
+from ..errors import ConfigError
+from .planner import Layout, Pool, Split, epoch_plan, slot_window
 from .seeds import derive_seed
 
-__all__ = ["MODES", "BLOCK", "MixPlan", "mix_weights", "source_cache", "step_counts",
-           "mix_plan", "mixed_epoch"]
+__all__ = ["BLOCK", "MixPlan", "normalise_weights", "mix_weights", "source_window",
+           "step_counts", "mix_plan", "mixed_epoch"]
 
-MODES = ("stop", "resample")
 BLOCK = 1024  # steps drawn per generator
 
 
-def mix_weights(names: Sequence[str], weights: Mapping[str, float] | None) -> np.ndarray:
-    """Probabilities of ``names`` in order (None or empty: equal weights)."""
+def normalise_weights(names, weights: Mapping[str, float] | None) -> dict[str, float]:
+    """Weights for ``names`` summing to 1; empty/None weights mean equal weights. The one
+    check of mixing weights, for planned and streamed mixes alike.
+
+    Raises ConfigError for a weight naming no source, a source without a weight, a negative
+    or non-finite weight, or weights that are all zero.
+    """
+    names = list(names)
     if not names:
-        raise ValueError("nothing to mix: no sources")
+        raise ConfigError("nothing to mix: no sources")
     if not weights:
-        return np.full(len(names), 1.0 / len(names))
-    if set(weights) != set(names):
-        raise ValueError(f"weights name {sorted(weights)} but the sources are {list(names)}")
-    w = np.array([float(weights[n]) for n in names])
-    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"weights must be finite, >= 0 and not all zero: {dict(weights)}")
-    return w / w.sum()
+        return {n: 1.0 / len(names) for n in names}
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise ConfigError(f"weights name unknown source(s) {unknown}; the sources are {names}",
+                          key=unknown[0])
+    missing = [n for n in names if n not in weights]
+    if missing:
+        raise ConfigError(f"no weight for source(s) {missing}; give every source a weight "
+                          f"(config.weights) or none for equal weights", key=missing[0])
+    for name in names:
+        w = weights[name]
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) \
+                or w < 0:
+            raise ConfigError(f"weight of {name!r} must be a finite number >= 0, not {w!r}",
+                              key=name)
+    total = float(sum(weights[n] for n in names))
+    if total <= 0:
+        raise ConfigError(f"the weights {dict(weights)} are all zero")
+    return {n: weights[n] / total for n in names}
 
 
-def source_cache(cache_size: int, n_sources: int) -> int:
+def mix_weights(names: Sequence[str], weights: Mapping[str, float] | None) -> np.ndarray:
+    """Probabilities of ``names`` in order (None or empty: equal weights); ConfigError as
+    :func:`normalise_weights`."""
+    probs = normalise_weights(names, weights)
+    return np.array([probs[n] for n in names], dtype=np.float64)
+
+
+def source_window(cache_size: int, n_sources: int) -> int:
     """Window cap of each of ``n_sources`` sources sharing a worker's ``cache_size``."""
     return cache_size if cache_size <= 1 else max(1, cache_size // n_sources)
 
@@ -87,6 +115,7 @@ class MixPlan:
     seed: int
     epoch: int
     generation: int
+    shuffle: bool = True
 
     @property
     def batches(self) -> int:
@@ -102,8 +131,9 @@ class MixPlan:
 
     def split(self, name: str) -> Split:
         """Source ``name``'s pool laid over the slots."""
-        cache = source_cache(self.layout.cache_size, len(self.names))
-        return Split(self.layout.world, self.worker_lengths(name), cache)
+        window = slot_window(source_window(self.layout.cache_size, len(self.names)),
+                             self.shuffle)
+        return Split(self.layout.world, self.worker_lengths(name), window)
 
     def emitted(self, name: str, k: int) -> tuple[int, ...]:
         """Items of source ``name`` each worker emitted once every rank yielded ``k`` batches."""
@@ -209,15 +239,16 @@ def _fill_step(row: np.ndarray, probs: np.ndarray, limits: np.ndarray, ends: np.
 
 def mix_plan(pool_lengths: Mapping[str, int], weights: Mapping[str, float] | None, *,
              seed: int, epoch: int, layout: Layout, mode: str = "stop", generation: int = 0,
-             samples: int | None = None, caps: Mapping[str, int] | None = None) -> MixPlan:
+             samples: int | None = None, caps: Mapping[str, int] | None = None,
+             shuffle: bool = True) -> MixPlan:
     """The mixed plan of one generation over pools of ``pool_lengths`` samples.
 
     ``samples`` (mode ``"resample"`` only, required there): samples this generation yields
     over all ranks, rounded down to whole steps. ``caps``: samples each source may still
     give this epoch (see the module doc); a name missing from it has no cap.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    if mode not in MIX_MODES:
+        raise ConfigError(f"mix mode must be one of {MIX_MODES}, not {mode!r}")
     names = tuple(sorted(pool_lengths))
     probs = mix_weights(names, weights)
     lengths = np.array([pool_lengths[n] for n in names], dtype=np.int64)
@@ -242,7 +273,7 @@ def mix_plan(pool_lengths: Mapping[str, int], weights: Mapping[str, float] | Non
         k = samples // (layout.world * layout.batch_size)
         counts = step_counts(probs, layout.batch_size, seed=seed, epoch=epoch,
                              generation=generation, start=0, stop=k)
-    return MixPlan(names, layout, counts, seed, epoch, generation)
+    return MixPlan(names, layout, counts, seed, epoch, generation, shuffle)
 
 
 def mixed_epoch(sources: Mapping[str, Sequence[int]], weights: Mapping[str, float] | None, *,
@@ -265,7 +296,7 @@ def mixed_epoch(sources: Mapping[str, Sequence[int]], weights: Mapping[str, floa
     for generation, (old, k) in enumerate(history):
         plan = mix_plan({n: p.length for n, p in pools.items()}, weights, seed=seed,
                         epoch=epoch, layout=old, mode=mode, generation=generation,
-                        samples=left, caps=caps_left)
+                        samples=left, caps=caps_left, shuffle=shuffle)
         if not 0 <= k <= plan.batches:
             raise ValueError(f"{k} batches consumed but generation {generation} has "
                              f"{plan.batches} per rank")
@@ -278,6 +309,6 @@ def mixed_epoch(sources: Mapping[str, Sequence[int]], weights: Mapping[str, floa
                          for n, c in caps_left.items()}
     plan = mix_plan({n: p.length for n, p in pools.items()}, weights, seed=seed, epoch=epoch,
                     layout=layout, mode=mode, generation=len(history), samples=left,
-                    caps=caps_left)
+                    caps=caps_left, shuffle=shuffle)
     return plan, pools
 

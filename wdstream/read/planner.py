@@ -15,7 +15,7 @@ Terms:
   (sorted) and the untouched tail interval of its span; then the part of the old pool that
   was in no slot (the dropped tail). So every pool is a sorted subsequence of the epoch
   order, and a range of it maps to root indices by prefix sums over O(old slots) pieces,
-  materialising at most one window (<= cache_size) per old slot it overlaps.
+  materialising at most one window (<= the window cap) per old slot it overlaps.
 - A :class:`Split` lays a pool over ``world`` ranks of ``len(lengths)`` workers: rank ``r``
   takes the ``r``-th contiguous span of ``sum(lengths)`` items, and inside it worker ``w`` the
   ``w``-th contiguous sub-span of ``lengths[w]`` items. A :class:`Layout` gives
@@ -24,7 +24,9 @@ Terms:
   the pool is padded by repeating it from its start (*fillers*: ``SlotPlan.real`` and on).
   Batch ``j`` of a rank comes from worker ``j % workers`` (the DataLoader round robin), so
   worker ``w`` owns ``len(range(w, K, workers))`` batches.
-- A slot emits its span through seeded windows (:mod:`wdstream.read.windows`). After it
+- A slot emits its span through seeded windows (:mod:`wdstream.read.windows`) of at most
+  :func:`slot_window` items: the layout's ``cache_size`` when the epoch is shuffled, one
+  item (nothing moves) when it is not. After it
   emitted ``n`` items, its consumed set is its whole windows before plus the first items of
   the current window's permutation; fillers are never consumed, so a resumed run still
   delivers every real sample exactly once.
@@ -43,7 +45,7 @@ from .windows import emitted as window_emitted
 from .windows import iter_windows, window_bounds, window_order
 
 __all__ = ["INF", "Layout", "Split", "Read", "SlotPlan", "Pool", "batches_per_rank",
-           "worker_batches", "layout_split", "layout_emitted", "epoch_plan"]
+           "worker_batches", "slot_window", "layout_split", "layout_emitted", "epoch_plan"]
 
 INF = 1 << 62  # length of a cyclic pool: passes without end
 
@@ -52,12 +54,13 @@ Seg = tuple[int, int] | np.ndarray  # an interval [lo, hi) of indices, or sorted
 
 @dataclass(frozen=True)
 class Layout:
-    """How one run reads an epoch: ranks, DataLoader workers per rank, batch, cache, policy."""
+    """How one run reads an epoch: ranks, DataLoader workers per rank, batch, shuffle window
+    (``config.cache_size``), policy."""
 
     world: int
     workers: int  # slots per rank: DataLoader num_workers, or 1 when it is 0
     batch_size: int
-    cache_size: int
+    cache_size: int  # the shuffle window's cap, in samples (config.cache_size)
     drop_last: bool = True
 
     def __post_init__(self) -> None:
@@ -87,14 +90,14 @@ def worker_batches(k: int, workers: int, worker: int) -> int:
 @dataclass(frozen=True)
 class Split:
     """A pool laid over ``world`` ranks x ``len(lengths)`` workers: worker ``w`` of every rank
-    reads ``lengths[w]`` items; windows of at most ``cache_size``."""
+    reads ``lengths[w]`` items; windows of at most ``window`` items."""
 
     world: int
     lengths: tuple[int, ...]
-    cache_size: int
+    window: int
 
     def __post_init__(self) -> None:
-        if self.world < 1 or not self.lengths or min(self.lengths) < 0 or self.cache_size < 0:
+        if self.world < 1 or not self.lengths or min(self.lengths) < 0 or self.window < 0:
             raise ValueError(f"invalid split {self}")
 
     @property
@@ -124,10 +127,16 @@ class Split:
         return (ranks + offsets[None, :]).ravel()
 
 
-def layout_split(pool_len: int, layout: Layout) -> Split:
+def slot_window(cache_size: int, shuffle: bool) -> int:
+    """A slot's window cap: ``cache_size`` when the epoch is shuffled, else 1 (every window
+    one item: nothing moves, nothing is held)."""
+    return int(cache_size) if shuffle else 1
+
+
+def layout_split(pool_len: int, layout: Layout, shuffle: bool = True) -> Split:
     """The split of a pool of ``pool_len`` by ``layout``: whole batches per worker."""
     k = batches_per_rank(pool_len, layout)
-    return Split(layout.world, layout_emitted(k, layout), layout.cache_size)
+    return Split(layout.world, layout_emitted(k, layout), slot_window(layout.cache_size, shuffle))
 
 
 def layout_emitted(k: int, layout: Layout) -> tuple[int, ...]:
@@ -138,11 +147,12 @@ def layout_emitted(k: int, layout: Layout) -> tuple[int, ...]:
 
 class Read(NamedTuple):
     """Samples ``first..stop-1`` of a shard (``wanted`` None), or only the sorted local
-    indices ``wanted`` among them."""
+    indices ``wanted`` among them; ``stop`` None: the whole shard, however many samples it
+    has (streaming mode)."""
 
     shard: int
     first: int
-    stop: int
+    stop: int | None
     wanted: np.ndarray | None = None
 
     @property
@@ -164,7 +174,7 @@ class SlotPlan:
     generation: int
     length: int
     real: int
-    cache_size: int
+    window: int
     seed: int
     reads: tuple[Read, ...]
 
@@ -174,7 +184,7 @@ class SlotPlan:
 
     def windows(self) -> Iterator[tuple[int, int, int]]:
         """``(index, start, stop)`` of the span's windows, in order."""
-        return iter_windows(self.length, self.cache_size)
+        return iter_windows(self.length, self.window)
 
     def window_order(self, index: int, start: int, stop: int) -> np.ndarray:
         """Span indices of window ``index`` (``[start, stop)``) in emission order."""
@@ -187,7 +197,7 @@ class SlotPlan:
 
     def consumed(self, n: int) -> tuple[int, np.ndarray]:
         """Real span indices emitted after ``n`` items: ``[0, whole)`` plus ``partial``."""
-        whole, partial = window_emitted(n, self.length, self.cache_size, self.seed)
+        whole, partial = window_emitted(n, self.length, self.window, self.seed)
         return min(whole, self.real), partial[partial < self.real]
 
 
@@ -249,7 +259,7 @@ class Pool:
         return self.root.to_reads(self.segments(lo, hi))
 
     def split(self, layout: Layout) -> Split:
-        return layout_split(self.length, layout)
+        return layout_split(self.length, layout, self.root.shuffle)
 
     def batches_per_rank(self, layout: Layout) -> int:
         return batches_per_rank(self.length, layout)
@@ -277,14 +287,14 @@ class Pool:
 
     def slot(self, split: Split | Layout, rank: int, worker: int) -> SlotPlan:
         """The plan of slot ``(rank, worker)``: its reads, fillers and window seed.
-        O(runs it touches + old slots + cache_size per old slot it overlaps)."""
+        O(runs it touches + old slots + a window per old slot it overlaps)."""
         if isinstance(split, Layout):
             split = self.split(split)
         segs, length, real = self.slot_segments(split, rank, worker)
         root = self.root
         reads = root.to_reads(self.to_root(segs))
         seed = slot_seed(root.seed, root.epoch, self.generation, rank, worker, root.salt)
-        return SlotPlan(rank, worker, self.generation, length, real, split.cache_size, seed,
+        return SlotPlan(rank, worker, self.generation, length, real, split.window, seed,
                         tuple(reads))
 
     def after(self, split: Split, emitted: Sequence[int]) -> Pool:
@@ -386,7 +396,7 @@ class _Rest(Pool):
         lengths = np.tile(np.asarray(split.lengths, dtype=np.int64), split.world)
         taken = np.tile(np.asarray(emitted, dtype=np.int64), split.world)
         self._real = np.clip(n_old - self._starts, 0, lengths)
-        self._window, self._a, self._b = window_bounds(taken, lengths, split.cache_size)
+        self._window, self._a, self._b = window_bounds(taken, lengths, split.window)
         self._taken = taken - self._a  # items emitted of the current window
         partial = self._taken > 0
         tail_lo = np.where(partial, self._b, self._a)

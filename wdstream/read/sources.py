@@ -1,9 +1,12 @@
 """Turning what the user gives into shards to read: a manifest, a brace pattern, a list of
-shard URLs, or, when allowed, synthetic shards in memory (the loud fallback)."""
+shard URLs, a dict of named sources to mix, or, when allowed, synthetic shards in memory (the
+loud fallback)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .. import storage
@@ -16,12 +19,32 @@ from ..format.manifest import (
     missing_manifest_error,
 )
 from ..format.synthetic import synthetic_shards_in_memory
-from .datasets import ShardSource
 from .shards import ShardRef, ShardRefs
 
-__all__ = ["resolve_source", "synthetic_source", "resolve_or_fallback"]
+__all__ = ["ShardSource", "resolve_source", "synthetic_source", "resolve_or_fallback",
+           "resolve_sources"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardSource:
+    """One data source resolved to shards; ``sizes`` known when it came from a manifest."""
+
+    name: str
+    shards: Sequence[ShardRef]  # a list, or ShardRefs over a manifest's compact table
+    has_manifest: bool = False
+    synthetic: bool = False
+
+    @property
+    def sizes(self):
+        """Sample count of every shard (0 when unknown)."""
+        sizes = getattr(self.shards, "sizes", None)
+        return sizes if sizes is not None else [int(s.samples or 0) for s in self.shards]
+
+    @property
+    def samples(self) -> int | None:
+        return int(sum(self.sizes)) if self.has_manifest else None
 
 
 def resolve_source(source: Any, config: Config, name: str | None = None) -> ShardSource:
@@ -70,7 +93,27 @@ def synthetic_source(config: Config) -> ShardSource:
     return ShardSource(name="synthetic", shards=shards, has_manifest=True, synthetic=True)
 
 
+def resolve_sources(source: Any, config: Config) -> dict[str, ShardSource]:
+    """``{name: ShardSource}``: one entry for a single source, one per name for a dict of
+    named sources to mix (each resolved, or replaced by the synthetic fallback, on its own).
+    Raises ConfigError for an empty dict."""
+    if not isinstance(source, dict):
+        spec = resolve_or_fallback(source, config)
+        return {spec.name: spec}
+    if not source:
+        raise ConfigError("no sources to mix: the dict is empty")
+    out = {}
+    for name, src in source.items():
+        spec = resolve_or_fallback(src, config)
+        spec.name = name
+        out[name] = spec
+    return out
+
+
 def resolve_or_fallback(source: Any, config: Config) -> ShardSource:
+    """:func:`resolve_source`, or synthetic shards (one WARNING) when the source cannot be
+    read and ``config.fallback == "synthetic"``, or directly when ``use_streaming`` is
+    False."""
     if not config.use_streaming:
         log.info("use_streaming=False: using %d synthetic samples", config.synthetic_samples)
         return synthetic_source(config)

@@ -1,10 +1,12 @@
 """Pipeline stages: plain generators ``stage(items, **options) -> Iterator``, chained by
-:mod:`wdstream.read.datasets` (and by :class:`wdstream.MultimodalDataset`).
+:mod:`wdstream.read.pipeline` (and nowhere else).
 
-- :func:`readahead`: pull items on a background thread, in order, a bounded number ahead;
+- :func:`readahead`: pull items on a background thread, in order, a bounded number ahead
+  (Hugging Face rows; shards are read ahead by the fetcher, :mod:`wdstream.read.fetch`);
 - :func:`window_shuffle`: a slot's span, one window at a time, emitted in the plan's order;
 - :func:`decode_stage`: decode each item, passing undecodable ones on as counted :class:`Bad`
   markers so batch boundaries stay where the plan put them;
+- :func:`label_stage`: the sample's source, and its synthetic and filler flags;
 - :func:`exact_batches`: exactly the planned number of batches, bad items replaced;
 - :func:`plain_batches`: batches of the good items (streaming mode);
 - :func:`good_samples`: the good items alone (one sample at a time).
@@ -24,8 +26,8 @@ from typing import Any, TypeVar
 
 from ..errors import ErrorBudget, SampleError, TooManyErrors, redact
 
-__all__ = ["Bad", "readahead", "window_shuffle", "decode_stage", "exact_batches",
-           "plain_batches", "good_samples", "READAHEAD_THREAD_NAME", "FILLER"]
+__all__ = ["Bad", "readahead", "window_shuffle", "decode_stage", "label_stage",
+           "exact_batches", "plain_batches", "good_samples", "READAHEAD_THREAD_NAME", "FILLER"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -167,15 +169,13 @@ def _decoded(items: Iterable[dict], decoder: Callable[[dict], dict], threads: in
 
 
 def decode_stage(items: Iterable[dict], decoder: Callable[[dict], dict], budget: ErrorBudget,
-                 source: str | None = None, synthetic: bool = False,
-                 force_source: bool = False, *, threads: int = 0,
-                 counters=None) -> Iterator[Any]:
+                 *, threads: int = 0, counters=None) -> Iterator[Any]:
     """Decode each item; undecodable ones are counted, logged and passed on as ``Bad``.
 
-    ``source`` fills the sample's source when its metadata names none (``force_source``:
-    always, as when mixing named sources). ``threads``: decode on that many threads, ahead
-    of the consumer, emitting in the order of ``items`` (errors counted in that order too).
-    ``counters`` (a :class:`~wdstream.read.fetch.Counters`) gets the seconds spent decoding."""
+    ``threads``: decode on that many threads, ahead of the consumer, emitting in the order of
+    ``items`` (errors counted in that order too). ``counters`` (a
+    :class:`~wdstream.read.stats.Counters`) gets the seconds spent decoding. A decoded filler
+    keeps the ``FILLER`` mark for :func:`label_stage`."""
     for item, filler, out, seconds in _decoded(items, decoder, threads):
         if counters is not None:
             counters.decode_s += seconds
@@ -191,11 +191,25 @@ def decode_stage(items: Iterable[dict], decoder: Callable[[dict], dict], budget:
             budget.placeholders += 1
             yield Bad(item.get("__key__"), reason)
             continue
+        if filler:
+            out[FILLER] = True
+        yield out
+
+
+def label_stage(items: Iterable[Any], source: str | None = None, *, synthetic: bool = False,
+                force_source: bool = False) -> Iterator[Any]:
+    """Label decoded samples: ``source`` fills the sample's source when its metadata names
+    none (``force_source``: always, as when mixing named sources); ``synthetic`` marks
+    synthetic data; a ``FILLER`` mark becomes ``filler=True``. :class:`Bad` passes as is."""
+    for out in items:
+        if isinstance(out, Bad):
+            yield out
+            continue
         if source is not None and (force_source or not out.get("source")):
             out["source"] = source
         if synthetic:
             out["synthetic"] = True
-        if filler:
+        if out.pop(FILLER, False):
             out["filler"] = True
         yield out
 

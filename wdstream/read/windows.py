@@ -2,14 +2,15 @@
 
 A slot emits its span window by window: window ``i`` covers span items
 ``[window_start(i), window_start(i + 1))`` (cut at the span's end) and is emitted in the order
-of :func:`window_order`. The windows grow from ``max(1, cache_size // 10)`` items, doubling,
-up to ``cache_size`` and then stay there, so the first batch waits for a small window only
-and a reader never holds more than ``cache_size`` samples. ``cache_size <= 1`` means no
-shuffle (windows of one item).
+of :func:`window_order`. The windows grow from ``max(1, window // 10)`` items, doubling,
+up to ``window`` (the slot's window cap: ``config.window``, see
+:func:`wdstream.read.planner.slot_window`) and then stay there, so the first batch waits for a
+small window only and a reader never holds more than ``window`` samples. ``window <= 1``
+means windows of one item: nothing moves.
 
-Window sizes are a pure function of ``cache_size``, so the items a slot has emitted after
+Window sizes are a pure function of ``window``, so the items a slot has emitted after
 ``n`` are arithmetic: every window before the current one, plus the first ``n - start`` items
-of the current window's permutation (:func:`emitted`, O(cache_size)).
+of the current window's permutation (:func:`emitted`, O(window)).
 """
 
 from __future__ import annotations
@@ -23,15 +24,15 @@ __all__ = ["window_cap", "growth_sizes", "window_index", "window_start", "window
            "iter_windows", "window_order", "emitted"]
 
 
-def window_cap(cache_size: int) -> int:
-    """Largest window: ``cache_size`` (1 when ``cache_size <= 1``: no shuffle)."""
-    return max(1, int(cache_size))
+def window_cap(window: int) -> int:
+    """Largest window: ``window`` (at least 1)."""
+    return max(1, int(window))
 
 
 @lru_cache(maxsize=64)
-def growth_sizes(cache_size: int) -> tuple[int, ...]:
+def growth_sizes(window: int) -> tuple[int, ...]:
     """Sizes of the growing windows before the first full one (empty when no shuffle)."""
-    cap = window_cap(cache_size)
+    cap = window_cap(window)
     size = max(1, cap // 10)
     out = []
     while size < cap:
@@ -41,38 +42,38 @@ def growth_sizes(cache_size: int) -> tuple[int, ...]:
 
 
 @lru_cache(maxsize=64)
-def _growth_starts(cache_size: int) -> np.ndarray:
-    starts = np.concatenate([[0], np.cumsum(growth_sizes(cache_size), dtype=np.int64)])
+def _growth_starts(window: int) -> np.ndarray:
+    starts = np.concatenate([[0], np.cumsum(growth_sizes(window), dtype=np.int64)])
     return starts.astype(np.int64)
 
 
-def window_start(index, cache_size: int):
+def window_start(index, window: int):
     """Span position where window ``index`` starts (int or int64 array)."""
-    starts = _growth_starts(cache_size)
+    starts = _growth_starts(window)
     g = len(starts) - 1
     i = np.asarray(index, dtype=np.int64)
-    out = np.where(i <= g, starts[np.clip(i, 0, g)], starts[g] + (i - g) * window_cap(cache_size))
+    out = np.where(i <= g, starts[np.clip(i, 0, g)], starts[g] + (i - g) * window_cap(window))
     return out if out.ndim else int(out)
 
 
-def window_index(n, cache_size: int):
+def window_index(n, window: int):
     """Index of the window holding span position ``n`` (int or int64 array)."""
-    starts = _growth_starts(cache_size)
+    starts = _growth_starts(window)
     g = len(starts) - 1
     pos = np.asarray(n, dtype=np.int64)
-    full = g + (pos - starts[g]) // window_cap(cache_size)
+    full = g + (pos - starts[g]) // window_cap(window)
     out = np.where(pos < starts[g], np.searchsorted(starts, pos, side="right") - 1, full)
     return out if out.ndim else int(out)
 
 
-def window_bounds(n, length, cache_size: int):
+def window_bounds(n, length, window: int):
     """``(index, start, stop)`` of the window holding position ``n`` of a span of ``length``
     items, ``stop`` cut at ``length``; ``n >= length`` gives ``start == stop == length``."""
     n = np.asarray(n, dtype=np.int64)
     length = np.asarray(length, dtype=np.int64)
-    index = np.asarray(window_index(n, cache_size))
-    start = np.asarray(window_start(index, cache_size))
-    stop = np.minimum(np.asarray(window_start(index + 1, cache_size)), length)
+    index = np.asarray(window_index(n, window))
+    start = np.asarray(window_start(index, window))
+    stop = np.minimum(np.asarray(window_start(index + 1, window)), length)
     done = n >= length
     start = np.where(done, length, start)
     stop = np.where(done, length, stop)
@@ -81,10 +82,10 @@ def window_bounds(n, length, cache_size: int):
     return index, start, stop
 
 
-def iter_windows(length: int, cache_size: int) -> Iterator[tuple[int, int, int]]:
+def iter_windows(length: int, window: int) -> Iterator[tuple[int, int, int]]:
     """``(index, start, stop)`` of each window of a span of ``length`` items, in order."""
-    sizes = growth_sizes(cache_size)
-    cap = window_cap(cache_size)
+    sizes = growth_sizes(window)
+    cap = window_cap(window)
     index, start = 0, 0
     while start < length:
         stop = min(start + (sizes[index] if index < len(sizes) else cap), length)
@@ -100,11 +101,11 @@ def window_order(slot_seed: int, index: int, size: int) -> np.ndarray:
     return rng.permutation(size).astype(np.int64)
 
 
-def emitted(n: int, length: int, cache_size: int, slot_seed: int) -> tuple[int, np.ndarray]:
+def emitted(n: int, length: int, window: int, slot_seed: int) -> tuple[int, np.ndarray]:
     """Span positions emitted by a slot after its first ``n`` items: ``[0, whole)`` plus the
-    (unsorted) positions ``partial`` of the current window. O(cache_size)."""
+    (unsorted) positions ``partial`` of the current window. O(window)."""
     n = min(n, length)
-    index, start, stop = window_bounds(n, length, cache_size)
+    index, start, stop = window_bounds(n, length, window)
     taken = n - start
     if taken <= 0:
         return start, np.zeros(0, dtype=np.int64)
