@@ -60,12 +60,12 @@ def make_loader(source: Any, config: Config | None = None, tokenizer=None, *,
     decoder = SampleDecoder(config, tokenizer)
     collate_fn = functools.partial(collate, config=config, pad_token_id=decoder.pad_token_id)
     sources = resolve_sources(source, config)
-    if isinstance(source, dict):
-        dataset: EpochDataset = MixedDataset(sources, config, decoder, collate_fn, rank=rank,
+    if not isinstance(source, dict):
+        (spec,) = sources.values()
+        dataset: EpochDataset = ShardDataset(spec, config, decoder, collate_fn, rank=rank,
                                              world=world, transform=transform)
     else:
-        (spec,) = sources.values()
-        dataset = ShardDataset(spec, config, decoder, collate_fn, rank=rank, world=world,
+        dataset = MixedDataset(sources, config, decoder, collate_fn, rank=rank, world=world,
                                transform=transform)
     return Loader(dataset, config)
 

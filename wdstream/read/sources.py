@@ -114,15 +114,15 @@ def resolve_or_fallback(source: Any, config: Config) -> ShardSource:
     """:func:`resolve_source`, or synthetic shards (one WARNING) when the source cannot be
     read and ``config.fallback == "synthetic"``, or directly when ``use_streaming`` is
     False."""
-    if not config.use_streaming:
+    if config.use_streaming:
+        try:
+            return resolve_source(source, config)
+        except (SourceError, StorageError) as exc:
+            if config.fallback != "synthetic":
+                raise
+            log.warning("cannot read %s (%s); config.fallback='synthetic': training on %d "
+                        "SYNTHETIC samples instead, every batch has synthetic=True",
+                        redact(str(source)), exc, config.synthetic_samples)
+    else:
         log.info("use_streaming=False: using %d synthetic samples", config.synthetic_samples)
-        return synthetic_source(config)
-    try:
-        return resolve_source(source, config)
-    except (SourceError, StorageError) as exc:
-        if config.fallback != "synthetic":
-            raise
-        log.warning("cannot read %s (%s); config.fallback='synthetic': training on %d "
-                    "SYNTHETIC samples instead, every batch has synthetic=True",
-                    redact(str(source)), exc, config.synthetic_samples)
-        return synthetic_source(config)
+    return synthetic_source(config)
