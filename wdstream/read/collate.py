@@ -22,7 +22,7 @@ IGNORE_INDEX = -100  # labels at padding positions (torch's cross-entropy defaul
 
 def collate(samples: list[dict], config: Config | None = None,
             pad_token_id: int = 0) -> dict[str, Any]:
-    """Stack decoded samples (from :class:`wdstream.decode.SampleDecoder`) into a batch.
+    """Stack decoded samples (from :class:`wdstream.read.decode.SampleDecoder`) into a batch.
 
     Returns ``input_ids``, ``attention_mask``, ``labels`` ``[B, T]`` long (T: the longest text in
     the batch; labels are -100 at padding), ``pixel_values`` ``[B, 3, S, S]`` float and

@@ -30,7 +30,7 @@ from .world import World
 __all__ = ["make_loader", "Loader", "STATE_VERSION"]
 
 log = logging.getLogger(__name__)
-STATE_VERSION = 2  # the version of state_dict(); 1 was made by the per-sample shuffle buffer
+STATE_VERSION = 2  # what state_dict() writes; load_state_dict() refuses version 1
 
 
 def make_loader(source: Any, config: Config | None = None, tokenizer=None, *,

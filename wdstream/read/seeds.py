@@ -21,10 +21,7 @@ def _part(p: int | str) -> int:
 
 
 def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed from any tuple of ints/strings (stable across processes and runs).
-
-    The same function as ``wdstream.shuffle.derive_seed``, so shard orders agree with it.
-    """
+    """A 63-bit seed from any tuple of ints/strings (stable across processes and runs)."""
     seq = np.random.SeedSequence([abs(_part(p)) for p in parts])
     return int(seq.generate_state(2, np.uint64)[0] >> np.uint64(1))
 
@@ -34,8 +31,7 @@ def shard_order(n_shards: int, seed: int, epoch: int, shuffle: bool = True,
     """Indices of the shards in the order ``epoch`` reads them.
 
     ``pass_no`` > 0 gives the order of a further pass over the source within the same epoch
-    (a mixed source that ran out and is resampled); pass 0 is the epoch's own order, the same
-    as ``wdstream.shuffle.shard_order``.
+    (a mixed source that ran out and is resampled); pass 0 is the epoch's own order.
     """
     if not shuffle:
         return np.arange(n_shards, dtype=np.int64)
