@@ -46,7 +46,7 @@ def read_plan(source: ShardSource, config, *, epoch: int, layout: Layout, rank: 
     when the epoch has a nominal length, one pass over the worker's shards when not)."""
     if source.has_manifest and config.exact:
         pool = planner.epoch_plan(source.sizes, seed=config.seed, epoch=epoch,
-                                  shuffle=config.shuffle, history=history)
+                                  shuffle=config.shuffle, history=history, layout=layout)
         return pool.slot(layout, rank, worker)
     endless = config.epoch_length is not None or source.has_manifest
     return stream_plan(len(source.shards), seed=config.seed, epoch=epoch, rank=rank,
@@ -106,7 +106,8 @@ class EpochDataset(torch.utils.data.IterableDataset):
     def layout(self) -> Layout:
         c = self.config
         return Layout(world=self.world, workers=self.slots_per_rank, batch_size=c.batch_size,
-                      cache_size=c.cache_size, drop_last=self._drop_last())
+                      cache_size=c.cache_size, drop_last=self._drop_last(),
+                      lanes=int(c.shuffle_lanes))
 
     def _drop_last(self) -> bool:
         return bool(self.config.drop_last)
@@ -170,7 +171,8 @@ class ShardDataset(EpochDataset):
         """What is left of ``epoch`` after the resumed history: O(shards + old slots)."""
         c = self.config
         return planner.epoch_plan(self.source.sizes, seed=c.seed, epoch=epoch,
-                                  shuffle=c.shuffle, history=self.history(epoch))
+                                  shuffle=c.shuffle, history=self.history(epoch),
+                                  layout=self.layout())
 
     def epoch_samples(self) -> int | None:
         if self.config.epoch_length is not None:
