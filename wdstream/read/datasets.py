@@ -30,6 +30,7 @@ from .mixplan import MixPlan, mixed_epoch, normalise_weights
 from .planner import Layout, Pool, SlotPlan
 from .shuffle import stream_plan
 from .sources import ShardSource
+from .state import fingerprint
 from .stats import Counters, ReadStats, tracked
 from .transform import with_transform
 from .world import SharedEpoch, World
@@ -77,6 +78,7 @@ class EpochDataset(torch.utils.data.IterableDataset):
         self.rank, self.world = rank, world
         self.slots_per_rank = max(1, config.num_workers)
         self.resume: ResumeInfo | None = None
+        self._fingerprint: str | dict[str, str] | None = None
         self._epoch = SharedEpoch()
         self.read_stats = ReadStats(self.slots_per_rank)
 
@@ -91,6 +93,13 @@ class EpochDataset(torch.utils.data.IterableDataset):
     def identity(self) -> dict[str, Any]:  # pragma: no cover - overridden
         """What a saved state must agree on to resume here (besides seed and shuffle)."""
         raise NotImplementedError
+
+    def fingerprint(self) -> str | dict[str, str]:
+        """The fingerprint of the data (:func:`~wdstream.read.state.fingerprint`; per source
+        when mixing), computed once."""
+        if self._fingerprint is None:
+            self._fingerprint = {n: fingerprint(s) for n, s in sorted(self.sources.items())}
+        return self._fingerprint
 
     def batches_per_rank(self, epoch: int | None = None) -> int | None:  # pragma: no cover
         raise NotImplementedError
@@ -166,6 +175,9 @@ class ShardDataset(EpochDataset):
 
     def identity(self) -> dict[str, Any]:
         return {"samples": self.source.samples, "shards": len(self.source.shards)}
+
+    def fingerprint(self) -> str:
+        return super().fingerprint()[self.source.name]
 
     def pool(self, epoch: int) -> Pool:
         """What is left of ``epoch`` after the resumed history: O(shards + old slots)."""
