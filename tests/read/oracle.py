@@ -20,14 +20,15 @@ def epoch_positions(sizes, seed, epoch, shuffle=True, pass_no=0, lanes=0, window
     """Global positions (manifest order) of pass ``pass_no`` of the epoch order: the shards in
     the pass's order; with ``lanes`` > 1 (and shuffling), interleaved: groups of ``lanes``
     non-empty shards, each group's samples cut into equal lanes (as many as the group has
-    shards, at most ``lanes``), read one chunk of ``ceil(window / lanes)`` per lane in turn."""
+    shards, at most ``lanes``), read one chunk of ``ceil(window / lanes)`` (at least 8) per
+    lane in turn."""
     starts = [0]
     for n in sizes:
         starts.append(starts[-1] + n)
     shards = [s for s in shard_order(len(sizes), seed, epoch, shuffle, pass_no) if sizes[s] > 0]
     if lanes <= 1 or not shuffle:
         return [p for s in shards for p in range(starts[s], starts[s + 1])]
-    chunk = max(1, -(-window // lanes))
+    chunk = max(8, -(-window // lanes))  # at least 8 samples a lane per round
     out = []
     for g in range(0, len(shards), lanes):
         group = [p for s in shards[g:g + lanes] for p in range(starts[s], starts[s + 1])]

@@ -215,7 +215,8 @@ def test_reads_follow_the_epoch_order_also_cyclic(sizes, seed, shuffle, passes, 
 
 def test_lanes_put_one_chunk_of_each_shard_in_a_round():
     """32 shards of 100, windows of 320: lanes of one shard each, chunks of 10; a window's
-    worth of the order holds 10 samples of every shard, each a run of consecutive samples."""
+    worth of the order holds 10 samples of every shard, each a run of consecutive samples;
+    with small windows a lane still gives 8 samples a round."""
     layout = Layout(1, 1, 32, 320, lanes=32)
     pool = epoch_plan([100] * 32, seed=0, epoch=0, layout=layout)
     reads = pool.reads(0, 320)
@@ -223,6 +224,8 @@ def test_lanes_put_one_chunk_of_each_shard_in_a_round():
     assert all(r.first == 0 and r.stop == 10 and r.wanted is None for r in reads)
     nxt = pool.reads(320, 640)  # the next round continues every lane where it stopped
     assert [(r.shard, r.first, r.stop) for r in nxt] == [(r.shard, 10, 20) for r in reads]
+    small = epoch_plan([100] * 32, seed=0, epoch=0, layout=Layout(1, 1, 8, 64, lanes=32))
+    assert {r.count for r in small.reads(0, 256)} == {8}
 
 
 @settings(max_examples=200, deadline=None)

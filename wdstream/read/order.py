@@ -21,7 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Interleave", "PassOrder"]
+__all__ = ["Interleave", "PassOrder", "MIN_CHUNK"]
+
+#: The fewest samples a lane gives per round: keeps each run a reader fetches from a lane
+#: large enough to be worth a request (about 1 MB at 150 KB a sample) when windows are small.
+MIN_CHUNK = 8
 
 
 @dataclass(frozen=True)
@@ -34,10 +38,11 @@ class Interleave:
     @classmethod
     def of(cls, lanes: int, window: int) -> Interleave | None:
         """The interleave that puts about one round in a window of ``window`` samples: chunks
-        of ``ceil(window / lanes)``; None when ``lanes <= 1`` (the base order)."""
+        of ``ceil(window / lanes)``, at least :data:`MIN_CHUNK`; None when ``lanes <= 1`` (the
+        base order)."""
         if lanes <= 1:
             return None
-        return cls(int(lanes), max(1, -(-int(window) // int(lanes))))
+        return cls(int(lanes), max(MIN_CHUNK, -(-int(window) // int(lanes))))
 
 
 class _Group:
