@@ -22,7 +22,7 @@ It is a ``torch.utils.data.IterableDataset`` of decoded samples (the reader's
 - ``use_streaming=False``: synthetic data.
 
 It has no pipeline of its own: it builds a source (planned shards, or Hugging Face rows encoded
-into samples by the converter's :class:`~wdstream.write.encode.RowEncoder` with the entry's
+into samples by :class:`~wdstream.rows.encode.RowEncoder` with the entry's
 template) and runs it through the reader's stages (:mod:`wdstream.read.stages`): mix, shuffle
 buffer, decode, and :func:`~wdstream.read.stages.readahead`, which reads and decodes samples
 ahead on one background thread per iterator (at most ``config.prefetch_factor *
@@ -54,8 +54,9 @@ from .read.stages import decode_stage, good_samples, readahead
 from .read.tokenizer import load_tokenizer, pad_token_id
 from .read.world import SharedEpoch, World
 from .registry import Entry, select_datasets
-from .write.encode import ColumnMap, RowEncoder
-from .write.sources.hf import HFSource, iter_rows, open_source, prepare
+from .rows.columns import ColumnMap, iter_rows, prepare
+from .rows.encode import RowEncoder
+from .rows.source import HFSource, open_source
 
 __all__ = ["MultimodalDataset", "PREFETCH_THREAD_NAME"]
 

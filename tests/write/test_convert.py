@@ -25,9 +25,9 @@ from wdstream.errors import (
 from wdstream.format.index import parse_index
 from wdstream.format.manifest import load_manifest
 from wdstream.format.tario import group_samples, iter_members
+from wdstream.rows.columns import ColumnMap, resolve_columns
+from wdstream.rows.encode import RowEncoder, encode_pil_image
 from wdstream.write.convert import convert
-from wdstream.write.encode import ColumnMap, RowEncoder, encode_pil_image
-from wdstream.write.sources.hf import resolve_columns
 
 
 def read_samples(url, storage_options=None):

@@ -149,7 +149,7 @@ def test_nested_binary_stops_the_job_naming_the_column_and_the_flag(tmp_path):
 def test_resolve_columns_prefers_hf_features_then_content():
     import datasets
 
-    from wdstream.write.sources.hf import resolve_columns
+    from wdstream.rows.columns import resolve_columns
 
     feats = datasets.Features({"raw": datasets.Value("binary"), "img": datasets.Image(),
                                "t": datasets.Value("string")})

@@ -13,7 +13,7 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import ColumnError, ConfigError
+from ..errors import ColumnError, ConfigError
 
 __all__ = ["TextTemplate", "check_template"]
 
