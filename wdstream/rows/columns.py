@@ -37,13 +37,26 @@ __all__ = [
 ]
 
 #: Column names taken as the text when no ``--text-column`` is given, in this order.
-TEXT_COLUMN_NAMES = ("text", "caption", "captions", "sentence", "transcription", "transcript",
-                     "prompt", "description", "content", "title")
+TEXT_COLUMN_NAMES = (
+    "text",
+    "caption",
+    "captions",
+    "sentence",
+    "transcription",
+    "transcript",
+    "prompt",
+    "description",
+    "content",
+    "title",
+)
 
 
 @dataclass(frozen=True)
 class ColumnMap:
-    """Which columns hold the image, the audio and the text; ``extra`` go into the ``.json``."""
+    """Which column becomes which member: the image and the audio (under their format's
+    extension, or ``image_ext``/``audio_ext``), the text (``txt``, from ``text`` or by
+    ``template``); ``extra`` columns go into the ``.json``, ``binary`` ones become
+    ``<column>.bin`` (:func:`binary_member`) and ``dropped`` ones are left out."""
 
     image: str | None = None
     audio: str | None = None
@@ -82,9 +95,13 @@ def _feature_kind(feature: Any) -> str | None:
 def _is_bytes_path_feature(feature: Any) -> bool:
     """A ``{bytes: binary, path: string}`` struct: the layout of HF Image/Audio columns, as
     plain pyarrow or pandas write it (no ``huggingface`` schema metadata)."""
-    return isinstance(feature, dict) and "bytes" in feature and "path" in feature and \
-        isinstance(feature["bytes"], datasets.Value) and \
-        feature["bytes"].dtype in ("binary", "large_binary")
+    return (
+        isinstance(feature, dict)
+        and "bytes" in feature
+        and "path" in feature
+        and isinstance(feature["bytes"], datasets.Value)
+        and feature["bytes"].dtype in ("binary", "large_binary")
+    )
 
 
 def _holds_binary(feature: Any) -> bool:
@@ -110,36 +127,44 @@ def _content_kind(data: bytes | None, path: str | None) -> str | None:
     return "image" if suffix in IMAGE_EXTS else "audio" if suffix in AUDIO_EXTS else None
 
 
-def sample_binary_values(ds, exclude: tuple[str, ...] | list[str] = (),
-                         rows: int = 16) -> dict[str, Any]:
+def sample_binary_values(
+    ds, exclude: tuple[str, ...] | list[str] = (), rows: int = 16
+) -> dict[str, Any]:
     """The first non-null ``(bytes, path)`` of each binary or bytes/path struct column of
     ``ds`` (without HF feature type) within its first ``rows`` rows, for
     :func:`resolve_columns`."""
     found: dict[str, Any] = {}
     features = ds.features or {}
-    columns = [c for c, f in features.items() if c not in exclude and
-               _feature_kind(f) == "binary"]
+    columns = [c for c, f in features.items() if c not in exclude and _feature_kind(f) == "binary"]
     if not columns:
         return found
-    table = next(iter(ds.select_columns(columns).with_format("arrow").iter(batch_size=rows)),
-                 None)
+    table = next(iter(ds.select_columns(columns).with_format("arrow").iter(batch_size=rows)), None)
     if table is None:
         return found
     for c in columns:
         col = table.column(c)
         if _is_bytes_path_struct(col.type):
-            values = zip(pc.struct_field(col, "bytes").to_pylist(),
-                         pc.struct_field(col, "path").to_pylist(), strict=True)
+            values = zip(
+                pc.struct_field(col, "bytes").to_pylist(),
+                pc.struct_field(col, "path").to_pylist(),
+                strict=True,
+            )
         else:
             values = ((v, None) for v in col.to_pylist())
         found[c] = next(((b, p) for b, p in values if b or p), None)
     return found
 
 
-def resolve_columns(columns: list[str], features: Any = None, *, image: str | None = None,
-                    audio: str | None = None, text: tuple[str, ...] | list[str] = (),
-                    samples: dict[str, Any] | None = None,
-                    drop: tuple[str, ...] | list[str] = ()) -> ColumnMap:
+def resolve_columns(
+    columns: list[str],
+    features: Any = None,
+    *,
+    image: str | None = None,
+    audio: str | None = None,
+    text: tuple[str, ...] | list[str] = (),
+    samples: dict[str, Any] | None = None,
+    drop: tuple[str, ...] | list[str] = (),
+) -> ColumnMap:
     """Pick the image, audio and text columns (named ones, or found from the features).
 
     Without names: the first Image feature, the first Audio feature, and the first string
@@ -158,11 +183,16 @@ def resolve_columns(columns: list[str], features: Any = None, *, image: str | No
     columns = list(columns)
     for name in [image, audio, *text, *drop]:
         if name is not None and name not in columns:
-            raise ColumnError(f"column {name!r} does not exist; the source has {columns}. "
-                              f"Pass an existing name to --image-column/--audio-column/"
-                              f"--text-column/--drop-column", key=name)
-    kinds = {c: _feature_kind(features[c]) if features is not None and c in features else None
-             for c in columns}
+            raise ColumnError(
+                f"column {name!r} does not exist; the source has {columns}. "
+                f"Pass an existing name to --image-column/--audio-column/"
+                f"--text-column/--drop-column",
+                key=name,
+            )
+    kinds = {
+        c: _feature_kind(features[c]) if features is not None and c in features else None
+        for c in columns
+    }
     typed = [c for c in columns if kinds[c] in ("image", "audio") and c not in drop]
     samples = samples or {}
     for c in columns:
@@ -182,8 +212,9 @@ def resolve_columns(columns: list[str], features: Any = None, *, image: str | No
         pick = named[:1] or strings[:1]
         text = tuple(pick)
     chosen = {image, audio, *text}
-    dropped = tuple(c for c in columns if c not in chosen and
-                    (c in drop or kinds[c] in ("image", "audio")))
+    dropped = tuple(
+        c for c in columns if c not in chosen and (c in drop or kinds[c] in ("image", "audio"))
+    )
     rest = [c for c in columns if c not in chosen and c not in dropped]
     nested = [c for c in rest if kinds[c] == "nested_binary"]
     if nested:
@@ -191,11 +222,14 @@ def resolve_columns(columns: list[str], features: Any = None, *, image: str | No
             f"column {nested[0]!r} holds binary data inside a {features[nested[0]]!r}, which "
             f"cannot be stored in the sample's .json. Leave it out with --drop-column "
             f"{nested[0]} (config drop_columns), or name it with --image-column/--audio-column "
-            f"if it holds one encoded image or clip", key=nested[0])
+            f"if it holds one encoded image or clip",
+            key=nested[0],
+        )
     binary = tuple(c for c in rest if kinds[c] == "binary")
     extra = tuple(c for c in rest if c not in binary)
-    return ColumnMap(image=image, audio=audio, text=tuple(text), extra=extra, dropped=dropped,
-                     binary=binary)
+    return ColumnMap(
+        image=image, audio=audio, text=tuple(text), extra=extra, dropped=dropped, binary=binary
+    )
 
 
 def prepare(ds, columns: ColumnMap):
@@ -222,8 +256,11 @@ def iter_rows(ds, columns: ColumnMap, batch_size: int = 64) -> Iterator[dict[str
     Python list once per batch and media columns are reduced to their bytes/path without a
     dict per row. Without features (a generator of Python objects), rows pass as they are.
     """
-    wanted = [c for c in (columns.image, columns.audio, *columns.text, *columns.extra,
-                          *columns.binary) if c]
+    wanted = [
+        c
+        for c in (columns.image, columns.audio, *columns.text, *columns.extra, *columns.binary)
+        if c
+    ]
     if ds.features is None:
         for row in ds:
             yield {c: row.get(c) for c in wanted}
@@ -234,9 +271,14 @@ def iter_rows(ds, columns: ColumnMap, batch_size: int = 64) -> Iterator[dict[str
         for c in wanted:
             col = table.column(c)
             if c in media and _is_bytes_path_struct(col.type):
-                lists[c] = [{"bytes": b, "path": p} for b, p in zip(
-                    pc.struct_field(col, "bytes").to_pylist(),
-                    pc.struct_field(col, "path").to_pylist(), strict=True)]
+                lists[c] = [
+                    {"bytes": b, "path": p}
+                    for b, p in zip(
+                        pc.struct_field(col, "bytes").to_pylist(),
+                        pc.struct_field(col, "path").to_pylist(),
+                        strict=True,
+                    )
+                ]
             else:
                 lists[c] = col.to_pylist()
         for i in range(table.num_rows):
@@ -244,6 +286,6 @@ def iter_rows(ds, columns: ColumnMap, batch_size: int = 64) -> Iterator[dict[str
 
 
 def _is_bytes_path_struct(t) -> bool:
-    return pa.types.is_struct(t) and t.get_field_index("bytes") >= 0 and \
-        t.get_field_index("path") >= 0
-
+    return (
+        pa.types.is_struct(t) and t.get_field_index("bytes") >= 0 and t.get_field_index("path") >= 0
+    )

@@ -105,24 +105,32 @@ def _read_path(path: str) -> bytes:
 class RowEncoder:
     """Turn one row (a dict of mapped columns) into WebDataset members.
 
-    ``txt``: the text column(s), joined by newlines, or formed by ``columns.template``. ``json``: ``{"source": name, ...other
-    columns}`` made JSON-safe. The image goes under its own format's extension and the audio
-    likewise, byte for byte when they arrive encoded; ``columns.image_ext``/``audio_ext`` name
-    every one with that extension instead (the bytes stay as they are). A row whose image or
-    audio is missing its bytes or fails the checks of :mod:`.validate` (``validate="cheap"``:
-    the file is not cut short, PIL ``verify``, soundfile ``info``; ``"full"``: decoded whole)
-    raises :class:`SkipSample` with the reason (``bad_image``, ``bad_audio``, ...); so does a
-    row with a member over ``format.tario.MAX_MEMBER_BYTES`` (``member_too_large``).
+    ``txt``: the text column(s), joined by newlines, or formed by ``columns.template``.
+    ``json``: ``{"source": name, ...other columns}`` made JSON-safe; a binary column:
+    ``<column>.bin`` (:func:`~wdstream.rows.columns.binary_member`). The image goes under its
+    own format's extension and the audio likewise, byte for byte when they arrive encoded;
+    ``columns.image_ext``/``audio_ext`` name every one with that extension instead (the bytes
+    stay as they are). A row whose image or audio is missing its bytes or fails the checks of
+    :mod:`wdstream.rows.validate` (``validate="cheap"``: the file is not cut short, PIL
+    ``verify``, soundfile ``info``; ``"full"``: decoded whole; ``verify=False`` skips them)
+    raises :class:`~wdstream.errors.SkipSample` with the reason (``bad_image``, ``bad_audio``,
+    ...); so does a row with a member over ``format.tario.MAX_MEMBER_BYTES``
+    (``member_too_large``). A column holding binary data inside another type raises
+    :class:`~wdstream.errors.ColumnError`.
     """
 
-    def __init__(self, columns: ColumnMap, source_name: str, *, verify: bool = True,
-                 validate: str = "cheap"):
+    def __init__(
+        self, columns: ColumnMap, source_name: str, *, verify: bool = True, validate: str = "cheap"
+    ):
         self.columns = columns
         self.source_name = source_name
         self.verify = verify
         self.validate = validate
-        self._template = TextTemplate(columns.template, f"text template of {source_name}") \
-            if columns.template else None
+        self._template = (
+            TextTemplate(columns.template, f"text template of {source_name}")
+            if columns.template
+            else None
+        )
 
     def __call__(self, row: dict[str, Any], key: str) -> dict[str, bytes]:
         fields: dict[str, bytes] = {}
@@ -146,7 +154,8 @@ class RowEncoder:
                     f"cannot be stored in the sample's .json (row {key}). Name it with "
                     f"--image-column/--audio-column if it holds an encoded image or clip, or "
                     f"leave it out with --drop-column {c} (config drop_columns)",
-                    key=c) from None
+                    key=c,
+                ) from None
         for c in cols.binary:
             value = row.get(c)
             if value is not None:
