@@ -233,10 +233,16 @@ def resolve_columns(
 
 
 def prepare(ds, columns: ColumnMap):
-    """Cast the image/audio columns to ``decode=False`` and drop the unused media columns."""
+    """Cast the image/audio columns to ``decode=False`` and remove the ``dropped`` columns.
+
+    The chosen image and audio pass their encoded bytes through untouched. Dropped media
+    columns are cast too: ``datasets`` decodes every column of a row before it removes any,
+    which would decode each dropped image, and fail on a dropped clip where no audio decoder
+    (torchcodec) is installed.
+    """
     features = ds.features
     if features is not None:
-        for col in (columns.image, columns.audio):
+        for col in (columns.image, columns.audio, *columns.dropped):
             if col is None:
                 continue
             feat = features[col]
