@@ -111,7 +111,8 @@ def test_shared_modules_import_no_wing():
 
 
 def test_compat_imports_no_write_wing():
-    bad = sorted(t for t in EDGES["wdstream.compat"] if _wing(t) == "write" or t == "wdstream.write")
+    bad = sorted(t for t in EDGES["wdstream.compat"]
+                 if _wing(t) == "write" or t == "wdstream.write")
     assert bad == []
 
 
