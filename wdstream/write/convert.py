@@ -31,12 +31,13 @@ from ..format.manifest import (
 from ..format.schema import modality_of
 from ..format.shardtable import save_compact
 from ..registry import Entry
+from ..rows.source import HFSource
 from .executors import Executor, check_executor, make_executor
 from .output import JOB_NAME, Output, RecordLog, check_job, records_per_batch
 from .partition import ConvertTask, convert_partition
 from .plan import JobPlan, columns_dict, plan_job
 from .segments import details_name, segments_manifest, start_append
-from .sources.hf import HFSource, without_torch
+from .torchless import without_torch
 
 __all__ = ["convert", "convert_entry"]
 
