@@ -102,7 +102,7 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
     CleanupError when what dead attempts left cannot be cleaned (every finished partition is
     recorded; re-running finishes the job and writes the manifest).
 
-    ``executor`` is an :class:`~wdstream.executors.Executor` to run the partitions on (it is
+    ``executor`` is an :class:`~wdstream.write.executors.Executor` to run the partitions on (it is
     left open), or ``"local"`` / ``"ray"`` (``config.executor``; Ray joins
     ``config.ray_address`` or starts a local Ray). A failed partition stops the job with its
     own error, which names the partition. ``on_plan(plan)`` is called once the source's

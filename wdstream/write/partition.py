@@ -195,8 +195,9 @@ def _convert_partition(task: ConvertTask, progress: Progress | None) -> Partitio
         raise
     if task.resume and lists_by_prefix(writer.fs):
         # one listing of this partition's own prefix; locally the driver cleaned before
-        remove_leftovers(writer.fs, writer.base_path, task.partition,
-                         [n for s in shards for n in (s.url, s.index) if n], task.output_url)
+        remove_leftovers(task.output_url, task.partition,
+                         [n for s in shards for n in (s.url, s.index) if n], task.storage_options,
+                         fs=writer.fs)
     if progress is not None and (pending_samples or pending_bytes):
         progress(pending_samples, pending_bytes)
     record = PartitionRecord(partition=task.partition, shards=shards, samples=samples,
