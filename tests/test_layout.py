@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 
 import pytest
 
@@ -37,14 +38,6 @@ JOB_LIBRARIES = ("threading", "concurrent", "tqdm")
 #: private attributes with a public counterpart: storage.is_local, storage.is_object_store,
 #: storage.fs_path (fsspec.core.strip_protocol), storage.read_many (asyncio + a semaphore)
 PRIVATE_ATTRIBUTES = ("_is_local", "_is_object_store", "_strip_protocol", "_run_coros_in_chunks")
-#: TODO(read/): known uses in read/, which is being rewritten; remove each entry when its
-#: module switches (and then the aliases kept for it: storage._is_object_store):
-#: - read/fetch.py: storage._is_object_store(fs) -> storage.is_object_store(fs)
-#: - read/fetch.py: fs._strip_protocol(url) -> storage.fs_path(fs, url)
-KNOWN_PRIVATE_USES = {
-    "wdstream.read.fetch: ._is_object_store",
-    "wdstream.read.fetch: ._strip_protocol",
-}
 
 
 def _modules() -> dict[str, str]:
@@ -213,6 +206,66 @@ def test_no_module_uses_private_helpers_that_have_public_counterparts():
             elif isinstance(node, ast.ImportFrom):
                 found |= {f"{module}: .{a.name}" for a in node.names
                           if a.name in PRIVATE_ATTRIBUTES}
-    assert sorted(found - KNOWN_PRIVATE_USES) == []
-    # a known use that is gone: delete its entry (and its alias) from KNOWN_PRIVATE_USES
-    assert sorted(KNOWN_PRIVATE_USES - found) == []
+    assert sorted(found) == []
+
+
+def _stage_functions() -> set[str]:
+    tree = ast.parse(open(MODULES["wdstream.read.stages"]).read())
+    return {n.name for n in tree.body if isinstance(n, ast.FunctionDef)
+            and not n.name.startswith("_")}
+
+
+def test_only_the_pipeline_chains_read_stages():
+    """A module that uses two or more of read/stages.py's public functions chains stages:
+    only read/pipeline.py may (one place to change when a chain changes)."""
+    stages = _stage_functions()
+    chainers = []
+    for module, tree in _trees():
+        if module == "wdstream.read.stages":
+            continue
+        used = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and _resolve(module, node)[:1] == \
+                    ["wdstream.read.stages"]:
+                used |= {a.name for a in node.names} & stages
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
+                    node.value.id == "stages" and node.attr in stages:
+                used.add(node.attr)
+        if len(used) >= 2:
+            chainers.append(module)
+    assert chainers == ["wdstream.read.pipeline"]
+
+
+def _defined(module: str) -> set[str]:
+    names = set()
+    for node in ast.parse(open(MODULES[module]).read()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+            if "__all__" in names and isinstance(node.value, (ast.List, ast.Tuple)):
+                names |= {e.value for e in node.value.elts if isinstance(e, ast.Constant)}
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
+def test_every_wdstream_name_in_docstrings_and_docs_exists():
+    """``wdstream.x.y`` in the package's text, docs/ and the README names a module, or a
+    name a module defines: stale names after a move fail here."""
+    docs = os.path.join(os.path.dirname(ROOT), "docs")
+    texts = [open(p).read() for p in MODULES.values()]
+    texts += [open(os.path.join(docs, f)).read() for f in os.listdir(docs) if f.endswith(".md")]
+    texts.append(open(os.path.join(os.path.dirname(ROOT), "README.md")).read())
+    stale = set()
+    for text in texts:
+        for ref in re.findall(r"\bwdstream(?:\.[a-z_][a-z0-9_]*)+", text):
+            parts = ref.split(".")
+            known = next((i for i in range(len(parts), 0, -1)
+                          if ".".join(parts[:i]) in MODULES), 0)
+            if known == 0 or (known < len(parts) and
+                              parts[known] not in _defined(".".join(parts[:known]))):
+                stale.add(ref)
+    assert sorted(stale) == []

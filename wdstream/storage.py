@@ -123,11 +123,6 @@ def is_s3(fs) -> bool:
     return any(p in ("s3", "s3a") for p in _protocols(fs))
 
 
-# TODO(read/): read/fetch.py still calls the old private name; remove once it calls
-# is_object_store.
-_is_object_store = is_object_store
-
-
 def partial_path(path: str) -> str:
     """A temp name beside ``path`` for a file being written (``.NAME.partial-HEX``): renamed
     to ``path`` when complete; what a killed writer leaves under it is swept up later."""
@@ -447,21 +442,3 @@ def check_readable(url: str, storage_options: dict[str, Any] | None = None) -> N
     except Exception as exc:
         raise translate_error(exc, url, "read") from exc
 
-
-def is_object_store(fs) -> bool:
-    """Whether ``fs`` is an object store (S3, GCS, Azure, memory)."""
-    return _is_object_store(fs)
-
-
-def fs_path(fs, url: str) -> str:
-    """The path of ``url`` within ``fs`` (the URL without its protocol)."""
-    return fs._strip_protocol(url)
-
-
-def download(url: str, local_path: str, storage_options: dict[str, Any] | None = None) -> None:
-    """Copy the object at ``url`` to ``local_path``. Raises StorageError naming the URL."""
-    fs, path = url_to_fs(url, storage_options)
-    try:
-        fs.get_file(path, local_path)
-    except Exception as exc:
-        raise translate_error(exc, url, "cache") from exc
