@@ -3,6 +3,7 @@ folder on ``sys.path`` because ``conftest.py`` lives here)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -11,9 +12,10 @@ from wdstream.demo.data import encode_audio, encode_image
 from wdstream.format.manifest import Manifest
 from wdstream.format.schema import make_key
 from wdstream.format.shardtable import save_compact
+from wdstream.write.sources.synthetic import write_synthetic
 from wdstream.write.writer import ShardWriter
 
-__all__ = ["small_config", "write_test_shards", "read_span"]
+__all__ = ["small_config", "write_test_shards", "read_span", "write_outside_manifest"]
 
 
 def small_config(**overrides) -> Config:
@@ -66,3 +68,16 @@ def read_span(shard, first, stop, wanted, budget):
     reader = ShardReader(ReadOptions(storage_options={}))
     read = Read(0, first, stop, np.asarray(wanted, dtype=np.int64))
     return list(span_items(reader.fetch([shard], [read]), budget))
+
+
+def write_outside_manifest(folder: str, samples: int = 6) -> tuple[str, str]:
+    """Synthetic shards (text, image, audio) in ``folder/data``, and in ``folder/meta`` a
+    manifest that names them by their absolute paths: shards outside the manifest's own
+    folder, which a reader refuses unless told to allow them. Returns ``(manifest folder,
+    the prefix to allow)``."""
+    data, meta = f"{folder}/data", f"{folder}/meta"
+    m = write_synthetic(data, samples, seed=1, max_samples_per_shard=3)
+    shards = [dataclasses.replace(s, url=f"{data}/{s.url}", index=f"{data}/{s.index}")
+              for s in m.shards]
+    Manifest(shards=shards, source=m.source, fields=m.fields, base_url=meta).save(meta)
+    return meta, f"{data}/"

@@ -80,3 +80,30 @@ def test_unknown_log_level(capsys):
     assert code == 2 and "NOPE" in text and "DEBUG" in text
     code, _ = _run(["--log-level", "debug", "inspect", "--help"], capsys)
     assert code == 0  # levels are case-insensitive
+
+
+@pytest.mark.parametrize("command", ["verify", "inspect", "preview"])
+def test_a_manifest_naming_shards_outside_its_folder_needs_allowed_prefix(command, tmp_path,
+                                                                         capsys, caplog):
+    """verify, inspect and preview read a manifest as the reader does: shards outside its
+    folder are refused (exit 2, one line) unless ``--allowed-prefix`` allows them."""
+    from helpers import write_outside_manifest
+
+    meta, prefix = write_outside_manifest(str(tmp_path))
+    extra = ["--out", str(tmp_path / "p.png")] if command == "preview" else []
+    caplog.clear()
+    code, _ = _run([command, meta, *extra], capsys)
+    assert code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0]
+    assert "shards[0].url" in errors[0] and "allowed_prefixes" in errors[0]
+    assert not (tmp_path / "p.png").exists()
+    code, text = _run([command, meta, "--allowed-prefix", "/elsewhere/", "--allowed-prefix",
+                       prefix, *extra], capsys)
+    assert code == 0
+    if command == "verify":
+        assert "OK: 2 shards, 6 samples match the manifest" in text
+    elif command == "inspect":
+        assert "samples: 6" in text and "sample 00000_000000000" in text
+    else:
+        assert (tmp_path / "p.png").exists()

@@ -1,14 +1,13 @@
-"""storage.py: URLs, commit-or-abort writes (local and S3), fail-fast checks, error mapping."""
+"""storage.py: URLs, small atomic writes, reads, listings, fail-fast checks, error mapping."""
 
 from __future__ import annotations
 
-import io
 import os
 
 import pytest
 
 from wdstream import storage
-from wdstream.errors import CredentialsError, StorageError
+from wdstream.errors import CredentialsError, NotFoundError, StorageError
 
 
 def test_join_and_expand_urls():
@@ -17,30 +16,6 @@ def test_join_and_expand_urls():
     assert storage.join_url("/a", "memory://x") == "memory://x"
     assert storage.expand_urls("s-{00..02}.tar") == ["s-00.tar", "s-01.tar", "s-02.tar"]
     assert storage.expand_urls(["a{1,2}", "b"]) == ["a1", "a2", "b"]
-
-
-def test_atomic_write_local_commit_and_abort(tmp_path):
-    target = tmp_path / "sub" / "f.bin"
-    with storage.atomic_write(str(target)) as f:
-        f.write(b"abc")
-        assert not target.exists()  # invisible until committed
-        assert [n for n in os.listdir(tmp_path / "sub") if ".partial-" in n]
-    assert target.read_bytes() == b"abc"
-    with pytest.raises(RuntimeError), storage.atomic_write(str(tmp_path / "g.bin")) as f:
-        f.write(b"half")
-        raise RuntimeError("boom")
-    assert not (tmp_path / "g.bin").exists()
-    assert not [n for n in os.listdir(tmp_path) if ".partial-" in n]
-
-
-def test_atomic_file_counts_and_hashes(tmp_path):
-    import hashlib
-
-    f = storage.AtomicFile(str(tmp_path / "h"))
-    f.write(b"hello ")
-    f.write(b"world")
-    f.commit()
-    assert f.bytes == 11 and f.hexdigest() == hashlib.sha256(b"hello world").hexdigest()
 
 
 def test_read_helpers(tmp_path):
@@ -71,26 +46,6 @@ def test_translate_error_messages():
 
 
 @pytest.mark.s3
-def test_atomic_write_s3_abort_leaves_no_object_and_no_upload(s3):
-    fs = s3["fs"]
-    url = "s3://test/big.bin"
-    opts = dict(s3["storage_options"], default_block_size=5 * 2**20)
-    f = storage.AtomicFile(url, opts)
-    f.write(os.urandom(6 * 2**20))  # past the 5 MiB block: a multipart upload is open
-    f.flush()
-    uploads = fs.call_s3("list_multipart_uploads", Bucket="test").get("Uploads", [])
-    assert [u["Key"] for u in uploads] == ["big.bin"]
-    assert not fs.exists("test/big.bin")
-    f.discard()
-    fs.invalidate_cache()
-    assert not fs.exists("test/big.bin")
-    assert fs.call_s3("list_multipart_uploads", Bucket="test").get("Uploads", []) == []
-    with storage.atomic_write(url, s3["storage_options"]) as w:
-        w.write(b"x" * 100)
-    assert fs.cat_file("test/big.bin") == b"x" * 100
-
-
-@pytest.mark.s3
 def test_check_writable_s3_missing_bucket(s3):
     with pytest.raises(StorageError, match="does not exist"):
         storage.check_writable("s3://nobucket/p", s3["storage_options"])
@@ -98,24 +53,85 @@ def test_check_writable_s3_missing_bucket(s3):
     assert not s3["fs"].exists("test/p/_wdstream_write_probe")
 
 
-def test_background_upload_error_reaches_the_writer_and_nothing_is_kept():
-    """A part upload failing on the upload thread is raised in the producer (a stand-in file
-    whose write fails plays the broken upload; the thread logic is what is tested)."""
+def test_local_and_object_store_tests():
+    import fsspec
 
-    class Broken:
-        def __init__(self):
-            self.got = 0
+    local, memory = fsspec.filesystem("file"), fsspec.filesystem("memory")
+    assert storage.is_local(local) and not storage.is_object_store(local)
+    assert storage.is_object_store(memory) and not storage.is_local(memory)
+    assert not storage.is_s3(memory)
 
-        def write(self, data):
-            self.got += len(data)
-            raise OSError("part upload failed")
 
-    bg = storage._BackgroundWriter(Broken(), chunk=4)
-    bg.write(b"12345")  # one chunk handed to the thread
-    with pytest.raises(OSError, match="part upload failed"):
-        bg.finish()
-    ok = storage._BackgroundWriter(io.BytesIO(), chunk=4)
-    for part in (b"ab", b"cdef", b"g"):
-        ok.write(part)
-    ok.finish()
-    assert ok.f.getvalue() == b"abcdefg"
+@pytest.mark.parametrize("url", ["/tmp/wd/a.tar", "file:///tmp/wd/a.tar", "memory://b/k/a.tar",
+                                 "s3://bucket/k/a.tar", "relative/a.tar"])
+def test_fs_path_is_the_path_url_to_fs_gives(url):
+    fs, path = storage.url_to_fs(url, {"anon": True} if url.startswith("s3") else None)
+    assert storage.fs_path(fs, url) == path
+
+
+def test_write_bytes_local_is_atomic_and_leaves_no_temp_file(tmp_path):
+    target = tmp_path / "deep" / "m.json"
+    storage.write_bytes(str(target), b"{}")
+    assert target.read_bytes() == b"{}"
+    assert os.listdir(tmp_path / "deep") == ["m.json"]
+    (tmp_path / "ro").mkdir()
+    os.chmod(tmp_path / "ro", 0o500)
+    try:
+        if os.geteuid() != 0:  # root writes anyway
+            with pytest.raises(CredentialsError, match="permission denied"):
+                storage.write_bytes(str(tmp_path / "ro" / "x"), b"1")
+            assert os.listdir(tmp_path / "ro") == []
+    finally:
+        os.chmod(tmp_path / "ro", 0o700)
+
+
+def test_download_list_find_identity_and_remove(tmp_path):
+    src = tmp_path / "src"
+    for name in ("b.tar", "a.tar", "sub/c.tar"):
+        storage.write_bytes(str(src / name), name.encode())
+    dst = tmp_path / "cache"
+    dst.mkdir()
+    storage.download(str(src / "a.tar"), str(dst / "a.tar"))
+    assert (dst / "a.tar").read_bytes() == b"a.tar"
+    with pytest.raises(NotFoundError, match="missing.tar"):
+        storage.download(str(src / "missing.tar"), str(dst / "m.tar"))
+    assert os.listdir(dst) == ["a.tar"]  # nothing partial left behind
+    assert sorted(storage.list_names(str(src))) == ["a.tar", "b.tar", "sub"]
+    assert storage.list_names(str(src), prefix="a") == ["a.tar"]
+    assert storage.list_names(str(tmp_path / "none")) == []
+    assert storage.find_urls(str(src)) == [f"{src}/a.tar", f"{src}/b.tar", f"{src}/sub/c.tar"]
+    size, ukey = storage.file_identity(str(src / "a.tar"))
+    assert size == 5 and ukey
+    storage.write_bytes(str(src / "a.tar"), b"changed")
+    assert storage.file_identity(str(src / "a.tar"))[1] != ukey
+    storage.remove_file(str(src / "a.tar"))
+    with pytest.raises(NotFoundError):
+        storage.remove_file(str(src / "a.tar"))
+
+
+def test_read_many_keeps_the_order_and_reports_each_failure_in_place(tmp_path):
+    urls = []
+    for i in range(40):
+        storage.write_bytes(str(tmp_path / f"{i}.json"), str(i).encode())
+        urls.append(str(tmp_path / f"{i}.json"))
+    urls.insert(7, str(tmp_path / "missing.json"))
+    got = storage.read_many(urls, concurrency=3)
+    assert isinstance(got[7], NotFoundError) and "missing.json" in str(got[7])
+    assert [int(v) for v in got[:7] + got[8:]] == list(range(40))
+    assert storage.read_many([]) == []
+
+
+@pytest.mark.s3
+def test_read_many_on_s3_bounds_requests_in_flight(s3, s3_proxy, s3proxy):
+    proxy, opts = s3_proxy
+    fs = s3["fs"]
+    for i in range(12):
+        fs.pipe_file(f"test/r/{i}.json", str(i).encode())
+    slow = s3proxy.Fault("slow", delay=0.1)  # GETs overlap long enough to be counted
+    proxy.faults = lambda req: slow if req.method == "GET" else None
+    proxy.reset_counters()
+    urls = [f"s3://test/r/{i}.json" for i in range(12)] + ["s3://test/r/none.json"]
+    got = storage.read_many(urls, opts, concurrency=4)
+    assert got[:12] == [str(i).encode() for i in range(12)]
+    assert isinstance(got[12], NotFoundError)
+    assert 1 < proxy.max_in_flight <= 4

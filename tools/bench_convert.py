@@ -112,7 +112,8 @@ def child_raw(files: list[str], output: str, opts: dict, max_bytes: int) -> dict
     import pyarrow.parquet as pq
 
     from wdstream.format.tario import TarStreamWriter
-    from wdstream.storage import AtomicFile, url_to_fs
+    from wdstream.storage import url_to_fs
+    from wdstream.uploads import AtomicFile
 
     fs, path = url_to_fs(output, opts)
     t0 = time.perf_counter()

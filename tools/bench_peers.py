@@ -183,6 +183,12 @@ class Store:
 
         return fsspec.core.url_to_fs(self.root, **self.storage_options)[0]
 
+    def path(self, url: str) -> str:
+        """``url``'s path on :meth:`fs` (fsspec's public ``strip_protocol``)."""
+        import fsspec.core
+
+        return fsspec.core.strip_protocol(url)
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, "root": self.root, "endpoint": self.endpoint,
                 "label": self.label}
@@ -190,7 +196,7 @@ class Store:
 
 def storage_bytes(store: Store, url: str) -> int:
     fs = store.fs()
-    path = fs._strip_protocol(url)
+    path = store.path(url)
     if not fs.exists(path):
         return 0
     return sum(info["size"] for info in fs.find(path, detail=True).values())
@@ -198,7 +204,7 @@ def storage_bytes(store: Store, url: str) -> int:
 
 def remove_tree(store: Store, url: str) -> None:
     fs = store.fs()
-    path = fs._strip_protocol(url)
+    path = store.path(url)
     with contextlib.suppress(FileNotFoundError):
         if fs.exists(path):
             fs.rm(path, recursive=True)
@@ -206,7 +212,7 @@ def remove_tree(store: Store, url: str) -> None:
 
 def list_files(url: str, store: Store, suffix: str) -> list[str]:
     fs = store.fs()
-    path = fs._strip_protocol(url)
+    path = store.path(url)
     found = sorted(p for p in fs.find(path) if p.endswith(suffix))
     return [f"s3://{p}" if store.kind == "s3" else p for p in found]
 
@@ -242,7 +248,7 @@ def write_webdataset(source: str, url: str, store: Store, staging: str, workers:
     import webdataset as wds
 
     fs = store.fs()
-    remote = fs._strip_protocol(url)
+    remote = store.path(url)
     local = url if store.kind == "local" else staging
     os.makedirs(local, exist_ok=True)
 
@@ -317,7 +323,7 @@ def write_raw_limit(source: str, url: str, store: Store, staging: str, workers: 
     import tarfile
 
     fs = store.fs()
-    remote = fs._strip_protocol(url)
+    remote = store.path(url)
     fs.makedirs(remote, exist_ok=True)
     buf = io.BytesIO()
     tar = tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT)

@@ -55,8 +55,9 @@ from .read.seeds import derive_seed
 from .read.sources import ShardSource, resolve_source, synthetic_source
 from .read.world import SharedEpoch, World
 from .registry import Entry, select_datasets
-from .write.encode import ColumnMap, RowEncoder
-from .write.sources.hf import HFSource, iter_rows, open_source, prepare
+from .rows.columns import ColumnMap, iter_rows, prepare
+from .rows.encode import RowEncoder
+from .rows.source import HFSource, open_source
 
 __all__ = ["MultimodalDataset", "PREFETCH_THREAD_NAME"]
 

@@ -61,7 +61,7 @@ class Config:
     drop_last: bool = True  # True: drop < world*batch samples an epoch; False: pad by repeating
     exact: bool = True  # manifest sources: exact sample-level epochs (False: shard streaming)
     epoch_length: int | None = None  # nominal samples per epoch when there is no manifest
-    use_streaming: bool = True  # False: synthetic data only (the seed API's behaviour)
+    use_streaming: bool = True  # False: MultimodalDataset yields synthetic data only
     fallback: str = "error"  # "error" | "synthetic"
     error_tolerance: int = 100  # skipped samples/shards per worker before the loader stops
     pin_memory: str = "auto"  # "auto" (when CUDA is present) | "true" | "false"
@@ -88,7 +88,7 @@ class Config:
     weights: dict[str, float] = field(default_factory=dict)  # source name -> weight
     mix_exhausted: str = "stop"  # "stop" | "resample" when one mixed source runs out
     max_samples_per_dataset: int | None = None
-    shards: list[str] | None = None  # shard URLs/pattern for MultimodalDataset (seed API)
+    shards: list[str] | None = None  # MultimodalDataset's shards: URLs, a pattern or a manifest
 
     # --- converter ---
     max_samples_per_shard: int = 1000

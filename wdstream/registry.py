@@ -30,7 +30,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import ColumnError, ConfigError
-from .template import TextTemplate, check_template
+from .rows.template import TextTemplate, check_template
 
 __all__ = [
     "TASK_TYPES",

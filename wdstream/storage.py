@@ -1,54 +1,83 @@
-"""All I/O goes through fsspec: URLs, storage options, commit-or-abort writes, brace expansion.
+"""All I/O goes through fsspec, and through this module: URLs and filesystems, reads, small
+writes, listings, fail-fast probes, and the one mapping of store errors onto wdstream's.
 
-A write is published only when it completed: :func:`atomic_write` opens the target with
-``autocommit=False`` (a local temp file renamed on commit; an S3 multipart upload completed on
-commit and aborted on discard) and never relies on ``__exit__``, which fsspec's buffered files
-treat as a commit even while an exception is in flight.
+Every function raises StorageError (NotFoundError, CredentialsError) naming the URL, never a
+bare botocore or fsspec error. A small object (:func:`write_bytes`) is written in one request
+or renamed into place, so it is never seen half written; streaming uploads that commit or
+abort (shards) live in :mod:`wdstream.uploads`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
-import logging
+import inspect
 import os
 import posixpath
-import queue
-import threading
 import uuid
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from typing import Any, BinaryIO
 
 import fsspec
+import fsspec.asyn
 import fsspec.core
 
 from .errors import CredentialsError, NotFoundError, StorageError, redact
 
 __all__ = [
     "url_to_fs",
+    "fs_and_path",
+    "fs_path",
     "join_url",
     "is_absolute_url",
     "expand_urls",
-    "AtomicFile",
-    "atomic_write",
+    "is_local",
+    "is_object_store",
+    "is_s3",
+    "partial_path",
     "write_bytes",
     "read_bytes",
+    "read_many",
     "open_read",
+    "download",
     "exists",
+    "file_identity",
+    "list_names",
+    "find_urls",
+    "remove_file",
     "check_writable",
     "check_readable",
     "translate_error",
 ]
 
-log = logging.getLogger(__name__)
-
 
 def url_to_fs(url: str, storage_options: dict[str, Any] | None = None):
-    """``(filesystem, path)`` for any fsspec URL, with the user's storage options."""
+    """``(filesystem, path)`` for any fsspec URL, with the user's storage options. Raises
+    StorageError when no filesystem can be made for it (unknown protocol, missing extra)."""
     try:
         return fsspec.core.url_to_fs(url, **(storage_options or {}))
     except (ImportError, ValueError) as exc:
         raise StorageError(f"cannot open a filesystem for {redact(url)}: {exc}", url=url) from exc
+
+
+def fs_path(fs, url: str) -> str:
+    """The path of ``url`` on ``fs``, a filesystem :func:`url_to_fs` made for a URL of the same
+    protocol: what ``url_to_fs(url)`` would give as the path, without making or looking up a
+    filesystem (so threads can share one). Raises StorageError for an unknown protocol."""
+    try:
+        return fsspec.core.strip_protocol(url)
+    except (ImportError, ValueError) as exc:
+        raise StorageError(f"cannot open a filesystem for {redact(url)}: {exc}", url=url) from exc
+
+
+def fs_and_path(url: str, storage_options: dict[str, Any] | None = None, *, fs=None,
+                path: str | None = None):
+    """``(filesystem, path)`` of ``url``: ``fs`` and ``path`` as given (a filesystem already
+    open, shared), the path worked out on ``fs`` when only ``fs`` is, else :func:`url_to_fs`."""
+    if fs is None:
+        return url_to_fs(url, storage_options)
+    return fs, path if path is not None else fs_path(fs, url)
 
 
 def is_absolute_url(url: str) -> bool:
@@ -71,6 +100,34 @@ def expand_urls(spec: str | list[str]) -> list[str]:
     for s in specs:
         out.extend(braceexpand.braceexpand(s))
     return out
+
+
+def _protocols(fs) -> tuple[str, ...]:
+    return tuple(fs.protocol) if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+
+
+def is_local(fs) -> bool:
+    """Whether ``fs`` is the local file system."""
+    protocols = _protocols(fs)
+    return "file" in protocols or "local" in protocols
+
+
+def is_object_store(fs) -> bool:
+    """Whether ``fs`` is an object store (S3, GCS, Azure, or fsspec's ``memory://``): no
+    folders to make, a whole object written by one PUT is atomic."""
+    return any(p in ("s3", "s3a", "gs", "gcs", "az", "abfs", "memory") for p in _protocols(fs))
+
+
+def is_s3(fs) -> bool:
+    """Whether ``fs`` is S3 (s3fs): server-side prefix listings, multipart uploads."""
+    return any(p in ("s3", "s3a") for p in _protocols(fs))
+
+
+def partial_path(path: str) -> str:
+    """A temp name beside ``path`` for a file being written (``.NAME.partial-HEX``): renamed
+    to ``path`` when complete; what a killed writer leaves under it is swept up later."""
+    parent, base = posixpath.split(path)
+    return posixpath.join(parent, f".{base}.partial-{uuid.uuid4().hex[:12]}")
 
 
 _WRITES = ("write", "commit", "delete", "clean")
@@ -115,353 +172,59 @@ def translate_error(exc: BaseException, url: str, action: str) -> StorageError:
     return StorageError(f"cannot {action} {shown}: {text}", url=url)
 
 
-class _BackgroundWriter:
-    """Writes chunks to a file on a thread, so the producer keeps encoding while a part
-    uploads (s3fs uploads a part inside ``write``). At most ``depth`` chunks wait; memory is
-    bounded by ``(depth + 2) * chunk`` bytes."""
-
-    def __init__(self, f, chunk: int = 8 * 2**20, depth: int = 2):
-        self.f = f
-        self.chunk = chunk
-        self.pending = bytearray()
-        self.q: queue.Queue = queue.Queue(depth)
-        self.error: BaseException | None = None
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="wdstream-upload", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            data = self.q.get()
-            if data is None:
-                return
-            if self.error is None and not self.stopped.is_set():
-                try:
-                    self.f.write(data)
-                except BaseException as exc:  # noqa: BLE001 - re-raised in the producer
-                    self.error = exc
-
-    def _check(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def write(self, data: bytes) -> None:
-        self._check()
-        self.pending += data
-        if len(self.pending) >= self.chunk:
-            self.q.put(bytes(self.pending))
-            self.pending.clear()
-
-    def drain(self) -> None:
-        """Hand everything written so far to the file, wait for it, and carry on."""
-        self.finish()
-        self.thread = threading.Thread(target=self._run, name="wdstream-upload", daemon=True)
-        self.thread.start()
-
-    def finish(self) -> None:
-        """Hand everything to the file and stop the thread; raises the upload's error."""
-        if self.pending:
-            self.q.put(bytes(self.pending))
-            self.pending.clear()
-        self.q.put(None)
-        self.thread.join()
-        self._check()
-
-    def abort(self) -> None:
-        self.stopped.set()
-        self.pending.clear()
-        while True:  # make room for the sentinel without blocking
-            try:
-                self.q.get_nowait()
-            except queue.Empty:
-                break
-        self.q.put(None)
-        self.thread.join()
-
-
-#: Defaults of Config.upload_concurrency / Config.upload_buffer_bytes.
-UPLOAD_CONCURRENCY = 4
-UPLOAD_BUFFER_BYTES = 64 * 2**20
-_MIN_PART = 5 * 2**20  # S3's smallest part (but the last)
-_MAX_PART = 8 * 2**20  # parts upload while the shard is still being written
-
-
-class UploadBudget:
-    """A process's upload threads and the bytes they may hold: at most ``concurrency`` parts
-    upload at once, and the parts handed over but not yet uploaded total at most
-    ``buffer_bytes`` (one part is always let through, so a part larger than the buffer cannot
-    block forever). Shared by every open upload of the process, so several shards of one
-    worker upload at once under one bound."""
-
-    _shared: dict[tuple[int, int], UploadBudget] = {}
-    _lock = threading.Lock()
-
-    def __init__(self, concurrency: int, buffer_bytes: int):
-        self.concurrency = max(1, int(concurrency))
-        self.buffer_bytes = max(1, int(buffer_bytes))
-        self.part_size = max(_MIN_PART, min(_MAX_PART, self.buffer_bytes // self.concurrency))
-        self.pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="wdstream-upload")
-        self._cond = threading.Condition()
-        self.used = 0
-
-    @classmethod
-    def get(cls, concurrency: int | None = None, buffer_bytes: int | None = None) -> UploadBudget:
-        key = (int(concurrency or UPLOAD_CONCURRENCY), int(buffer_bytes or UPLOAD_BUFFER_BYTES))
-        with cls._lock:
-            budget = cls._shared.get(key)
-            if budget is None:
-                budget = cls._shared[key] = cls(*key)
-            return budget
-
-    def acquire(self, n: int) -> None:
-        with self._cond:
-            while self.used and self.used + n > self.buffer_bytes:
-                self._cond.wait()
-            self.used += n
-
-    def release(self, n: int) -> None:
-        with self._cond:
-            self.used -= n
-            self._cond.notify_all()
-
-
-class _MultipartWriter:
-    """An S3 object written as a multipart upload whose parts upload concurrently on the
-    process's :class:`UploadBudget` (bounded by bytes). Nothing is staged on disk. An object
-    smaller than one part is sent by one PUT on :meth:`commit` (atomic, nothing pending on
-    a kill); a larger one becomes visible only at ``complete_multipart_upload``, and
-    :meth:`abort` aborts it."""
-
-    def __init__(self, fs, path: str, budget: UploadBudget):
-        self.fs = fs
-        self.bucket, self.key, _ = fs.split_path(path)
-        self.budget = budget
-        self.pending = bytearray()
-        self.upload_id: str | None = None
-        self.futures: list = []
-        self.error: BaseException | None = None
-        self.stopped = False
-
-    def write(self, data) -> None:
-        if self.error is not None:
-            raise self.error
-        self.pending += data
-        size = self.budget.part_size
-        while len(self.pending) >= size:
-            self._submit(bytes(self.pending[:size]))
-            del self.pending[:size]
-
-    def flush(self) -> None:
-        """Send what is pending as a part when it may be one (S3: at least 5 MiB)."""
-        if len(self.pending) >= _MIN_PART:
-            self._submit(bytes(self.pending))
-            self.pending.clear()
-
-    def _submit(self, part: bytes) -> None:
-        if self.upload_id is None:
-            self.upload_id = self.fs.call_s3("create_multipart_upload", Bucket=self.bucket,
-                                             Key=self.key)["UploadId"]
-        number = len(self.futures) + 1
-        self.budget.acquire(len(part))
-        try:
-            self.futures.append(self.budget.pool.submit(self._upload, number, part))
-        except BaseException:
-            self.budget.release(len(part))
-            raise
-
-    def _upload(self, number: int, part: bytes) -> dict:
-        try:
-            if self.stopped:
-                raise StorageError("upload aborted")
-            out = self.fs.call_s3("upload_part", Bucket=self.bucket, Key=self.key,
-                                  UploadId=self.upload_id, PartNumber=number, Body=part)
-            return {"PartNumber": number, "ETag": out["ETag"]}
-        except BaseException as exc:
-            if self.error is None:
-                self.error = exc
-            raise
-        finally:
-            self.budget.release(len(part))
-
-    def commit(self) -> None:
-        if self.upload_id is None:
-            self.fs.call_s3("put_object", Bucket=self.bucket, Key=self.key,
-                            Body=bytes(self.pending))
-            self.pending.clear()
-            return
-        if self.pending:
-            self._submit(bytes(self.pending))
-            self.pending.clear()
-        parts = [f.result() for f in self.futures]
-        self.fs.call_s3("complete_multipart_upload", Bucket=self.bucket, Key=self.key,
-                        UploadId=self.upload_id, MultipartUpload={"Parts": parts})
-
-    def abort(self) -> None:
-        self.stopped = True
-        self.pending.clear()
-        for f in self.futures:
-            f.cancel()
-        for f in self.futures:
-            with contextlib.suppress(BaseException):
-                f.result()
-        if self.upload_id is not None:
-            with contextlib.suppress(Exception):
-                self.fs.call_s3("abort_multipart_upload", Bucket=self.bucket, Key=self.key,
-                                UploadId=self.upload_id)
-
-
-class AtomicFile:
-    """A file that becomes visible at its URL only on :meth:`commit`.
-
-    Opened with ``autocommit=False``: a local temp file renamed on commit, an S3 multipart
-    upload completed on commit and aborted on :meth:`discard`. Counts bytes and computes the
-    sha256 of what was written, so nothing is read back. With ``background`` on S3 (s3fs),
-    parts upload concurrently, bounded by ``upload_concurrency`` parts and
-    ``upload_buffer_bytes`` bytes per process (see :class:`UploadBudget`).
-    """
-
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None,
-                 *, fs=None, path: str | None = None, background: bool = True,
-                 upload_concurrency: int | None = None, upload_buffer_bytes: int | None = None):
-        import hashlib
-
-        if fs is None:
-            fs, path = url_to_fs(url, storage_options)
-        self.url = url
-        parent = posixpath.dirname(path)
-        self._local_tmp: str | None = None
-        self._path = path
-        try:
-            if _is_local(fs):
-                # fsspec's local autocommit=False writes to /tmp and *moves* (copies across
-                # devices) on commit; we want a same-folder temp name and an atomic rename.
-                os.makedirs(parent or ".", exist_ok=True)
-                base = posixpath.basename(path)
-                self._local_tmp = posixpath.join(parent, f".{base}.partial-{uuid.uuid4().hex[:12]}")
-                self._f = open(self._local_tmp, "wb")
-            elif background and hasattr(fs, "call_s3"):  # s3fs: concurrent parts
-                self._f = _MultipartWriter(fs, path, UploadBudget.get(upload_concurrency,
-                                                                      upload_buffer_bytes))
-            else:
-                if parent and not _is_object_store(fs):
-                    fs.makedirs(parent, exist_ok=True)
-                self._f = fs.open(path, "wb", autocommit=False)
-        except Exception as exc:
-            raise translate_error(exc, url, "write") from exc
-        # other object stores upload parts inside write(): do that on a thread, off the path
-        self._bg = _BackgroundWriter(self._f) if background and self._local_tmp is None \
-            and not isinstance(self._f, _MultipartWriter) and _is_object_store(fs) \
-            and "memory" not in str(fs.protocol) else None
-        self.bytes = 0
-        self._sha = hashlib.sha256()
-        self.done = False
-
-    def write(self, data: bytes) -> int:
-        try:
-            if self._bg is not None:
-                self._bg.write(data)
-            else:
-                self._f.write(data)
-        except Exception as exc:
-            raise translate_error(exc, self.url, "write") from exc
-        self._sha.update(data)
-        self.bytes += len(data)
-        return len(data)
-
-    def hexdigest(self) -> str:
-        return self._sha.hexdigest()
-
-    def flush(self) -> None:
-        """Push what was written so far to the store (an object store starts its upload)."""
-        if self._bg is not None:
-            self._bg.drain()
-        self._f.flush()
-
-    def commit(self) -> None:
-        """Finish the upload and publish the object."""
-        try:
-            if self._bg is not None:
-                self._bg.finish()
-            if isinstance(self._f, _MultipartWriter):
-                self._f.commit()
-                self.done = True
-                return
-            self._f.close()
-            if self._local_tmp is not None:
-                os.replace(self._local_tmp, self._path)
-            else:
-                self._f.commit()
-        except Exception as exc:
-            self.discard()
-            raise translate_error(exc, self.url, "commit") from exc
-        self.done = True
-
-    def discard(self) -> None:
-        """Throw the partial object away; nothing becomes visible. Idempotent."""
-        if self.done:
-            return
-        self.done = True
-        if self._bg is not None:
-            self._bg.abort()
-        if self._local_tmp is not None:
-            with contextlib.suppress(Exception):
-                self._f.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self._local_tmp)
-            return
-        if isinstance(self._f, _MultipartWriter):
-            self._f.abort()
-            return
-        with contextlib.suppress(Exception):
-            self._f.discard()
-        # fsspec would commit in close()/__del__ of an autocommit=False file only via commit();
-        # mark it closed so no later close() uploads what is left in its buffer.
-        with contextlib.suppress(Exception):
-            self._f.closed = True
-
-
-@contextlib.contextmanager
-def atomic_write(url: str, storage_options: dict[str, Any] | None = None,
-                 *, fs=None, path: str | None = None) -> Iterator[AtomicFile]:
-    """Context manager around :class:`AtomicFile`: commit on success, discard on any error."""
-    f = AtomicFile(url, storage_options, fs=fs, path=path, background=False)
-    try:
-        yield f
-    except BaseException:
-        f.discard()
-        raise
-    f.commit()
-
-
-def _is_local(fs) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    return "file" in protocols or "local" in protocols
-
-
-def _is_object_store(fs) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    return any(p in ("s3", "s3a", "gs", "gcs", "az", "abfs", "memory") for p in protocols)
-
-
 def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = None, *,
                 fs=None, path: str | None = None) -> None:
     """Write a small object atomically (manifest, index, partition record).
 
-    Locally: a same-folder temp file renamed into place. On an object store: one PUT
-    (``pipe_file``), which is atomic by itself and, unlike a multipart upload, leaves nothing
-    pending when it is interrupted. Raises StorageError/CredentialsError naming the URL.
+    Locally: a same-folder temp file (:func:`partial_path`) renamed into place. On an object
+    store: one PUT (``pipe_file``), which is atomic by itself and, unlike a multipart upload,
+    leaves nothing pending when it is interrupted. Elsewhere: fsspec's ``autocommit=False``
+    file, committed once written. Raises StorageError/CredentialsError naming the URL.
     ``fs`` and ``path``: a filesystem already open (another thread's, shared), for ``url``.
     """
-    if fs is None:
-        fs, path = url_to_fs(url, storage_options)
-    if not _is_object_store(fs):
-        with atomic_write(url, fs=fs, path=path) as w:
-            w.write(data)
+    fs, path = fs_and_path(url, storage_options, fs=fs, path=path)
+    if is_object_store(fs):
+        try:
+            fs.pipe_file(path, data)
+        except Exception as exc:
+            raise translate_error(exc, url, "write") from exc
+        return
+    if is_local(fs):
+        _write_local(url, path, data)
         return
     try:
-        fs.pipe_file(path, data)
+        parent = posixpath.dirname(path)
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        f = fs.open(path, "wb", autocommit=False)
+        f.write(data)
     except Exception as exc:
         raise translate_error(exc, url, "write") from exc
+    try:
+        f.close()
+        f.commit()
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            f.discard()
+        raise translate_error(exc, url, "commit") from exc
+
+
+def _write_local(url: str, path: str, data: bytes) -> None:
+    tmp = partial_path(path)
+    try:
+        os.makedirs(posixpath.dirname(path) or ".", exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+    except Exception as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise translate_error(exc, url, "write") from exc
+    try:
+        os.replace(tmp, path)
+    except Exception as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise translate_error(exc, url, "commit") from exc
 
 
 def read_bytes(url: str, storage_options: dict[str, Any] | None = None, *,
@@ -486,7 +249,65 @@ def read_bytes(url: str, storage_options: dict[str, Any] | None = None, *,
     return data
 
 
+def _cat_file_splits(fs) -> bool:
+    """Whether this s3fs's ``_cat_file`` takes ``max_concurrency`` (and splits a GET after a
+    HEAD unless it is 1)."""
+    try:
+        return "max_concurrency" in inspect.signature(fs._cat_file).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def read_many(urls: Sequence[str], storage_options: dict[str, Any] | None = None, *,
+              fs=None, concurrency: int = 32) -> list[bytes | StorageError]:
+    """The bytes of each of ``urls``, in order, read concurrently with one GET each.
+
+    On an async filesystem (s3fs) at most ``concurrency`` requests at a time on its event
+    loop (fsspec's batched ``cat`` would first check that every path exists, and s3fs's
+    ``cat_file`` asks for the size: a HEAD each); otherwise on up to ``concurrency`` threads.
+    An object that cannot be read gives, in its place, the StorageError that says why
+    (NotFoundError when it does not exist); nothing is raised for it. ``fs``: a filesystem
+    already open for these URLs (they share its protocol).
+    """
+    if not urls:
+        return []
+    fs = fs if fs is not None else url_to_fs(urls[0], storage_options)[0]
+    paths = [fs_path(fs, u) for u in urls]
+    concurrency = max(1, int(concurrency))
+    if getattr(fs, "async_impl", False):
+        # s3fs 2026.3 and later ask for the size first (a HEAD) unless told not to split
+        # the GET; earlier releases make one GET and know no such argument
+        kwargs = {"max_concurrency": 1} if is_s3(fs) and _cat_file_splits(fs) else {}
+
+        async def gather() -> list[Any]:
+            gate = asyncio.Semaphore(concurrency)
+
+            async def one(path: str) -> bytes:
+                async with gate:
+                    return await fs._cat_file(path, **kwargs)
+
+            return await asyncio.gather(*(one(p) for p in paths), return_exceptions=True)
+
+        got = fsspec.asyn.sync(fs.loop, gather)
+    else:
+        def one(path: str) -> Any:
+            try:
+                return fs.cat_file(path)
+            except Exception as exc:  # noqa: BLE001 - returned in the object's place
+                return exc
+
+        if len(paths) <= 1:
+            got = [one(p) for p in paths]
+        else:
+            with concurrent.futures.ThreadPoolExecutor(min(concurrency, len(paths))) as pool:
+                got = list(pool.map(one, paths))
+    return [translate_error(value, url, "read") if isinstance(value, BaseException) else value
+            for url, value in zip(urls, got, strict=True)]
+
+
 def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
+    """Whether an object or folder is at ``url``. Raises StorageError when the store cannot
+    be asked (credentials, connection)."""
     fs, path = url_to_fs(url, storage_options)
     try:
         return fs.exists(path)
@@ -494,13 +315,24 @@ def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
         raise translate_error(exc, url, "check") from exc
 
 
+def file_identity(url: str, storage_options: dict[str, Any] | None = None) -> tuple[int, str]:
+    """``(size, ukey)`` of the object at ``url``, from a fresh look at the store (not a cached
+    listing); ``ukey`` is fsspec's store-neutral ETag, which changes when the object does.
+    Raises StorageError/NotFoundError naming the URL."""
+    fs, path = url_to_fs(url, storage_options)
+    try:
+        fs.invalidate_cache(path)
+        return int(fs.size(path)), str(fs.ukey(path))
+    except Exception as exc:
+        raise translate_error(exc, url, "read") from exc
+
+
 def open_read(url: str, storage_options: dict[str, Any] | None = None, *, offset: int = 0,
               block_size: int | None = None, fs=None, path: str | None = None) -> BinaryIO:
     """Open a shard for streaming reads from ``offset`` (a ranged read on object stores)."""
-    if fs is None:
-        fs, path = url_to_fs(url, storage_options)
+    fs, path = fs_and_path(url, storage_options, fs=fs, path=path)
     kwargs: dict[str, Any] = {}
-    if block_size and _is_object_store(fs) and "memory" not in str(fs.protocol):
+    if block_size and is_object_store(fs) and "memory" not in str(fs.protocol):
         kwargs = {"block_size": block_size, "cache_type": "readahead"}
     try:
         f = fs.open(path, "rb", **kwargs)
@@ -511,6 +343,71 @@ def open_read(url: str, storage_options: dict[str, Any] | None = None, *, offset
         raise translate_error(exc, url, "read") from exc
 
 
+def download(url: str, local_path: str, storage_options: dict[str, Any] | None = None, *,
+             fs=None, path: str | None = None) -> None:
+    """Copy the object at ``url`` whole to the local file ``local_path``. It goes to a temp
+    name beside ``local_path`` first (:func:`partial_path`) and is renamed into place, so
+    ``local_path`` never holds part of the object, and a failed copy leaves nothing. Raises
+    StorageError/NotFoundError/CredentialsError naming the URL."""
+    fs, path = fs_and_path(url, storage_options, fs=fs, path=path)
+    tmp = partial_path(local_path)
+    try:
+        fs.get_file(path, tmp)
+        os.replace(tmp, local_path)
+    except Exception as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise translate_error(exc, url, "download") from exc
+
+
+def list_names(url: str, storage_options: dict[str, Any] | None = None, *, fs=None,
+               path: str | None = None, prefix: str | None = None) -> list[str]:
+    """The names directly in the folder ``url`` (files and folders), fresh from the store: no
+    cached listing is used, and none is kept (s3fs keeps a dict per listed object). With
+    ``prefix``: only the files whose names start with it, listed by prefix on the server
+    where the store can (S3: one listing of that prefix, not of the whole folder). A folder
+    that does not exist lists as empty. Raises StorageError naming the URL."""
+    fs, path = fs_and_path(url, storage_options, fs=fs, path=path)
+    try:
+        fs.invalidate_cache(path)
+        if prefix is None:
+            found = fs.ls(path, detail=False)
+        else:
+            found = fs.find(path, maxdepth=1, prefix=prefix)
+    except FileNotFoundError:
+        return []
+    except Exception as exc:
+        raise translate_error(exc, url, "list") from exc
+    finally:
+        fs.invalidate_cache(path)
+    names = [posixpath.basename(p.rstrip("/")) for p in found]
+    return [n for n in names if prefix is None or n.startswith(prefix)]
+
+
+def find_urls(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """The URLs of every file below the folder or prefix ``url``, at any depth, sorted.
+    Raises StorageError naming the URL (a missing folder finds nothing)."""
+    fs, path = url_to_fs(url, storage_options)
+    try:
+        found = fs.find(path)
+    except Exception as exc:
+        raise translate_error(exc, url, "list") from exc
+    base = url.rstrip("/")
+    root = path.rstrip("/")
+    return [base + p[len(root):] for p in sorted(found) if p.startswith(root + "/")]
+
+
+def remove_file(url: str, storage_options: dict[str, Any] | None = None, *, fs=None,
+                path: str | None = None) -> None:
+    """Delete the object or file at ``url``. Raises NotFoundError when there is none,
+    StorageError/CredentialsError otherwise, naming the URL."""
+    fs, path = fs_and_path(url, storage_options, fs=fs, path=path)
+    try:
+        fs.rm_file(path)
+    except Exception as exc:
+        raise translate_error(exc, url, "delete") from exc
+
+
 def check_writable(url: str, storage_options: dict[str, Any] | None = None) -> None:
     """Fail fast, before any work, when ``url`` cannot be written (credentials, bucket, path)."""
     probe = join_url(url, "_wdstream_write_probe")
@@ -519,11 +416,7 @@ def check_writable(url: str, storage_options: dict[str, Any] | None = None) -> N
     except StorageError as exc:  # name the folder the user gave, not the probe
         cause = exc.__cause__
         raise (translate_error(cause, url, "write") if cause is not None else exc) from cause
-    fs, path = url_to_fs(probe, storage_options)
-    try:
-        fs.rm_file(path)
-    except Exception as exc:
-        raise translate_error(exc, probe, "delete") from exc
+    remove_file(probe, storage_options)
 
 
 def _fast_fail_options(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
@@ -549,21 +442,3 @@ def check_readable(url: str, storage_options: dict[str, Any] | None = None) -> N
     except Exception as exc:
         raise translate_error(exc, url, "read") from exc
 
-
-def is_object_store(fs) -> bool:
-    """Whether ``fs`` is an object store (S3, GCS, Azure, memory)."""
-    return _is_object_store(fs)
-
-
-def fs_path(fs, url: str) -> str:
-    """The path of ``url`` within ``fs`` (the URL without its protocol)."""
-    return fs._strip_protocol(url)
-
-
-def download(url: str, local_path: str, storage_options: dict[str, Any] | None = None) -> None:
-    """Copy the object at ``url`` to ``local_path``. Raises StorageError naming the URL."""
-    fs, path = url_to_fs(url, storage_options)
-    try:
-        fs.get_file(path, local_path)
-    except Exception as exc:
-        raise translate_error(exc, url, "cache") from exc

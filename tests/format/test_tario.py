@@ -104,11 +104,12 @@ def test_the_converter_never_writes_what_readers_skip(monkeypatch):
     converter writes, and the converter refuses (counts) a larger cell."""
     from wdstream.config import Config
     from wdstream.errors import SkipSample
-    from wdstream.write import encode
+    from wdstream.rows import encode
+    from wdstream.rows.columns import ColumnMap
 
     assert Config().max_member_bytes > MAX_MEMBER_BYTES
     monkeypatch.setattr(encode, "MAX_MEMBER_BYTES", 1000)  # not 512 MiB of test data
-    encoder = encode.RowEncoder(encode.ColumnMap(text=("text",)), "src")
+    encoder = encode.RowEncoder(ColumnMap(text=("text",)), "src")
     assert encoder({"text": "x" * 1000}, "k0")["txt"] == b"x" * 1000
     with pytest.raises(SkipSample, match="member_too_large"):
         encoder({"text": "x" * 1001}, "k1")

@@ -134,3 +134,19 @@ def test_cli_and_library_report_a_missing_source(tmp_path):
         preview(str(tmp_path / "nothing"), str(tmp_path / "x.png"))
     assert main(["preview", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.png")]) == 2
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_manifest_naming_shards_outside_its_folder_is_refused_unless_allowed(tmp_path):
+    """As the reader (config.allowed_prefixes): a manifest cannot grant itself other folders."""
+    from helpers import write_outside_manifest
+
+    meta, prefix = write_outside_manifest(str(tmp_path))
+    with pytest.raises(SourceError, match=r"shards\[0\]\.url.*allowed_prefixes"):
+        preview(meta, str(tmp_path / "no.png"))
+    assert not (tmp_path / "no.png").exists()
+    with pytest.raises(SourceError, match="allowed_prefixes"):
+        resolve_shard_urls(meta, allowed_prefixes=["/somewhere/else/"])
+    result = preview(meta, str(tmp_path / "ok.png"), samples=4, allowed_prefixes=[prefix])
+    assert result.samples == result.images == 4
+    keys = [s["__key__"] for s in iter_preview_samples(meta, 6, allowed_prefixes=[prefix])]
+    assert keys == [f"00000_{i:09d}" for i in range(6)]

@@ -24,7 +24,7 @@ CHILD = """
 import sys, time
 import datasets
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
-import wdstream.write.encode as enc
+import wdstream.rows.encode as enc
 _call = enc.RowEncoder.__call__
 def slow(self, row, key):
     time.sleep(0.03)

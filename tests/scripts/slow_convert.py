@@ -14,7 +14,7 @@ import time
 
 import datasets
 
-import wdstream.write.encode as enc
+import wdstream.rows.encode as enc
 
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
 DELAY = float(os.environ.get("WDSTREAM_TEST_ROW_DELAY", "0.05"))

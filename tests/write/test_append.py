@@ -21,11 +21,11 @@ from wdstream.cli import main
 from wdstream.demo.data import build_parquet_dataset
 from wdstream.errors import ConfigError
 from wdstream.format.manifest import load_manifest
+from wdstream.rows.source import HFSource
 from wdstream.write.convert import convert
 from wdstream.write.output import Output
 from wdstream.write.plan import plan_job
 from wdstream.write.segments import start_append
-from wdstream.write.sources.hf import HFSource
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 from faults.killing import SCRIPT, check_complete, listing  # noqa: E402

@@ -4,7 +4,6 @@ errors, determinism across workers, re-runs. Sources are small HF parquet datase
 from __future__ import annotations
 
 import glob
-import io
 import json
 import logging
 import os
@@ -17,7 +16,6 @@ from wdstream.errors import (
     ColumnError,
     ConfigError,
     HubUnreachableError,
-    SkipSample,
     SourceError,
     StorageError,
 )
@@ -25,8 +23,6 @@ from wdstream.format.index import parse_index
 from wdstream.format.manifest import load_manifest
 from wdstream.format.tario import group_samples, iter_members
 from wdstream.write.convert import convert
-from wdstream.write.encode import ColumnMap, RowEncoder, encode_pil_image
-from wdstream.write.sources.hf import resolve_columns
 
 
 def read_samples(url, storage_options=None):
@@ -276,61 +272,3 @@ def test_unwritable_output(small_hf_dataset, tmp_path):
     with pytest.raises(StorageError, match="cannot write") as e:
         convert(small_hf_dataset, str(blocker / "out"), quiet=True)
     assert "a-file/out" in str(e.value)
-
-
-# ------------------------------------------------------------------ columns and rows
-
-def test_resolve_columns_from_features():
-    import datasets
-
-    feats = datasets.Features({"caption": datasets.Value("string"),
-                               "url": datasets.Value("string"), "img": datasets.Image(),
-                               "img2": datasets.Image(), "sound": datasets.Audio(),
-                               "n": datasets.Value("int32")})
-    cols = resolve_columns(list(feats), feats)
-    assert cols == ColumnMap(image="img", audio="sound", text=("caption",),
-                             extra=("url", "n"), dropped=("img2",))
-    named = resolve_columns(list(feats), feats, image="img2", text=["url", "caption"])
-    assert named.image == "img2" and named.text == ("url", "caption")
-    assert named.dropped == ("img",)
-    with pytest.raises(ColumnError, match="'nope' does not exist"):
-        resolve_columns(list(feats), feats, audio="nope")
-
-
-def test_decoded_pil_images_are_encoded_once():
-    from PIL import Image
-
-    enc = RowEncoder(ColumnMap(image="image", text=("text",)), "gen")
-    rgb = Image.new("RGB", (10, 6), (200, 10, 10))
-    fields = enc({"image": rgb, "text": "hi"}, "k")
-    assert set(fields) == {"jpg", "txt", "json"}
-    assert Image.open(io.BytesIO(fields["jpg"])).size == (10, 6)
-    rgba = Image.new("RGBA", (4, 4), (1, 2, 3, 4))
-    ext, data = encode_pil_image(rgba)
-    assert ext == "png" and Image.open(io.BytesIO(data)).getpixel((0, 0)) == (1, 2, 3, 4)
-    ext, _ = encode_pil_image(Image.new("L", (4, 4)))
-    assert ext == "png"
-
-
-def test_row_encoder_audio_extension_and_bad_bytes():
-    import random
-
-    from wdstream.demo.data import encode_audio
-
-    enc = RowEncoder(ColumnMap(audio="a"), "src")
-    wav = encode_audio(random.Random(0), 0.1, fmt="WAV")
-    assert "wav" in enc({"a": {"bytes": wav, "path": "x.wav"}}, "k")
-    with pytest.raises(SkipSample, match="bad_audio"):
-        enc({"a": {"bytes": b"RIFF\x00\x00\x00\x00WAVEjunk", "path": None}}, "k")
-    with pytest.raises(SkipSample, match="audio_empty"):
-        enc({"a": {"bytes": b"", "path": None}}, "k")
-    # non-JSON values in other columns are made JSON-safe
-    enc2 = RowEncoder(ColumnMap(extra=("d", "b", "f")), "src")
-    import datetime
-
-    fields = enc2({"d": datetime.date(2024, 1, 2), "b": b"\x00", "f": float("nan")}, "k")
-    meta = json.loads(fields["json"])
-    assert meta == {"source": "src", "d": "2024-01-02", "f": None}
-    assert fields["b.bin"] == b"\x00"  # binary data is never dropped: a member of its own
-    with pytest.raises(ColumnError, match=r"'n'.*--drop-column n"):
-        enc2 = RowEncoder(ColumnMap(extra=("n",)), "src")({"n": {"x": [b"\x01"]}}, "k")

@@ -52,7 +52,7 @@ def test_s3_round_trip_matches_local(small_hf_dataset, s3, tmp_path):
 def test_s3_failure_mid_partition_publishes_nothing_partial(small_hf_dataset, s3, monkeypatch):
     """A forced error mid-shard: no object for the open shard, no pending multipart upload, no
     record; the re-run completes with every sample once."""
-    import wdstream.write.encode as enc
+    import wdstream.rows.encode as enc
 
     opts = s3["storage_options"]
     url = "s3://test/abort"

@@ -144,18 +144,3 @@ def test_nested_binary_stops_the_job_naming_the_column_and_the_flag(tmp_path):
     m = convert("parquet", str(tmp_path / "o2"), data_files=files, quiet=True, workers=1,
                 drop_columns=("meta",))
     assert m.samples == 1 and m.options["columns"]["dropped"] == ["meta"]
-
-
-def test_resolve_columns_prefers_hf_features_then_content():
-    import datasets
-
-    from wdstream.write.sources.hf import resolve_columns
-
-    feats = datasets.Features({"raw": datasets.Value("binary"), "img": datasets.Image(),
-                               "t": datasets.Value("string")})
-    cols = resolve_columns(list(feats), feats, samples={"raw": (_png(0), None)})
-    assert cols.image == "img" and cols.dropped == ("raw",) and cols.text == ("t",)
-    # no features (a generator of Python objects): the first row's bytes decide
-    cols = resolve_columns(["a", "b", "text"], None,
-                           samples={"a": (b"\x00\x01", None), "b": (_flac(0), "x.flac")})
-    assert cols.audio == "b" and cols.binary == ("a",) and cols.extra == ()

@@ -7,7 +7,7 @@ s3fs 2026.3 added ``max_concurrency`` to ``_cat_file`` (a HEAD, then split GETs 
 
 from __future__ import annotations
 
-from wdstream.write.output import _cat_file_splits
+from wdstream.storage import _cat_file_splits
 
 
 class _OldS3:  # s3fs 2026.2.0's signature

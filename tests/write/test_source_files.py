@@ -20,10 +20,11 @@ import pytest
 
 from wdstream import storage
 from wdstream.config import Config
+from wdstream.rows.source import HFSource, open_source
 from wdstream.write import partition as partition_mod
 from wdstream.write.convert import convert
 from wdstream.write.plan import plan_job
-from wdstream.write.sources.hf import HFSource, file_group, open_files, open_source, source_files
+from wdstream.write.sources.files import file_group, open_files, source_files
 
 
 def _folder(tmp_path, sizes: list[int]) -> str:

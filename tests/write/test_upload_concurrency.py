@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from wdstream import storage
+from wdstream import uploads
+from wdstream.errors import StorageError
 from wdstream.write.writer import ShardWriter
 
 pytestmark = pytest.mark.s3
@@ -36,7 +37,7 @@ def test_parts_in_flight_reach_and_keep_the_bound(s3, s3_proxy, s3proxy, concurr
     _slow_parts(proxy, s3proxy)
     data = os.urandom(41 * MiB)
     url = f"s3://test/c{concurrency}.bin"
-    f = storage.AtomicFile(url, opts, upload_concurrency=concurrency,
+    f = uploads.AtomicFile(url, opts, upload_concurrency=concurrency,
                            upload_buffer_bytes=buffer)
     for i in range(0, len(data), MiB):  # written in 1 MiB pieces, as a tar stream is
         f.write(data[i:i + MiB])
@@ -54,9 +55,9 @@ def test_a_failed_part_aborts_the_upload(s3, s3_proxy, s3proxy):
     proxy, opts = s3_proxy
     bad = s3proxy.Fault("400")  # not retried: the upload fails
     proxy.faults = lambda req: bad if req.params.get("partNumber") == "3" else None
-    f = storage.AtomicFile("s3://test/fail.bin", opts, upload_concurrency=2,
+    f = uploads.AtomicFile("s3://test/fail.bin", opts, upload_concurrency=2,
                            upload_buffer_bytes=10 * MiB)
-    with pytest.raises(storage.StorageError):
+    with pytest.raises(StorageError):
         for _ in range(30):
             f.write(os.urandom(MiB))
         f.commit()

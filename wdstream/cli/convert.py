@@ -10,10 +10,10 @@ from typing import Any
 from .. import registry
 from ..config import load_config
 from ..errors import ConfigError
+from ..rows.source import LOCAL_BUILDERS, near_local_folder
 from ..storage import join_url
 from ..write.convert import convert, convert_entry
 from ..write.plan import describe_columns
-from ..write.sources.hf import LOCAL_BUILDERS, near_local_folder
 from .options import (
     add_storage_option_argument,
     int_argument,

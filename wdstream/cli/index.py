@@ -1,6 +1,6 @@
 """``wdstream index SOURCE [--out URL]``: a manifest and per-shard indexes for shards that
 wdstream did not write (img2dataset output and the like), so they get exact epochs, resume
-and mid-shard reads. The indexing itself lives in :mod:`wdstream.format.indexer`."""
+and mid-shard reads. The indexing itself lives in :mod:`wdstream.write.indexer`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 from ..config import Config
 from ..errors import ConfigError, redact
-from ..format.indexer import ShardTask, index_dataset
 from ..write.executors import make_executor, merge_secrets, split_secrets
+from ..write.indexer import ShardTask, index_dataset
 from .options import add_storage_option_argument, parse_storage_options
 
 __all__ = ["HELP", "add_arguments", "run"]

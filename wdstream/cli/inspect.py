@@ -6,8 +6,6 @@ import argparse
 import io
 import itertools
 import json
-import tarfile
-import zlib
 
 from PIL import Image
 
@@ -15,9 +13,13 @@ from .. import storage
 from ..errors import ShardReadError, redact
 from ..format.manifest import is_shard_source, load_manifest
 from ..format.schema import modality_of
-from ..format.tario import group_samples, iter_members
+from ..format.stream import iter_samples
 from ..write.plan import describe_columns
-from .options import add_storage_option_argument, parse_storage_options
+from .options import (
+    add_allowed_prefix_argument,
+    add_storage_option_argument,
+    parse_storage_options,
+)
 
 __all__ = ["HELP", "add_arguments", "run", "describe_member"]
 
@@ -27,9 +29,7 @@ HELP = "print a dataset's manifest summary and its first samples (keys, fields, 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", help="output folder, its manifest.json, or one .tar shard")
     p.add_argument("--samples", type=int, default=3, help="how many samples to show")
-    p.add_argument("--allowed-prefix", action="append", default=[], metavar="PREFIX",
-                   help="a URL prefix outside the manifest's folder whose shards it may name "
-                        "(repeatable; as config.allowed_prefixes)")
+    add_allowed_prefix_argument(p)
     add_storage_option_argument(p)
 
 
@@ -77,15 +77,15 @@ def run(args: argparse.Namespace) -> int:
         first = m.shards[0]
         print(f"  first shard: {first.url} ({first.samples} samples, {first.bytes} B)")
         shard_url = m.shard_urls()[0]
-    try:
-        with storage.open_read(shard_url, options) as f:
-            samples = group_samples(iter_members(f, name=shard_url))
+    with storage.open_read(shard_url, options) as f:
+        try:
+            samples = iter_samples(f, name=shard_url)
             for sample in itertools.islice(samples, max(0, args.samples)):
                 print(f"sample {sample['__key__']}")
                 for ext in sorted(k for k in sample if not k.startswith("__")):
                     print(f"  .{ext}: {describe_member(ext, sample[ext])}")
-    except (tarfile.TarError, EOFError, zlib.error) as exc:
-        raise ShardReadError(f"{redact(shard_url)} is not a readable tar shard ({exc}); "
-                             f"check it with `wdstream verify`, or re-create it",
-                             shard=shard_url) from None
+        except ShardReadError as exc:
+            raise ShardReadError(f"{redact(shard_url)} is not a readable tar shard "
+                                 f"({exc.__cause__ or exc}); check it with `wdstream verify`, "
+                                 f"or re-create it", shard=shard_url) from None
     return 0

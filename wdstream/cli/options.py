@@ -1,4 +1,5 @@
-"""Option parsing the commands share: ``--storage-option KEY=VALUE`` and sizes such as ``256MB``."""
+"""Option parsing the commands share: ``--storage-option KEY=VALUE``, ``--allowed-prefix`` and
+sizes such as ``256MB``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 from ..errors import ConfigError
 
 __all__ = ["parse_size", "size_argument", "parse_storage_options", "add_storage_option_argument",
-           "int_argument"]
+           "add_allowed_prefix_argument", "int_argument"]
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
           "gb": 1000**3, "t": 1000**4, "tb": 1000**4, "kib": 2**10, "mib": 2**20, "gib": 2**30,
@@ -63,6 +64,14 @@ def add_storage_option_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                         help="fsspec/s3fs option, repeatable (endpoint_url=..., anon=true, "
                              "key=..., secret=...; prefer AWS env variables for credentials)")
+
+
+def add_allowed_prefix_argument(parser: argparse.ArgumentParser) -> None:
+    """``--allowed-prefix PREFIX`` (repeatable, into ``args.allowed_prefix``): for every
+    command that reads a manifest, what ``config.allowed_prefixes`` is to the reader."""
+    parser.add_argument("--allowed-prefix", action="append", default=[], metavar="PREFIX",
+                        help="a URL prefix outside the manifest's folder whose shards it may "
+                             "name (repeatable; as config.allowed_prefixes)")
 
 
 def size_argument(text: str) -> int:

@@ -7,7 +7,11 @@ import logging
 
 from ..errors import ConfigError
 from ..read.preview import PreviewLayout, preview
-from .options import add_storage_option_argument, parse_storage_options
+from .options import (
+    add_allowed_prefix_argument,
+    add_storage_option_argument,
+    parse_storage_options,
+)
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -27,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--columns", type=int, default=4, help="grid columns (default 4)")
     parser.add_argument("--thumb", type=int, default=192,
                         help="thumbnail size in pixels (default 192)")
+    add_allowed_prefix_argument(parser)
     add_storage_option_argument(parser)
 
 
@@ -36,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     source = args.source[0] if len(args.source) == 1 else list(args.source)
     result = preview(source, args.out, samples=args.samples,
                      layout=PreviewLayout(columns=args.columns, thumb=args.thumb),
-                     storage_options=parse_storage_options(args.storage_option) or None)
+                     storage_options=parse_storage_options(args.storage_option) or None,
+                     allowed_prefixes=args.allowed_prefix)
     log.info("%d samples: %d images in a %dx%d grid, %d audio lines -> %s (%dx%d px)",
              result.samples, result.images, result.columns, result.rows, result.audio,
              args.out, *result.size)

@@ -8,7 +8,11 @@ import sys
 from ..errors import ShardReadError
 from ..format.manifest import load_manifest
 from ..format.verify import verify_shard
-from .options import add_storage_option_argument, parse_storage_options
+from .options import (
+    add_allowed_prefix_argument,
+    add_storage_option_argument,
+    parse_storage_options,
+)
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -17,9 +21,7 @@ HELP = "re-read every shard of a manifest and check sample counts and sha256s"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", help="output folder or its manifest.json")
-    p.add_argument("--allowed-prefix", action="append", default=[], metavar="PREFIX",
-                   help="a URL prefix outside the manifest's folder whose shards it may name "
-                        "(repeatable; as config.allowed_prefixes)")
+    add_allowed_prefix_argument(p)
     add_storage_option_argument(p)
 
 

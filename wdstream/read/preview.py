@@ -13,7 +13,7 @@ import io
 import json
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ from .. import storage
 from ..errors import ConfigError, ShardReadError, SourceError, redact
 from ..format.manifest import is_shard_source, load_manifest
 from ..format.schema import find_member
-from ..format.tario import group_samples, iter_members
+from ..format.stream import iter_samples
 
 __all__ = ["PreviewLayout", "PreviewResult", "preview", "iter_preview_samples",
            "resolve_shard_urls", "audio_duration"]
@@ -94,37 +94,43 @@ class PreviewResult:
 
 
 def resolve_shard_urls(source: str | list[str],
-                       storage_options: dict[str, Any] | None = None) -> list[str]:
-    """Shard URLs for a manifest folder/URL, a brace pattern, a shard URL or a list of them."""
+                       storage_options: dict[str, Any] | None = None, *,
+                       allowed_prefixes: Sequence[str] = ()) -> list[str]:
+    """Shard URLs for a manifest folder/URL, a brace pattern, a shard URL or a list of them.
+
+    A manifest may name shards outside its own folder only below ``allowed_prefixes`` (as
+    ``config.allowed_prefixes`` for the reader). Raises SourceError when the manifest names
+    others, or when the source names no shards."""
     if is_shard_source(source):
         urls = storage.expand_urls(source)
     else:
-        urls = load_manifest(source, storage_options).shard_urls()
+        urls = load_manifest(source, storage_options,
+                             allowed_prefixes=allowed_prefixes).shard_urls()
     if not urls:
         raise SourceError(f"{redact(str(source))} names no shards", url=str(source))
     return urls
 
 
 def iter_preview_samples(source: str | list[str], samples: int,
-                         storage_options: dict[str, Any] | None = None) -> Iterator[dict]:
-    """The first ``samples`` samples of ``source`` in shard order, as member dicts."""
+                         storage_options: dict[str, Any] | None = None, *,
+                         allowed_prefixes: Sequence[str] = ()) -> Iterator[dict]:
+    """The first ``samples`` samples of ``source`` in shard order, as member dicts. Raises
+    SourceError as :func:`resolve_shard_urls`, ShardReadError when a shard cannot be read."""
     taken = 0
-    for url in resolve_shard_urls(source, storage_options):
+    for url in resolve_shard_urls(source, storage_options, allowed_prefixes=allowed_prefixes):
         if taken >= samples:
             return
-        f = storage.open_read(url, storage_options)
-        try:
-            for sample in group_samples(iter_members(f, name=redact(url))):
-                sample["__url__"] = url
-                yield sample
-                taken += 1
-                if taken >= samples:
-                    return
-        except (OSError, EOFError, ValueError) as exc:
-            raise ShardReadError(f"cannot read shard {redact(url)}: {exc}. Run "
-                                 f"`wdstream verify` on the source.", shard=url) from exc
-        finally:
-            f.close()
+        with storage.open_read(url, storage_options) as f:
+            try:
+                for sample in iter_samples(f, name=url):
+                    sample["__url__"] = url
+                    yield sample
+                    taken += 1
+                    if taken >= samples:
+                        return
+            except ShardReadError as exc:
+                raise ShardReadError(f"{exc}. Run `wdstream verify` on the source.",
+                                     shard=url) from exc.__cause__
 
 
 def audio_duration(data: bytes) -> float | None:
@@ -194,11 +200,13 @@ def _fit(text: str, font, width: int) -> str:
 
 def preview(source: str | list[str], out: str, *, samples: int = 16,
             layout: PreviewLayout | None = None,
-            storage_options: dict[str, Any] | None = None) -> PreviewResult:
+            storage_options: dict[str, Any] | None = None,
+            allowed_prefixes: Sequence[str] = ()) -> PreviewResult:
     """Draw the first ``samples`` samples of ``source`` into a PNG at ``out`` (any URL).
 
-    Raises SourceError / ShardReadError when the source cannot be read, ConfigError for a bad
-    sample count.
+    ``allowed_prefixes``: where besides its own folder a manifest may name shards (as
+    ``config.allowed_prefixes``). Raises SourceError / ShardReadError when the source cannot
+    be read or its manifest names shards elsewhere, ConfigError for a bad sample count.
     """
     from PIL import Image, ImageDraw, ImageFont, ImageOps
 
@@ -206,7 +214,8 @@ def preview(source: str | list[str], out: str, *, samples: int = 16,
         raise ConfigError(f"--samples must be at least 1, not {samples}")
     layout = layout or PreviewLayout()
     font = ImageFont.load_default(size=layout.font_size)
-    items = list(iter_preview_samples(source, samples, storage_options))
+    items = list(iter_preview_samples(source, samples, storage_options,
+                                      allowed_prefixes=allowed_prefixes))
 
     cells: list[tuple[str, Any, str]] = []  # key, thumbnail or None, caption
     lines: list[str] = []

@@ -31,12 +31,13 @@ from ..format.manifest import (
 from ..format.schema import modality_of
 from ..format.shardtable import save_compact
 from ..registry import Entry
+from ..rows.source import HFSource
 from .executors import Executor, check_executor, make_executor
 from .output import JOB_NAME, Output, RecordLog, check_job, records_per_batch
 from .partition import ConvertTask, convert_partition
 from .plan import JobPlan, columns_dict, plan_job
 from .segments import details_name, segments_manifest, start_append
-from .sources.hf import HFSource, without_torch
+from .torchless import without_torch
 
 __all__ = ["convert", "convert_entry"]
 
@@ -101,7 +102,7 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
     CleanupError when what dead attempts left cannot be cleaned (every finished partition is
     recorded; re-running finishes the job and writes the manifest).
 
-    ``executor`` is an :class:`~wdstream.executors.Executor` to run the partitions on (it is
+    ``executor`` is an :class:`~wdstream.write.executors.Executor` to run the partitions on (it is
     left open), or ``"local"`` / ``"ray"`` (``config.executor``; Ray joins
     ``config.ray_address`` or starts a local Ray). A failed partition stops the job with its
     own error, which names the partition. ``on_plan(plan)`` is called once the source's

@@ -17,8 +17,6 @@ listing is cheap, the driver removes pending partitions' files and temp files in
 
 from __future__ import annotations
 
-import concurrent.futures
-import inspect
 import json
 import logging
 import posixpath
@@ -27,8 +25,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from .. import storage
-from ..errors import ConfigError, StorageError, redact
+from .. import storage, uploads
+from ..errors import ConfigError, CredentialsError, StorageError, redact
 from ..format.manifest import MANIFEST_NAME, PARTITIONS_DIR, PartitionRecord
 from .plan import JobPlan
 
@@ -58,24 +56,10 @@ def records_per_batch(n_partitions: int) -> int:
     return min(1000, max(10, -(-n_partitions // 100)))
 
 
-def _cat_file_splits(fs) -> bool:
-    """Whether this s3fs's ``_cat_file`` takes ``max_concurrency`` (and splits a GET after a
-    HEAD unless it is 1)."""
-    try:
-        return "max_concurrency" in inspect.signature(fs._cat_file).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _is_s3(fs) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    return any(p in ("s3", "s3a") for p in protocols)
-
-
 def lists_by_prefix(fs) -> bool:
     """Whether a partition lists its own prefix to clean (object stores with server-side
     prefix listings); otherwise the driver lists the local folder once."""
-    return _is_s3(fs)
+    return storage.is_s3(fs)
 
 
 def _retry(what: str, fn: Callable[[], _T], attempts: int = CLEANUP_ATTEMPTS) -> _T:
@@ -84,7 +68,7 @@ def _retry(what: str, fn: Callable[[], _T], attempts: int = CLEANUP_ATTEMPTS) ->
     for attempt in range(attempts):
         try:
             return fn()
-        except (FileNotFoundError, PermissionError):
+        except (FileNotFoundError, PermissionError, CredentialsError):
             raise
         except Exception as exc:
             if attempt == attempts - 1:
@@ -95,31 +79,24 @@ def _retry(what: str, fn: Callable[[], _T], attempts: int = CLEANUP_ATTEMPTS) ->
     raise AssertionError("unreachable")
 
 
-def remove_leftovers(fs, base_path: str, partition: int, keep: Iterable[str],
-                     url: str = "") -> list[str]:
-    """After partition ``partition`` committed the files named ``keep``: list its own prefix
-    (``shard-PPPPP-``, one listing) and remove the files of that partition that an earlier,
-    dead attempt committed and this one did not write again. Returns the removed names."""
+def remove_leftovers(url: str, partition: int, keep: Iterable[str],
+                     storage_options: dict[str, Any] | None = None, *, fs=None) -> list[str]:
+    """After partition ``partition`` committed the files named ``keep`` under the output
+    ``url``: list its own prefix (``shard-PPPPP-``, one listing) and remove the files of that
+    partition that an earlier, dead attempt committed and this one did not write again.
+    Returns the removed names. ``fs``: the output's filesystem, already open."""
     keep = set(keep)
     prefix = f"shard-{partition:05d}-"
-    try:
-        fs.invalidate_cache(base_path)
-        found = fs.find(base_path, maxdepth=1, prefix=prefix)
-    except FileNotFoundError:
-        return []
-    except Exception as exc:
-        raise storage.translate_error(exc, url or base_path, "list") from exc
-    stale = [p for p in found if posixpath.basename(p) not in keep
-             and posixpath.basename(p).startswith(prefix)]
-    for path in stale:
-        log.info("removing %s left by an unfinished run", posixpath.basename(path))
+    found = storage.list_names(url, storage_options, fs=fs, prefix=prefix)
+    stale = [name for name in found if name not in keep]
+    for name in stale:
+        log.info("removing %s left by an unfinished run", name)
         try:
-            _retry(f"removing {posixpath.basename(path)}", lambda p=path: fs.rm_file(p))
+            _retry(f"removing {name}", lambda n=name: storage.remove_file(
+                storage.join_url(url, n), storage_options, fs=fs))
         except FileNotFoundError:
             pass
-        except Exception as exc:
-            raise storage.translate_error(exc, url or base_path, "clean") from exc
-    return [posixpath.basename(p) for p in stale]
+    return stale
 
 
 class Output:
@@ -131,76 +108,42 @@ class Output:
         self.concurrency = concurrency
         self.fs, self.path = storage.url_to_fs(self.url, storage_options)
 
-    def _ls(self, path: str) -> list[str]:
-        try:
-            self.fs.invalidate_cache(path)
-            return [posixpath.basename(p.rstrip("/")) for p in self.fs.ls(path, detail=False)]
-        except FileNotFoundError:
-            return []
-        except Exception as exc:
-            raise storage.translate_error(exc, self.url, "list") from exc
-        finally:  # s3fs keeps a dict per listed object: 100 MB for 100k records
-            self.fs.invalidate_cache(path)
+    def list(self, folder: str = "") -> list[str]:
+        """The names in ``folder`` (relative to OUTPUT; the output itself by default), fresh
+        from the store; none when it does not exist."""
+        return storage.list_names(storage.join_url(self.url, folder) if folder else self.url,
+                                  self.storage_options, fs=self.fs)
 
     def read(self, name: str) -> bytes | None:
         """The object ``name`` (relative to OUTPUT), or None when there is none."""
-        return self._read_many([name]).get(name)
+        return self.read_many([name]).get(name)
 
-    def _read_many(self, names: list[str]) -> dict[str, bytes]:
+    def read_many(self, names: list[str]) -> dict[str, bytes]:
         """``{name: bytes}`` of the objects ``names`` (relative to OUTPUT), read concurrently,
-        one GET each: on an async filesystem (s3fs) at most ``concurrency`` requests at a time
-        on its event loop (fsspec's batched ``cat`` would first check that every path exists,
-        and s3fs's ``cat_file`` asks for its size: a HEAD each), otherwise a pool of threads.
-        A missing object is left out."""
+        one GET each, at most ``concurrency`` at a time (:func:`wdstream.storage.read_many`).
+        A missing object is left out; another error is raised (StorageError)."""
         out: dict[str, bytes] = {}
         for start in range(0, len(names), 4096):  # bounded memory for the paths and futures
             chunk = names[start:start + 4096]
-            paths = [f"{self.path}/{name}" for name in chunk]
-            for name, value in zip(chunk, self._cat_files(paths), strict=True):
+            urls = [storage.join_url(self.url, name) for name in chunk]
+            got = storage.read_many(urls, self.storage_options, fs=self.fs,
+                                    concurrency=self.concurrency)
+            for name, value in zip(chunk, got, strict=True):
                 if isinstance(value, FileNotFoundError):
                     continue
                 if isinstance(value, BaseException):
-                    raise storage.translate_error(value, storage.join_url(self.url, name),
-                                                  "read") from value
+                    raise value
                 out[name] = value
         return out
-
-    def _cat_files(self, paths: list[str]) -> list[Any]:
-        """The bytes of each path, or the exception reading it raised, in order."""
-        fs = self.fs
-        if getattr(fs, "async_impl", False):
-            from fsspec.asyn import _run_coros_in_chunks, sync
-
-            # s3fs 2026.3 and later ask for the size first (a HEAD) unless told not to split
-            # the GET; earlier releases make one GET and know no such argument
-            kwargs = {"max_concurrency": 1} if _is_s3(fs) and _cat_file_splits(fs) else {}
-
-            async def gather() -> list[Any]:
-                return await _run_coros_in_chunks([fs._cat_file(p, **kwargs) for p in paths],
-                                                  batch_size=self.concurrency, nofiles=True,
-                                                  return_exceptions=True)
-
-            return sync(fs.loop, gather)
-
-        def one(path: str) -> Any:
-            try:
-                return fs.cat_file(path)
-            except Exception as exc:  # noqa: BLE001 - returned, raised by the caller
-                return exc
-
-        if len(paths) <= 1:
-            return [one(p) for p in paths]
-        with concurrent.futures.ThreadPoolExecutor(min(self.concurrency, len(paths))) as pool:
-            return list(pool.map(one, paths))
 
     def records(self) -> dict[int, PartitionRecord]:
         """Every finished partition's record: the ``records-*`` batches, then the part files
         that no batch covers; each group read concurrently."""
-        names = self._ls(f"{self.path}/{PARTITIONS_DIR}")
+        names = self.list(PARTITIONS_DIR)
         parts = {int(m.group(1)): name for name in names if (m := _RECORD_RE.match(name))}
         batches = [name for name in names if _BATCH_RE.match(name)]
         out: dict[int, PartitionRecord] = {}
-        for name, data in self._read_many([f"{PARTITIONS_DIR}/{n}" for n in batches]).items():
+        for name, data in self.read_many([f"{PARTITIONS_DIR}/{n}" for n in batches]).items():
             try:
                 doc = json.loads(data)
                 recs = [PartitionRecord.from_dict(r) for r in doc["records"]]
@@ -211,7 +154,7 @@ class Output:
                 if rec.partition in parts:  # a batch names only recorded partitions
                     out[rec.partition] = rec
         missing = [f"{PARTITIONS_DIR}/{parts[p]}" for p in sorted(parts) if p not in out]
-        for data in self._read_many(missing).values():
+        for data in self.read_many(missing).values():
             rec = PartitionRecord.from_json(data)
             out[rec.partition] = rec
         log.debug("read %d records from %d batches and %d part files", len(out), len(batches),
@@ -229,9 +172,9 @@ class Output:
             self._abort_uploads()
             return
         prefixes = tuple(f"shard-{p:05d}-" for p in pending)
-        names = self._ls(self.path)
-        stale = [f"{self.path}/{n}" for n in names if prefixes and n.startswith(prefixes)]
-        stale += [f"{self.path}/{n}" for n in names if _PARTIAL_RE.match(n)]
+        names = self.list()
+        stale = [n for n in names if prefixes and n.startswith(prefixes)]
+        stale += [n for n in names if _PARTIAL_RE.match(n)]
         self._remove(stale)
         self._sweep_records_dir()
 
@@ -243,66 +186,65 @@ class Output:
         if lists_by_prefix(self.fs):
             self._abort_uploads()
             return
-        self._remove([f"{self.path}/{n}" for n in self._ls(self.path) if _PARTIAL_RE.match(n)])
+        self._remove([n for n in self.list() if _PARTIAL_RE.match(n)])
         self._sweep_records_dir()
 
     def _sweep_records_dir(self) -> None:
-        self._remove([f"{self.path}/{PARTITIONS_DIR}/{n}"
-                      for n in self._ls(f"{self.path}/{PARTITIONS_DIR}") if _PARTIAL_RE.match(n)])
+        self._remove([f"{PARTITIONS_DIR}/{n}" for n in self.list(PARTITIONS_DIR)
+                      if _PARTIAL_RE.match(n)])
 
     def _remove(self, stale: list[str]) -> None:
-        for path in stale:
-            log.info("removing %s left by an unfinished run", posixpath.basename(path))
+        """Remove the files ``stale`` (names relative to OUTPUT), each tried a few times."""
+        for name in stale:
+            shown = posixpath.basename(name)
+            log.info("removing %s left by an unfinished run", shown)
+            url = storage.join_url(self.url, name)
             try:
-                _retry(f"removing {posixpath.basename(path)}", lambda p=path: self.fs.rm_file(p))
+                _retry(f"removing {shown}", lambda u=url: storage.remove_file(
+                    u, self.storage_options, fs=self.fs))
             except FileNotFoundError:
                 pass
             except Exception as exc:
-                raise self._cleanup_error(exc, f"remove {posixpath.basename(path)}") from exc
+                raise self._cleanup_error(exc, f"remove {shown}") from exc
 
     def _cleanup_error(self, exc: BaseException, what: str) -> CleanupError:
+        # the store's own error, not our translation of it (which names the URL again)
+        cause = exc.__cause__ if isinstance(exc, StorageError) and exc.__cause__ else exc
         return CleanupError(
-            f"could not {what} under {redact(self.url)} ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}) after {CLEANUP_ATTEMPTS} tries. "
-            f"Every finished partition is recorded: re-run the same command to clean up and "
-            f"write the manifest", url=self.url)
+            f"could not {what} under {redact(self.url)} ({type(cause).__name__}: "
+            f"{str(cause).splitlines()[0] if str(cause) else ''}) after {CLEANUP_ATTEMPTS} "
+            f"tries. Every finished partition is recorded: re-run the same command to clean up "
+            f"and write the manifest", url=self.url)
 
     def _abort_uploads(self) -> int:
         """Abort every pending multipart upload under OUTPUT, page by page (at most 1,000 a
-        page: KeyMarker/UploadIdMarker). An upload already gone counts as aborted. Returns
-        how many were aborted."""
-        bucket, _, key_prefix = self.path.partition("/")
-        prefix = (key_prefix.rstrip("/") + "/") if key_prefix else ""
-        markers: dict[str, str] = {}
+        page). An upload already gone counts as aborted. Returns how many were aborted."""
+        marker: dict[str, str] | None = None
         aborted = 0
         while True:
             try:
-                resp = _retry("listing pending multipart uploads", lambda m=dict(markers):
-                              self.fs.call_s3("list_multipart_uploads", Bucket=bucket,
-                                              Prefix=prefix, **m))
-            except PermissionError as exc:  # listing uploads may be forbidden; not fatal
+                found, marker = _retry("listing pending multipart uploads", lambda m=marker:
+                                       uploads.list_pending_uploads(self.url, fs=self.fs,
+                                                                    marker=m))
+            except (PermissionError, CredentialsError) as exc:  # may be forbidden; not fatal
                 log.warning("could not list pending multipart uploads under %s (%s); any left "
                             "by a killed run stay invisible but may cost storage until a "
                             "lifecycle rule removes them", redact(self.url), type(exc).__name__)
                 return aborted
             except Exception as exc:
                 raise self._cleanup_error(exc, "list pending multipart uploads") from exc
-            for up in resp.get("Uploads", []):
-                log.info("aborting pending multipart upload of %s", up["Key"][len(prefix):])
+            for name, upload_id in found:
+                log.info("aborting pending multipart upload of %s", name)
                 try:
-                    _retry(f"aborting the upload of {up['Key'][len(prefix):]}", lambda u=up:
-                           self.fs.call_s3("abort_multipart_upload", Bucket=bucket,
-                                           Key=u["Key"], UploadId=u["UploadId"]))
+                    _retry(f"aborting the upload of {name}", lambda n=name, u=upload_id:
+                           uploads.abort_upload(storage.join_url(self.url, n), u, fs=self.fs))
                 except FileNotFoundError:  # NoSuchUpload: already aborted (a lost reply)
-                    log.debug("upload of %s was already gone", up["Key"])
+                    log.debug("upload of %s was already gone", name)
                 except Exception as exc:
-                    raise self._cleanup_error(
-                        exc, f"abort the pending upload of {up['Key'][len(prefix):]}") from exc
+                    raise self._cleanup_error(exc, f"abort the pending upload of {name}") from exc
                 aborted += 1
-            if not resp.get("IsTruncated"):
+            if marker is None:
                 return aborted
-            markers = {"KeyMarker": resp.get("NextKeyMarker", ""),
-                       "UploadIdMarker": resp.get("NextUploadIdMarker", "")}
 
 
 class RecordLog:

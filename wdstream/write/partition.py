@@ -1,7 +1,7 @@
 """One partition of a conversion: its rows streamed into committed shards, then its record.
 
 A partition is one :class:`ConvertTask`, run by the pure, picklable :func:`convert_partition` on
-any executor. Its rows go through :class:`~wdstream.write.encode.RowEncoder` into a
+any executor. Its rows go through :class:`~wdstream.rows.encode.RowEncoder` into a
 :class:`~wdstream.write.writer.ShardWriter` (commit-or-abort shards), and
 ``OUTPUT/_partitions/part-NNNNN.json`` is written only after all of its shards are committed.
 
@@ -20,18 +20,13 @@ from .. import storage
 from ..errors import ConfigError, ErrorBudget, SkipSample, WdstreamError, redact
 from ..format.manifest import PARTITIONS_DIR, PartitionRecord
 from ..format.schema import make_key
-from .encode import ColumnMap, RowEncoder
+from ..rows.columns import ColumnMap, iter_rows, prepare
+from ..rows.encode import RowEncoder
+from ..rows.source import HFSource, open_source
 from .executors.base import Progress, merge_secrets, split_secrets
 from .output import lists_by_prefix, remove_leftovers
-from .sources.hf import (
-    HFSource,
-    SourceFiles,
-    iter_rows,
-    open_files,
-    open_source,
-    prepare,
-    without_torch,
-)
+from .sources.files import SourceFiles, open_files
+from .torchless import without_torch
 from .writer import ShardWriter
 
 __all__ = ["ConvertTask", "convert_partition", "record_name"]
@@ -73,7 +68,7 @@ class ConvertTask:
     batch_size: int = 64
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
     job: str = ""  # one convert() call; a worker opens the source once per job ("": each time)
-    validate: str = "cheap"  # "cheap" | "full" (see wdstream.write.validate)
+    validate: str = "cheap"  # "cheap" | "full" (see wdstream.rows.validate)
     source_shards: int = 0
     resume: bool = False
     first_partition: int = 0
@@ -200,8 +195,9 @@ def _convert_partition(task: ConvertTask, progress: Progress | None) -> Partitio
         raise
     if task.resume and lists_by_prefix(writer.fs):
         # one listing of this partition's own prefix; locally the driver cleaned before
-        remove_leftovers(writer.fs, writer.base_path, task.partition,
-                         [n for s in shards for n in (s.url, s.index) if n], task.output_url)
+        remove_leftovers(task.output_url, task.partition,
+                         [n for s in shards for n in (s.url, s.index) if n], task.storage_options,
+                         fs=writer.fs)
     if progress is not None and (pending_samples or pending_bytes):
         progress(pending_samples, pending_bytes)
     record = PartitionRecord(partition=task.partition, shards=shards, samples=samples,

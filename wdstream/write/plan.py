@@ -12,16 +12,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..config import Config
-from .encode import ColumnMap, binary_member
-from .sources.hf import (
-    HFSource,
-    SourceFiles,
-    file_group,
-    open_source,
-    resolve_columns,
-    sample_binary_values,
-    source_files,
-)
+from ..rows.columns import ColumnMap, binary_member, resolve_columns, sample_binary_values
+from ..rows.source import HFSource, open_source
+from .sources.files import SourceFiles, file_group, source_files
 
 __all__ = ["JobPlan", "plan_job", "columns_dict", "describe_columns", "LIMIT_ROWS_PER_PARTITION",
            "partition_limit"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import posixpath
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -68,18 +67,11 @@ class Segment:
 
 def _read_jobs(out: Output) -> list[dict[str, Any]]:
     """The job files of the output's segments, in order (``first_partition`` set)."""
-    folder = f"{out.path}/{PARTITIONS_DIR}"
     if lists_by_prefix(out.fs):  # the job files only, not every record (one small listing)
-        try:
-            out.fs.invalidate_cache(folder)
-            names = [posixpath.basename(p) for p in
-                     out.fs.find(folder, maxdepth=1, prefix="_job")]
-        except FileNotFoundError:
-            names = []
-        except Exception as exc:
-            raise storage.translate_error(exc, out.url, "list") from exc
+        names = storage.list_names(storage.join_url(out.url, PARTITIONS_DIR),
+                                   out.storage_options, fs=out.fs, prefix="_job")
     else:
-        names = out._ls(folder)
+        names = out.list(PARTITIONS_DIR)
     numbers = sorted(int(m.group(1)) for n in names if (m := _JOB_RE.match(n)))
     if JOB_NAME not in names:
         return []
@@ -87,7 +79,7 @@ def _read_jobs(out: Output) -> list[dict[str, Any]]:
     if numbers != list(range(1, len(numbers) + 1)):
         raise ConfigError(f"{redact(out.url)}/{PARTITIONS_DIR} holds job files {numbers} with "
                           f"gaps; it was not made by wdstream convert --append", url=out.url)
-    data = out._read_many([f"{PARTITIONS_DIR}/{n}" for n in wanted])
+    data = out.read_many([f"{PARTITIONS_DIR}/{n}" for n in wanted])
     jobs = [json.loads(data[f"{PARTITIONS_DIR}/{n}"]) for n in wanted]
     jobs[0].setdefault("first_partition", 0)
     return jobs

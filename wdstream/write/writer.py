@@ -1,6 +1,6 @@
 """Shard writer: samples in, committed tar shards out, cut by sample count or bytes.
 
-Each shard is streamed to its fsspec URL through :class:`storage.AtomicFile`, so a shard is
+Each shard is streamed to its fsspec URL through :class:`~wdstream.uploads.AtomicFile`, so a shard is
 visible only once complete. Its sidecar index (sample offsets) is written right after. The
 writer returns one :class:`ShardInfo` per committed shard.
 """
@@ -11,7 +11,7 @@ import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .. import storage
+from .. import storage, uploads
 from ..format.index import index_bytes, index_name
 from ..format.manifest import ShardInfo
 from ..format.tario import RECORD, TarStreamWriter
@@ -33,7 +33,7 @@ class ShardWriter:
 
     On an object store a finished shard commits (its last parts upload, then its index) on a
     thread while the next one is written: up to ``upload_concurrency`` shards are in flight,
-    their parts bounded by ``upload_buffer_bytes`` (:class:`storage.UploadBudget`).
+    their parts bounded by ``upload_buffer_bytes`` (:class:`~wdstream.uploads.UploadBudget`).
     """
 
     def __init__(self, output_url: str, partition: int, *, max_samples: int = 1000,
@@ -47,11 +47,11 @@ class ShardWriter:
         self.fs, self.base_path = storage.url_to_fs(self.output_url, self.storage_options)
         self.shards: list[ShardInfo] = []
         self._seq = 0
-        self._file: storage.AtomicFile | None = None
+        self._file: uploads.AtomicFile | None = None
         self._tar: TarStreamWriter | None = None
         self._offsets: list[int] = []
         self._keys: list[str] = []
-        self.upload_concurrency = upload_concurrency or storage.UPLOAD_CONCURRENCY
+        self.upload_concurrency = upload_concurrency or uploads.UPLOAD_CONCURRENCY
         self.upload_buffer_bytes = upload_buffer_bytes
         self._committing: list = []  # futures of shards committing, in shard order
         self._commits = None  # a thread pool, made for the first shard sent to an object store
@@ -76,7 +76,7 @@ class ShardWriter:
     def _start(self) -> None:
         name = shard_name(self.partition, self._seq)
         path = f"{self.base_path}/{name}"
-        self._file = storage.AtomicFile(f"{self.output_url}/{name}", fs=self.fs, path=path,
+        self._file = uploads.AtomicFile(f"{self.output_url}/{name}", fs=self.fs, path=path,
                                         upload_concurrency=self.upload_concurrency,
                                         upload_buffer_bytes=self.upload_buffer_bytes)
         self._tar = TarStreamWriter(self._file)
@@ -89,7 +89,7 @@ class ShardWriter:
         file, offsets, keys, seq = self._file, self._offsets, self._keys, self._seq
         self._seq += 1
         self._file = self._tar = None
-        if storage._is_local(self.fs):
+        if storage.is_local(self.fs):
             self.shards.append(self._commit(file, offsets + [end_of_samples], keys, seq))
             return
         if self._commits is None:
@@ -100,7 +100,7 @@ class ShardWriter:
         self._committing.append(self._commits.submit(
             self._commit, file, offsets + [end_of_samples], keys, seq))
 
-    def _commit(self, file: storage.AtomicFile, offsets: list[int], keys: list[str],
+    def _commit(self, file: uploads.AtomicFile, offsets: list[int], keys: list[str],
                 seq: int) -> ShardInfo:
         """Publish a finished shard, then its index; the shard's ShardInfo."""
         file.commit()

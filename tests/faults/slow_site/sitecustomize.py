@@ -8,7 +8,7 @@ _DELAY = float(os.environ.get("WDSTREAM_TEST_ROW_DELAY") or 0)
 if _DELAY > 0:
     import time
 
-    import wdstream.write.encode as _enc
+    import wdstream.rows.encode as _enc
 
     _call = _enc.RowEncoder.__call__
 

@@ -1,1 +1,3 @@
-"""Sample sources for the converter: Hugging Face datasets (``hf``) and seeded synthetic data."""
+"""Sample sources for the converter: the data files behind a Hugging Face source's shards
+(``files``; opening the source itself is :mod:`wdstream.rows.source`) and seeded synthetic
+data (``synthetic``)."""

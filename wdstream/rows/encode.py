@@ -1,11 +1,11 @@
 """Rows to samples: one row of mapped columns becomes the members of one WebDataset sample.
 
-:class:`ColumnMap` says which columns hold the image, the audio and the text (``extra`` columns
-go into the ``.json``; other binary columns become ``<column>.bin`` members, so no byte is
-lost). :class:`RowEncoder` turns a row into ``{ext: bytes}`` members: encoded images and audio
-pass through byte for byte under their own format's extension; decoded ones (PIL images,
-audio arrays) are encoded once. The text comes from the text columns or from a
-:class:`~wdstream.template.TextTemplate` over them.
+:class:`RowEncoder` turns a row (the columns a :class:`~wdstream.rows.columns.ColumnMap`
+names) into ``{ext: bytes}`` members: encoded images and audio pass through byte for byte under
+their own format's extension; decoded ones (PIL images, audio arrays) are encoded once. The
+text comes from the text columns or from a :class:`~wdstream.rows.template.TextTemplate` over
+them; ``extra`` columns go into the ``.json`` and binary columns become ``<column>.bin``
+members, so no byte is lost.
 """
 
 from __future__ import annotations
@@ -15,14 +15,13 @@ import decimal
 import io
 import json
 import posixpath
-import re
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ColumnError, SkipSample
 from ..format.schema import audio_ext, image_ext
 from ..format.tario import MAX_MEMBER_BYTES
-from ..template import TextTemplate
+from .columns import ColumnMap, binary_member
+from .template import TextTemplate
 from .validate import (
     SOUNDFILE_EXT,
     audio_is_complete,
@@ -31,34 +30,12 @@ from .validate import (
     image_is_complete,
 )
 
-__all__ = ["ColumnMap", "RowEncoder", "encode_pil_image", "encoded_bytes", "binary_member"]
+__all__ = ["RowEncoder", "encode_pil_image", "encoded_bytes"]
 
 #: Audio formats soundfile cannot open; kept unverified (there is no decoder here to check).
 _UNVERIFIABLE_AUDIO = ("m4a", "aac", "mp4", "wma")
 #: Lossless PIL modes are saved as PNG; RGB/CMYK/YCbCr (photographs) as JPEG.
 _JPEG_MODES = ("RGB", "CMYK", "YCbCr")
-
-
-@dataclass(frozen=True)
-class ColumnMap:
-    """Which columns hold the image, the audio and the text; ``extra`` go into the ``.json``."""
-
-    image: str | None = None
-    audio: str | None = None
-    text: tuple[str, ...] = ()
-    extra: tuple[str, ...] = ()
-    dropped: tuple[str, ...] = field(default=())  # media columns besides the chosen ones
-    template: str | None = None  # the text from ``text`` columns by a template (registry)
-    image_ext: str | None = None  # one member name for every image (bytes untouched)
-    audio_ext: str | None = None  # one member name for every audio clip (bytes untouched)
-    binary: tuple[str, ...] = ()  # other binary columns: a member each, ``<column>.bin``
-
-
-def binary_member(column: str) -> str:
-    """The member extension of a binary column: ``<column>.bin``, the name made safe (no dots,
-    slashes or spaces; WebDataset splits a member name at its first dot)."""
-    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", column).strip("_") or "column"
-    return f"{safe}.bin"
 
 
 class _BinaryValue(TypeError):
@@ -128,24 +105,32 @@ def _read_path(path: str) -> bytes:
 class RowEncoder:
     """Turn one row (a dict of mapped columns) into WebDataset members.
 
-    ``txt``: the text column(s), joined by newlines, or formed by ``columns.template``. ``json``: ``{"source": name, ...other
-    columns}`` made JSON-safe. The image goes under its own format's extension and the audio
-    likewise, byte for byte when they arrive encoded; ``columns.image_ext``/``audio_ext`` name
-    every one with that extension instead (the bytes stay as they are). A row whose image or
-    audio is missing its bytes or fails the checks of :mod:`.validate` (``validate="cheap"``:
-    the file is not cut short, PIL ``verify``, soundfile ``info``; ``"full"``: decoded whole)
-    raises :class:`SkipSample` with the reason (``bad_image``, ``bad_audio``, ...); so does a
-    row with a member over ``format.tario.MAX_MEMBER_BYTES`` (``member_too_large``).
+    ``txt``: the text column(s), joined by newlines, or formed by ``columns.template``.
+    ``json``: ``{"source": name, ...other columns}`` made JSON-safe; a binary column:
+    ``<column>.bin`` (:func:`~wdstream.rows.columns.binary_member`). The image goes under its
+    own format's extension and the audio likewise, byte for byte when they arrive encoded;
+    ``columns.image_ext``/``audio_ext`` name every one with that extension instead (the bytes
+    stay as they are). A row whose image or audio is missing its bytes or fails the checks of
+    :mod:`wdstream.rows.validate` (``validate="cheap"``: the file is not cut short, PIL
+    ``verify``, soundfile ``info``; ``"full"``: decoded whole; ``verify=False`` skips them)
+    raises :class:`~wdstream.errors.SkipSample` with the reason (``bad_image``, ``bad_audio``,
+    ...); so does a row with a member over ``format.tario.MAX_MEMBER_BYTES``
+    (``member_too_large``). A column holding binary data inside another type raises
+    :class:`~wdstream.errors.ColumnError`.
     """
 
-    def __init__(self, columns: ColumnMap, source_name: str, *, verify: bool = True,
-                 validate: str = "cheap"):
+    def __init__(
+        self, columns: ColumnMap, source_name: str, *, verify: bool = True, validate: str = "cheap"
+    ):
         self.columns = columns
         self.source_name = source_name
         self.verify = verify
         self.validate = validate
-        self._template = TextTemplate(columns.template, f"text template of {source_name}") \
-            if columns.template else None
+        self._template = (
+            TextTemplate(columns.template, f"text template of {source_name}")
+            if columns.template
+            else None
+        )
 
     def __call__(self, row: dict[str, Any], key: str) -> dict[str, bytes]:
         fields: dict[str, bytes] = {}
@@ -169,7 +154,8 @@ class RowEncoder:
                     f"cannot be stored in the sample's .json (row {key}). Name it with "
                     f"--image-column/--audio-column if it holds an encoded image or clip, or "
                     f"leave it out with --drop-column {c} (config drop_columns)",
-                    key=c) from None
+                    key=c,
+                ) from None
         for c in cols.binary:
             value = row.get(c)
             if value is not None:

@@ -1,23 +1,16 @@
-"""Indexing shards that wdstream did not write: one streaming pass per shard gives its sample
-count, size, sha256 and per-sample offsets, so exact epochs, resume and mid-shard reads work
-on them as on converted shards. No shard is written or changed.
+"""``wdstream index`` as a job: index shards that wdstream did not write, in parallel, so
+exact epochs, resume and mid-shard reads work on them as on converted shards. No shard is
+written or changed.
 
 - :func:`list_shards` turns a brace pattern, a list of URLs or a prefix into shard URLs;
-- :func:`index_shard` reads one shard once (bounded memory: one member at a time), writes its
-  index and returns a :class:`ShardResult`;
+- :func:`index_shard` scans one shard once (:func:`wdstream.format.scan.scan_shard`: its
+  keys, offsets, size and sha256, bad tails and repeated keys left out and reported), writes
+  its index and returns a :class:`ShardResult`;
 - :func:`build_manifest` puts the results together into a :class:`Manifest`;
 - :class:`IndexState` is the small ``_index_state.json`` that lets a re-run skip shards whose
-  size and ``ukey`` (fsspec's store-neutral ETag) have not changed.
-
-Bad shards are indexed up to their last whole sample: a sample counts once the next sample's
-first member was read in full (what the reader needs to deliver it), so a truncated or corrupt
-tail is left out, reported, and counted in the manifest's ``skipped``. A key that comes back
-after another key started (non-adjacent members, or a duplicate sample) is left out of the
-index; the reader skips it as the streaming reader does.
-
-``.tar.gz`` shards cannot be read from the middle: their index is marked ``whole`` (its offsets
-are positions in the uncompressed stream, for information only) and the reader reads them from
-their start.
+  size and ``ukey`` (fsspec's store-neutral ETag) have not changed;
+- :func:`index_dataset` runs it all: threads (or an executor), a progress bar, the state
+  saved as it goes, and the manifest.
 """
 
 from __future__ import annotations
@@ -25,10 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
-import tarfile
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -43,11 +34,10 @@ from ..errors import (
     StorageError,
     redact,
 )
-from .index import index_bytes, index_name
-from .manifest import MANIFEST_NAME, Manifest, ShardInfo, is_shard_source
-from .schema import SHARD_EXTS
-from .tario import iter_members_at, split_key
-from .verify import _HashingReader
+from ..format.index import index_bytes, index_name
+from ..format.manifest import MANIFEST_NAME, Manifest, ShardInfo, is_shard_source
+from ..format.scan import scan_shard
+from ..format.schema import SHARD_EXTS
 
 __all__ = [
     "SHARD_EXTS",
@@ -69,12 +59,9 @@ log = logging.getLogger(__name__)
 
 STATE_NAME = "_index_state.json"
 TOOL = "wdstream index"  # the manifest's options.tool: who wrote it
-_COMPRESSED = (".tar.gz", ".tgz")
-_READ_ERRORS = (OSError, EOFError, tarfile.TarError, zlib.error, ValueError)
-_MAX_PROBLEMS = 20  # per shard, in the result and the manifest
 
 
-def _is_local(url: str) -> bool:
+def _is_local_url(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 
 
@@ -85,15 +72,7 @@ def list_shards(source: str | list[str] | tuple[str, ...],
     if isinstance(source, (list, tuple)) or is_shard_source(source):
         urls = storage.expand_urls(list(source) if isinstance(source, tuple) else source)
     else:
-        fs, path = storage.url_to_fs(source, storage_options)
-        try:
-            found = fs.find(path)
-        except Exception as exc:
-            raise storage.translate_error(exc, source, "list") from exc
-        base = source.rstrip("/")
-        root = path.rstrip("/")
-        urls = [base + p[len(root):] for p in sorted(found)
-                if p.endswith(SHARD_EXTS) and p.startswith(root + "/")]
+        urls = [u for u in storage.find_urls(source, storage_options) if u.endswith(SHARD_EXTS)]
     if not urls:
         raise SourceError(f"no .tar/.tar.gz shards in {redact(str(source))}: give a folder or "
                           f"prefix that holds them, a brace pattern such as "
@@ -153,32 +132,19 @@ class ShardResult:
                    problems=list(d.get("problems", [])), skipped=dict(d.get("skipped", {})))
 
 
-def _drain(reader: _HashingReader, chunk: int = 8 * 2**20) -> None:
-    while reader.read(chunk):
-        pass
-
-
-def file_identity(url: str, storage_options: dict[str, Any] | None = None) -> tuple[int, str]:
-    """``(size, ukey)`` of a shard, from a fresh look at the store (not a cached listing)."""
-    fs, path = storage.url_to_fs(url, storage_options)
-    try:
-        fs.invalidate_cache(path)
-        return int(fs.size(path)), str(fs.ukey(path))
-    except Exception as exc:
-        raise storage.translate_error(exc, url, "read") from exc
-
-
 def index_shard(task: ShardTask, progress: Callable[[int, int], None] | None = None
                 ) -> ShardResult:
     """Read ``task.url`` once, write its index to ``task.index_url``, return what was found.
 
     A truncated or corrupt shard is indexed up to its last whole sample; a non-adjacent or
-    duplicate key is left out. Both are listed in ``problems`` and counted in ``skipped``.
-    Raises StorageError when the shard cannot be opened at all. ``progress(samples, bytes)``
-    is called once at the end (the executors' progress protocol).
+    duplicate key is left out. Both are listed in ``problems`` and counted in ``skipped``
+    (see :func:`~wdstream.format.scan.scan_shard`). A shard unchanged since ``task.previous``
+    (same size and ukey) whose index is there is not read again. Raises StorageError when the
+    shard cannot be opened, ShardReadError when it changed while it was read.
+    ``progress(samples, bytes)`` is called once at the end (the executors' progress protocol).
     """
     opts = task.storage_options
-    size, ukey = file_identity(task.url, opts)
+    size, ukey = storage.file_identity(task.url, opts)
     if task.previous is not None:
         prev = ShardResult.from_dict(task.previous)
         if (prev.size, prev.ukey, prev.info.url, prev.info.index) == \
@@ -188,77 +154,23 @@ def index_shard(task: ShardTask, progress: Callable[[int, int], None] | None = N
             if progress is not None:
                 progress(prev.info.samples, prev.info.bytes)
             return prev
-    whole = task.url.split("?", 1)[0].endswith(_COMPRESSED)
     shown = redact(task.url)
-    offsets: list[int] = []
-    keys: list[str] = []
-    seen: set[str] = set()
-    problems: list[str] = []
-    skipped: dict[str, int] = {}
-
-    def problem(kind: str, text: str) -> None:
-        skipped[kind] = skipped.get(kind, 0) + 1
-        if len(problems) < _MAX_PROBLEMS:
-            problems.append(text)
-
-    current: str | None = None  # key of the sample being read
-    current_start = 0
-    current_dup = False
-    end = 0
-    try:
-        raw = storage.open_read(task.url, opts, block_size=8 * 2**20)
-    except Exception as exc:
-        raise storage.translate_error(exc, task.url, "read") from exc
-    with raw:
-        reader = _HashingReader(raw)
-        try:
-            for name, _data, start, stop in iter_members_at(reader, name=shown):
-                parts = split_key(name)
-                if parts is None:
-                    continue
-                key = parts[0]
-                if key != current:
-                    if current is not None and not current_dup:
-                        offsets.append(current_start)
-                        keys.append(current)
-                    current, current_start = key, start
-                    current_dup = key in seen
-                    if current_dup:
-                        problem("duplicate or non-adjacent key",
-                                f"key {key!r} at byte {start} comes back after other keys "
-                                f"(non-adjacent members or a duplicate sample); left out")
-                    seen.add(key)
-                end = stop
-            if current is not None and not current_dup:
-                offsets.append(current_start)
-                keys.append(current)
-            _drain(reader)  # the end-of-archive padding: the hash covers the whole file
-        except _READ_ERRORS as exc:
-            # The sample being read when the error came is not whole: it is left out.
-            problem("truncated or corrupt shard",
-                    f"truncated or corrupt ({type(exc).__name__}: {exc}); indexed its first "
-                    f"{len(keys)} whole samples, the rest is left out")
-            end = current_start if current is not None else 0
-            try:
-                _drain(reader)
-            except _READ_ERRORS:
-                pass
-    offsets.append(end if keys else 0)
-    for text in problems:
+    scan = scan_shard(task.url, opts)
+    for text in scan.problems:
         log.warning("%s: %s", shown, text)
-    if reader.bytes != size:
-        raise ShardReadError(f"{shown}: read {reader.bytes} bytes but the store lists {size}; "
+    if scan.bytes != size:
+        raise ShardReadError(f"{shown}: read {scan.bytes} bytes but the store lists {size}; "
                              f"it changed or the read failed midway. Run the index again",
                              shard=task.url)
-    storage.write_bytes(task.index_url, index_bytes(offsets, keys, whole=whole), opts)
-    nbytes, sha = reader.bytes, reader.sha.hexdigest()
-    info = ShardInfo(url=task.manifest_url, samples=len(keys), bytes=nbytes, sha256=sha,
-                     index=task.index, first_key=keys[0] if keys else None,
-                     last_key=keys[-1] if keys else None, whole=whole)
+    keys = scan.keys
+    storage.write_bytes(task.index_url, index_bytes(scan.offsets, keys, whole=scan.whole), opts)
+    info = ShardInfo(url=task.manifest_url, samples=len(keys), bytes=scan.bytes,
+                     sha256=scan.sha256, index=task.index, first_key=keys[0] if keys else None,
+                     last_key=keys[-1] if keys else None, whole=scan.whole)
     if progress is not None:
-        progress(len(keys), nbytes)
-    return ShardResult(url=task.url, info=info, size=size, ukey=ukey, whole=whole,
-                       problems=problems, skipped=skipped)
+        progress(len(keys), scan.bytes)
+    return ShardResult(url=task.url, info=info, size=size, ukey=ukey, whole=scan.whole,
+                       problems=scan.problems, skipped=scan.skipped)
 
 
 def plan_index(urls: list[str], out: str | None,
@@ -283,7 +195,7 @@ def plan_index(urls: list[str], out: str | None,
 
 
 def _absolute(url: str) -> str:
-    if _is_local(url) and not url.startswith("file://"):
+    if _is_local_url(url) and not url.startswith("file://"):
         return posixpath.abspath(url)
     return url
 

@@ -13,7 +13,7 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import ColumnError, ConfigError
+from ..errors import ColumnError, ConfigError
 
 __all__ = ["TextTemplate", "check_template"]
 
@@ -25,10 +25,11 @@ _INDEX_RE = re.compile(r"\[([^\[\]]+)\]")
 def _parse_field(field_name: str, where: str) -> tuple[str, tuple[int | str, ...]]:
     m = _FIELD_RE.match(field_name)
     if not m or "." in m.group(1):
-        raise ConfigError(f"{where}: bad template field {{{field_name}}}; use a column name, "
-                          f"optionally indexed, e.g. {{caption}} or {{caption[0]}}")
-    index = tuple(int(i) if i.lstrip("-").isdigit() else i
-                  for i in _INDEX_RE.findall(m.group(2)))
+        raise ConfigError(
+            f"{where}: bad template field {{{field_name}}}; use a column name, "
+            f"optionally indexed, e.g. {{caption}} or {{caption[0]}}"
+        )
+    index = tuple(int(i) if i.lstrip("-").isdigit() else i for i in _INDEX_RE.findall(m.group(2)))
     return m.group(1), index
 
 
@@ -46,8 +47,9 @@ def _template_lines(template: str, where: str):
                 parts.append((literal, None))
             if field_name is not None:
                 if field_name == "" or field_name.isdigit():
-                    raise ConfigError(f"{where}: template fields must name a column, "
-                                      f"not {{{field_name}}}")
+                    raise ConfigError(
+                        f"{where}: template fields must name a column, not {{{field_name}}}"
+                    )
                 column, index = _parse_field(field_name, where)
                 parts.append(("", (column, index, spec or "", conv)))
         lines.append((parts, any(p[1] is not None for p in parts)))
@@ -109,7 +111,9 @@ class TextTemplate:
         except KeyError:
             raise ColumnError(
                 f"{self.where}: column {column!r} is not in the row (columns: {sorted(row)}); "
-                f"fix the text template", key=column) from None
+                f"fix the text template",
+                key=column,
+            ) from None
         for i in index:
             try:
                 value = value[i]

@@ -9,14 +9,13 @@ import types
 
 import datasets
 
-from wdstream.write.sources.hf import without_torch
+from wdstream.write import torchless
+from wdstream.write.torchless import without_torch
 
 
 def test_without_torch_restores_the_setting_when_threads_overlap(monkeypatch):
-    from wdstream.write.sources import hf
-
     # as in a conversion worker, where torch is not imported (in the test process it may be)
-    monkeypatch.setattr(hf, "sys", types.SimpleNamespace(modules={}))
+    monkeypatch.setattr(torchless, "sys", types.SimpleNamespace(modules={}))
     monkeypatch.setattr(datasets.config, "TORCH_AVAILABLE", True)
     before = datasets.config.TORCH_AVAILABLE
     inside, release, left = threading.Event(), threading.Event(), threading.Event()

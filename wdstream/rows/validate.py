@@ -12,17 +12,43 @@ from __future__ import annotations
 
 import io
 
-__all__ = ["VALIDATE_LEVELS", "image_is_complete", "audio_is_complete", "decode_image",
-           "decode_audio", "SOUNDFILE_EXT"]
+__all__ = [
+    "VALIDATE_LEVELS",
+    "image_is_complete",
+    "audio_is_complete",
+    "decode_image",
+    "decode_audio",
+    "SOUNDFILE_EXT",
+]
 
 VALIDATE_LEVELS = ("cheap", "full")
 
 #: soundfile's ``info.format`` -> the extension the member is written under.
-SOUNDFILE_EXT = {"WAV": "wav", "WAVEX": "wav", "RF64": "wav", "FLAC": "flac", "OGG": "ogg",
-                 "MP3": "mp3", "MPEG": "mp3", "AIFF": "aiff", "W64": "w64", "CAF": "caf",
-                 "AU": "au", "NIST": "nist", "VOC": "voc", "SVX": "svx", "IRCAM": "ircam",
-                 "PAF": "paf", "HTK": "htk", "XI": "xi", "AVR": "avr", "WVE": "wve",
-                 "SDS": "sds", "MPC2K": "mpc2k", "PVF": "pvf"}
+SOUNDFILE_EXT = {
+    "WAV": "wav",
+    "WAVEX": "wav",
+    "RF64": "wav",
+    "FLAC": "flac",
+    "OGG": "ogg",
+    "MP3": "mp3",
+    "MPEG": "mp3",
+    "AIFF": "aiff",
+    "W64": "w64",
+    "CAF": "caf",
+    "AU": "au",
+    "NIST": "nist",
+    "VOC": "voc",
+    "SVX": "svx",
+    "IRCAM": "ircam",
+    "PAF": "paf",
+    "HTK": "htk",
+    "XI": "xi",
+    "AVR": "avr",
+    "WVE": "wve",
+    "SDS": "sds",
+    "MPC2K": "mpc2k",
+    "PVF": "pvf",
+}
 
 _PNG_IEND = b"IEND\xaeB`\x82"  # the IEND chunk's type and its (constant) CRC
 

@@ -20,8 +20,8 @@ import wdstream
 from wdstream.cli import main
 from wdstream.demo.data import encode_image
 from wdstream.format.index import key_hash, load_index
-from wdstream.format.indexer import index_dataset, list_shards
 from wdstream.format.manifest import load_manifest
+from wdstream.write.indexer import index_dataset, list_shards
 
 SIZES = (20, 12, 16)  # the last one gzip-compressed: 48 samples = 2 ranks x 4 x 6 batches
 

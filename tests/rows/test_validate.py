@@ -14,9 +14,10 @@ from wdstream.config import Config
 from wdstream.errors import ConfigError, SkipSample
 from wdstream.format.manifest import load_manifest
 from wdstream.format.tario import group_samples, iter_members
+from wdstream.rows.columns import ColumnMap
+from wdstream.rows.encode import RowEncoder
+from wdstream.rows.validate import audio_is_complete, image_is_complete
 from wdstream.write.convert import convert
-from wdstream.write.encode import ColumnMap, RowEncoder
-from wdstream.write.validate import audio_is_complete, image_is_complete
 
 
 def _image(fmt: str, size=(64, 48)) -> bytes:
