@@ -206,8 +206,7 @@ class ShardReader:
         if shard.data is not None:
             data = shard.data[start:end]
         elif self.cache is not None:
-            path = self.cache.get(shard.url, self.options.storage_options)
-            with open(path, "rb") as f:
+            with self.cache.open(shard.url, self.options.storage_options) as f:
                 f.seek(start)
                 data = f.read(end - start)
         else:
@@ -230,9 +229,8 @@ class ShardReader:
         if shard.data is not None:
             return io.BytesIO(shard.data)
         if self.cache is not None:
-            path = self.cache.get(shard.url, self.options.storage_options)
-            f = open(path, "rb")  # noqa: SIM115 - closed by the caller
-            size = os.path.getsize(path)
+            f = self.cache.open(shard.url, self.options.storage_options)
+            size = os.fstat(f.fileno()).st_size
         else:
             f = storage.open_read(shard.url, self.options.storage_options,
                                   block_size=self.options.block_size)
