@@ -21,7 +21,8 @@ the tokenizer):
 
     python tools/bench_scale.py                      # 10M,100M,1B,5B
     python tools/bench_scale.py --sizes 10M,100M --repeat 3   # medians of 3 processes each
-    python tools/bench_scale.py --quality            # mixing quality: windows vs buffer
+    python tools/bench_scale.py --quality            # shuffle quality (issue 21's table)
+    python tools/bench_scale.py --quality --plot docs/img/shuffle-quality.png
 """
 
 from __future__ import annotations
@@ -249,111 +250,161 @@ def _pair_rate(shards_of_batch) -> float:
     return float((counts * (counts - 1)).sum() / (n * (n - 1)))
 
 
-def _stats(name: str, order, shard_of, batch: int, first_batch_reads: int) -> dict:
-    """``order[e]``: read position of the item emitted ``e``-th."""
+def _batch_stats(emitted_shards, batch: int) -> tuple[float, float]:
+    """``(shards per batch, same-shard pair rate)`` over the whole batches of an emission."""
     import numpy as np
 
-    dist = np.abs(np.arange(len(order)) - order)
-    emitted_shards = shard_of[order]
-    n_batches = len(order) // batch
-    rates = [_pair_rate(emitted_shards[i * batch:(i + 1) * batch]) for i in range(n_batches)]
-    distinct = [len(set(emitted_shards[i * batch:(i + 1) * batch].tolist()))
-                for i in range(n_batches)]
-    return {"method": name, "mean": float(dist.mean()), "p50": float(np.median(dist)),
-            "p90": float(np.percentile(dist, 90)), "p99": float(np.percentile(dist, 99)),
-            "max": int(dist.max()), "same_shard_pairs": float(np.mean(rates)),
-            "shards_per_batch": float(np.mean(distinct)), "first_batch_reads": first_batch_reads}
-
-
-def _buffer_first_batch_reads(n: int, cache: int, seed: int, batch: int) -> int:
-    """Items today's buffer_shuffle reads before it has emitted a whole first batch."""
-    buffer_shuffle = _buffer_shuffle()
-    read = 0
-
-    def source():
-        nonlocal read
-        for i in range(n):
-            read += 1
-            yield i
-
-    for emitted, _ in enumerate(buffer_shuffle(source(), cache, seed), start=1):
-        if emitted == batch:
-            return read
-    return read
+    n = len(emitted_shards) // batch
+    parts = [emitted_shards[i * batch:(i + 1) * batch] for i in range(n)]
+    return (float(np.mean([len(np.unique(p)) for p in parts])),
+            float(np.mean([_pair_rate(p) for p in parts])))
 
 
 def _buffer_shuffle():
-    try:
-        from wdstream.read.shuffle import buffer_shuffle
-    except ImportError:
-        from wdstream.shuffle import buffer_shuffle
+    from wdstream.read.shuffle import buffer_shuffle
+
     return buffer_shuffle
 
 
-def _interleaved(shard_of, n_shards: int, per_shard: int, lanes: int, block: int):
-    """What-if read order: groups of ``lanes`` consecutive shards of the span read round robin
-    in blocks of ``block`` samples (not what the planner does; see the quality table)."""
+#: The cases of issue 21's goal table: (name, shard sizes, layout args, slots measured).
+QUALITY_CASES = {
+    "laion": ("LAION proportions: 480 shards of 10k, 16 ranks (a slot spans ~30 shards)",
+              [10_000] * 480, dict(world=16, workers=1), [(3, 0), (11, 0)]),
+    "30x10k": ("30 shards of 10k, one slot (300k samples, as a user tried it)",
+               [10_000] * 30, dict(world=1, workers=1), [(0, 0)]),
+    "docs": ("100 shards of 1,000, one slot", [1_000] * 100, dict(world=1, workers=1),
+             [(0, 0)]),
+    "small": ("10M samples (1,000 shards of 10k), 2048 x 8: about 610 samples a slot",
+              [10_000] * 1000, dict(world=2048, workers=8),
+              [(r, w) for r in (5, 700, 1500, 2047) for w in (0, 3, 7)]),
+}
+
+
+def _slot_shards(sizes, layout, rank, worker, epoch):
+    """The shard of every sample a slot emits, in emission order, and of its reads in read
+    order, and the slot's number of reads."""
     import numpy as np
 
-    order = []
-    for g in range(0, n_shards, lanes):
-        group = [np.arange(i * per_shard, (i + 1) * per_shard)
-                 for i in range(g, min(g + lanes, n_shards))]
-        for t in range(0, per_shard, block):
-            order.extend(np.concatenate([lane[t:t + block] for lane in group]))
-    return shard_of[np.asarray(order)]
+    from wdstream.read.planner import epoch_plan
+
+    plan = epoch_plan(sizes, seed=0, epoch=epoch, layout=layout).slot(layout, rank, worker)
+    read_order = np.concatenate([np.full(r.count, r.shard) for r in plan.reads])
+    return read_order[plan.emission()], read_order, len(plan.reads), plan.seed
 
 
-def quality(n_shards: int = 100, per_shard: int = 1000, cache: int = CACHE, batch: int = BATCH,
-            seeds: int = 5) -> None:
-    """|emit - read| and same-shard pairs per batch: windows vs buffer_shuffle vs a full
-    shuffle of the epoch (unbounded memory), one slot, averaged over ``seeds`` epochs."""
+def quality_case(key: str, cache: int = 1000, batch: int = 32, epochs: int = 2) -> dict:
+    """Shards per batch and same-shard pairs of every method on one case, averaged over the
+    case's slots and ``epochs`` epochs; plus the plan's reads per 1,000 samples."""
     import numpy as np
 
-    from wdstream.read.planner import Layout, epoch_plan
+    from wdstream.read.planner import Layout
 
+    _, sizes, args, slots = QUALITY_CASES[key]
     buffer_shuffle = _buffer_shuffle()
-    n = n_shards * per_shard
-    rows: dict[str, list[dict]] = {}
-    for epoch in range(seeds):
-        pool = epoch_plan([per_shard] * n_shards, seed=0, epoch=epoch)
-        plan = pool.slot(Layout(1, 1, batch, cache), 0, 0)
-        shard_of = np.concatenate([np.full(r.count, r.shard) for r in plan.reads])
-        windows = plan.emission()
-        first = next(b for _, a, b in plan.windows() if b >= batch)
-        seed = plan.seed
-        buffer = np.fromiter(buffer_shuffle(range(n), cache, seed), dtype=np.int64, count=n)
-        full = np.random.default_rng(seed).permutation(n)
-        runs = [("windows", windows, first, shard_of)]
-        for lanes in (4, 8):
-            what_if = _interleaved(shard_of, n_shards, per_shard, lanes, max(1, cache // lanes))
-            runs.append((f"what-if {lanes} lanes", windows, first, what_if))
-        for name, order, first_reads, shards in (
-                *runs,
-                ("buffer_shuffle", buffer, _buffer_first_batch_reads(n, cache, seed, batch),
-                 shard_of),
-                ("full shuffle", full, n, shard_of)):
-            rows.setdefault(name, []).append(_stats(name, order, shards, batch, first_reads))
-    print(f"mixing quality: {n_shards} shards x {per_shard} samples, cache_size {cache}, batch "
-          f"{batch}, one slot, mean of {seeds} epochs. 'what-if N lanes': the same windows over "
-          f"a read order that interleaves N shards in blocks of cache_size/N (a possible "
-          f"follow-up, simulated here, not implemented by the planner)")
-    head = (f"{'method':>18} | {'|emit-read| mean':>16} {'p50':>7} {'p90':>7} {'p99':>7} "
-            f"{'max':>7} | {'same-shard pairs':>16} {'shards/batch':>12} | "
-            f"{'reads before 1st batch':>22}")
-    print(head)
-    print("-" * len(head))
-    for name, rs in rows.items():
-        m = {k: float(np.mean([r[k] for r in rs])) for k in rs[0] if k != "method"}
-        print(f"{name:>18} | {m['mean']:16.1f} {m['p50']:7.0f} {m['p90']:7.0f} {m['p99']:7.0f} "
-              f"{m['max']:7.0f} | {m['same_shard_pairs']:16.3f} {m['shards_per_batch']:12.2f} | "
-              f"{m['first_batch_reads']:22.0f}")
+    rows: dict[str, list] = {}
+    for epoch in range(epochs):
+        for rank, worker in slots:
+            for name, lanes in (("lanes 32 (default)", 32), ("lanes 64", 64),
+                                ("windows (0.1.x)", 0)):
+                layout = Layout(batch_size=batch, cache_size=cache, lanes=lanes, **args)
+                emitted, read, n_reads, seed = _slot_shards(sizes, layout, rank, worker, epoch)
+                rows.setdefault(name, []).append(
+                    (*_batch_stats(emitted, batch), 1000 * n_reads / len(read)))
+                if lanes == 0:  # the old order's slot, shuffled the other ways
+                    order = np.fromiter(buffer_shuffle(range(len(read)), cache, seed),
+                                        dtype=np.int64, count=len(read))
+                    rows.setdefault("buffer_shuffle", []).append(
+                        (*_batch_stats(read[order], batch), float("nan")))
+                    full = np.random.default_rng(seed).permutation(len(read))
+                    rows.setdefault("full shuffle of the slot", []).append(
+                        (*_batch_stats(read[full], batch), float("nan")))
+    return {name: tuple(float(np.mean([r[i] for r in rs])) for i in range(3))
+            for name, rs in rows.items()}
+
+
+def quality(cases=("laion", "30x10k", "docs", "small"), plot: str | None = None) -> None:
+    """The shuffle-quality table of issue 21 (and, with ``plot``, shards per batch against
+    cache_size for the LAION case): deterministic figures, no timing."""
+    print("shuffle quality: batch 32, cache_size 1000, 2 epochs; 'reads' = contiguous runs "
+          "the plan reads per 1,000 samples (the fetcher joins runs that continue each other)")
+    print("| case | method | shards per batch | same-shard pairs | reads per 1k samples |")
+    print("|---|---|---|---|---|")
+    for key in cases:
+        title = QUALITY_CASES[key][0]
+        for name, (spb, pairs, reads) in quality_case(key).items():
+            shown = "" if reads != reads else f"{reads:.1f}"
+            print(f"| {title} | {name} | {spb:.2f} | {pairs:.3f} | {shown} |")
+            title = ""
+    if plot:
+        _quality_plot(plot)
+
+
+def delivered(samples: int = 300_000, per_shard: int = 10_000, folder: str | None = None,
+              **overrides) -> dict:
+    """Issue 21's user test: ``samples`` synthetic text samples in shards of ``per_shard``
+    (``wdstream synth --modalities text --max-samples-per-shard``), read by ``make_loader``
+    with the default settings but batch 32 and 0 workers; shards per batch and same-shard
+    pairs of the batches it delivers, next to the planner's simulation of the same slot."""
+    import numpy as np
+
+    import wdstream
+    from wdstream.write.sources.synthetic import write_synthetic
+
+    tmp = folder or tempfile.mkdtemp(prefix="wdstream-delivered-")
+    try:
+        if not os.path.exists(os.path.join(tmp, "manifest.json")):
+            write_synthetic(tmp, samples, modalities=("text",), max_samples_per_shard=per_shard)
+        config = wdstream.load_config(batch_size=32, num_workers=0, **overrides)
+        loader = wdstream.make_loader(tmp, config)
+        shards = [np.array([int(k.split("_")[1]) // per_shard for k in b["keys"]])
+                  for b in loader]
+        spb = float(np.mean([len(np.unique(b)) for b in shards]))
+        pairs = float(np.mean([_pair_rate(b) for b in shards]))
+        (row,) = loader.stats()
+        return {"batches": len(shards), "shards_per_batch": spb, "same_shard_pairs": pairs,
+                "get_requests": row["get_requests"], "index_requests": row["index_requests"],
+                "mean_request_bytes": row["bytes_read"] / max(1, row["get_requests"])}
+    finally:
+        if folder is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _quality_plot(path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    caches = [100, 250, 500, 1000, 2000, 4000]
+    lines: dict[str, list] = {}
+    for cache in caches:
+        for name, (spb, _, _) in quality_case("laion", cache=cache, epochs=1).items():
+            lines.setdefault(name, []).append(spb)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, ys in lines.items():
+        ax.plot(caches, ys, marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xticks(caches, [str(c) for c in caches])
+    ax.set_xlabel("cache_size (samples a worker holds to shuffle)")
+    ax.set_ylabel("distinct shards per batch of 32")
+    ax.set_title("Shards per batch at LAION proportions (a slot spans ~30 shards of 10k)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10M,100M,1B,5B")
     parser.add_argument("--quality", action="store_true", help="measure mixing quality only")
+    parser.add_argument("--plot", help="with --quality: write shards per batch against "
+                                       "cache_size to this PNG")
+    parser.add_argument("--delivered", action="store_true",
+                        help="with --quality: also read 300k synthetic text samples in 30 "
+                             "shards with make_loader and measure the delivered batches")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--repeat", type=int, default=1,
@@ -366,7 +417,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.one:
         print(json.dumps(measure(args.one, args.url)))
     elif args.quality:
-        quality()
+        quality(plot=args.plot)
+        if args.delivered:
+            for lanes in (32, 1):
+                got = delivered(shuffle_lanes=lanes)
+                print(f"delivered by make_loader, shuffle_lanes {lanes}: "
+                      f"{got['shards_per_batch']:.2f} shards per batch, "
+                      f"{got['same_shard_pairs']:.3f} same-shard pairs over {got['batches']} "
+                      f"batches; {got['get_requests']} GETs ({got['index_requests']} of "
+                      f"indexes), {got['mean_request_bytes'] / 1e6:.2f} MB each")
     else:
         folder = args.tmp or tempfile.mkdtemp(prefix="wdstream-scale-")
         try:

@@ -96,7 +96,8 @@ def _shard_samples(source: ShardSource, config: Config, decoder, world: World,
             f"{world.world} ranks read {source.name!r} without a manifest: set "
             f"config.epoch_length (samples per epoch) so every rank reads as many samples")
     layout = Layout(world=world.world, workers=world.workers, batch_size=1,
-                    cache_size=config.cache_size, drop_last=config.drop_last)
+                    cache_size=config.cache_size, drop_last=config.drop_last,
+                    lanes=int(config.shuffle_lanes))
     plan = read_plan(source, config, epoch=epoch, layout=layout, rank=world.rank,
                      worker=world.worker)
     budget = ErrorBudget(config.error_tolerance, what="bad samples/shards")

@@ -55,6 +55,7 @@ class Config:
     batch_size: int = 8
     num_workers: int = 2
     cache_size: int = 1000  # the shuffle window: most samples a worker holds to shuffle
+    shuffle_lanes: int = 32  # shards a window mixes (interleaved lanes); 1: shard after shard
     seed: int = 0
     shuffle: bool = True
     drop_last: bool = True  # True: drop < world*batch samples an epoch; False: pad by repeating
@@ -142,6 +143,9 @@ class Config:
                 setattr(self, name, value)
         if self.num_workers < 0 or self.cache_size < 0:
             raise ConfigError("num_workers and cache_size must be >= 0")
+        if int(self.shuffle_lanes) < 1:
+            raise ConfigError(f"shuffle_lanes must be >= 1 (1: no interleave), not "
+                              f"{self.shuffle_lanes!r}", key="shuffle_lanes")
         for name in ("read_ahead_requests", "read_ahead_bytes", "decode_threads",
                      "stats_log_every"):
             if int(getattr(self, name)) < 0:

@@ -16,14 +16,30 @@ from wdstream.read.seeds import shard_order, slot_seed
 from wdstream.read.windows import window_order
 
 
-def epoch_positions(sizes, seed, epoch, shuffle=True, pass_no=0):
-    """Global positions (manifest order) of pass ``pass_no`` of the epoch order."""
+def epoch_positions(sizes, seed, epoch, shuffle=True, pass_no=0, lanes=0, window=0):
+    """Global positions (manifest order) of pass ``pass_no`` of the epoch order: the shards in
+    the pass's order; with ``lanes`` > 1 (and shuffling), interleaved: groups of ``lanes``
+    non-empty shards, each group's samples cut into equal lanes (as many as the group has
+    shards, at most ``lanes``), read one chunk of ``ceil(window / lanes)`` (at least 8) per
+    lane in turn."""
     starts = [0]
     for n in sizes:
         starts.append(starts[-1] + n)
+    shards = [s for s in shard_order(len(sizes), seed, epoch, shuffle, pass_no) if sizes[s] > 0]
+    if lanes <= 1 or not shuffle:
+        return [p for s in shards for p in range(starts[s], starts[s + 1])]
+    chunk = max(8, -(-window // lanes))  # at least 8 samples a lane per round
     out = []
-    for s in shard_order(len(sizes), seed, epoch, shuffle, pass_no):
-        out.extend(range(starts[s], starts[s + 1]))
+    for g in range(0, len(shards), lanes):
+        group = [p for s in shards[g:g + lanes] for p in range(starts[s], starts[s + 1])]
+        want = max(1, min(lanes, len(shards[g:g + lanes]), len(group)))
+        length = -(-len(group) // want)
+        cut = [group[i:i + length] for i in range(0, len(group), length)]
+        t = 0
+        while any(t * chunk < len(lane) for lane in cut):
+            for lane in cut:
+                out.extend(lane[t * chunk:(t + 1) * chunk])
+            t += 1
     return out
 
 
@@ -32,9 +48,12 @@ def window_of(cache_size, shuffle=True):
     return cache_size if shuffle else 1
 
 
-def window_sizes(length, cache_size):
-    """Sizes of the windows of a span: from max(1, cache // 10), doubling, capped at cache."""
+def window_sizes(length, cache_size, single=False):
+    """Sizes of the windows of a span: from max(1, cache // 10), doubling, capped at cache;
+    with ``single``, a span no longer than the cap is one window."""
     cap = max(1, cache_size)
+    if single and 0 < length <= cap:
+        return [length]
     size = max(1, cap // 10)
     out, done = [], 0
     while done < length:
@@ -44,10 +63,10 @@ def window_sizes(length, cache_size):
     return out
 
 
-def emission(length, cache_size, seed):
+def emission(length, cache_size, seed, single=False):
     """Span indices of a slot in emission order: each window's slice, permuted."""
     out, start = [], 0
-    for index, size in enumerate(window_sizes(length, cache_size)):
+    for index, size in enumerate(window_sizes(length, cache_size, single)):
         out.extend(start + int(i) for i in window_order(seed, index, size))
         start += size
     return out
@@ -60,7 +79,8 @@ def layout_lengths(pool_len, layout):
     return [len(range(w, k, layout.workers)) * layout.batch_size for w in range(layout.workers)], k
 
 
-def run_generation(pool, world, lengths, cache, emitted, *, seed, epoch, generation, salt=""):
+def run_generation(pool, world, lengths, cache, emitted, *, seed, epoch, generation, salt="",
+                   single=False):
     """Lay ``pool`` (a list of root indices) over the slots and let worker ``w`` of every
     rank emit ``emitted[w]`` items.
 
@@ -78,7 +98,7 @@ def run_generation(pool, world, lengths, cache, emitted, *, seed, epoch, generat
             span = padded[start:start + n]
             real = sum(is_real[start:start + n])
             seed_ = slot_seed(seed, epoch, generation, rank, worker, salt)
-            order = emission(n, cache, seed_)
+            order = emission(n, cache, seed_, single)
             done = order[:emitted[worker]]
             consumed = [span[i] for i in done if is_real[start + i]]
             used_positions.update(start + i for i in done if is_real[start + i])
@@ -131,7 +151,7 @@ def mix_counts(lengths, probs, layout, *, seed, epoch, generation, mode, samples
 
 
 def mixed_chain(totals, probs, history, final, *, seed, epoch, mode, samples=None,
-                horizon=None, shuffle=True):
+                horizon=None, shuffle=True, single=False):
     """Per source (names sorted, ``totals`` in that order): the pool of every generation
     (root indices, a finite ``horizon`` of a cyclic pool) and every generation's slots."""
     names = sorted(totals)
@@ -150,6 +170,7 @@ def mixed_chain(totals, probs, history, final, *, seed, epoch, mode, samples=Non
             lengths = [int(counts[w::layout.workers, s].sum()) for w in range(layout.workers)]
             emitted = [int(counts[w:k:layout.workers, s].sum()) for w in range(layout.workers)]
             slots, rest = run_generation(pools[name], layout.world, lengths, cache, emitted,
+                                         single=single,
                                          seed=seed, epoch=epoch, generation=generation,
                                          salt=name)
             gen["slots"][name] = slots

@@ -52,7 +52,7 @@ def test_batches_per_rank_and_identity(source):
     assert ds.exact and ds.batches_per_rank(0) == 26 // 8
     assert ds.identity() == {"samples": 26, "shards": 3}
     assert ds.layout() == Layout(world=2, workers=2, batch_size=4, cache_size=8,
-                                 drop_last=True)
+                                 drop_last=True, lanes=32)
     padded = make(resolve_source(source, config), config.replace(drop_last=False), world=2)
     assert padded.batches_per_rank(0) == 4  # ceil(26 / 8)
     assert not ds.synthetic and make(synthetic_source(config), config).synthetic

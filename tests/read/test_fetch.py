@@ -235,3 +235,38 @@ def test_decode_threads_keep_order_and_count_bad_samples_in_order():
                         budget.placeholders)
     assert out[0] == out[4]
     assert out[0][1].count(True) == 3 and out[0][3] == 3
+
+
+# -- reads that continue each other in a shard share one request ------------------------------
+def test_reads_continuing_in_the_same_shard_are_fetched_with_one_request(tmp_path):
+    """Interleaved lanes read shard A, then B, then A's next samples: the fetcher fetches A's
+    two reads with one ranged GET (within 1.25 requests' bytes), and the items are exactly
+    those of one request per read."""
+    import numpy as np
+
+    from wdstream.errors import ErrorBudget
+    from wdstream.read.fetch import ReadOptions, ShardReader
+    from wdstream.read.planner import Read
+    from wdstream.read.shards import span_items
+    from wdstream.read.sources import resolve_source
+    from wdstream.read.stats import Counters
+
+    write_test_shards(str(tmp_path), [40, 40], image=False, audio=False)
+    src = resolve_source(str(tmp_path), cfg())
+    reads = [Read(0, 0, 10), Read(1, 0, 10), Read(0, 10, 20), Read(1, 10, 20),
+             Read(0, 20, 25, np.array([20, 22, 24])), Read(0, 30, 40)]
+
+    def run(block):
+        counters = Counters()
+        reader = ShardReader(ReadOptions(storage_options={}, requests=4, block_size=block,
+                                         max_bytes=1 << 30))
+        items = list(span_items(reader.fetch(src.shards, reads, counters), ErrorBudget(0)))
+        return [(i["__key__"], i["txt"]) for i in items], counters
+
+    big, together = run(1 << 20)
+    one, apart = run(1)  # one sample per request: nothing to share
+    assert big == one and len(big) == 10 + 10 + 10 + 10 + 3 + 10
+    assert apart.get_requests - apart.index_requests == 53  # a GET per wanted sample
+    # A[0:10]+A[10:20] and B[0:10]+B[10:20] together; the subset and A[30:40] apart
+    assert together.get_requests - together.index_requests == 4
+    assert together.index_requests == apart.index_requests == 2

@@ -20,7 +20,7 @@ from wdstream.read.planner import INF, Layout, Read, epoch_plan, layout_split
 sizes_st = st.lists(st.integers(0, 30), min_size=1, max_size=8)
 layout_st = st.builds(Layout, world=st.integers(1, 4), workers=st.integers(1, 3),
                       batch_size=st.integers(1, 5), cache_size=st.integers(0, 25),
-                      drop_last=st.booleans())
+                      drop_last=st.booleans(), lanes=st.sampled_from([0, 0, 1, 2, 3, 5]))
 
 
 def expand(segs) -> list[int]:
@@ -47,7 +47,7 @@ def read_positions(reads: list[Read], sizes) -> list[int]:
 
 
 def check_generation(pool, opool, layout, k, *, sizes, order, seed, epoch, generation,
-                     shuffle=True):
+                     shuffle=True, single=False):
     """Compare one generation of the planner with the oracle; returns (oracle slots, rest,
     real items emitted per slot as root indices, fillers emitted)."""
     assert pool.length == len(opool)
@@ -59,7 +59,8 @@ def check_generation(pool, opool, layout, k, *, sizes, order, seed, epoch, gener
     emitted = oracle.layout_emitted(k, layout)
     slots, rest = oracle.run_generation(opool, layout.world, lengths,
                                         oracle.window_of(layout.cache_size, shuffle), emitted,
-                                        seed=seed, epoch=epoch, generation=generation)
+                                        seed=seed, epoch=epoch, generation=generation,
+                                        single=single)
     real_emitted: list[int] = []
     fillers = 0
     for (rank, worker), o in slots.items():
@@ -90,10 +91,13 @@ def check_generation(pool, opool, layout, k, *, sizes, order, seed, epoch, gener
        epoch=st.integers(0, 2), shuffle=st.booleans())
 def test_chain_of_resumes_matches_oracle_and_is_exactly_once(sizes, layouts, stops, seed, epoch,
                                                             shuffle):
-    """Up to three elastic resumes (each with its own layout), the last run to the end."""
+    """Up to three elastic resumes (each with its own layout), the last run to the end; the
+    epoch order interleaved in lanes as the first layout says (0: the old order)."""
     total = sum(sizes)
-    order = oracle.epoch_positions(sizes, seed, epoch, shuffle)
-    pool = epoch_plan(sizes, seed=seed, epoch=epoch, shuffle=shuffle)
+    first = layouts[0]
+    order = oracle.epoch_positions(sizes, seed, epoch, shuffle, lanes=first.lanes,
+                                   window=first.cache_size)
+    pool = epoch_plan(sizes, seed=seed, epoch=epoch, shuffle=shuffle, layout=first)
     opool = list(range(total))
     delivered: Counter = Counter()
     history = []
@@ -103,7 +107,7 @@ def test_chain_of_resumes_matches_oracle_and_is_exactly_once(sizes, layouts, sto
         k = n_batches if last else int(stops[generation] * n_batches)
         opool_next, real, fillers = check_generation(
             pool, opool, layout, k, sizes=sizes, order=order, seed=seed, epoch=epoch,
-            generation=generation, shuffle=shuffle)
+            generation=generation, shuffle=shuffle, single=first.lanes > 0)
         delivered.update(real)
         step = layout.world * layout.batch_size
         if last:
@@ -186,24 +190,42 @@ def test_different_epoch_different_order():
     assert a.reads != b.reads or a.emission().tolist() != b.emission().tolist()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(sizes=sizes_st, seed=st.integers(0, 9), shuffle=st.booleans(), passes=st.integers(1, 3),
-       lo=st.integers(0, 40))
-def test_reads_follow_the_epoch_order_also_cyclic(sizes, seed, shuffle, passes, lo):
+       lo=st.integers(0, 40), lanes=st.sampled_from([0, 2, 3, 8]), cache=st.integers(1, 40))
+def test_reads_follow_the_epoch_order_also_cyclic(sizes, seed, shuffle, passes, lo, lanes,
+                                                  cache):
     total = sum(sizes)
-    flat = epoch_plan(sizes, seed=seed, epoch=3, shuffle=shuffle)
-    order = oracle.epoch_positions(sizes, seed, 3, shuffle)
+    layout = Layout(1, 1, 1, cache, lanes=lanes)
+    flat = epoch_plan(sizes, seed=seed, epoch=3, shuffle=shuffle, layout=layout)
+    order = oracle.epoch_positions(sizes, seed, 3, shuffle, lanes=lanes, window=cache)
     assert read_positions(flat.reads(0, total), sizes) == order
-    cyc = epoch_plan(sizes, seed=seed, epoch=3, shuffle=shuffle, cyclic=True)
+    cyc = epoch_plan(sizes, seed=seed, epoch=3, shuffle=shuffle, cyclic=True, layout=layout)
     assert cyc.length == (INF if total else 0)
     if total:
         want = [p for n in range(passes + 1)
-                for p in oracle.epoch_positions(sizes, seed, 3, shuffle, n)]
+                for p in oracle.epoch_positions(sizes, seed, 3, shuffle, n, lanes=lanes,
+                                                window=cache)]
         lo = min(lo, total * passes)
         got = read_positions(cyc.reads(lo, total * passes), sizes)
         assert got == want[lo:total * passes]
         idx = np.arange(lo, total * passes, 3)  # sorted index arrays map too
         assert read_positions(cyc.root.to_reads([idx]), sizes) == [want[i] for i in idx]
+
+
+def test_lanes_put_one_chunk_of_each_shard_in_a_round():
+    """32 shards of 100, windows of 320: lanes of one shard each, chunks of 10; a window's
+    worth of the order holds 10 samples of every shard, each a run of consecutive samples;
+    with small windows a lane still gives 8 samples a round."""
+    layout = Layout(1, 1, 32, 320, lanes=32)
+    pool = epoch_plan([100] * 32, seed=0, epoch=0, layout=layout)
+    reads = pool.reads(0, 320)
+    assert len(reads) == 32 and sorted(r.shard for r in reads) == list(range(32))
+    assert all(r.first == 0 and r.stop == 10 and r.wanted is None for r in reads)
+    nxt = pool.reads(320, 640)  # the next round continues every lane where it stopped
+    assert [(r.shard, r.first, r.stop) for r in nxt] == [(r.shard, 10, 20) for r in reads]
+    small = epoch_plan([100] * 32, seed=0, epoch=0, layout=Layout(1, 1, 8, 64, lanes=32))
+    assert {r.count for r in small.reads(0, 256)} == {8}
 
 
 @settings(max_examples=200, deadline=None)
@@ -317,7 +339,8 @@ def test_mixed_resample_needs_samples_and_nonempty_sources():
 
 
 mix_layout_st = st.builds(Layout, world=st.integers(1, 3), workers=st.integers(1, 3),
-                          batch_size=st.integers(1, 6), cache_size=st.integers(0, 20))
+                          batch_size=st.integers(1, 6), cache_size=st.integers(0, 20),
+                          lanes=st.sampled_from([0, 3]))
 
 
 @settings(max_examples=300, deadline=None)
@@ -344,7 +367,8 @@ def test_mixed_chain_matches_oracle_and_is_exactly_once(sizes, weights, layouts,
     horizon = {n: totals[n] * (samples // max(1, totals[n]) + 2) for n in names}
     gens, rest = oracle.mixed_chain(totals, probs, history, layouts[-1], seed=seed, epoch=0,
                                     mode=mode, samples=samples if resample else None,
-                                    horizon=horizon if resample else None)
+                                    horizon=horizon if resample else None,
+                                    single=layouts[0].lanes > 0)
     delivered: dict[str, Counter] = {n: Counter() for n in names}
     for g, gen in enumerate(gens):
         plan, pools = mixed_epoch(sources, w, seed=seed, epoch=0, layout=layouts[g], mode=mode,

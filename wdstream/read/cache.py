@@ -1,15 +1,19 @@
 """The optional local shard cache (``config.local_cache_dir``): whole shards kept in a local
 folder, bounded in bytes, least recently used out. The fetcher reads cached shards from there
-(ranged reads become seeks in the local file)."""
+(ranged reads become seeks in the local file), from several threads at once: a shard is
+downloaded once per process however many threads ask for it, and a file is opened before
+another thread can evict it (an open file stays readable after its name is removed)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import posixpath
-from typing import Any
+import threading
+from typing import Any, BinaryIO
 
 from .. import storage
+from ..errors import StorageError, redact
 
 __all__ = ["LocalCache"]
 
@@ -24,6 +28,8 @@ class LocalCache:
         self.folder = folder
         self.max_bytes = max_bytes
         os.makedirs(folder, exist_ok=True)
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
 
     def _path(self, url: str) -> str:
         digest = hashlib.sha256(url.encode()).hexdigest()[:24]
@@ -31,14 +37,32 @@ class LocalCache:
 
     def get(self, url: str, storage_options: dict[str, Any] | None) -> str:
         """A local path holding the whole shard (downloaded on a miss). Raises StorageError
+        naming the URL when the download fails. Another thread may evict it: to read it, use
+        :meth:`open`."""
+        f = self.open(url, storage_options)
+        f.close()
+        return self._path(url)
+
+    def open(self, url: str, storage_options: dict[str, Any] | None) -> BinaryIO:
+        """The cached shard, open for reading: downloaded on a miss (once per process, however
+        many threads ask), and opened before this thread evicts anything. Raises StorageError
         naming the URL when the download fails."""
         path = self._path(url)
-        if os.path.exists(path):
-            os.utime(path)
-            return path
-        storage.download(url, path, storage_options)  # to a temp name, renamed when whole
-        self._evict(keep=path)
-        return path
+        with self._lock:
+            lock = self._locks.setdefault(path, threading.Lock())
+        for _ in range(5):
+            with lock:
+                if not os.path.exists(path):
+                    storage.download(url, path, storage_options)  # a temp name, then renamed
+                try:
+                    f = open(path, "rb")  # noqa: SIM115 - closed by the caller
+                except FileNotFoundError:  # evicted by another thread just now: again
+                    continue
+                os.utime(f.fileno())  # the open file: its name may be gone already
+            self._evict(keep=path)  # an open file stays readable after its name is removed
+            return f
+        raise StorageError(f"{redact(url)} was evicted from the local cache {self.folder} "
+                           f"five times while it was opened: raise local_cache_bytes", url=url)
 
     def _evict(self, keep: str) -> None:
         entries = []

@@ -30,6 +30,7 @@ from .mixplan import MixPlan, mixed_epoch, normalise_weights
 from .planner import Layout, Pool, SlotPlan
 from .shuffle import stream_plan
 from .sources import ShardSource
+from .state import fingerprint
 from .stats import Counters, ReadStats, tracked
 from .transform import with_transform
 from .world import SharedEpoch, World
@@ -46,7 +47,7 @@ def read_plan(source: ShardSource, config, *, epoch: int, layout: Layout, rank: 
     when the epoch has a nominal length, one pass over the worker's shards when not)."""
     if source.has_manifest and config.exact:
         pool = planner.epoch_plan(source.sizes, seed=config.seed, epoch=epoch,
-                                  shuffle=config.shuffle, history=history)
+                                  shuffle=config.shuffle, history=history, layout=layout)
         return pool.slot(layout, rank, worker)
     endless = config.epoch_length is not None or source.has_manifest
     return stream_plan(len(source.shards), seed=config.seed, epoch=epoch, rank=rank,
@@ -77,6 +78,7 @@ class EpochDataset(torch.utils.data.IterableDataset):
         self.rank, self.world = rank, world
         self.slots_per_rank = max(1, config.num_workers)
         self.resume: ResumeInfo | None = None
+        self._fingerprint: str | dict[str, str] | None = None
         self._epoch = SharedEpoch()
         self.read_stats = ReadStats(self.slots_per_rank)
 
@@ -92,6 +94,13 @@ class EpochDataset(torch.utils.data.IterableDataset):
         """What a saved state must agree on to resume here (besides seed and shuffle)."""
         raise NotImplementedError
 
+    def fingerprint(self) -> str | dict[str, str]:
+        """The fingerprint of the data (:func:`~wdstream.read.state.fingerprint`; per source
+        when mixing), computed once."""
+        if self._fingerprint is None:
+            self._fingerprint = {n: fingerprint(s) for n, s in sorted(self.sources.items())}
+        return self._fingerprint
+
     def batches_per_rank(self, epoch: int | None = None) -> int | None:  # pragma: no cover
         raise NotImplementedError
 
@@ -106,7 +115,8 @@ class EpochDataset(torch.utils.data.IterableDataset):
     def layout(self) -> Layout:
         c = self.config
         return Layout(world=self.world, workers=self.slots_per_rank, batch_size=c.batch_size,
-                      cache_size=c.cache_size, drop_last=self._drop_last())
+                      cache_size=c.cache_size, drop_last=self._drop_last(),
+                      lanes=int(c.shuffle_lanes))
 
     def _drop_last(self) -> bool:
         return bool(self.config.drop_last)
@@ -166,11 +176,15 @@ class ShardDataset(EpochDataset):
     def identity(self) -> dict[str, Any]:
         return {"samples": self.source.samples, "shards": len(self.source.shards)}
 
+    def fingerprint(self) -> str:
+        return super().fingerprint()[self.source.name]
+
     def pool(self, epoch: int) -> Pool:
         """What is left of ``epoch`` after the resumed history: O(shards + old slots)."""
         c = self.config
         return planner.epoch_plan(self.source.sizes, seed=c.seed, epoch=epoch,
-                                  shuffle=c.shuffle, history=self.history(epoch))
+                                  shuffle=c.shuffle, history=self.history(epoch),
+                                  layout=self.layout())
 
     def epoch_samples(self) -> int | None:
         if self.config.epoch_length is not None:

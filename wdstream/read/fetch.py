@@ -56,7 +56,8 @@ __all__ = ["ReadOptions", "ShardReader", "MAX_GAP", "INDEX_CACHE"]
 log = logging.getLogger(__name__)
 
 MAX_GAP = 64  # unwanted samples a read goes through rather than opening a new ranged read
-INDEX_CACHE = 64  # shard indexes a reader keeps: 16 bytes per sample each (version 2)
+INDEX_CACHE = 64  # shard indexes a reader keeps at least: 16 bytes per sample each (version 2)
+_HORIZON = 96  # reads looked ahead for one that continues a request in the same shard
 _STREAM_CHUNKS = 4  # member chunks a streamed read holds ahead of the consumer
 
 
@@ -72,6 +73,7 @@ class ReadOptions:
     max_member_bytes: int | None = 2**30
     cache_dir: str | None = None  # local_cache_dir
     cache_bytes: int = 10 * 2**30  # local_cache_bytes
+    indexes: int = INDEX_CACHE  # shard indexes kept: at least two per interleaved lane
 
     @classmethod
     def from_config(cls, config) -> ReadOptions:
@@ -80,7 +82,8 @@ class ReadOptions:
                    max_bytes=int(config.read_ahead_bytes),
                    block_size=int(config.read_block_size),
                    max_member_bytes=config.max_member_bytes,
-                   cache_dir=config.local_cache_dir, cache_bytes=int(config.local_cache_bytes))
+                   cache_dir=config.local_cache_dir, cache_bytes=int(config.local_cache_bytes),
+                   indexes=max(INDEX_CACHE, 2 * int(config.shuffle_lanes)))
 
     @property
     def request_bytes(self) -> int:
@@ -167,7 +170,7 @@ class ShardReader:
         with self._index_lock:
             self._indexes[shard.index_url] = idx
             self._indexes.move_to_end(shard.index_url)
-            if len(self._indexes) > INDEX_CACHE:
+            if len(self._indexes) > self.options.indexes:
                 self._indexes.popitem(last=False)
 
     def load_index(self, shard: ShardRef, counters: Counters) -> dict | None:
@@ -187,21 +190,23 @@ class ShardReader:
         limit = max_index_bytes(shard.samples)
         fs, path = self.fs_path(shard.index_url)
         data = fs.cat_file(path, start=0, end=limit + 1)
-        counters.add_request(len(data))
+        counters.add_request(len(data), index=True)
         if len(data) > limit:
             raise StorageError(f"{redact(shard.index_url)} is larger than {limit} bytes, the "
                                f"most expected there; not reading it", url=shard.index_url)
         return data
 
     # -- bytes -------------------------------------------------------------------------
-    def read_range(self, shard: ShardRef, start: int, end: int, counters: Counters) -> list:
-        """The members in bytes ``[start, end)`` of an uncompressed shard (one ranged GET, a
-        seek in the local cache, or a slice of in-memory bytes)."""
+    def read_range(self, shard: ShardRef, bounds: Sequence[tuple[int, int]],
+                   counters: Counters) -> list[list]:
+        """The members of each of ``bounds`` (contiguous byte ranges of an uncompressed shard,
+        in order), fetched together: one ranged GET, a seek in the local cache, or a slice of
+        in-memory bytes."""
+        start, end = bounds[0][0], bounds[-1][1]
         if shard.data is not None:
             data = shard.data[start:end]
         elif self.cache is not None:
-            path = self.cache.get(shard.url, self.options.storage_options)
-            with open(path, "rb") as f:
+            with self.cache.open(shard.url, self.options.storage_options) as f:
                 f.seek(start)
                 data = f.read(end - start)
         else:
@@ -213,8 +218,10 @@ class ShardReader:
             counters.add_request(len(data))
         if len(data) != end - start:
             raise EOFError(f"ranged read of bytes {start}-{end} returned {len(data)} bytes")
-        return split_members(data, name=shard.url,
-                             max_member_bytes=self.options.max_member_bytes)
+        view = memoryview(data)
+        return [split_members(view[a - start:b - start], name=shard.url,
+                              max_member_bytes=self.options.max_member_bytes)
+                for a, b in bounds]
 
     def open(self, shard: ShardRef):
         """The shard as a file object from its start (in memory, the local cache, or fsspec),
@@ -222,9 +229,8 @@ class ShardReader:
         if shard.data is not None:
             return io.BytesIO(shard.data)
         if self.cache is not None:
-            path = self.cache.get(shard.url, self.options.storage_options)
-            f = open(path, "rb")  # noqa: SIM115 - closed by the caller
-            size = os.path.getsize(path)
+            f = self.cache.open(shard.url, self.options.storage_options)
+            size = os.fstat(f.fileno()).st_size
         else:
             f = storage.open_read(shard.url, self.options.storage_options,
                                   block_size=self.options.block_size)
@@ -266,7 +272,7 @@ class _Piece:
     """One request of a run (a ranged GET, or a streamed read), in plan order."""
 
     __slots__ = ("shard", "first", "stop", "wanted", "index", "nbytes", "range", "offset",
-                 "future", "stream", "error")
+                 "future", "stream", "error", "part", "bounds", "carried")
 
     def __init__(self, shard, first, stop, wanted, index=None, nbytes=0, byte_range=None,
                  offset=None, error=None):
@@ -275,6 +281,9 @@ class _Piece:
         self.offset = offset  # a streamed read from this byte (sample ``first``'s header)
         self.future: Future | None = None
         self.stream: _Stream | None = None
+        self.part = 0  # which of its request's byte ranges is this piece's
+        self.bounds: list[tuple[int, int]] = [byte_range] if byte_range else []
+        self.carried = False  # fetched with an earlier piece's request
 
 
 class _Stream:
@@ -370,6 +379,8 @@ class _Run:
         self.pieces: deque[_Piece] = deque()  # the current read cut into requests
         self.indexes: dict[int, Future] = {}  # shard -> index being fetched
         self.failed: dict[int, BaseException] = {}  # shards that cannot be read at all
+        self.later: dict[tuple[int, int, int], _Piece] = {}  # reads fetched with earlier ones
+        self.carried = 0  # bytes fetched for later reads, not yet consumed
         first = self._peek(1)
         if first and self.pool is not None:
             shard = shards[first[0].shard]
@@ -440,6 +451,9 @@ class _Run:
     # -- cutting reads into requests ---------------------------------------------------
     def _cut(self, read: Read, idx: dict | None) -> None:
         shard = self.shards[read.shard]
+        if read.wanted is None and (read.shard, read.first, read.stop) in self.later:
+            self.pieces.append(self.later.pop((read.shard, read.first, read.stop)))
+            return  # fetched with an earlier read of the same shard
         wanted = None if read.wanted is None else np.asarray(read.wanted)
         if read.shard in self.failed:
             self.pieces.append(_Piece(shard, read.first, read.stop, wanted,
@@ -465,9 +479,38 @@ class _Run:
                         # a member too large: streamed, so it is read through, never held
                         self.pieces.append(_Piece(shard, a, b, sub, idx, offset=start))
                     else:
-                        self.pieces.append(_Piece(shard, a, b, sub, idx, end - start,
-                                                  (start, end)))
+                        piece = _Piece(shard, a, b, sub, idx, end - start, (start, end))
+                        if part is None and b == stop:
+                            self._coalesce(piece, read.shard, offsets)
+                        self.pieces.append(piece)
                 a = b
+
+    def _coalesce(self, piece: _Piece, i: int, offsets) -> None:
+        """Fetch the reads that continue ``piece`` in the same shard (later in the plan,
+        within the look-ahead) with its request, while the request stays within 1.25
+        requests' bytes and what waits for later reads within half the bytes bound: no
+        request smaller than it must be."""
+        limit = self.request_bytes * 5 // 4
+        start, end = piece.range
+        cur = piece.stop
+        for read in itertools.islice(self._peek(_HORIZON), _HORIZON):
+            if read.shard != i:
+                continue
+            key = (read.shard, read.first, read.stop)
+            if read.wanted is not None or read.stop is None or read.first != cur or \
+                    key in self.later:
+                break  # the shard is read otherwise next: stop here
+            nbytes = int(offsets[read.stop]) - end
+            if end + nbytes - start > limit or self.carried + nbytes > self.max_bytes // 2:
+                break
+            later = _Piece(piece.shard, read.first, read.stop, None, piece.index, nbytes,
+                           (end, end + nbytes))
+            later.carried, later.part, later.future = True, len(piece.bounds), piece
+            piece.bounds.append((end, end + nbytes))
+            self.later[key] = later
+            self.carried += nbytes
+            piece.nbytes += nbytes
+            cur, end = read.stop, end + nbytes
 
     def _next_piece(self, block: bool) -> _Piece | None:
         while not self.pieces:
@@ -492,14 +535,16 @@ class _Run:
             piece = self._next_piece(block=not self.pending)
             if piece is None:
                 return
-            if piece.nbytes > 0 and self.pending and \
+            if piece.nbytes > 0 and not piece.carried and self.pending and \
                     self.outstanding + piece.nbytes > self.max_bytes:
                 return
             self.pieces.popleft()
-            if piece.error is None:
+            if piece.carried:
+                piece.future = piece.future.future  # the request of the piece it came with
+            elif piece.error is None:
                 if piece.range is not None:
                     piece.future = self._submit(self.reader.read_range, piece.shard,
-                                                *piece.range, self.counters)
+                                                piece.bounds, self.counters)
                     self.outstanding += piece.nbytes
                 elif self.pool is not None:
                     piece.stream = _Stream(self._stream(piece), self.request_bytes)
@@ -516,10 +561,14 @@ class _Run:
             return iter(piece.stream) if piece.stream is not None else self._stream(piece)
         t0 = time.perf_counter()
         try:
-            members = piece.future.result()
+            members = piece.future.result()[piece.part]
         except Exception as exc:  # noqa: BLE001 - counted by span_items
             members = exc
         self.counters.io_wait_s += time.perf_counter() - t0
+        if piece.carried:
+            self.carried -= piece.nbytes
+        else:
+            piece.nbytes -= sum(b - a for a, b in piece.bounds[1:])  # carried ones count theirs
         self.outstanding -= piece.nbytes
         return members
 

@@ -25,12 +25,12 @@ from .datasets import EpochDataset, MixedDataset, ResumeInfo, ShardDataset
 from .decode import SampleDecoder
 from .planner import Layout
 from .sources import resolve_sources
+from .state import STATE_VERSION, parse_state
 from .world import World
 
 __all__ = ["make_loader", "Loader", "STATE_VERSION"]
 
 log = logging.getLogger(__name__)
-STATE_VERSION = 2  # what state_dict() writes; load_state_dict() refuses version 1
 
 
 def make_loader(source: Any, config: Config | None = None, tokenizer=None, *,
@@ -183,35 +183,26 @@ class Loader:
         runs = [{**layout.to_dict(), "batches": k} for layout, k in self._history()]
         runs.append({**ds.layout().to_dict(), "batches": self._batches})
         return {"version": STATE_VERSION, "epoch": self._epoch, **self._identity(),
-                "runs": runs}
+                "fingerprint": ds.fingerprint(), "runs": runs}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume: the next iteration yields exactly what the saved run had not delivered of
-        its epoch, laid out for this loader's world size and workers.
+        its epoch, laid out for this loader's world size and workers (format and checks:
+        :mod:`wdstream.read.state`).
 
-        Raises ConfigError for a state of another version, dataset, seed or mix."""
+        Raises ConfigError for a state of another version, dataset, seed or mix, and for one
+        that is malformed or does not fit the data (a field out of range, more batches than
+        the epoch has)."""
         ds = self.dataset
-        version = state.get("version")
-        if version == 1:
-            raise ConfigError(
-                f"loader state version 1 (epoch {state.get('epoch')}) was saved by wdstream "
-                f"<= 0.1, whose per-sample shuffle buffer this version replaced by windows; it "
-                f"cannot be resumed exactly. Restart that epoch from its start "
-                f"(loader.set_epoch(state['epoch']) without load_state_dict), or finish it "
-                f"with wdstream <= 0.1", key="version")
-        if version != STATE_VERSION:
-            raise ConfigError(f"unsupported loader state version {version!r}: this wdstream "
-                              f"reads version {STATE_VERSION}", key="version")
-        for key, mine in self._identity().items():
-            if state.get(key) != mine:
-                raise ConfigError(f"loader state was saved with {key}={state.get(key)!r} but "
-                                  f"this loader has {key}={mine!r}: resume with the same "
-                                  f"manifest(s), seed and mix", key=key)
-        history = []
-        for run in state["runs"]:
-            batches = int(run["batches"])
-            history.append((Layout.from_dict(run), batches))
+        epoch, history = parse_state(state, self._identity(), ds.fingerprint())
+        old = ds.resume
+        ds.resume = ResumeInfo(epoch=epoch, history=history)
+        try:
+            ds.batches_per_rank(epoch)  # plans the history once: a run that does not fit
+        except ValueError as exc:  # this data raises here, not in a worker
+            ds.resume = old
+            raise ConfigError(f"loader state does not fit this data: {exc}; resume with the "
+                              f"manifest it was saved on", key="runs") from exc
         self.close()
-        ds.resume = ResumeInfo(epoch=int(state["epoch"]), history=history)
-        self._epoch = int(state["epoch"])
+        self._epoch = epoch
         self._batches = 0

@@ -289,8 +289,11 @@ def mixed_epoch(sources: Mapping[str, Sequence[int]], weights: Mapping[str, floa
     ``worker + i * workers`` of ``plan``.
     """
     cyclic = mode == "resample"
+    first = history[0][0] if history else layout
+    window = source_window(first.cache_size, len(sources))
     pools = {n: epoch_plan(sizes, seed=seed, epoch=epoch, shuffle=shuffle, salt=n,
-                           cyclic=cyclic) for n, sizes in sources.items()}
+                           cyclic=cyclic, layout=first, window=window)
+             for n, sizes in sources.items()}
     left = samples
     caps_left = dict(caps) if caps else None
     for generation, (old, k) in enumerate(history):

@@ -4,10 +4,15 @@ after a stop. Pure arithmetic (numpy, no I/O): a function of
 
 Terms:
 
-- The *epoch order* lists the samples shard by shard, shards in a seeded per-epoch order. A
-  *root index* is a position in it. (A cyclic order, for a resampled mixed source, repeats
-  the shards in a new order each pass; root index ``p * total + i`` is item ``i`` of pass
-  ``p``.) It is stored as runs (one per non-empty shard): O(shards).
+- The *epoch order* lists the samples of the shards, the shards in a seeded per-epoch order,
+  interleaved in lanes (:mod:`wdstream.read.order`: groups of ``lanes`` shards, one chunk of
+  each in turn) so that every window mixes many shards. A *root index* is a position in it.
+  (A cyclic order, for a resampled mixed source, repeats the shards in a new order each pass;
+  root index ``p * total + i`` is item ``i`` of pass ``p``.) It is stored as runs (one per
+  non-empty shard) and group bounds: O(shards). The first run of an epoch (the first entry of
+  its history, else the current layout) fixes the interleave for the whole epoch; its
+  ``lanes`` of 0 is the order of the releases before lanes (shard after shard, windows that
+  grow in every span), kept so that their saved states resume exactly.
 - The *pool* of generation 0 is the epoch order. Each resume (an entry of the *history*: a
   split of the pool over slots and how many items each slot emitted) starts a new
   generation whose pool is the previous one less what was emitted, order kept. It is stored
@@ -40,6 +45,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .order import Interleave, PassOrder
 from .seeds import shard_order, slot_seed
 from .windows import emitted as window_emitted
 from .windows import iter_windows, window_bounds, window_order
@@ -62,9 +68,11 @@ class Layout:
     batch_size: int
     cache_size: int  # the shuffle window's cap, in samples (config.cache_size)
     drop_last: bool = True
+    lanes: int = 0  # shards interleaved per window (config.shuffle_lanes); 0: the old order
 
     def __post_init__(self) -> None:
-        if self.world < 1 or self.workers < 1 or self.batch_size < 1 or self.cache_size < 0:
+        if self.world < 1 or self.workers < 1 or self.batch_size < 1 or self.cache_size < 0 \
+                or self.lanes < 0:
             raise ValueError(f"invalid layout {self}")
 
     def to_dict(self) -> dict:
@@ -177,6 +185,7 @@ class SlotPlan:
     window: int
     seed: int
     reads: tuple[Read, ...]
+    single: bool = False  # a span no longer than ``window`` is one window
 
     def is_filler(self, span_index):
         """True for span indices that are padding repeats (int or array)."""
@@ -184,7 +193,7 @@ class SlotPlan:
 
     def windows(self) -> Iterator[tuple[int, int, int]]:
         """``(index, start, stop)`` of the span's windows, in order."""
-        return iter_windows(self.length, self.window)
+        return iter_windows(self.length, self.window, self.single)
 
     def window_order(self, index: int, start: int, stop: int) -> np.ndarray:
         """Span indices of window ``index`` (``[start, stop)``) in emission order."""
@@ -197,7 +206,7 @@ class SlotPlan:
 
     def consumed(self, n: int) -> tuple[int, np.ndarray]:
         """Real span indices emitted after ``n`` items: ``[0, whole)`` plus ``partial``."""
-        whole, partial = window_emitted(n, self.length, self.window, self.seed)
+        whole, partial = window_emitted(n, self.length, self.window, self.seed, self.single)
         return min(whole, self.real), partial[partial < self.real]
 
 
@@ -295,7 +304,7 @@ class Pool:
         reads = root.to_reads(self.to_root(segs))
         seed = slot_seed(root.seed, root.epoch, self.generation, rank, worker, root.salt)
         return SlotPlan(rank, worker, self.generation, length, real, split.window, seed,
-                        tuple(reads))
+                        tuple(reads), root.single)
 
     def after(self, split: Split, emitted: Sequence[int]) -> Pool:
         """The next generation's pool: this one less what the slots of ``split`` emitted
@@ -311,32 +320,34 @@ class Pool:
 
 
 class _Root(Pool):
-    """Generation 0: the epoch order, as runs of shards (per pass when cyclic)."""
+    """Generation 0: the epoch order, as runs of shards and groups of lanes (per pass when
+    cyclic)."""
 
     def __init__(self, sizes: Sequence[int], seed: int, epoch: int, shuffle: bool,
-                 cyclic: bool, salt: str):
+                 cyclic: bool, salt: str, interleave: Interleave | None = None,
+                 single: bool = False):
         self.sizes = np.asarray(sizes, dtype=np.int64).reshape(-1)
         if (self.sizes < 0).any():
             raise ValueError("shard sizes must be >= 0")
         self.seed, self.epoch, self.shuffle, self.salt = seed, epoch, shuffle, salt
+        self.interleave, self.single = interleave, single
         self.total = int(self.sizes.sum())
         self.length = INF if cyclic and self.total else self.total
         self.generation = 0
         self.root = self
-        self._passes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._passes: dict[int, tuple[np.ndarray, PassOrder]] = {}
 
-    def pass_runs(self, pass_no: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(shards, starts)`` of a pass: its non-empty shards in order and where each starts
-        (root index within the pass; ``starts[-1]`` is the total)."""
+    def pass_runs(self, pass_no: int) -> tuple[np.ndarray, PassOrder]:
+        """``(shards, order)`` of a pass: its non-empty shards in order, and its epoch order
+        over them (``order.starts``: where each shard starts in the base order)."""
         got = self._passes.get(pass_no)
         if got is None:
-            order = shard_order(len(self.sizes), self.seed, self.epoch, self.shuffle, pass_no)
-            order = order[self.sizes[order] > 0]
-            starts = np.zeros(len(order) + 1, dtype=np.int64)
-            np.cumsum(self.sizes[order], out=starts[1:])
+            shards = shard_order(len(self.sizes), self.seed, self.epoch, self.shuffle, pass_no)
+            shards = shards[self.sizes[shards] > 0]
             if len(self._passes) >= 4:
                 self._passes.clear()
-            got = self._passes[pass_no] = (order, starts)
+            got = self._passes[pass_no] = (shards, PassOrder(self.sizes[shards],
+                                                             self.interleave))
         return got
 
     def to_reads(self, segs: list[Seg]) -> list[Read]:
@@ -352,28 +363,33 @@ class _Root(Pool):
     def _interval_reads(self, lo: int, hi: int, out: list[Read]) -> None:
         while lo < hi:
             pass_no, off = divmod(lo, self.total)
-            shards, starts = self.pass_runs(pass_no)
+            shards, order = self.pass_runs(pass_no)
             end = off + min(hi - lo, self.total - off)
-            i = int(np.searchsorted(starts, off, side="right")) - 1
-            while off < end:
-                base = int(starts[i])
-                stop = min(int(starts[i + 1]), end)
-                _add_read(out, Read(int(shards[i]), off - base, stop - base))
-                lo += stop - off
-                off = stop
-                i += 1
+            starts = order.starts
+            for a, n in zip(*order.pieces(off, end), strict=True):
+                a, b = int(a), int(a + n)
+                i = int(np.searchsorted(starts, a, side="right")) - 1
+                while a < b:
+                    stop = min(int(starts[i + 1]), b)
+                    _add_read(out, Read(int(shards[i]), a - int(starts[i]),
+                                        stop - int(starts[i])))
+                    a = stop
+                    i += 1
+            lo += end - off
 
     def _array_reads(self, idx: np.ndarray, out: list[Read]) -> None:
         passes = idx // self.total
         cuts = np.flatnonzero(np.diff(passes)) + 1
         for part in np.split(idx, cuts):
             pass_no = int(part[0]) // self.total
-            shards, starts = self.pass_runs(pass_no)
-            off = part - pass_no * self.total
-            run = np.searchsorted(starts, off, side="right") - 1
-            for group in np.split(np.arange(len(off)), np.flatnonzero(np.diff(run)) + 1):
+            shards, order = self.pass_runs(pass_no)
+            base = order.to_base(part - pass_no * self.total)
+            run = np.searchsorted(order.starts, base, side="right") - 1
+            # a read per run of one shard, its wanted samples ascending
+            cut = np.flatnonzero((np.diff(run) != 0) | (np.diff(base) <= 0)) + 1
+            for group in np.split(np.arange(len(base)), cut):
                 r = int(run[group[0]])
-                local = off[group] - starts[r]
+                local = base[group] - order.starts[r]
                 out.append(Read(int(shards[r]), int(local[0]), int(local[-1]) + 1, local))
 
 
@@ -396,7 +412,8 @@ class _Rest(Pool):
         lengths = np.tile(np.asarray(split.lengths, dtype=np.int64), split.world)
         taken = np.tile(np.asarray(emitted, dtype=np.int64), split.world)
         self._real = np.clip(n_old - self._starts, 0, lengths)
-        self._window, self._a, self._b = window_bounds(taken, lengths, split.window)
+        self._window, self._a, self._b = window_bounds(taken, lengths, split.window,
+                                                       parent.root.single)
         self._taken = taken - self._a  # items emitted of the current window
         partial = self._taken > 0
         tail_lo = np.where(partial, self._b, self._a)
@@ -470,14 +487,25 @@ class _Rest(Pool):
 
 def epoch_plan(sizes: Sequence[int], *, seed: int, epoch: int, shuffle: bool = True,
                history: Sequence[tuple[Layout, int]] = (), salt: str = "",
-               cyclic: bool = False) -> Pool:
+               cyclic: bool = False, layout: Layout | None = None,
+               window: int | None = None) -> Pool:
     """The pool of ``epoch`` after the runs in ``history`` (``(layout, batches per rank)``
     each, oldest first). O(shards + old slots); nothing per sample.
 
-    ``cyclic``: the epoch order repeats in new shard orders without end (a resampled mixed
-    source); ``salt``: distinguishes the window seeds of sources that share slots.
+    The epoch order is interleaved as the epoch's first layout says (``history[0]``'s, else
+    ``layout``; none, or ``lanes == 0``: the old order), its chunks sized for windows of
+    ``window`` samples (default: that layout's ``cache_size``). ``cyclic``: the epoch order
+    repeats in new shard orders without end (a resampled mixed source); ``salt``:
+    distinguishes the window seeds of sources that share slots.
     """
-    pool: Pool = _Root(sizes, seed, epoch, shuffle, cyclic, salt)
+    first = history[0][0] if history else layout
+    interleave, single = None, False
+    if first is not None and first.lanes > 0:
+        single = True
+        if shuffle:
+            interleave = Interleave.of(first.lanes, first.cache_size if window is None
+                                       else window)
+    pool: Pool = _Root(sizes, seed, epoch, shuffle, cyclic, salt, interleave, single)
     for layout, k in history:
         pool = pool.after_batches(layout, k)
     return pool

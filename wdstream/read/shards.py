@@ -114,12 +114,6 @@ def _samples(got: Fetched) -> Iterator[dict]:
     return group_samples(got.members)
 
 
-def _close(it) -> None:
-    close = getattr(it, "close", None)
-    if close is not None:
-        close()
-
-
 def _whole_shard(got: Fetched, budget: ErrorBudget) -> Iterator[dict]:
     """Every good sample of a shard; a broken shard is counted once and its rest skipped, a
     sample with a key seen before or a member over the size limit is counted and skipped."""
@@ -145,9 +139,11 @@ def _whole_shard(got: Fetched, budget: ErrorBudget) -> Iterator[dict]:
     except Exception as exc:  # noqa: BLE001 - OSError, TarError, zlib.error, and the odd
         # types a hostile tar makes tarfile raise: all count as an unreadable shard
         budget.record(UNREADABLE, redact(url), exc)
-    finally:
-        _close(samples)
-        _close(got.members)
+    finally:  # no module globals here: this also runs when a generator is collected at exit
+        for it in (samples, got.members):
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
 
 
 def _span(got: Fetched, budget: ErrorBudget) -> Iterator[dict]:
@@ -212,9 +208,11 @@ def _span(got: Fetched, budget: ErrorBudget) -> Iterator[dict]:
         # types a hostile tar makes tarfile raise: all count as an unreadable shard
         error = f"{type(exc).__name__}: {exc}"
         budget.record(UNREADABLE, redact(url), exc)
-    finally:
-        _close(samples)
-        _close(got.members)
+    finally:  # no module globals here: this also runs when a generator is collected at exit
+        for it in (samples, got.members):
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
     names = idx.get("keys") if idx is not None else None
     while next_wanted is not None:
         key = names[next_wanted] if names is not None and next_wanted < len(names) else None

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 #: The numeric columns of a worker's row in :class:`ReadStats`.
 FIELDS = ("samples", "batches", "elapsed_s", "io_wait_s", "decode_s", "blocked_s",
-          "get_requests", "bytes_read", "placeholders")
+          "get_requests", "bytes_read", "index_requests", "placeholders")
 #: Distinct skip reasons a row keeps by name; further reasons are summed under ``"other"``.
 REASON_SLOTS = 15
 _NAME_BYTES = 48
@@ -45,11 +45,14 @@ class Counters:
         self._lock = threading.Lock()
         self._start = time.perf_counter()
 
-    def add_request(self, nbytes: int) -> None:
-        """Count one ranged GET of ``nbytes`` (thread-safe: fetch threads call it)."""
+    def add_request(self, nbytes: int, *, index: bool = False) -> None:
+        """Count one ranged GET of ``nbytes`` (``index``: of a shard's index; thread-safe:
+        fetch threads call it)."""
         with self._lock:
             self.get_requests += 1
             self.bytes_read += nbytes
+            if index:
+                self.index_requests += 1
 
     def values(self) -> list[float]:
         self.elapsed_s = time.perf_counter() - self._start
@@ -106,7 +109,8 @@ class ReadStats:
         out = []
         for worker, row in enumerate(self._t.tolist()):
             d: dict[str, Any] = dict(zip(FIELDS, row, strict=True))
-            for name in ("samples", "batches", "get_requests", "bytes_read", "placeholders"):
+            for name in ("samples", "batches", "get_requests", "bytes_read", "index_requests",
+                         "placeholders"):
                 d[name] = int(d[name])
             d["samples_per_s"] = d["samples"] / d["elapsed_s"] if d["elapsed_s"] > 0 else 0.0
             d["skipped"] = self._skipped(worker)

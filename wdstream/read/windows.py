@@ -8,7 +8,12 @@ up to ``window`` (the slot's window cap: ``config.window``, see
 small window only and a reader never holds more than ``window`` samples. ``window <= 1``
 means windows of one item: nothing moves.
 
-Window sizes are a pure function of ``window``, so the items a slot has emitted after
+With ``single`` (the interleaved epoch order, :mod:`wdstream.read.order`), a span no longer
+than ``window`` is one window: a short span holds only a few of the order's chunks, and
+cutting it into growing windows would leave the first batches with samples of a few shards
+only; such a span is never larger than one window anyway.
+
+Window sizes are a pure function of ``window`` (and ``single``), so the items a slot has emitted after
 ``n`` are arithmetic: every window before the current one, plus the first ``n - start`` items
 of the current window's permutation (:func:`emitted`, O(window)).
 """
@@ -66,7 +71,7 @@ def window_index(n, window: int):
     return out if out.ndim else int(out)
 
 
-def window_bounds(n, length, window: int):
+def window_bounds(n, length, window: int, single: bool = False):
     """``(index, start, stop)`` of the window holding position ``n`` of a span of ``length``
     items, ``stop`` cut at ``length``; ``n >= length`` gives ``start == stop == length``."""
     n = np.asarray(n, dtype=np.int64)
@@ -74,6 +79,10 @@ def window_bounds(n, length, window: int):
     index = np.asarray(window_index(n, window))
     start = np.asarray(window_start(index, window))
     stop = np.minimum(np.asarray(window_start(index + 1, window)), length)
+    if single:
+        one = length <= window_cap(window)
+        index, start, stop = np.where(one, 0, index), np.where(one, 0, start), \
+            np.where(one, length, stop)
     done = n >= length
     start = np.where(done, length, start)
     stop = np.where(done, length, stop)
@@ -82,8 +91,12 @@ def window_bounds(n, length, window: int):
     return index, start, stop
 
 
-def iter_windows(length: int, window: int) -> Iterator[tuple[int, int, int]]:
+def iter_windows(length: int, window: int, single: bool = False
+                 ) -> Iterator[tuple[int, int, int]]:
     """``(index, start, stop)`` of each window of a span of ``length`` items, in order."""
+    if single and 0 < length <= window_cap(window):
+        yield 0, 0, length
+        return
     sizes = growth_sizes(window)
     cap = window_cap(window)
     index, start = 0, 0
@@ -101,11 +114,12 @@ def window_order(slot_seed: int, index: int, size: int) -> np.ndarray:
     return rng.permutation(size).astype(np.int64)
 
 
-def emitted(n: int, length: int, window: int, slot_seed: int) -> tuple[int, np.ndarray]:
+def emitted(n: int, length: int, window: int, slot_seed: int,
+            single: bool = False) -> tuple[int, np.ndarray]:
     """Span positions emitted by a slot after its first ``n`` items: ``[0, whole)`` plus the
     (unsorted) positions ``partial`` of the current window. O(window)."""
     n = min(n, length)
-    index, start, stop = window_bounds(n, length, window)
+    index, start, stop = window_bounds(n, length, window, single)
     taken = n - start
     if taken <= 0:
         return start, np.zeros(0, dtype=np.int64)
