@@ -51,8 +51,7 @@ def s3(s3_server):
     import requests
     import s3fs
 
-    opts = {"client_kwargs": {"endpoint_url": s3_server}, "key": "testing",
-            "secret": "testing"}
+    opts = {"client_kwargs": {"endpoint_url": s3_server}, "key": "testing", "secret": "testing"}
     s3fs.S3FileSystem.clear_instance_cache()
     fs = s3fs.S3FileSystem(**opts)
     fs.mkdir("test")

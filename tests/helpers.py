@@ -21,15 +21,31 @@ __all__ = ["small_config", "write_test_shards", "read_span", "write_outside_mani
 def small_config(**overrides) -> Config:
     """A Config with small decode sizes and no persistent workers, so tests run fast; bind a
     module's own defaults with ``functools.partial(small_config, batch_size=..., ...)``."""
-    base = dict(batch_size=4, num_workers=0, cache_size=8, vision_dim=16, max_audio_length=200,
-                max_text_length=16, persistent_workers=False)
+    base = dict(
+        batch_size=4,
+        num_workers=0,
+        cache_size=8,
+        vision_dim=16,
+        max_audio_length=200,
+        max_text_length=16,
+        persistent_workers=False,
+    )
     base.update(overrides)
     return Config(**base)
 
 
-def write_test_shards(url: str, sizes: list[int], *, storage_options=None, seed: int = 0,
-                      image: bool = True, audio: bool = True, text: bool = True,
-                      image_px=(40, 80), compact: bool = False):
+def write_test_shards(
+    url: str,
+    sizes: list[int],
+    *,
+    storage_options=None,
+    seed: int = 0,
+    image: bool = True,
+    audio: bool = True,
+    text: bool = True,
+    image_px=(40, 80),
+    compact: bool = False,
+):
     """Write real (non-synthetic) samples, JPEG/PNG + FLAC + text, as shards of the given
     sizes (one writer partition each) plus a manifest (version 1, or the compact version 2
     with ``compact``); returns the Manifest."""
@@ -77,7 +93,8 @@ def write_outside_manifest(folder: str, samples: int = 6) -> tuple[str, str]:
     the prefix to allow)``."""
     data, meta = f"{folder}/data", f"{folder}/meta"
     m = write_synthetic(data, samples, seed=1, max_samples_per_shard=3)
-    shards = [dataclasses.replace(s, url=f"{data}/{s.url}", index=f"{data}/{s.index}")
-              for s in m.shards]
+    shards = [
+        dataclasses.replace(s, url=f"{data}/{s.url}", index=f"{data}/{s.index}") for s in m.shards
+    ]
     Manifest(shards=shards, source=m.source, fields=m.fields, base_url=meta).save(meta)
     return meta, f"{data}/"

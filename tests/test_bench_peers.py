@@ -25,12 +25,34 @@ def test_bench_peers_writes_table_and_plot(tmp_path):
     has_matplotlib = importlib.util.find_spec("matplotlib") is not None
     md, png = tmp_path / "benchmarks.md", tmp_path / "img" / "throughput.png"
     mark = "<!-- notes below are kept when bench_peers.py rewrites this section -->"
-    md.write_text("# Benchmarks\n\n## Reading\n\nkeep me\n\n## Peers\n\nold table\n\n"
-                  f"{mark}\n\nhand-written notes\n\n## Later\n\nkeep me too\n")
-    cmd = [sys.executable, TOOL, "--samples", "16", "--rounds", "1", "--workers", "0",
-           "--batch-size", "4", "--stores", "local,s3", "--systems", ",".join(systems),
-           "--cache", str(tmp_path / "cache"), "--out-md", str(md), "--out-png", str(png),
-           "--timeout", "300"]
+    md.write_text(
+        "# Benchmarks\n\n## Reading\n\nkeep me\n\n## Peers\n\nold table\n\n"
+        f"{mark}\n\nhand-written notes\n\n## Later\n\nkeep me too\n"
+    )
+    cmd = [
+        sys.executable,
+        TOOL,
+        "--samples",
+        "16",
+        "--rounds",
+        "1",
+        "--workers",
+        "0",
+        "--batch-size",
+        "4",
+        "--stores",
+        "local,s3",
+        "--systems",
+        ",".join(systems),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--out-md",
+        str(md),
+        "--out-png",
+        str(png),
+        "--timeout",
+        "300",
+    ]
     if not has_matplotlib:
         cmd.append("--no-plot")
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)

@@ -25,22 +25,46 @@ def test_parse_size():
 
 
 def test_parse_storage_options():
-    opts = parse_storage_options(["endpoint_url=http://127.0.0.1:9000", "anon=false",
-                                  "default_block_size=5242880", "client_kwargs.region_name=x",
-                                  "key=AK"])
-    assert opts == {"endpoint_url": "http://127.0.0.1:9000", "anon": False,
-                    "default_block_size": 5242880, "key": "AK",
-                    "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000",
-                                      "region_name": "x"}}
+    opts = parse_storage_options(
+        [
+            "endpoint_url=http://127.0.0.1:9000",
+            "anon=false",
+            "default_block_size=5242880",
+            "client_kwargs.region_name=x",
+            "key=AK",
+        ]
+    )
+    assert opts == {
+        "endpoint_url": "http://127.0.0.1:9000",
+        "anon": False,
+        "default_block_size": 5242880,
+        "key": "AK",
+        "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000", "region_name": "x"},
+    }
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_storage_options(["novalue"])
 
 
 def test_convert_command_local(small_hf_dataset, tmp_path, capsys):
     out = str(tmp_path / "o")
-    rc = main(["convert", small_hf_dataset, out, "--max-samples-per-shard", "10",
-               "--max-shard-bytes", "1MB", "--workers", "1", "--quiet",
-               "--text-column", "text", "--text-column", "label"])
+    rc = main(
+        [
+            "convert",
+            small_hf_dataset,
+            out,
+            "--max-samples-per-shard",
+            "10",
+            "--max-shard-bytes",
+            "1MB",
+            "--workers",
+            "1",
+            "--quiet",
+            "--text-column",
+            "text",
+            "--text-column",
+            "label",
+        ]
+    )
     assert rc == 0
     assert "48 samples" in capsys.readouterr().out
     assert json.loads(open(os.path.join(out, "manifest.json")).read())["version"] == 2
@@ -55,10 +79,24 @@ def test_convert_command_with_yaml_and_errors(small_hf_dataset, tmp_path, capsys
     cfg.write_text("max_samples_per_shard: 6\nworkers: 1\nquiet: true\n")
     out = str(tmp_path / "o")
     assert main(["convert", small_hf_dataset, out, "--config", str(cfg)]) == 0
-    assert json.loads(open(os.path.join(out, "manifest.json")).read())["options"][
-        "max_samples_per_shard"] == 6
-    rc = main(["convert", small_hf_dataset, str(tmp_path / "o2"), "--audio-column", "sound",
-               "--quiet", "--workers", "1"])
+    assert (
+        json.loads(open(os.path.join(out, "manifest.json")).read())["options"][
+            "max_samples_per_shard"
+        ]
+        == 6
+    )
+    rc = main(
+        [
+            "convert",
+            small_hf_dataset,
+            str(tmp_path / "o2"),
+            "--audio-column",
+            "sound",
+            "--quiet",
+            "--workers",
+            "1",
+        ]
+    )
     assert rc == 2
     assert "'sound' does not exist" in caplog.text
     cfg.write_text("max_sample_per_shard: 6\n")
@@ -68,24 +106,51 @@ def test_convert_command_with_yaml_and_errors(small_hf_dataset, tmp_path, capsys
 
 @pytest.mark.s3
 def test_convert_command_s3_with_endpoint_option(small_hf_dataset, s3):
-    rc = main(["convert", small_hf_dataset, "s3://test/cli", "--workers", "1", "--quiet",
-               "--storage-option", f"endpoint_url={s3['endpoint']}",
-               "--storage-option", "key=testing", "--storage-option", "secret=testing"])
+    rc = main(
+        [
+            "convert",
+            small_hf_dataset,
+            "s3://test/cli",
+            "--workers",
+            "1",
+            "--quiet",
+            "--storage-option",
+            f"endpoint_url={s3['endpoint']}",
+            "--storage-option",
+            "key=testing",
+            "--storage-option",
+            "secret=testing",
+        ]
+    )
     assert rc == 0
     m = json.loads(s3["fs"].cat_file("test/cli/manifest.json"))
     assert m["samples"] == 48
-    assert main(["verify", "s3://test/cli", "--storage-option",
-                 f"endpoint_url={s3['endpoint']}"]) == 0
+    assert (
+        main(["verify", "s3://test/cli", "--storage-option", f"endpoint_url={s3['endpoint']}"]) == 0
+    )
 
 
 def test_synth_same_seed_same_bytes(tmp_path, capsys):
     a, b, c = (str(tmp_path / n) for n in "abc")
-    assert main(["synth", a, "--samples", "12", "--seed", "3", "--max-samples-per-shard",
-                 "5"]) == 0
-    assert main(["synth", b, "--samples", "12", "--seed", "3", "--max-samples-per-shard",
-                 "5"]) == 0
-    assert main(["synth", c, "--samples", "12", "--seed", "4", "--max-samples-per-shard",
-                 "5", "--modalities", "text,image"]) == 0
+    assert main(["synth", a, "--samples", "12", "--seed", "3", "--max-samples-per-shard", "5"]) == 0
+    assert main(["synth", b, "--samples", "12", "--seed", "3", "--max-samples-per-shard", "5"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                c,
+                "--samples",
+                "12",
+                "--seed",
+                "4",
+                "--max-samples-per-shard",
+                "5",
+                "--modalities",
+                "text,image",
+            ]
+        )
+        == 0
+    )
     ma, mb, mc = (load_manifest(x).to_dict() for x in (a, b, c))
     assert ma["samples"] == 12 and len(ma["shards"]) == 3
     assert [s["sha256"] for s in ma["shards"]] == [s["sha256"] for s in mb["shards"]]

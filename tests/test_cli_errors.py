@@ -19,8 +19,16 @@ def _run(argv, capsys):
 
 
 def test_missing_config_file(small_hf_dataset, tmp_path, capsys, caplog):
-    code, text = _run(["convert", small_hf_dataset, str(tmp_path / "o"), "--config",
-                       str(tmp_path / "missing.yaml")], capsys)
+    code, text = _run(
+        [
+            "convert",
+            small_hf_dataset,
+            str(tmp_path / "o"),
+            "--config",
+            str(tmp_path / "missing.yaml"),
+        ],
+        capsys,
+    )
     assert code == 2
     assert "missing.yaml" in caplog.text and "cannot read config file" in caplog.text
     assert not (tmp_path / "o").exists()
@@ -29,8 +37,7 @@ def test_missing_config_file(small_hf_dataset, tmp_path, capsys, caplog):
 def test_config_file_that_is_not_yaml(small_hf_dataset, tmp_path, capsys, caplog):
     bad = tmp_path / "bad.yaml"
     bad.write_text("workers: [1,\n")
-    code, _ = _run(["convert", small_hf_dataset, str(tmp_path / "o"), "--config", str(bad)],
-                   capsys)
+    code, _ = _run(["convert", small_hf_dataset, str(tmp_path / "o"), "--config", str(bad)], capsys)
     assert code == 2 and "not valid YAML" in caplog.text
 
 
@@ -42,11 +49,17 @@ def test_inspect_of_a_broken_tar(tmp_path, capsys, caplog):
     assert "broken.tar is not a readable tar shard" in caplog.text
 
 
-@pytest.mark.parametrize("argv,words", [
-    (["--limit", "-1"], "--limit"), (["--limit", "0"], "--limit"),
-    (["--workers", "-3"], "--workers"), (["--workers", "two"], "--workers"),
-    (["--max-samples-per-shard", "0"], "--max-samples-per-shard"),
-    (["--validate", "maybe"], "--validate")])
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--limit", "-1"], "--limit"),
+        (["--limit", "0"], "--limit"),
+        (["--workers", "-3"], "--workers"),
+        (["--workers", "two"], "--workers"),
+        (["--max-samples-per-shard", "0"], "--max-samples-per-shard"),
+        (["--validate", "maybe"], "--validate"),
+    ],
+)
 def test_bad_numbers_are_usage_errors(argv, words, small_hf_dataset, tmp_path, capsys):
     code, text = _run(["convert", small_hf_dataset, str(tmp_path / "o"), *argv], capsys)
     assert code == 2 and words in text
@@ -57,8 +70,9 @@ def test_bad_values_in_a_config_file_are_errors(small_hf_dataset, tmp_path, caps
     for text in ("limit: -1\n", "workers: -3\n"):
         cfg = tmp_path / "c.yaml"
         cfg.write_text(text)
-        code, _ = _run(["convert", small_hf_dataset, str(tmp_path / "o"), "--config",
-                        str(cfg)], capsys)
+        code, _ = _run(
+            ["convert", small_hf_dataset, str(tmp_path / "o"), "--config", str(cfg)], capsys
+        )
         assert code == 2 and text.split(":")[0] in caplog.text
     assert not (tmp_path / "o").exists()
 
@@ -83,8 +97,9 @@ def test_unknown_log_level(capsys):
 
 
 @pytest.mark.parametrize("command", ["verify", "inspect", "preview"])
-def test_a_manifest_naming_shards_outside_its_folder_needs_allowed_prefix(command, tmp_path,
-                                                                         capsys, caplog):
+def test_a_manifest_naming_shards_outside_its_folder_needs_allowed_prefix(
+    command, tmp_path, capsys, caplog
+):
     """verify, inspect and preview read a manifest as the reader does: shards outside its
     folder are refused (exit 2, one line) unless ``--allowed-prefix`` allows them."""
     from helpers import write_outside_manifest
@@ -98,8 +113,10 @@ def test_a_manifest_naming_shards_outside_its_folder_needs_allowed_prefix(comman
     assert len(errors) == 1 and "\n" not in errors[0]
     assert "shards[0].url" in errors[0] and "allowed_prefixes" in errors[0]
     assert not (tmp_path / "p.png").exists()
-    code, text = _run([command, meta, "--allowed-prefix", "/elsewhere/", "--allowed-prefix",
-                       prefix, *extra], capsys)
+    code, text = _run(
+        [command, meta, "--allowed-prefix", "/elsewhere/", "--allowed-prefix", prefix, *extra],
+        capsys,
+    )
     assert code == 0
     if command == "verify":
         assert "OK: 2 shards, 6 samples match the manifest" in text

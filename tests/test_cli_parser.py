@@ -20,8 +20,11 @@ def test_every_option_of_every_command_has_a_help_text():
     assert set(parser.commands) == set(COMMANDS)
     missing = [("wdstream", a.dest) for a in parser._actions if not a.help]
     for name, sub in parser.commands.items():
-        missing += [(name, a.option_strings[0] if a.option_strings else a.dest)
-                    for a in sub._actions if not a.help]
+        missing += [
+            (name, a.option_strings[0] if a.option_strings else a.dest)
+            for a in sub._actions
+            if not a.help
+        ]
     assert missing == []
 
 
@@ -53,11 +56,23 @@ def test_an_unreadable_size_says_how_to_write_one(capsys):
 
 def test_python_dash_m_wdstream_is_the_command(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.path.abspath(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "wdstream", "--help"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "wdstream", "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     for name in COMMANDS:
         assert name in out.stdout
-    out = subprocess.run([sys.executable, "-m", "wdstream", "index", "--help"], cwd=tmp_path,
-                         env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "wdstream", "index", "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and "--out URL" in out.stdout

@@ -41,15 +41,25 @@ def test_datasets_webdataset_builder_streams_them(shards):
     import datasets
 
     manifest, urls = shards
-    features = datasets.Features({
-        "__key__": datasets.Value("string"), "__url__": datasets.Value("string"),
-        "jpg": datasets.Image(), "png": datasets.Image(), "flac": datasets.Value("binary"),
-        "txt": datasets.Value("string"),
-        "json": {"id": datasets.Value("int64"), "label": datasets.Value("string"),
-                 "source": datasets.Value("string")}})
+    features = datasets.Features(
+        {
+            "__key__": datasets.Value("string"),
+            "__url__": datasets.Value("string"),
+            "jpg": datasets.Image(),
+            "png": datasets.Image(),
+            "flac": datasets.Value("binary"),
+            "txt": datasets.Value("string"),
+            "json": {
+                "id": datasets.Value("int64"),
+                "label": datasets.Value("string"),
+                "source": datasets.Value("string"),
+            },
+        }
+    )
     assert set(manifest.fields) == {"jpg", "png", "flac", "txt", "json"}
-    ds = datasets.load_dataset("webdataset", data_files={"train": urls}, split="train",
-                               streaming=True, features=features)
+    ds = datasets.load_dataset(
+        "webdataset", data_files={"train": urls}, split="train", streaming=True, features=features
+    )
     rows = list(ds)
     assert len(rows) == 48
     first = rows[0]
@@ -66,10 +76,12 @@ def test_datasets_webdataset_builder_infers_homogeneous_shards(tmp_path):
 
     from wdstream.write.sources.synthetic import write_synthetic
 
-    m = write_synthetic(str(tmp_path / "s"), 10, modalities=("text", "image"),
-                        max_samples_per_shard=4)
-    ds = datasets.load_dataset("webdataset", data_files={"train": m.shard_urls()},
-                               split="train", streaming=True)
+    m = write_synthetic(
+        str(tmp_path / "s"), 10, modalities=("text", "image"), max_samples_per_shard=4
+    )
+    ds = datasets.load_dataset(
+        "webdataset", data_files={"train": m.shard_urls()}, split="train", streaming=True
+    )
     rows = list(ds)
     assert len(rows) == 10 and rows[0]["__key__"] == "00000_000000000"
     assert rows[0]["jpg"].size[1] == 64 and rows[9]["json"]["index"] == 9

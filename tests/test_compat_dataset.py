@@ -27,8 +27,9 @@ N_SHARD_SAMPLES = 13
 
 @pytest.fixture(scope="module")
 def cfg():
-    return Config(vision_dim=32, max_audio_length=1600, synthetic_samples=16, batch_size=4,
-                  cache_size=8)
+    return Config(
+        vision_dim=32, max_audio_length=1600, synthetic_samples=16, batch_size=4, cache_size=8
+    )
 
 
 def _write_shards(url: str, n: int, storage_options=None) -> list[str]:
@@ -40,7 +41,8 @@ def _write_shards(url: str, n: int, storage_options=None) -> list[str]:
         writer.write(key, fields)
         keys.append(key)
     Manifest(shards=writer.close(), source={"name": "local"}, base_url=url).save(
-        url, storage_options)
+        url, storage_options
+    )
     return keys
 
 
@@ -53,23 +55,43 @@ def shard_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_registry(small_hf_dataset):
     """Registry entries whose 'Hub id' is a local parquet folder (48 rows, 4 files)."""
-    return MappingProxyType({
-        "local_vision": Entry(name="local_vision", hub_id=small_hf_dataset,
-                              task_types=("vision", "audio"), image_column="image",
-                              audio_column="audio", text_template="{label}: {text}",
-                              columns=("image", "audio", "text", "label", "id"), default=True),
-        "local_text": Entry(name="local_text", hub_id=small_hf_dataset, task_types=("text",),
-                            text_template="{text}", default=True),
-        "local_other": Entry(name="local_other", hub_id=small_hf_dataset, task_types=("text",),
-                             text_template="#{id} {text}"),
-    })
+    return MappingProxyType(
+        {
+            "local_vision": Entry(
+                name="local_vision",
+                hub_id=small_hf_dataset,
+                task_types=("vision", "audio"),
+                image_column="image",
+                audio_column="audio",
+                text_template="{label}: {text}",
+                columns=("image", "audio", "text", "label", "id"),
+                default=True,
+            ),
+            "local_text": Entry(
+                name="local_text",
+                hub_id=small_hf_dataset,
+                task_types=("text",),
+                text_template="{text}",
+                default=True,
+            ),
+            "local_other": Entry(
+                name="local_other",
+                hub_id=small_hf_dataset,
+                task_types=("text",),
+                text_template="#{id} {text}",
+            ),
+        }
+    )
 
 
 def _prefetch_threads() -> list[threading.Thread]:
     """The reader's threads alive now: the Hub chain's read-ahead thread (PREFETCH_THREAD_NAME)
     and the shard chain's fetch threads (``wdstream-fetch_*``)."""
-    return [t for t in threading.enumerate() if t.is_alive() and (
-        t.name == PREFETCH_THREAD_NAME or t.name.startswith("wdstream-fetch"))]
+    return [
+        t
+        for t in threading.enumerate()
+        if t.is_alive() and (t.name == PREFETCH_THREAD_NAME or t.name.startswith("wdstream-fetch"))
+    ]
 
 
 def _text(tok, sample) -> str:
@@ -86,8 +108,14 @@ def _no_threads_left_behind():
 # --- seed case 1: streaming on, with shards ----------------------------------------------------
 def test_streaming_with_shards_reads_every_sample_once(cfg, shard_dir):
     folder, keys = shard_dir
-    ds = MultimodalDataset(config=cfg, tokenizer=None, split="train", use_streaming=True,
-                           cache_size=1000, shards=folder)
+    ds = MultimodalDataset(
+        config=cfg,
+        tokenizer=None,
+        split="train",
+        use_streaming=True,
+        cache_size=1000,
+        shards=folder,
+    )
     assert (ds.mode, ds.synthetic, ds.sources) == ("shards", False, ["local"])
     samples = list(ds)
     assert sorted(s["key"] for s in samples) == keys
@@ -101,8 +129,9 @@ def test_shards_as_brace_pattern_and_from_the_config(cfg, shard_dir):
     folder, keys = shard_dir
     pattern = folder + "/shard-00000-{00000..00002}.tar"
     assert sorted(s["key"] for s in MultimodalDataset(cfg, None, shards=pattern)) == keys
-    old_style = SimpleNamespace(vocab_size=384, vision_dim=24, max_audio_length=800,
-                                shards=folder, unrelated_setting=True)
+    old_style = SimpleNamespace(
+        vocab_size=384, vision_dim=24, max_audio_length=800, shards=folder, unrelated_setting=True
+    )
     ds = MultimodalDataset(old_style, None)
     samples = list(ds)
     assert ds.mode == "shards" and len(samples) == len(keys)
@@ -113,8 +142,7 @@ def test_shards_as_brace_pattern_and_from_the_config(cfg, shard_dir):
 def test_dataloader_with_workers_batches_shards_with_the_readers_collate(cfg, shard_dir):
     folder, keys = shard_dir
     ds = MultimodalDataset(cfg, None, shards=folder, cache_size=4)
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=ds.collate_fn,
-                                         num_workers=2)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=ds.collate_fn, num_workers=2)
     seen = []
     for batch in loader:
         assert batch["pixel_values"].shape[1:] == (3, 32, 32)
@@ -160,27 +188,35 @@ def test_unreachable_shards_fall_back_to_synthetic_with_one_warning(cfg, tmp_pat
 # --- seed case 2: streaming off -> synthetic ---------------------------------------------------
 def test_streaming_off_gives_synthetic_data(cfg, caplog):
     with caplog.at_level(logging.WARNING, logger="wdstream"):
-        ds = MultimodalDataset(config=cfg, tokenizer=None, dataset_name="open_platypus",
-                               use_streaming=False)
+        ds = MultimodalDataset(
+            config=cfg, tokenizer=None, dataset_name="open_platypus", use_streaming=False
+        )
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # asked for, no alarm
     samples = list(ds)
     assert ds.mode == "synthetic" and len(samples) == cfg.synthetic_samples
-    assert all(s["synthetic"] is True and s["pixel_values"].shape == (3, 32, 32)
-               for s in samples)
+    assert all(s["synthetic"] is True and s["pixel_values"].shape == (3, 32, 32) for s in samples)
     batch = ds.collate_fn(samples[:4])
     assert batch["synthetic"] is True and batch["input_ids"].shape[0] == 4
 
 
 # --- seed case 3: automatic selection by task type (Hub unreachable here) ------------------------
-@pytest.mark.parametrize("kwargs, expected", [
-    ({"task_type": "code"}, ["python_code_18k", "mbpp"]),
-    ({"dataset_name": "all", "task_type": "code", "cache_size": 2000},
-     ["python_code_18k", "mbpp", "humaneval"]),
-    ({"dataset_name": "open_platypus", "use_streaming": True, "cache_size": 1000},
-     ["open_platypus"]),
-])
-def test_automatic_selection_falls_back_to_synthetic_with_one_warning(cfg, caplog, kwargs,
-                                                                      expected):
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({"task_type": "code"}, ["python_code_18k", "mbpp"]),
+        (
+            {"dataset_name": "all", "task_type": "code", "cache_size": 2000},
+            ["python_code_18k", "mbpp", "humaneval"],
+        ),
+        (
+            {"dataset_name": "open_platypus", "use_streaming": True, "cache_size": 1000},
+            ["open_platypus"],
+        ),
+    ],
+)
+def test_automatic_selection_falls_back_to_synthetic_with_one_warning(
+    cfg, caplog, kwargs, expected
+):
     with caplog.at_level(logging.WARNING, logger="wdstream"):
         ds = MultimodalDataset(config=cfg, tokenizer=None, **kwargs)
     assert [e.name for e in ds.entries] == expected
@@ -193,14 +229,18 @@ def test_automatic_selection_falls_back_to_synthetic_with_one_warning(cfg, caplo
     assert all(s["synthetic"] is True for s in samples)
 
 
-def test_automatic_selection_streams_the_default_set(cfg, local_registry, small_hf_dataset,
-                                                     tokenizer_byt5):
+def test_automatic_selection_streams_the_default_set(
+    cfg, local_registry, small_hf_dataset, tokenizer_byt5
+):
     import datasets
 
     ds = MultimodalDataset(cfg, tokenizer_byt5, task_type="vision", registry=local_registry)
     assert (ds.mode, ds.sources, ds.synthetic) == ("hub", ["local_vision"], False)
-    rows = list(datasets.load_dataset(small_hf_dataset, split="train", streaming=True)
-                .select_columns(["text", "label"]))
+    rows = list(
+        datasets.load_dataset(small_hf_dataset, split="train", streaming=True).select_columns(
+            ["text", "label"]
+        )
+    )
     expected = sorted(f"{r['label']}: {r['text']}" for r in rows)
     samples = list(ds)
     assert sorted(_text(tokenizer_byt5, s) for s in samples) == expected
@@ -212,8 +252,7 @@ def test_automatic_selection_streams_the_default_set(cfg, local_registry, small_
 
 def test_hub_streaming_split_over_dataloader_workers(cfg, local_registry):
     ds = MultimodalDataset(cfg, None, dataset_name="local_text", registry=local_registry)
-    loader = torch.utils.data.DataLoader(ds, batch_size=5, collate_fn=ds.collate_fn,
-                                         num_workers=2)
+    loader = torch.utils.data.DataLoader(ds, batch_size=5, collate_fn=ds.collate_fn, num_workers=2)
     keys = [k for batch in loader for k in batch["keys"]]
     assert len(keys) == len(set(keys)) == 48
     assert all(not batch["has_image"].any() for batch in loader)
@@ -221,15 +260,25 @@ def test_hub_streaming_split_over_dataloader_workers(cfg, local_registry):
 
 
 def test_all_of_a_type_is_mixed_by_weight_with_caps(cfg, local_registry):
-    mixed = cfg.replace(weights={"local_text": 3, "local_other": 1}, max_samples_per_dataset=5,
-                        mix_exhausted="stop", shuffle=False)
-    ds = MultimodalDataset(mixed, None, dataset_name="all", task_type="text",
-                           registry=local_registry)
+    mixed = cfg.replace(
+        weights={"local_text": 3, "local_other": 1},
+        max_samples_per_dataset=5,
+        mix_exhausted="stop",
+        shuffle=False,
+    )
+    ds = MultimodalDataset(
+        mixed, None, dataset_name="all", task_type="text", registry=local_registry
+    )
     assert ds.sources == ["local_text", "local_other"]
     assert Counter(s["source"] for s in ds) == {"local_text": 5, "local_other": 5}
     # without caps, 'stop' ends the mix when the first source runs out (48 rows each)
-    ds = MultimodalDataset(cfg.replace(weights={"local_text": 3, "local_other": 1}), None,
-                           dataset_name="all", task_type="text", registry=local_registry)
+    ds = MultimodalDataset(
+        cfg.replace(weights={"local_text": 3, "local_other": 1}),
+        None,
+        dataset_name="all",
+        task_type="text",
+        registry=local_registry,
+    )
     counts = Counter(s["source"] for s in ds)
     assert counts["local_text"] == 48 and 0 < counts["local_other"] < 48
 

@@ -113,36 +113,51 @@ def test_the_layout_is_what_the_rules_talk_about():
     assert sum(len(v) for v in EDGES.values()) > 100  # the walker really sees the imports
 
 
-@pytest.mark.parametrize("a, b", [("read", "write"), ("write", "read"), ("format", "read"),
-                                  ("format", "write")])
+@pytest.mark.parametrize(
+    "a, b", [("read", "write"), ("write", "read"), ("format", "read"), ("format", "write")]
+)
 def test_wings_do_not_import_each_other(a, b):
-    bad = sorted(f"{m} -> {t}" for m, ts in EDGES.items() if _wing(m) == a
-                 for t in ts if _wing(t) == b)
+    bad = sorted(
+        f"{m} -> {t}" for m, ts in EDGES.items() if _wing(m) == a for t in ts if _wing(t) == b
+    )
     assert bad == []
 
 
 def test_shared_modules_import_no_wing():
-    bad = sorted(f"{m} -> {t}" for m, ts in EDGES.items() if _top(m) in SHARED
-                 for t in ts if _wing(t) in ("read", "write", "cli", "demo"))
+    bad = sorted(
+        f"{m} -> {t}"
+        for m, ts in EDGES.items()
+        if _top(m) in SHARED
+        for t in ts
+        if _wing(t) in ("read", "write", "cli", "demo")
+    )
     assert bad == []
 
 
 def test_compat_imports_no_write_wing():
-    bad = sorted(t for t in EDGES["wdstream.compat"]
-                 if _wing(t) == "write" or t == "wdstream.write")
+    bad = sorted(
+        t for t in EDGES["wdstream.compat"] if _wing(t) == "write" or t == "wdstream.write"
+    )
     assert bad == []
 
 
 def test_the_library_never_imports_the_cli():
-    bad = sorted(f"{m} -> {t}" for m, ts in EDGES.items()
-                 if _wing(m) != "cli" and m != "wdstream.__main__"
-                 for t in ts if _wing(t) == "cli" or t == "wdstream.cli")
+    bad = sorted(
+        f"{m} -> {t}"
+        for m, ts in EDGES.items()
+        if _wing(m) != "cli" and m != "wdstream.__main__"
+        for t in ts
+        if _wing(t) == "cli" or t == "wdstream.cli"
+    )
     assert bad == []
 
 
 def test_no_import_cycles():
-    graph = {m: {t for t in ts if not MODULES[t].endswith("__init__.py")}
-             for m, ts in EDGES.items() if not MODULES[m].endswith("__init__.py")}
+    graph = {
+        m: {t for t in ts if not MODULES[t].endswith("__init__.py")}
+        for m, ts in EDGES.items()
+        if not MODULES[m].endswith("__init__.py")
+    }
     state: dict[str, int] = {}
     cycles: list[list[str]] = []
 
@@ -150,7 +165,7 @@ def test_no_import_cycles():
         state[node] = 1
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                cycles.append(path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt])
+                cycles.append(path[path.index(nxt) :] + [nxt] if nxt in path else [node, nxt])
             elif nxt not in state:
                 visit(nxt, path + [nxt])
         state[node] = 2
@@ -192,8 +207,11 @@ def test_no_module_imports_another_modules_private_names():
             targets = _resolve(module, node)
             if not targets or targets[0] == module:
                 continue
-            bad += [f"{module}: from {targets[0]} import {a.name}" for a in node.names
-                    if a.name.startswith("_") and not a.name.startswith("__")]
+            bad += [
+                f"{module}: from {targets[0]} import {a.name}"
+                for a in node.names
+                if a.name.startswith("_") and not a.name.startswith("__")
+            ]
     assert bad == []
 
 
@@ -204,15 +222,17 @@ def test_no_module_uses_private_helpers_that_have_public_counterparts():
             if isinstance(node, ast.Attribute) and node.attr in PRIVATE_ATTRIBUTES:
                 found.add(f"{module}: .{node.attr}")
             elif isinstance(node, ast.ImportFrom):
-                found |= {f"{module}: .{a.name}" for a in node.names
-                          if a.name in PRIVATE_ATTRIBUTES}
+                found |= {
+                    f"{module}: .{a.name}" for a in node.names if a.name in PRIVATE_ATTRIBUTES
+                }
     assert sorted(found) == []
 
 
 def _stage_functions() -> set[str]:
     tree = ast.parse(open(MODULES["wdstream.read.stages"]).read())
-    return {n.name for n in tree.body if isinstance(n, ast.FunctionDef)
-            and not n.name.startswith("_")}
+    return {
+        n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")
+    }
 
 
 def test_only_the_pipeline_chains_read_stages():
@@ -225,11 +245,16 @@ def test_only_the_pipeline_chains_read_stages():
             continue
         used = set()
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and _resolve(module, node)[:1] == \
-                    ["wdstream.read.stages"]:
+            if isinstance(node, ast.ImportFrom) and _resolve(module, node)[:1] == [
+                "wdstream.read.stages"
+            ]:
                 used |= {a.name for a in node.names} & stages
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
-                    node.value.id == "stages" and node.attr in stages:
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "stages"
+                and node.attr in stages
+            ):
                 used.add(node.attr)
         if len(used) >= 2:
             chainers.append(module)
@@ -263,9 +288,9 @@ def test_every_wdstream_name_in_docstrings_and_docs_exists():
     for text in texts:
         for ref in re.findall(r"\bwdstream(?:\.[a-z_][a-z0-9_]*)+", text):
             parts = ref.split(".")
-            known = next((i for i in range(len(parts), 0, -1)
-                          if ".".join(parts[:i]) in MODULES), 0)
-            if known == 0 or (known < len(parts) and
-                              parts[known] not in _defined(".".join(parts[:known]))):
+            known = next((i for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in MODULES), 0)
+            if known == 0 or (
+                known < len(parts) and parts[known] not in _defined(".".join(parts[:known]))
+            ):
                 stale.add(ref)
     assert sorted(stale) == []

@@ -16,8 +16,9 @@ from wdstream.write.convert import convert
 
 
 def test_a_local_permission_error_speaks_of_the_folder(tmp_path):
-    err = translate_error(PermissionError(13, "Permission denied"),
-                          str(tmp_path / "out" / "manifest.json"), "write")
+    err = translate_error(
+        PermissionError(13, "Permission denied"), str(tmp_path / "out" / "manifest.json"), "write"
+    )
     text = str(err)
     assert isinstance(err, CredentialsError)
     assert f"write to the folder {tmp_path}" in text and "credentials" not in text
@@ -50,8 +51,11 @@ def test_a_missing_manifest_says_so_once_and_what_to_do(tmp_path):
 def test_a_hub_id_close_to_a_local_folder_mentions_the_folder(tmp_path, monkeypatch):
     (tmp_path / "my_dataset").mkdir()
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(HubUnreachableError, match=r"Did you mean the local folder "
-                                                  r"'./my_dataset'\?"):
+    with pytest.raises(
+        HubUnreachableError,
+        match=r"Did you mean the local folder "
+        r"'./my_dataset'\?",
+    ):
         convert("my_datset", str(tmp_path / "out"), workers=1, quiet=True)
     with pytest.raises(HubUnreachableError, match="local folder 'data/my_dataset'"):
         (tmp_path / "data").mkdir()
@@ -61,8 +65,10 @@ def test_a_hub_id_close_to_a_local_folder_mentions_the_folder(tmp_path, monkeypa
 
 def test_an_unknown_registry_name_is_an_error_not_a_hub_lookup(tmp_path, monkeypatch, caplog):
     reg = tmp_path / "reg.yaml"
-    reg.write_text("datasets:\n  open_platypus:\n    hub_id: garage-bAInd/Open-Platypus\n"
-                   "    task_types: [code]\n    text_template: '{instruction}'\n")
+    reg.write_text(
+        "datasets:\n  open_platypus:\n    hub_id: garage-bAInd/Open-Platypus\n"
+        "    task_types: [code]\n    text_template: '{instruction}'\n"
+    )
     (tmp_path / "my_dataset").mkdir()
     monkeypatch.chdir(tmp_path)
     with caplog.at_level(logging.ERROR):

@@ -59,8 +59,12 @@ def test_registry_is_read_only(reg):
 def test_seed_names_resolve(reg):
     assert reg["open_platypus"].hub_id == "garage-bAInd/Open-Platypus"
     assert reg["open_platypus"].load_kwargs()["path"] == "garage-bAInd/Open-Platypus"
-    assert reg["gsm8k"].load_kwargs() == {"path": "openai/gsm8k", "name": "main",
-                                          "split": "train", "revision": "main"}
+    assert reg["gsm8k"].load_kwargs() == {
+        "path": "openai/gsm8k",
+        "name": "main",
+        "split": "train",
+        "revision": "main",
+    }
 
 
 # --- selection ---------------------------------------------------------------------------------
@@ -85,19 +89,26 @@ def test_task_type_alone_gives_the_default_set(reg):
 
 
 def test_defaults_fall_back_to_every_entry_of_the_type():
-    reg = MappingProxyType({"a": Entry(name="a", hub_id="o/a", task_types=("text",),
-                                       text_template="{t}")})
+    reg = MappingProxyType(
+        {"a": Entry(name="a", hub_id="o/a", task_types=("text",), text_template="{t}")}
+    )
     assert [e.name for e in select_datasets(task_type="text", registry=reg)] == ["a"]
     assert select_datasets(task_type="audio", registry=reg) == []
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"dataset_name": "open_platypu"}, ["unknown dataset name", "open_platypus", "gsm8k", "all"]),
-    ({"task_type": "coed"}, ["unknown task type", "'code'", "vision", "audio"]),
-    ({"dataset_name": "all", "task_type": "images"}, ["unknown task type", "vision"]),
-    ({"dataset_name": "gsm8k", "task_type": "vision"}, ["'gsm8k'", "math", "'vision'"]),
-    ({}, ["dataset_name", "task_type"]),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (
+            {"dataset_name": "open_platypu"},
+            ["unknown dataset name", "open_platypus", "gsm8k", "all"],
+        ),
+        ({"task_type": "coed"}, ["unknown task type", "'code'", "vision", "audio"]),
+        ({"dataset_name": "all", "task_type": "images"}, ["unknown task type", "vision"]),
+        ({"dataset_name": "gsm8k", "task_type": "vision"}, ["'gsm8k'", "math", "'vision'"]),
+        ({}, ["dataset_name", "task_type"]),
+    ],
+)
 def test_selection_errors_list_the_valid_choices(kwargs, words):
     with pytest.raises(ConfigError) as info:
         select_datasets(**kwargs)
@@ -131,19 +142,33 @@ def test_check_columns_names_what_is_missing(reg):
         reg["flickr8k"].check_columns(["image", "captions"])
 
 
-@pytest.mark.parametrize("body, words", [
-    ("x:\n    hub_id: o/x\n    task_types: [text]\n    text_tempate: '{a}'\n",
-     ["unknown key 'text_tempate'", "text_template"]),
-    ("x:\n    hub_id: o/x\n    task_types: [pictures]\n    text_template: '{a}'\n",
-     ["task_types", "vision"]),
-    ("x:\n    hub_id: o/x\n    task_types: [text]\n    text_template: '{a}\\n{b}'\n"
-     "    columns: [a]\n", ["['b']", "not in its columns"]),
-    ("x:\n    task_types: [text]\n    text_template: '{a}'\n", ["no hub_id"]),
-    ("x:\n    hub_id: o/x\n    task_types: [text]\n    text_template: '{a.b}'\n",
-     ["bad template field"]),
-    ("Bad-Name:\n    hub_id: o/x\n    task_types: [text]\n    text_template: '{a}'\n",
-     ["lower-case"]),
-])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        (
+            "x:\n    hub_id: o/x\n    task_types: [text]\n    text_tempate: '{a}'\n",
+            ["unknown key 'text_tempate'", "text_template"],
+        ),
+        (
+            "x:\n    hub_id: o/x\n    task_types: [pictures]\n    text_template: '{a}'\n",
+            ["task_types", "vision"],
+        ),
+        (
+            "x:\n    hub_id: o/x\n    task_types: [text]\n    text_template: '{a}\\n{b}'\n"
+            "    columns: [a]\n",
+            ["['b']", "not in its columns"],
+        ),
+        ("x:\n    task_types: [text]\n    text_template: '{a}'\n", ["no hub_id"]),
+        (
+            "x:\n    hub_id: o/x\n    task_types: [text]\n    text_template: '{a.b}'\n",
+            ["bad template field"],
+        ),
+        (
+            "Bad-Name:\n    hub_id: o/x\n    task_types: [text]\n    text_template: '{a}'\n",
+            ["lower-case"],
+        ),
+    ],
+)
 def test_bad_registry_files_are_config_errors(tmp_path, body, words):
     path = tmp_path / "datasets.yaml"
     path.write_text("datasets:\n" + textwrap.indent(body, "  "))
@@ -155,8 +180,10 @@ def test_bad_registry_files_are_config_errors(tmp_path, body, words):
 
 def test_registry_path_honours_the_environment(tmp_path, monkeypatch):
     path = tmp_path / "mine.yaml"
-    path.write_text("datasets:\n  mine:\n    hub_id: me/mine\n    task_types: [code]\n"
-                    "    text_template: '{src}'\n")
+    path.write_text(
+        "datasets:\n  mine:\n    hub_id: me/mine\n    task_types: [code]\n"
+        "    text_template: '{src}'\n"
+    )
     monkeypatch.setenv("WDSTREAM_DATASETS", str(path))
     assert registry_path() == path
     assert [e.hub_id for e in select_datasets("all", task_type="code")] == ["me/mine"]
@@ -184,7 +211,9 @@ def _local_dataset(entry: Entry, folder, rows: int = 3):
     """A parquet dataset with exactly the entry's columns, streamed back with ``datasets``."""
     import datasets
 
-    indexed = {spec[0] for parts, _ in entry.template._lines for _, spec in parts if spec and spec[1]}
+    indexed = {
+        spec[0] for parts, _ in entry.template._lines for _, spec in parts if spec and spec[1]
+    }
     cols: dict[str, list] = {c: [] for c in entry.columns}
     for i in range(rows):
         for c in entry.columns:
@@ -211,8 +240,19 @@ def _local_dataset(entry: Entry, folder, rows: int = 3):
     return stream
 
 
-@pytest.mark.parametrize("name", ["open_platypus", "python_code_18k", "mbpp", "gsm8k",
-                                  "flickr8k", "flickr30k", "librispeech_clean100", "esc50"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "open_platypus",
+        "python_code_18k",
+        "mbpp",
+        "gsm8k",
+        "flickr8k",
+        "flickr30k",
+        "librispeech_clean100",
+        "esc50",
+    ],
+)
 def test_mapping_applies_to_a_local_dataset_with_the_same_columns(reg, tmp_path, name):
     from wdstream.format.schema import audio_ext, image_ext
 
@@ -234,5 +274,7 @@ def test_mapping_applies_to_a_local_dataset_with_the_same_columns(reg, tmp_path,
 
 def test_known_texts_for_local_rows(reg, tmp_path):
     stream = _local_dataset(reg["flickr30k"], tmp_path, rows=2)
-    assert [reg["flickr30k"].template.render(r) for r in stream] == ["caption 0 first",
-                                                                 "caption 1 first"]
+    assert [reg["flickr30k"].template.render(r) for r in stream] == [
+        "caption 0 first",
+        "caption 1 first",
+    ]

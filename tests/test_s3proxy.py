@@ -47,8 +47,9 @@ def proxy(_shared, moto_url):
     fs.mkdir("test")
     p.reset_counters()
     yield p
-    urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST"),
-                           timeout=10).close()
+    urllib.request.urlopen(
+        urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST"), timeout=10
+    ).close()
 
 
 @pytest.fixture
@@ -56,8 +57,13 @@ def fs(_shared, proxy):
     return _shared[1]
 
 
-def signed(url: str, path: str, headers: dict | None = None, method: str = "GET",
-           payload: str | None = None) -> dict:
+def signed(
+    url: str,
+    path: str,
+    headers: dict | None = None,
+    method: str = "GET",
+    payload: str | None = None,
+) -> dict:
     """``headers`` plus a SigV4 signature for ``method url+path`` (moto refuses anonymous
     GETs); ``payload``: the x-amz-content-sha256 value (default: that of an empty body)."""
     from botocore.auth import S3SigV4Auth
@@ -110,7 +116,7 @@ def test_writes_through_the_proxy_read_back_identical(fs, proxy):
     big = os.urandom(12 * 2**20 + 123)
     with fs.open("test/big.bin", "wb", block_size=5 * 2**20) as f:
         for i in range(0, len(big), 4 * 2**20):  # each write past a block flushes a part
-            f.write(big[i:i + 4 * 2**20])
+            f.write(big[i : i + 4 * 2**20])
     assert proxy.parts >= 2 and proxy.requests["POST"] == 2  # initiate + complete
     assert fs.cat_file("test/small.bin") == small
     assert fs.cat_file("test/big.bin") == big
@@ -124,19 +130,34 @@ def test_chunked_request_bodies_are_forwarded(fs, proxy):
     body = os.urandom(20_000)
     conn = http.client.HTTPConnection(proxy.url.split("//")[1], timeout=10)
     try:
-        conn.request("PUT", "/test/plain", body=iter([body[:7000], body[7000:]]),
-                     encode_chunked=True,
-                     headers=signed(proxy.url, "/test/plain", method="PUT",
-                                    payload="UNSIGNED-PAYLOAD"))
+        conn.request(
+            "PUT",
+            "/test/plain",
+            body=iter([body[:7000], body[7000:]]),
+            encode_chunked=True,
+            headers=signed(proxy.url, "/test/plain", method="PUT", payload="UNSIGNED-PAYLOAD"),
+        )
         assert conn.getresponse().read() == b""
         crc = base64.b64encode(zlib.crc32(body).to_bytes(4, "big"))
         framed = b"%x\r\n%s\r\n0\r\nx-amz-checksum-crc32:%s\r\n\r\n" % (len(body), body, crc)
-        headers = {"Content-Encoding": "aws-chunked", "x-amz-trailer": "x-amz-checksum-crc32",
-                   "x-amz-decoded-content-length": str(len(body))}
-        conn.request("PUT", "/test/aws", body=iter([framed[:100], framed[100:]]),
-                     encode_chunked=True,
-                     headers=signed(proxy.url, "/test/aws", headers, method="PUT",
-                                    payload="STREAMING-UNSIGNED-PAYLOAD-TRAILER"))
+        headers = {
+            "Content-Encoding": "aws-chunked",
+            "x-amz-trailer": "x-amz-checksum-crc32",
+            "x-amz-decoded-content-length": str(len(body)),
+        }
+        conn.request(
+            "PUT",
+            "/test/aws",
+            body=iter([framed[:100], framed[100:]]),
+            encode_chunked=True,
+            headers=signed(
+                proxy.url,
+                "/test/aws",
+                headers,
+                method="PUT",
+                payload="STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+            ),
+        )
         assert conn.getresponse().read() == b""
     finally:
         conn.close()
@@ -250,8 +271,13 @@ def test_connection_faults_seen_by_a_raw_client(fs, proxy, s3proxy):
     t0 = time.perf_counter()
     assert raw_get(proxy.url, "/test/obj")[2] == data
     assert time.perf_counter() - t0 >= 0.2
-    assert [f[3] for f in proxy.faults_seen] == ["reset", "reset_after", "truncated",
-                                                 "truncated", "slow"]
+    assert [f[3] for f in proxy.faults_seen] == [
+        "reset",
+        "reset_after",
+        "truncated",
+        "truncated",
+        "slow",
+    ]
 
 
 def test_s3fs_reads_through_two_injected_503s(fs, proxy, s3proxy):
@@ -267,8 +293,13 @@ def test_s3fs_reads_through_two_injected_503s(fs, proxy, s3proxy):
 
 
 def test_fault_rules_plan_and_callable(fs, proxy, s3proxy):
-    plan = s3proxy.FaultPlan(rate=0.5, kinds=("500", "reset"), seed=1, methods=("GET",),
-                             match=lambda req: "shard" in req.key)
+    plan = s3proxy.FaultPlan(
+        rate=0.5,
+        kinds=("500", "reset"),
+        seed=1,
+        methods=("GET",),
+        match=lambda req: "shard" in req.key,
+    )
 
     def info(n, method="GET", path="/b/shard-1"):
         return s3proxy.RequestInfo(n, method, path, "", {})
@@ -351,8 +382,9 @@ def test_forwarded_requests_keep_a_valid_sigv4_signature(s3proxy, moto_url, prox
     from botocore.credentials import Credentials
 
     seen = []
-    with s3proxy.S3Proxy(proxy.url, ttfb=0, jitter=0, bandwidth=None,
-                         faults=lambda req: seen.append(req)) as outer:
+    with s3proxy.S3Proxy(
+        proxy.url, ttfb=0, jitter=0, bandwidth=None, faults=lambda req: seen.append(req)
+    ) as outer:
         outer_host = outer.url.split("//")[1]
         fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3proxy.storage_options(outer.url))
         body = b"signed body"
@@ -360,8 +392,10 @@ def test_forwarded_requests_keep_a_valid_sigv4_signature(s3proxy, moto_url, prox
         assert fs.cat_file("test/signed") == body
 
     def signature(req, host):
-        auth = dict(p.strip().split("=", 1) for p in
-                    req.headers["authorization"].split(" ", 1)[1].split(","))
+        auth = dict(
+            p.strip().split("=", 1)
+            for p in req.headers["authorization"].split(" ", 1)[1].split(",")
+        )
         _, _, region, service, _ = auth["Credential"].split("/")
         names = auth["SignedHeaders"].split(";")
         headers = {n: (host if n == "host" else req.headers[n]) for n in names}
@@ -370,7 +404,8 @@ def test_forwarded_requests_keep_a_valid_sigv4_signature(s3proxy, moto_url, prox
         request.context["timestamp"] = req.headers["x-amz-date"]
         signer = S3SigV4Auth(Credentials("testing", "testing"), service, region)
         return auth["Signature"], signer.signature(
-            signer.string_to_sign(request, signer.canonical_request(request)), request)
+            signer.string_to_sign(request, signer.canonical_request(request)), request
+        )
 
     put, get = seen[0], seen[-1]
     assert (put.method, get.method) == ("PUT", "GET")
@@ -396,8 +431,11 @@ def test_loopback_helper_stops_its_threads(s3proxy):
         proxy.url  # noqa: B018
     deadline = time.monotonic() + 5
     while True:  # moto's per-request threads may take a moment to end
-        extra = {t for t in set(threading.enumerate()) - before
-                 if t.name != "fsspecIO" and not t.name.startswith("asyncio_")}
+        extra = {
+            t
+            for t in set(threading.enumerate()) - before
+            if t.name != "fsspecIO" and not t.name.startswith("asyncio_")
+        }
         if not extra or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -419,9 +457,13 @@ def test_lost_reply_applies_the_request_then_resets(fs, proxy, s3proxy):
 def test_multipart_upload_listings_are_paged_as_on_s3(fs, proxy):
     """moto lists every upload at once; the proxy pages them as S3 does (1,000 at most,
     key then upload id order, KeyMarker/UploadIdMarker to go on)."""
-    made = sorted((f"p/k{i % 7}", fs.call_s3("create_multipart_upload", Bucket="test",
-                                              Key=f"p/k{i % 7}")["UploadId"])
-                  for i in range(1003))
+    made = sorted(
+        (
+            f"p/k{i % 7}",
+            fs.call_s3("create_multipart_upload", Bucket="test", Key=f"p/k{i % 7}")["UploadId"],
+        )
+        for i in range(1003)
+    )
     seen, markers, pages = [], {}, 0
     while True:
         resp = fs.call_s3("list_multipart_uploads", Bucket="test", Prefix="p/", **markers)
@@ -429,8 +471,7 @@ def test_multipart_upload_listings_are_paged_as_on_s3(fs, proxy):
         seen += [(u["Key"], u["UploadId"]) for u in resp.get("Uploads", [])]
         if not resp["IsTruncated"]:
             break
-        markers = {"KeyMarker": resp["NextKeyMarker"],
-                   "UploadIdMarker": resp["NextUploadIdMarker"]}
+        markers = {"KeyMarker": resp["NextKeyMarker"], "UploadIdMarker": resp["NextUploadIdMarker"]}
     assert pages == 2 and seen == made
     small = fs.call_s3("list_multipart_uploads", Bucket="test", MaxUploads=10)
     assert len(small["Uploads"]) == 10 and small["IsTruncated"]

@@ -11,10 +11,17 @@ KEY = "AKIAREPRTESTKEY00001"
 
 
 def _options():
-    return {"key": KEY, "secret": SECRET, "anon": False,
-            "client_kwargs": {"endpoint_url": "http://u:pw@h:9000/?X-Amz-Signature=s",
-                              "aws_session_token": SECRET, "region_name": "r"},
-            "config_kwargs": {"retries": {"max_attempts": 3}}}
+    return {
+        "key": KEY,
+        "secret": SECRET,
+        "anon": False,
+        "client_kwargs": {
+            "endpoint_url": "http://u:pw@h:9000/?X-Amz-Signature=s",
+            "aws_session_token": SECRET,
+            "region_name": "r",
+        },
+        "config_kwargs": {"retries": {"max_attempts": 3}},
+    }
 
 
 def test_config_repr_and_str_redact_credentials():
@@ -39,7 +46,6 @@ def test_storage_options_redaction_uses_the_secret_rule_of_the_executors():
     assert shown["client_kwargs"]["endpoint_url"] == "http://***@h:9000/"
     assert shown["anon"] is False and shown["config_kwargs"] == {"retries": {"max_attempts": 3}}
     _, secrets = split_secrets(_options())  # what a cluster executor keeps out of its tasks
-    assert {k for k in secrets} == {k for k, v in shown.items() if v == "***"} | {
-        "client_kwargs"}
+    assert {k for k in secrets} == {k for k, v in shown.items() if v == "***"} | {"client_kwargs"}
     assert all(is_secret_name(n) for n in ("password", "sas_token", "account_key"))
     assert not is_secret_name("endpoint_url")

@@ -38,8 +38,9 @@ def test_check_writable_local(tmp_path):
 
 
 def test_translate_error_messages():
-    e = storage.translate_error(Exception("NoCredentialsError: Unable to locate credentials"),
-                                "s3://b/k", "write")
+    e = storage.translate_error(
+        Exception("NoCredentialsError: Unable to locate credentials"), "s3://b/k", "write"
+    )
     assert isinstance(e, CredentialsError) and "AWS_ACCESS_KEY_ID" in str(e)
     e = storage.translate_error(FileNotFoundError("x"), "s3://user:pw@b/k?sig=1", "read")
     assert "pw" not in str(e) and "sig" not in str(e) and "does not exist" in str(e)
@@ -62,8 +63,16 @@ def test_local_and_object_store_tests():
     assert not storage.is_s3(memory)
 
 
-@pytest.mark.parametrize("url", ["/tmp/wd/a.tar", "file:///tmp/wd/a.tar", "memory://b/k/a.tar",
-                                 "s3://bucket/k/a.tar", "relative/a.tar"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/tmp/wd/a.tar",
+        "file:///tmp/wd/a.tar",
+        "memory://b/k/a.tar",
+        "s3://bucket/k/a.tar",
+        "relative/a.tar",
+    ],
+)
 def test_fs_path_is_the_path_url_to_fs_gives(url):
     fs, path = storage.url_to_fs(url, {"anon": True} if url.startswith("s3") else None)
     assert storage.fs_path(fs, url) == path

@@ -59,6 +59,7 @@ SHARDS_PER_RECORD = 5
 
 # --------------------------------------------------------------------------- source
 
+
 def make_source(n: int) -> str:
     """A folder of ``n`` one-row parquet files, cached under .bench/."""
     import pyarrow as pa
@@ -71,14 +72,17 @@ def make_source(n: int) -> str:
     os.makedirs(folder, exist_ok=True)
     t0 = time.monotonic()
     for i in range(n):
-        pq.write_table(pa.table({"text": [f"row {i}"], "id": [i]}),
-                       os.path.join(folder, f"part-{i:06d}.parquet"))
+        pq.write_table(
+            pa.table({"text": [f"row {i}"], "id": [i]}),
+            os.path.join(folder, f"part-{i:06d}.parquet"),
+        )
     open(marker, "w").close()
     print(f"made {n} parquet files in {time.monotonic() - t0:.0f} s", file=sys.stderr)
     return folder
 
 
 # --------------------------------------------------------------------------- S3 + proxy
+
 
 class Recorder:
     """A proxy rule that injects nothing and notes ``(time, method, target)`` per request."""
@@ -121,8 +125,9 @@ class S3:
         self.proxy.start()
         self.recorder = Recorder()
         self.proxy.faults = self.recorder
-        self.fs = s3fs.S3FileSystem(skip_instance_cache=True,
-                                    **s3proxy.storage_options(self.moto_url))
+        self.fs = s3fs.S3FileSystem(
+            skip_instance_cache=True, **s3proxy.storage_options(self.moto_url)
+        )
         self.fs.mkdir(BUCKET)
 
     def backend(self):
@@ -150,6 +155,7 @@ class S3:
 
 # --------------------------------------------------------------------------- driver runs
 
+
 def vm_hwm(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -171,26 +177,54 @@ sys.exit(rc)
 """
 
 
-def run_driver(s3: S3, source: str, prefix: str, *, stop_at_first_partition: bool,
-               extra: list[str] = (), timeout: float = 3600) -> dict:
+def run_driver(
+    s3: S3,
+    source: str,
+    prefix: str,
+    *,
+    stop_at_first_partition: bool,
+    extra: list[str] = (),
+    timeout: float = 3600,
+) -> dict:
     """Run ``wdstream convert`` in a child; returns its moments (relative to its start)."""
     endpoint = json.dumps({"endpoint_url": s3.proxy.url})
     src = [source] if FOLDER_SOURCE else ["parquet"]
     files = [] if FOLDER_SOURCE else ["--data-files", f"{source}/*.parquet"]
-    argv = ["convert", *src, f"s3://{BUCKET}/{prefix}", *files, "--quiet", "--workers", "2",
-            "--storage-option", f"client_kwargs={endpoint}", *extra]
+    argv = [
+        "convert",
+        *src,
+        f"s3://{BUCKET}/{prefix}",
+        *files,
+        "--quiet",
+        "--workers",
+        "2",
+        "--storage-option",
+        f"client_kwargs={endpoint}",
+        *extra,
+    ]
     result_file = os.path.join(ROOT, ".bench", f"driver-{os.getpid()}.json")
     if os.path.exists(result_file):
         os.remove(result_file)
-    env = {**os.environ, "PYTHONPATH": ROOT, "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true",
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "RAY_ADDRESS": "local"}  # a Ray of its own, whatever else runs on the machine
+    env = {
+        **os.environ,
+        "PYTHONPATH": ROOT,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "RAY_ADDRESS": "local",
+    }  # a Ray of its own, whatever else runs on the machine
     s3.recorder.clear()
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-c", _DRIVER, json.dumps(argv), result_file],
-                            env=env, cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DRIVER, json.dumps(argv), result_file],
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     hwm = 0.0
     first = manifest_seen = None
     bucket = s3.backend().get_bucket(BUCKET)
@@ -223,35 +257,56 @@ def run_driver(s3: S3, source: str, prefix: str, *, stop_at_first_partition: boo
             hwm = max(hwm, json.load(f)["maxrss_mb"])
     first = first or s3.recorder.first(is_partition_request)
     any_request = s3.recorder.first(lambda m, t: True)
-    last_record = s3.recorder.last(
-        lambda m, t: m == "PUT" and "/_partitions/part-" in t)
-    manifest = s3.recorder.last(lambda m, t: m == "PUT" and t.split("?")[0].endswith(
-        "/manifest.json"))
+    last_record = s3.recorder.last(lambda m, t: m == "PUT" and "/_partitions/part-" in t)
+    manifest = s3.recorder.last(
+        lambda m, t: m == "PUT" and t.split("?")[0].endswith("/manifest.json")
+    )
+
     def rel(t):
         return None if t is None else round(t - t0, 2)
 
     # the driver's own start-up ends with the listing of pending uploads (clean)
     ready = s3.recorder.first(lambda m, t: m == "GET" and "?uploads" in t)
-    return {"imports_s": rel(any_request), "driver_ready_s": rel(ready),
-            "first_partition_s": rel(first),
-            "last_record_s": rel(last_record), "manifest_put_s": rel(manifest),
-            "manifest_written_s": rel(manifest_seen),
-            "exit_s": round(end - t0, 2), "driver_rss_mb": round(hwm), "rc": proc.returncode,
-            "requests": len(s3.recorder.events)}
+    return {
+        "imports_s": rel(any_request),
+        "driver_ready_s": rel(ready),
+        "first_partition_s": rel(first),
+        "last_record_s": rel(last_record),
+        "manifest_put_s": rel(manifest),
+        "manifest_written_s": rel(manifest_seen),
+        "exit_s": round(end - t0, 2),
+        "driver_rss_mb": round(hwm),
+        "rc": proc.returncode,
+        "requests": len(s3.recorder.events),
+    }
 
 
 # --------------------------------------------------------------------------- seeding
+
 
 def fake_record(p: int) -> dict:
     shards = []
     for q in range(SHARDS_PER_RECORD):
         name = f"shard-{p:05d}-{q:05d}.tar"
-        shards.append({"url": name, "samples": 1, "bytes": 10240,
-                       "sha256": hashlib.sha256(name.encode()).hexdigest(),
-                       "index": f"shard-{p:05d}-{q:05d}.idx.json", "partition": p,
-                       "first_key": f"{p:05d}{q:07d}", "last_key": f"{p:05d}{q:07d}"})
-    return {"partition": p, "shards": shards, "samples": SHARDS_PER_RECORD, "skipped": {},
-            "fields": ["json", "txt"]}
+        shards.append(
+            {
+                "url": name,
+                "samples": 1,
+                "bytes": 10240,
+                "sha256": hashlib.sha256(name.encode()).hexdigest(),
+                "index": f"shard-{p:05d}-{q:05d}.idx.json",
+                "partition": p,
+                "first_key": f"{p:05d}{q:07d}",
+                "last_key": f"{p:05d}{q:07d}",
+            }
+        )
+    return {
+        "partition": p,
+        "shards": shards,
+        "samples": SHARDS_PER_RECORD,
+        "skipped": {},
+        "fields": ["json", "txt"],
+    }
 
 
 def seed(s3: S3, prefix: str, n: int, done: range) -> dict:
@@ -265,19 +320,29 @@ def seed(s3: S3, prefix: str, n: int, done: range) -> dict:
     seq = 0
     for p in done:
         rec = fake_record(p)
-        s3.put(f"{prefix}/_partitions/part-{p:05d}.json",
-               json.dumps(rec, indent=1, sort_keys=True).encode())
+        s3.put(
+            f"{prefix}/_partitions/part-{p:05d}.json",
+            json.dumps(rec, indent=1, sort_keys=True).encode(),
+        )
         batch.append(rec)
         if len(batch) == per:
-            s3.put(f"{prefix}/_partitions/records-5eed00000000-{seq:05d}.json",
-                   json.dumps({"format": "wdstream-records", "records": batch},
-                              separators=(",", ":")).encode())
+            s3.put(
+                f"{prefix}/_partitions/records-5eed00000000-{seq:05d}.json",
+                json.dumps(
+                    {"format": "wdstream-records", "records": batch}, separators=(",", ":")
+                ).encode(),
+            )
             seq, batch = seq + 1, []
-    return {"seeded_records": len(done), "batches": seq, "stragglers": len(batch),
-            "seed_s": round(time.monotonic() - t0, 1)}
+    return {
+        "seeded_records": len(done),
+        "batches": seq,
+        "stragglers": len(batch),
+        "seed_s": round(time.monotonic() - t0, 1),
+    }
 
 
 # --------------------------------------------------------------------------- phases
+
 
 def time_records(s3: S3, prefix: str) -> dict:
     """In this process, through the proxy: the listing of ``_partitions/`` alone, then the
@@ -294,8 +359,12 @@ def time_records(s3: S3, prefix: str) -> dict:
     t1 = time.monotonic()
     records = Output(f"s3://{BUCKET}/{prefix}", opts).records()
     t2 = time.monotonic()
-    return {"listed": len(names), "list_s": round(t1 - t0, 1), "records": len(records),
-            "records_s": round(t2 - t1, 1)}
+    return {
+        "listed": len(names),
+        "list_s": round(t1 - t0, 1),
+        "records": len(records),
+        "records_s": round(t2 - t1, 1),
+    }
 
 
 def phase_plan_and_resume(s3: S3, n: int, seeded_only: bool) -> dict:
@@ -306,8 +375,11 @@ def phase_plan_and_resume(s3: S3, n: int, seeded_only: bool) -> dict:
     plan = run_driver(s3, source, prefix, stop_at_first_partition=True)
     out["plan"] = plan
     s3.clear(f"{prefix}/shard-")
-    for key in [k for k in s3.backend().get_bucket(BUCKET).keys if
-                k.startswith(f"{prefix}/_partitions/part-")]:
+    for key in [
+        k
+        for k in s3.backend().get_bucket(BUCKET).keys
+        if k.startswith(f"{prefix}/_partitions/part-")
+    ]:
         s3.backend().delete_object(BUCKET, key)
     out["seed_resume"] = seed(s3, prefix, n, range(n // 2))
     out["records_read"] = time_records(s3, prefix)
@@ -323,13 +395,19 @@ def phase_finish(s3: S3, n: int) -> dict:
     s3.clear(prefix)
     run_driver(s3, source, prefix, stop_at_first_partition=True)  # writes the job file
     s3.clear(f"{prefix}/shard-")
-    for key in [k for k in s3.backend().get_bucket(BUCKET).keys if
-                k.startswith(f"{prefix}/_partitions/part-")]:
+    for key in [
+        k
+        for k in s3.backend().get_bucket(BUCKET).keys
+        if k.startswith(f"{prefix}/_partitions/part-")
+    ]:
         s3.backend().delete_object(BUCKET, key)
     out = {"partitions": n, "seed_finish": seed(s3, prefix, n, range(n - 4))}
     fin = run_driver(s3, source, prefix, stop_at_first_partition=False)
-    fin["finish_s"] = round(fin["manifest_written_s"] - fin["last_record_s"], 2) \
-        if fin["last_record_s"] is not None and fin["manifest_written_s"] else None
+    fin["finish_s"] = (
+        round(fin["manifest_written_s"] - fin["last_record_s"], 2)
+        if fin["last_record_s"] is not None and fin["manifest_written_s"]
+        else None
+    )
     out["finish"] = fin
     s3.clear(prefix)
     return out
@@ -348,8 +426,9 @@ def phase_ray(s3: S3, n: int, ray_only: bool = False) -> dict:
         out[name] = r
         s3.clear(prefix)
     if "local" in out:
-        out["ray_overhead_ms"] = round(out["ray"]["per_partition_ms"]
-                                       - out["local"]["per_partition_ms"], 1)
+        out["ray_overhead_ms"] = round(
+            out["ray"]["per_partition_ms"] - out["local"]["per_partition_ms"], 1
+        )
     return out
 
 
@@ -378,8 +457,14 @@ print(json.dumps({{"tasks": n, "s": round(dt, 1), "per_task_ms": round(1000 * dt
                                          / 1024)}}))
 """
     env = {**os.environ, "PYTHONPATH": ROOT, "RAY_ADDRESS": "local"}
-    res = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
-                         text=True, timeout=3600)
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-3000:])
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -392,30 +477,46 @@ def median_runs(fn, repeat: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="2000,10000",
-                    help="partitions for planning + resuming (comma-separated)")
-    ap.add_argument("--seeded", default="100000",
-                    help="partitions for resuming + finishing from seeded state ('' to skip)")
+    ap.add_argument(
+        "--sizes", default="2000,10000", help="partitions for planning + resuming (comma-separated)"
+    )
+    ap.add_argument(
+        "--seeded",
+        default="100000",
+        help="partitions for resuming + finishing from seeded state ('' to skip)",
+    )
     ap.add_argument("--ray", type=int, default=0, help="partitions of the Ray comparison")
     ap.add_argument("--ray-tasks", type=int, default=0, help="no-op tasks through Ray")
-    ap.add_argument("--ray-only", action="store_true",
-                    help="with --ray: the Ray job only, not the local pool's beside it")
+    ap.add_argument(
+        "--ray-only",
+        action="store_true",
+        help="with --ray: the Ray job only, not the local pool's beside it",
+    )
     ap.add_argument("--ttfb", type=float, default=0.03)
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--folder-source", action="store_true",
-                    help="pass the folder as SOURCE instead of parquet --data-files DIR/*.parquet")
-    ap.add_argument("--finish-only", action="store_true",
-                    help="with --seeded: only the finishing phase")
-    ap.add_argument("--records-only", type=int, default=0,
-                    help="only seed N/2 records and time the listing and Output.records()")
+    ap.add_argument(
+        "--folder-source",
+        action="store_true",
+        help="pass the folder as SOURCE instead of parquet --data-files DIR/*.parquet",
+    )
+    ap.add_argument(
+        "--finish-only", action="store_true", help="with --seeded: only the finishing phase"
+    )
+    ap.add_argument(
+        "--records-only",
+        type=int,
+        default=0,
+        help="only seed N/2 records and time the listing and Output.records()",
+    )
     args = ap.parse_args()
     if args.records_only:
         s3 = S3(args.ttfb)
         try:
             prefix = f"records-{args.records_only}"
             seeded = seed(s3, prefix, args.records_only, range(args.records_only // 2))
-            print(json.dumps({"partitions": args.records_only, **seeded,
-                              **time_records(s3, prefix)}))
+            print(
+                json.dumps({"partitions": args.records_only, **seeded, **time_records(s3, prefix)})
+            )
         finally:
             s3.close()
         return
@@ -426,7 +527,8 @@ def main() -> None:
     try:
         for n in [int(x) for x in args.sizes.split(",") if x]:
             results[f"plan_resume_{n}"] = median_runs(
-                lambda n=n: phase_plan_and_resume(s3, n, False), args.repeat)
+                lambda n=n: phase_plan_and_resume(s3, n, False), args.repeat
+            )
             print(json.dumps(results[f"plan_resume_{n}"]), file=sys.stderr)
         for n in [int(x) for x in args.seeded.split(",") if x]:
             if not args.finish_only:

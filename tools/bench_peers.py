@@ -62,10 +62,12 @@ LATENCY_TTFB, LATENCY_JITTER, LATENCY_BANDWIDTH = 0.03, 0.01, 80e6  # as a real 
 DECODE_LIMIT_STORE = "memory"  # the decode limit reads rows already in memory
 SECTION = "## Peers"
 NOTES_MARK = "<!-- notes below are kept when bench_peers.py rewrites this section -->"
-INSTALL = ("python3 -m venv .venv-bench && .venv-bench/bin/pip install -e '.[test,bench]' "
-           "mosaicml-streaming==0.13.0 litdata==0.2.76 torch==2.14.1 torchaudio==2.11.0 "
-           "torchvision==0.29.1 transformers==4.57.6 datasets==4.8.5 'numpy<2.2' "
-           "fsspec==2026.2.0 s3fs==2026.2.0 moto==5.2.5 ray==2.60.0")
+INSTALL = (
+    "python3 -m venv .venv-bench && .venv-bench/bin/pip install -e '.[test,bench]' "
+    "mosaicml-streaming==0.13.0 litdata==0.2.76 torch==2.14.1 torchaudio==2.11.0 "
+    "torchvision==0.29.1 transformers==4.57.6 datasets==4.8.5 'numpy<2.2' "
+    "fsspec==2026.2.0 s3fs==2026.2.0 moto==5.2.5 ray==2.60.0"
+)
 
 
 @dataclass(frozen=True)
@@ -80,27 +82,51 @@ class System:
     notes: str = ""
 
 
-SYSTEMS = {s.name: s for s in [
-    System("wdstream", "wdstream.read.loader", "pip install -e .",
-           notes="writes straight to the store; streams shards (ranged GETs)"),
-    System("webdataset", "webdataset", "pip install webdataset",
-           notes="writes locally, uploads each shard (post= hook); reads S3 through an "
-                 "fsspec opener registered in gopen_schemes (it has no s3:// opener)"),
-    System("hf-parquet", "datasets", "pip install datasets",
-           notes="Dataset.from_parquet (local arrow cache) then to_parquet(url); "
-                 "load_dataset('parquet', streaming=True)"),
-    System("mds", "streaming", "pip install 'wdstream[bench]' (mosaicml-streaming)",
-           notes="MDSWriter writes locally, then uploads; reads download whole shards "
-                 "to a local cache (S3_ENDPOINT_URL)"),
-    System("litdata", "litdata", "pip install 'wdstream[bench]' (litdata)",
-           notes="optimize writes chunks locally, then uploads; reads download chunks "
-                 "to a local cache (storage_options endpoint_url). Its obstore transfers "
-                 "refuse a plain-HTTP endpoint and litdata has no switch for it, so the "
-                 "tool adds obstore's allow_http for the loopback endpoint"),
-]}
+SYSTEMS = {
+    s.name: s
+    for s in [
+        System(
+            "wdstream",
+            "wdstream.read.loader",
+            "pip install -e .",
+            notes="writes straight to the store; streams shards (ranged GETs)",
+        ),
+        System(
+            "webdataset",
+            "webdataset",
+            "pip install webdataset",
+            notes="writes locally, uploads each shard (post= hook); reads S3 through an "
+            "fsspec opener registered in gopen_schemes (it has no s3:// opener)",
+        ),
+        System(
+            "hf-parquet",
+            "datasets",
+            "pip install datasets",
+            notes="Dataset.from_parquet (local arrow cache) then to_parquet(url); "
+            "load_dataset('parquet', streaming=True)",
+        ),
+        System(
+            "mds",
+            "streaming",
+            "pip install 'wdstream[bench]' (mosaicml-streaming)",
+            notes="MDSWriter writes locally, then uploads; reads download whole shards "
+            "to a local cache (S3_ENDPOINT_URL)",
+        ),
+        System(
+            "litdata",
+            "litdata",
+            "pip install 'wdstream[bench]' (litdata)",
+            notes="optimize writes chunks locally, then uploads; reads download chunks "
+            "to a local cache (storage_options endpoint_url). Its obstore transfers "
+            "refuse a plain-HTTP endpoint and litdata has no switch for it, so the "
+            "tool adds obstore's allow_http for the loopback endpoint",
+        ),
+    ]
+}
 
 
 # =========================================================================== source data
+
 
 def build_source(cache: str, n: int) -> str:
     """The Hugging Face parquet dataset under ``cache/source`` (built once, then reused)."""
@@ -112,8 +138,9 @@ def build_source(cache: str, n: int) -> str:
     from wdstream.demo.data import build_parquet_dataset
 
     t = time.perf_counter()
-    build_parquet_dataset(folder, n, n_files=8, image_size=(400, 1000), audio_seconds=2.0,
-                          audio_format="FLAC", seed=1)
+    build_parquet_dataset(
+        folder, n, n_files=8, image_size=(400, 1000), audio_seconds=2.0, audio_format="FLAC", seed=1
+    )
     with open(done, "w") as f:
         f.write(f"{n}\n")
     print(f"built the source: {n} rows in {time.perf_counter() - t:.0f} s ({folder})", flush=True)
@@ -131,11 +158,14 @@ def iter_parquet_file(path: str):
 
     stem = os.path.basename(path).split(".")[0]
     row = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=64,
-                                                   columns=["image", "audio", "text"]):
+    for batch in pq.ParquetFile(path).iter_batches(
+        batch_size=64, columns=["image", "audio", "text"]
+    ):
         for rec in batch.to_pylist():
-            yield f"{stem}_{row:07d}", {"img": rec["image"]["bytes"],
-                                        "audio": rec["audio"]["bytes"], "txt": rec["text"]}
+            yield (
+                f"{stem}_{row:07d}",
+                {"img": rec["image"]["bytes"], "audio": rec["audio"]["bytes"], "txt": rec["text"]},
+            )
             row += 1
 
 
@@ -148,12 +178,15 @@ def tar_fields(fields: dict) -> dict:
     """Source fields as WebDataset members named by their real format (png stays png)."""
     from wdstream.format.schema import audio_ext, image_ext
 
-    return {image_ext(fields["img"]) or "jpg": fields["img"],
-            audio_ext(fields["audio"]) or "flac": fields["audio"],
-            "txt": fields["txt"].encode()}
+    return {
+        image_ext(fields["img"]) or "jpg": fields["img"],
+        audio_ext(fields["audio"]) or "flac": fields["audio"],
+        "txt": fields["txt"].encode(),
+    }
 
 
 # =========================================================================== stores
+
 
 @dataclass
 class Store:
@@ -172,8 +205,11 @@ class Store:
     def storage_options(self) -> dict:
         if self.kind != "s3":
             return {}
-        return {"client_kwargs": {"endpoint_url": self.endpoint}, "key": "testing",
-                "secret": "testing"}
+        return {
+            "client_kwargs": {"endpoint_url": self.endpoint},
+            "key": "testing",
+            "secret": "testing",
+        }
 
     def url(self, system: str) -> str:
         return f"{self.root}/{system}"
@@ -190,8 +226,12 @@ class Store:
         return fsspec.core.strip_protocol(url)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "root": self.root, "endpoint": self.endpoint,
-                "label": self.label}
+        return {
+            "kind": self.kind,
+            "root": self.root,
+            "endpoint": self.endpoint,
+            "label": self.label,
+        }
 
 
 def storage_bytes(store: Store, url: str) -> int:
@@ -237,11 +277,19 @@ def start_s3():
 
 # =========================================================================== writers (child)
 
+
 def write_wdstream(source: str, url: str, store: Store, staging: str, workers: int) -> None:
     from wdstream.write.convert import convert
 
-    convert(source, url, workers=workers, quiet=True, max_shard_bytes=SHARD_BYTES,
-            max_samples_per_shard=10**7, storage_options=store.storage_options)
+    convert(
+        source,
+        url,
+        workers=workers,
+        quiet=True,
+        max_shard_bytes=SHARD_BYTES,
+        max_samples_per_shard=10**7,
+        storage_options=store.storage_options,
+    )
 
 
 def write_webdataset(source: str, url: str, store: Store, staging: str, workers: int) -> None:
@@ -257,8 +305,13 @@ def write_webdataset(source: str, url: str, store: Store, staging: str, workers:
             fs.put_file(path, f"{remote}/{os.path.basename(path)}")
             os.remove(path)
 
-    with wds.ShardWriter(os.path.join(local, "shard-%06d.tar"), maxsize=SHARD_BYTES,
-                         maxcount=10**7, post=upload, verbose=0) as sink:
+    with wds.ShardWriter(
+        os.path.join(local, "shard-%06d.tar"),
+        maxsize=SHARD_BYTES,
+        maxcount=10**7,
+        post=upload,
+        verbose=0,
+    ) as sink:
         for key, fields in iter_source(source):
             sink.write({"__key__": key, **tar_fields(fields)})
 
@@ -279,8 +332,9 @@ def write_mds(source: str, url: str, store: Store, staging: str, workers: int) -
 
     out = url if store.kind == "local" else (staging, url)
     columns = {"key": "str", "img": "bytes", "audio": "bytes", "txt": "str"}
-    with MDSWriter(out=out, columns=columns, size_limit=SHARD_BYTES, progress_bar=False,
-                   exist_ok=True) as sink:
+    with MDSWriter(
+        out=out, columns=columns, size_limit=SHARD_BYTES, progress_bar=False, exist_ok=True
+    ) as sink:
         for key, fields in iter_source(source):
             sink.write({"key": key, **fields})
 
@@ -297,8 +351,10 @@ def _litdata_allow_http(store: Store) -> None:
     if store.kind == "s3" and store.endpoint and store.endpoint.startswith("http://"):
         from litdata.streaming import downloader
 
-        downloader._OBSTORE_CLIENT_OPTIONS = {**downloader._OBSTORE_CLIENT_OPTIONS,
-                                              "allow_http": True}
+        downloader._OBSTORE_CLIENT_OPTIONS = {
+            **downloader._OBSTORE_CLIENT_OPTIONS,
+            "allow_http": True,
+        }
 
 
 def write_litdata(source: str, url: str, store: Store, staging: str, workers: int) -> None:
@@ -308,11 +364,17 @@ def write_litdata(source: str, url: str, store: Store, staging: str, workers: in
 
     os.environ["DATA_OPTIMIZER_CACHE_FOLDER"] = os.path.join(staging, "chunks")
     os.environ["DATA_OPTIMIZER_DATA_CACHE_FOLDER"] = os.path.join(staging, "data")
-    litdata.optimize(fn=_litdata_rows, inputs=source_files(source), output_dir=url,
-                     chunk_bytes=SHARD_BYTES, num_workers=workers, mode="overwrite",
-                     storage_options=({"endpoint_url": store.endpoint}
-                                      if store.kind == "s3" else {}),
-                     verbose=False, start_method="fork")
+    litdata.optimize(
+        fn=_litdata_rows,
+        inputs=source_files(source),
+        output_dir=url,
+        chunk_bytes=SHARD_BYTES,
+        num_workers=workers,
+        mode="overwrite",
+        storage_options=({"endpoint_url": store.endpoint} if store.kind == "s3" else {}),
+        verbose=False,
+        start_method="fork",
+    )
 
 
 def write_raw_limit(source: str, url: str, store: Store, staging: str, workers: int) -> None:
@@ -348,12 +410,18 @@ def write_raw_limit(source: str, url: str, store: Store, staging: str, workers: 
         flush()
 
 
-WRITERS = {"wdstream": write_wdstream, "webdataset": write_webdataset,
-           "hf-parquet": write_hf_parquet, "mds": write_mds, "litdata": write_litdata,
-           "raw-limit": write_raw_limit}
+WRITERS = {
+    "wdstream": write_wdstream,
+    "webdataset": write_webdataset,
+    "hf-parquet": write_hf_parquet,
+    "mds": write_mds,
+    "litdata": write_litdata,
+    "raw-limit": write_raw_limit,
+}
 
 
 # =========================================================================== readers (child)
+
 
 class DecodeCollate:
     """The one decode for every system: SampleDecoder on each sample, then collate."""
@@ -371,8 +439,14 @@ class DecodeCollate:
         if "__key__" in row:
             return self.decoder(row)
         txt = row["txt"]
-        return self.decoder({"__key__": row["key"], "jpg": row["img"], "flac": row["audio"],
-                             "txt": txt.encode() if isinstance(txt, str) else txt})
+        return self.decoder(
+            {
+                "__key__": row["key"],
+                "jpg": row["img"],
+                "flac": row["audio"],
+                "txt": txt.encode() if isinstance(txt, str) else txt,
+            }
+        )
 
     def batch(self, samples: list[dict]) -> dict:
         from wdstream.read.collate import collate
@@ -393,9 +467,13 @@ def _dl_kwargs(workers: int) -> dict:
 def read_wdstream(url, store, config, tokenizer, workers, cache):
     import wdstream
 
-    loader = wdstream.make_loader(url, config.replace(num_workers=workers, persistent_workers=False,
-                                                      storage_options=store.storage_options),
-                                  tokenizer)
+    loader = wdstream.make_loader(
+        url,
+        config.replace(
+            num_workers=workers, persistent_workers=False, storage_options=store.storage_options
+        ),
+        tokenizer,
+    )
     return loader, loader.close
 
 
@@ -404,25 +482,32 @@ def _fsspec_gopen(storage_options: dict):
         import fsspec
 
         return fsspec.open(url, mode, **storage_options).open()
+
     return opener
 
 
 def _hf_row(row: dict) -> dict:
-    return {"key": row.get("key") or "", "img": row["image"]["bytes"],
-            "audio": row["audio"]["bytes"], "txt": row["text"]}
+    return {
+        "key": row.get("key") or "",
+        "img": row["image"]["bytes"],
+        "audio": row["audio"]["bytes"],
+        "txt": row["text"],
+    }
 
 
 def read_webdataset(url, store, config, tokenizer, workers, cache):
     import webdataset as wds
 
     if store.kind == "s3":
-        sys.modules["webdataset.gopen"].gopen_schemes["s3"] = _fsspec_gopen(
-            store.storage_options)
+        sys.modules["webdataset.gopen"].gopen_schemes["s3"] = _fsspec_gopen(store.storage_options)
     urls = list_files(url, store, ".tar")
     dc = DecodeCollate(config, tokenizer)
-    ds = (wds.WebDataset(urls, shardshuffle=len(urls), empty_check=False, seed=config.seed)
-          .shuffle(SHUFFLE_BUFFER).map(dc.sample)
-          .batched(config.batch_size, collation_fn=dc.batch, partial=False))
+    ds = (
+        wds.WebDataset(urls, shardshuffle=len(urls), empty_check=False, seed=config.seed)
+        .shuffle(SHUFFLE_BUFFER)
+        .map(dc.sample)
+        .batched(config.batch_size, collation_fn=dc.batch, partial=False)
+    )
     return wds.WebLoader(ds, batch_size=None, **_dl_kwargs(workers)), None
 
 
@@ -431,15 +516,21 @@ def read_hf_parquet(url, store, config, tokenizer, workers, cache):
     import torch
 
     files = list_files(url, store, ".parquet")
-    ds = datasets.load_dataset("parquet", data_files={"train": files}, split="train",
-                               streaming=True, storage_options=dict(store.storage_options))
+    ds = datasets.load_dataset(
+        "parquet",
+        data_files={"train": files},
+        split="train",
+        streaming=True,
+        storage_options=dict(store.storage_options),
+    )
     ds = ds.cast_column("image", datasets.Image(decode=False))
     ds = ds.cast_column("audio", datasets.Audio(decode=False))
     ds = ds.select_columns(["image", "audio", "text"])
     ds = ds.shuffle(seed=config.seed, buffer_size=SHUFFLE_BUFFER).map(_hf_row)
     dc = DecodeCollate(config, tokenizer)
-    return torch.utils.data.DataLoader(ds, batch_size=config.batch_size, drop_last=True,
-                                       collate_fn=dc, **_dl_kwargs(workers)), None
+    return torch.utils.data.DataLoader(
+        ds, batch_size=config.batch_size, drop_last=True, collate_fn=dc, **_dl_kwargs(workers)
+    ), None
 
 
 def read_mds(url, store, config, tokenizer, workers, cache):
@@ -448,14 +539,24 @@ def read_mds(url, store, config, tokenizer, workers, cache):
 
     clean_stale_shared_memory()
     if store.kind == "s3":
-        ds = StreamingDataset(remote=url, local=cache, shuffle=True, shuffle_seed=config.seed,
-                              batch_size=config.batch_size)
+        ds = StreamingDataset(
+            remote=url,
+            local=cache,
+            shuffle=True,
+            shuffle_seed=config.seed,
+            batch_size=config.batch_size,
+        )
     else:
-        ds = StreamingDataset(local=url, shuffle=True, shuffle_seed=config.seed,
-                              batch_size=config.batch_size)
-    loader = StreamingDataLoader(ds, batch_size=config.batch_size, drop_last=True,
-                                 collate_fn=DecodeCollate(config, tokenizer),
-                                 **_dl_kwargs(workers))
+        ds = StreamingDataset(
+            local=url, shuffle=True, shuffle_seed=config.seed, batch_size=config.batch_size
+        )
+    loader = StreamingDataLoader(
+        ds,
+        batch_size=config.batch_size,
+        drop_last=True,
+        collate_fn=DecodeCollate(config, tokenizer),
+        **_dl_kwargs(workers),
+    )
     return loader, None
 
 
@@ -464,13 +565,22 @@ def read_litdata(url, store, config, tokenizer, workers, cache):
 
     _litdata_allow_http(store)
     if store.kind == "s3":
-        ds = litdata.StreamingDataset(url, cache_dir=cache, shuffle=True, seed=config.seed,
-                                      storage_options={"endpoint_url": store.endpoint})
+        ds = litdata.StreamingDataset(
+            url,
+            cache_dir=cache,
+            shuffle=True,
+            seed=config.seed,
+            storage_options={"endpoint_url": store.endpoint},
+        )
     else:
         ds = litdata.StreamingDataset(url, shuffle=True, seed=config.seed)
-    loader = litdata.StreamingDataLoader(ds, batch_size=config.batch_size, drop_last=True,
-                                         collate_fn=DecodeCollate(config, tokenizer),
-                                         **_dl_kwargs(workers))
+    loader = litdata.StreamingDataLoader(
+        ds,
+        batch_size=config.batch_size,
+        drop_last=True,
+        collate_fn=DecodeCollate(config, tokenizer),
+        **_dl_kwargs(workers),
+    )
     return loader, None
 
 
@@ -493,17 +603,27 @@ def read_decode_limit(rows, config, tokenizer, workers):
     parsing: what any reader can reach with this many processes."""
     import torch
 
-    return torch.utils.data.DataLoader(_InMemory(rows), batch_size=config.batch_size,
-                                       shuffle=True, drop_last=True,
-                                       collate_fn=DecodeCollate(config, tokenizer),
-                                       **_dl_kwargs(workers)), None
+    return torch.utils.data.DataLoader(
+        _InMemory(rows),
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=DecodeCollate(config, tokenizer),
+        **_dl_kwargs(workers),
+    ), None
 
 
-READERS = {"wdstream": read_wdstream, "webdataset": read_webdataset,
-           "hf-parquet": read_hf_parquet, "mds": read_mds, "litdata": read_litdata}
+READERS = {
+    "wdstream": read_wdstream,
+    "webdataset": read_webdataset,
+    "hf-parquet": read_hf_parquet,
+    "mds": read_mds,
+    "litdata": read_litdata,
+}
 
 
 # =========================================================================== child entry
+
 
 def child_main(job: dict) -> dict:
     """Run one conversion or one read epoch in this process; returns its measurements."""
@@ -513,8 +633,7 @@ def child_main(job: dict) -> dict:
     store = Store(**job["store"])
     if job["kind"] == "convert":
         t = time.perf_counter()
-        WRITERS[job["system"]](job["source"], job["url"], store, job["staging"],
-                               job["workers"])
+        WRITERS[job["system"]](job["source"], job["url"], store, job["staging"], job["workers"])
         return {"seconds": time.perf_counter() - t}
 
     from wdstream.config import Config
@@ -528,8 +647,9 @@ def child_main(job: dict) -> dict:
         loader, close = read_decode_limit(rows, config, tokenizer, job["workers"])
     else:
         t0 = time.perf_counter()
-        loader, close = READERS[job["system"]](job["url"], store, config, tokenizer,
-                                               job["workers"], job["cache"])
+        loader, close = READERS[job["system"]](
+            job["url"], store, config, tokenizer, job["workers"], job["cache"]
+        )
     first = None
     samples = batches = 0
     shape = None
@@ -547,11 +667,17 @@ def child_main(job: dict) -> dict:
         if close is not None:
             close()
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "first_batch": first, "samples": samples, "batches": batches,
-            "shapes": shape}
+    return {
+        "seconds": seconds,
+        "first_batch": first,
+        "samples": samples,
+        "batches": batches,
+        "shapes": shape,
+    }
 
 
 # =========================================================================== parent: jobs
+
 
 def _tree_memory(pid: int) -> tuple[int, int]:
     """``(RSS, PSS)`` in bytes of ``pid`` and all its descendants (Linux /proc). PSS divides
@@ -599,12 +725,18 @@ def run_child(python: str, job: dict, timeout: float, watch_dir: str | None = No
         job_path = f.name
     out_path = job_path + ".out"
     cmd = [python, os.path.abspath(__file__), "--child", job_path, out_path]
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               S3_ENDPOINT_URL=job["store"].get("endpoint") or "",
-               LITDATA_DISABLE_VERSION_CHECK="1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    env = dict(
+        os.environ,
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        S3_ENDPOINT_URL=job["store"].get("endpoint") or "",
+        LITDATA_DISABLE_VERSION_CHECK="1",
+    )
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     peak = {"rss": 0, "pss": 0, "disk": 0}
     done = threading.Event()
 
@@ -652,14 +784,19 @@ def _last_error(log: str) -> str:
 
 def available(python: str, system: System) -> str | None:
     """None if ``system`` imports in ``python``, else the reason (the import error)."""
-    r = subprocess.run([python, "-c", f"import {system.module}"], capture_output=True,
-                       text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    r = subprocess.run(
+        [python, "-c", f"import {system.module}"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
     if r.returncode == 0:
         return None
     return (r.stderr.strip().splitlines() or ["import failed"])[-1][:160]
 
 
 # =========================================================================== parent: run
+
 
 @dataclass
 class Results:
@@ -670,10 +807,13 @@ class Results:
     storage: dict = field(default_factory=dict)  # (system, store) -> bytes
 
     def save(self, path: str) -> None:
-        data = {"systems": self.systems, "missing": self.missing,
-                "convert": {"|".join(k): v for k, v in self.convert.items()},
-                "reads": {f"{s}|{st}|{w}": v for (s, st, w), v in self.reads.items()},
-                "storage": {"|".join(k): v for k, v in self.storage.items()}}
+        data = {
+            "systems": self.systems,
+            "missing": self.missing,
+            "convert": {"|".join(k): v for k, v in self.convert.items()},
+            "reads": {f"{s}|{st}|{w}": v for (s, st, w), v in self.reads.items()},
+            "storage": {"|".join(k): v for k, v in self.storage.items()},
+        }
         with open(path, "w") as f:
             json.dump(data, f, indent=1)
 
@@ -699,8 +839,11 @@ def run_benchmark(args) -> Results:
         why = available(args.python, SYSTEMS[name])
         if why:
             res.missing[name] = why
-            print(f"{name}: not installed in {args.python} ({why}); its rows say so. "
-                  f"Install it with: {SYSTEMS[name].install}", flush=True)
+            print(
+                f"{name}: not installed in {args.python} ({why}); its rows say so. "
+                f"Install it with: {SYSTEMS[name].install}",
+                flush=True,
+            )
     present = [n for n in args.systems if n not in res.missing]
 
     server = endpoint = None
@@ -717,12 +860,16 @@ def run_benchmark(args) -> Results:
     if "s3-latency" in args.stores:  # the s3 data, read through the S3 test proxy
         from s3proxy import S3Proxy  # tools/, this script's folder
 
-        read_proxy = S3Proxy(endpoint, ttfb=LATENCY_TTFB, jitter=LATENCY_JITTER,
-                             bandwidth=LATENCY_BANDWIDTH).start()
+        read_proxy = S3Proxy(
+            endpoint, ttfb=LATENCY_TTFB, jitter=LATENCY_JITTER, bandwidth=LATENCY_BANDWIDTH
+        ).start()
         read_stores.append(Store("s3", f"s3://{BUCKET}", read_proxy.url, label="s3-latency"))
-        print(f"S3 test proxy at {read_proxy.url}: {LATENCY_TTFB * 1e3:.0f} ms to first byte "
-              f"(+- {LATENCY_JITTER * 1e3:.0f}), {LATENCY_BANDWIDTH / 1e6:.0f} MB/s per "
-              f"connection", flush=True)
+        print(
+            f"S3 test proxy at {read_proxy.url}: {LATENCY_TTFB * 1e3:.0f} ms to first byte "
+            f"(+- {LATENCY_JITTER * 1e3:.0f}), {LATENCY_BANDWIDTH / 1e6:.0f} MB/s per "
+            f"connection",
+            flush=True,
+        )
     proxy = None
     try:
         # ---- conversion, in turns: round 1 A B C ..., round 2 A B C ..., each store; the
@@ -732,8 +879,7 @@ def run_benchmark(args) -> Results:
             if server is None:
                 server, endpoint = start_s3()
             proxy = _start_proxy(endpoint)
-            convert_stores.append(("s3-latency", Store("s3", f"s3://{BUCKET}/latency",
-                                                       proxy.url)))
+            convert_stores.append(("s3-latency", Store("s3", f"s3://{BUCKET}/latency", proxy.url)))
             print(f"S3 test proxy (30 ms ttfb) at {proxy.url}", flush=True)
         runs: dict[tuple[str, str], list[dict]] = {}
         writers = present + (["raw-limit"] if args.limits else [])
@@ -745,9 +891,15 @@ def run_benchmark(args) -> Results:
                     staging = os.path.join(cache, "staging", name)
                     shutil.rmtree(staging, ignore_errors=True)
                     os.makedirs(staging)
-                    job = {"kind": "convert", "system": name, "source": source, "url": url,
-                           "store": store.to_dict(), "staging": staging,
-                           "workers": args.convert_workers}
+                    job = {
+                        "kind": "convert",
+                        "system": name,
+                        "source": source,
+                        "url": url,
+                        "store": store.to_dict(),
+                        "staging": staging,
+                        "workers": args.convert_workers,
+                    }
                     watch = staging if store.kind == "s3" else None
                     r = run_child(args.python, job, args.timeout, watch_dir=watch)
                     shutil.rmtree(staging, ignore_errors=True)
@@ -760,8 +912,11 @@ def run_benchmark(args) -> Results:
             res.storage[(name, key)] = r["bytes"]
             if len(rs) > 1 and "error" not in r:
                 sps = sorted(x["samples"] / x["seconds"] for x in rs if "error" not in x)
-                print(f"median of {len(rs)}: {_convert_line(name, key, r)}  "
-                      f"(min-max {sps[0]:.1f}-{sps[-1]:.1f} samples/s)", flush=True)
+                print(
+                    f"median of {len(rs)}: {_convert_line(name, key, r)}  "
+                    f"(min-max {sps[0]:.1f}-{sps[-1]:.1f} samples/s)",
+                    flush=True,
+                )
         # ---- reads, in turns: round 1 A B C ..., round 2 A B C ...
         # the decode limit (no store) runs once a round per number of workers, beside them
         for rnd in range(args.rounds):
@@ -773,15 +928,21 @@ def run_benchmark(args) -> Results:
                             continue
                         where = DECODE_LIMIT_STORE if name == "decode-limit" else store.name
                         read_cache = tempfile.mkdtemp(prefix=f"{name}-", dir=cache)
-                        job = {"kind": "read", "system": name, "url": store.url(name),
-                               "store": store.to_dict(), "workers": workers,
-                               "batch_size": args.batch_size, "cache": read_cache,
-                               "max_batches": args.max_batches, "source": source}
+                        job = {
+                            "kind": "read",
+                            "system": name,
+                            "url": store.url(name),
+                            "store": store.to_dict(),
+                            "workers": workers,
+                            "batch_size": args.batch_size,
+                            "cache": read_cache,
+                            "max_batches": args.max_batches,
+                            "source": source,
+                        }
                         r = run_child(args.python, job, args.timeout)
                         shutil.rmtree(read_cache, ignore_errors=True)
                         res.reads.setdefault((name, where, workers), []).append(r)
-                        print(f"round {rnd + 1} {_read_line(name, where, workers, r)}",
-                              flush=True)
+                        print(f"round {rnd + 1} {_read_line(name, where, workers, r)}", flush=True)
     finally:
         for p in (proxy, read_proxy):
             if p is not None:
@@ -817,31 +978,41 @@ def _median_run(runs: list[dict]) -> dict:
 def _convert_line(name, store, r) -> str:
     if "error" in r:
         return f"convert {name:<10} -> {store:<5} FAILED: {r['error']}"
-    return (f"convert {name:<10} -> {store:<5} {r['samples'] / r['seconds']:8.1f} samples/s  "
-            f"peak RSS {r['peak_rss'] / MB:6.0f} MiB  {r['bytes'] / MB:7.1f} MiB stored"
-            + (f"  peak local disk {r['peak_disk'] / MB:.0f} MiB" if "peak_disk" in r else ""))
+    return (
+        f"convert {name:<10} -> {store:<5} {r['samples'] / r['seconds']:8.1f} samples/s  "
+        f"peak RSS {r['peak_rss'] / MB:6.0f} MiB  {r['bytes'] / MB:7.1f} MiB stored"
+        + (f"  peak local disk {r['peak_disk'] / MB:.0f} MiB" if "peak_disk" in r else "")
+    )
 
 
 def _read_line(name, store, workers, r) -> str:
     if "error" in r:
         return f"read {name:<10} {store:<5} w={workers} FAILED: {r['error']}"
-    return (f"read {name:<10} {store:<5} w={workers} {r['samples'] / r['seconds']:8.1f} "
-            f"samples/s  first batch {r['first_batch']:.2f} s  peak RSS "
-            f"{r['peak_rss'] / MB:.0f} MiB  ({r['samples']} samples)")
+    return (
+        f"read {name:<10} {store:<5} w={workers} {r['samples'] / r['seconds']:8.1f} "
+        f"samples/s  first batch {r['first_batch']:.2f} s  peak RSS "
+        f"{r['peak_rss'] / MB:.0f} MiB  ({r['samples']} samples)"
+    )
 
 
 # =========================================================================== report
+
 
 def read_stats(runs: list[dict]) -> dict | None:
     ok = [r for r in runs if "error" not in r and r.get("samples")]
     if not ok:
         return None
     rates = [r["samples"] / r["seconds"] for r in ok]
-    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates),
-            "n": len(rates), "first": statistics.median(r["first_batch"] for r in ok),
-            "rss": max(r["peak_rss"] for r in ok),
-            "pss": max(r.get("peak_pss", 0) for r in ok),
-            "samples": statistics.median(r["samples"] for r in ok)}
+    return {
+        "median": statistics.median(rates),
+        "min": min(rates),
+        "max": max(rates),
+        "n": len(rates),
+        "first": statistics.median(r["first_batch"] for r in ok),
+        "rss": max(r["peak_rss"] for r in ok),
+        "pss": max(r.get("peak_pss", 0) for r in ok),
+        "samples": statistics.median(r["samples"] for r in ok),
+    }
 
 
 def _ratio(value, base) -> str:
@@ -905,10 +1076,10 @@ def render_markdown(res: Results, args) -> str:
                     st = None if why else read_stats(res.reads.get((name, store, workers), []))
                     if st is None:
                         runs = res.reads.get((name, store, workers), [])
-                        why = why or next((r["error"] for r in runs if "error" in r),
-                                          "no result")
-                        lines.append(f"| {name} | {store} | {workers} | {_md(why)} "
-                                     f"| | | | | | | | |")
+                        why = why or next((r["error"] for r in runs if "error" in r), "no result")
+                        lines.append(
+                            f"| {name} | {store} | {workers} | {_md(why)} | | | | | | | | |"
+                        )
                         continue
                 lines.append(
                     f"| {label} | {store} | {workers} | {st['median']:.1f} | "
@@ -916,7 +1087,8 @@ def render_markdown(res: Results, args) -> str:
                     f"{_ratio(st['median'], base and base['median'])} | {st['first']:.2f} | "
                     f"{_ratio(st['first'], base and base['first'])} | {st['pss'] / MB:.0f} | "
                     f"{_ratio(st['pss'], base and base['pss'])} | {st['rss'] / MB:.0f} | "
-                    f"{st['samples']:.0f} |")
+                    f"{st['samples']:.0f} |"
+                )
     lines += ["", *read_goals(res, args, read_stores)]
     lines += [
         "",
@@ -951,7 +1123,8 @@ def render_markdown(res: Results, args) -> str:
                 f"{_ratio(rate, base_rate)} | {r.get('peak_pss', 0) / MB:.0f} | "
                 f"{_ratio(r.get('peak_pss'), base.get('peak_pss'))} | "
                 f"{r['peak_rss'] / MB:.0f} | "
-                f"{r['bytes'] / MB:.1f} | {_ratio(r['bytes'], base.get('bytes'))} | {disk} |")
+                f"{r['bytes'] / MB:.1f} | {_ratio(r['bytes'], base.get('bytes'))} | {disk} |"
+            )
     lines += ["", *convert_goals(res, args, base_stores)]
     lines += ["", "### What each system does here", ""]
     for name in res.systems:
@@ -969,15 +1142,22 @@ def read_goals(res: Results, args, stores: list[str]) -> list[str]:
     """Issue 12's goals per setting, from the medians: samples/s at least the lower of 1.15x
     the best peer and 0.95x the decode limit; first batch no later than the fastest peer's;
     peak PSS at most 1.1x the lowest peer's."""
-    lines = ["Goals (issue 12), from the medians above:", "",
-             "| store | workers | wdstream samples/s | mark (min of 1.15× best peer, 0.95× "
-             "decode limit) | throughput | first batch s vs fastest peer | first batch | "
-             "PSS MiB vs lowest peer × 1.1 | memory |", "|---|---:|---:|---|---|---|---|---|---|"]
+    lines = [
+        "Goals (issue 12), from the medians above:",
+        "",
+        "| store | workers | wdstream samples/s | mark (min of 1.15× best peer, 0.95× "
+        "decode limit) | throughput | first batch s vs fastest peer | first batch | "
+        "PSS MiB vs lowest peer × 1.1 | memory |",
+        "|---|---:|---:|---|---|---|---|---|---|",
+    ]
     for store in stores:
         for w in args.workers:
             wd = read_stats(res.reads.get(("wdstream", store, w), []))
-            peers = {n: read_stats(res.reads.get((n, store, w), [])) for n in res.systems
-                     if n != "wdstream" and not _why_missing(res, n, store)}
+            peers = {
+                n: read_stats(res.reads.get((n, store, w), []))
+                for n in res.systems
+                if n != "wdstream" and not _why_missing(res, n, store)
+            }
             peers = {n: st for n, st in peers.items() if st is not None}
             limit = read_stats(res.reads.get(("decode-limit", DECODE_LIMIT_STORE, w), []))
             if wd is None or not peers:
@@ -997,21 +1177,28 @@ def read_goals(res: Results, args, stores: list[str]) -> list[str]:
                 f"{peers[fastest]['first']:.2f} ({fastest}) | "
                 f"{_verdict(wd['first'] <= peers[fastest]['first'])} | "
                 f"{wd['pss'] / MB:.0f} vs {1.1 * peers[leanest]['pss'] / MB:.0f} ({leanest}) | "
-                f"{_verdict(wd['pss'] <= 1.1 * peers[leanest]['pss'])} |")
+                f"{_verdict(wd['pss'] <= 1.1 * peers[leanest]['pss'])} |"
+            )
     return lines
 
 
 def convert_goals(res: Results, args, stores: list[str]) -> list[str]:
     """Issue 13's goals per store: samples/s at least the lower of 1.2x the best peer and
     0.95x the raw limit; peak PSS at most 1.2x the lowest peer's."""
-    lines = ["Goals (issue 13), from the medians above:", "",
-             "| store | wdstream samples/s | mark (min of 1.2× best peer, 0.95× raw limit) | "
-             "throughput | PSS MiB vs lowest peer × 1.2 | memory |",
-             "|---|---:|---|---|---|---|"]
+    lines = [
+        "Goals (issue 13), from the medians above:",
+        "",
+        "| store | wdstream samples/s | mark (min of 1.2× best peer, 0.95× raw limit) | "
+        "throughput | PSS MiB vs lowest peer × 1.2 | memory |",
+        "|---|---:|---|---|---|---|",
+    ]
     for store in stores:
         wd = res.convert.get(("wdstream", store), {})
-        peers = {n: res.convert.get((n, store), {}) for n in res.systems
-                 if n != "wdstream" and not _why_missing(res, n, store)}
+        peers = {
+            n: res.convert.get((n, store), {})
+            for n in res.systems
+            if n != "wdstream" and not _why_missing(res, n, store)
+        }
         peers = {n: r for n, r in peers.items() if "seconds" in r}
         if "seconds" not in wd or not peers:
             lines.append(f"| {store} | — | no peer measured | — | — | — |")
@@ -1026,10 +1213,12 @@ def convert_goals(res: Results, args, stores: list[str]) -> list[str]:
         wd_rate = wd["samples"] / wd["seconds"]
         leanest = min(peers, key=lambda n: peers[n].get("peak_pss") or float("inf"))
         lean = peers[leanest].get("peak_pss") or 0
-        lines.append(f"| {store} | {wd_rate:.1f} | {mark:.1f} ({which}) | "
-                     f"{_verdict(wd_rate >= mark)} | {wd.get('peak_pss', 0) / MB:.0f} vs "
-                     f"{1.2 * lean / MB:.0f} ({leanest}) | "
-                     f"{_verdict(wd.get('peak_pss', 0) <= 1.2 * lean if lean else None)} |")
+        lines.append(
+            f"| {store} | {wd_rate:.1f} | {mark:.1f} ({which}) | "
+            f"{_verdict(wd_rate >= mark)} | {wd.get('peak_pss', 0) / MB:.0f} vs "
+            f"{1.2 * lean / MB:.0f} ({leanest}) | "
+            f"{_verdict(wd.get('peak_pss', 0) <= 1.2 * lean if lean else None)} |"
+        )
     return lines
 
 
@@ -1044,8 +1233,11 @@ def write_section(path: str, body: str) -> None:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     section = f"{SECTION}\n\n{body}"
-    start = text.find(f"\n{SECTION}\n") + 1 if f"\n{SECTION}\n" in text else (
-        0 if text.startswith(f"{SECTION}\n") else -1)
+    start = (
+        text.find(f"\n{SECTION}\n") + 1
+        if f"\n{SECTION}\n" in text
+        else (0 if text.startswith(f"{SECTION}\n") else -1)
+    )
     if start < 0:
         if not text:
             text = "# Benchmarks\n"
@@ -1055,8 +1247,9 @@ def write_section(path: str, body: str) -> None:
         end = len(text) if nxt < 0 else nxt + 1
         old = text[start:end]
         if NOTES_MARK in old:  # hand-written notes under the tables survive a re-run
-            section = section.rstrip("\n") + "\n\n" + old[old.index(NOTES_MARK):].rstrip("\n") \
-                + "\n"
+            section = (
+                section.rstrip("\n") + "\n\n" + old[old.index(NOTES_MARK) :].rstrip("\n") + "\n"
+            )
         text = text[:start] + section + ("\n" if nxt >= 0 else "") + text[end:]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
@@ -1072,20 +1265,37 @@ def plot(res: Results, args, path: str) -> None:
 
     settings = [(s, w) for s in READ_STORES if s in args.stores for w in args.workers]
     names = res.systems
-    colors = {"wdstream": "#d62728", "webdataset": "#1f77b4", "hf-parquet": "#ff7f0e",
-              "mds": "#2ca02c", "litdata": "#9467bd"}
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.8),
-                                 gridspec_kw={"width_ratios": [max(2, len(settings)), 1.3]})
+    colors = {
+        "wdstream": "#d62728",
+        "webdataset": "#1f77b4",
+        "hf-parquet": "#ff7f0e",
+        "mds": "#2ca02c",
+        "litdata": "#9467bd",
+    }
+    fig, (ax, bx) = plt.subplots(
+        1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [max(2, len(settings)), 1.3]}
+    )
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
         xs, ys, lo, hi, ratios = [], [], [], [], []
         for j, (store, w) in enumerate(settings):
-            st = None if _why_missing(res, name, store) else read_stats(
-                res.reads.get((name, store, w), []))
+            st = (
+                None
+                if _why_missing(res, name, store)
+                else read_stats(res.reads.get((name, store, w), []))
+            )
             x = j + (i - (len(names) - 1) / 2) * width
             if st is None:
-                ax.text(x, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7,
-                        color=colors.get(name, "gray"))
+                ax.text(
+                    x,
+                    0,
+                    "n/a",
+                    rotation=90,
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    color=colors.get(name, "gray"),
+                )
                 continue
             xs.append(x)
             ys.append(st["median"])
@@ -1093,12 +1303,29 @@ def plot(res: Results, args, path: str) -> None:
             hi.append(st["max"] - st["median"])
             base = read_stats(res.reads.get(("wdstream", store, w), []))
             ratios.append(st["median"] / base["median"] if base else None)
-        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=name,
-               color=colors.get(name, None), edgecolor="black" if name == "wdstream" else None)
+        ax.bar(
+            xs,
+            ys,
+            width,
+            yerr=[lo, hi],
+            capsize=2,
+            label=name,
+            color=colors.get(name, None),
+            edgecolor="black" if name == "wdstream" else None,
+        )
         for x, y, ratio in zip(xs, ys, ratios, strict=True):
             if name != "wdstream" and ratio:
-                ax.text(x, y * 0.04, f"{ratio:.2f}×", ha="center", va="bottom", fontsize=7.5,
-                        rotation=90, color="white", fontweight="bold")
+                ax.text(
+                    x,
+                    y * 0.04,
+                    f"{ratio:.2f}×",
+                    ha="center",
+                    va="bottom",
+                    fontsize=7.5,
+                    rotation=90,
+                    color="white",
+                    fontweight="bold",
+                )
     ax.set_xticks(range(len(settings)))
     ax.set_xticklabels([f"{s}\n{w} workers" for s, w in settings])
     ax.set_ylabel("samples/s (median of rounds; whiskers min–max)\nin the bars: × wdstream")
@@ -1113,8 +1340,13 @@ def plot(res: Results, args, path: str) -> None:
             if "seconds" in r:
                 xs.append(j + (i - (len(names) - 1) / 2) * width)
                 ys.append(r["samples"] / r["seconds"])
-        bx.bar(xs, ys, width, color=colors.get(name, None),
-               edgecolor="black" if name == "wdstream" else None)
+        bx.bar(
+            xs,
+            ys,
+            width,
+            color=colors.get(name, None),
+            edgecolor="black" if name == "wdstream" else None,
+        )
     bx.set_xticks(range(len(stores)))
     bx.set_xticklabels([f"to {s}" for s in stores])
     bx.set_title("Converting (incl. upload)")
@@ -1128,39 +1360,78 @@ def plot(res: Results, args, path: str) -> None:
 
 # =========================================================================== CLI
 
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--samples", type=int, default=3000, help="rows in the source (default 3000)")
     p.add_argument("--rounds", type=int, default=3, help="read rounds, in turns (default 3)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[0, 2],
-                   help="DataLoader worker counts (default 0,2)")
-    p.add_argument("--stores", type=lambda s: s.split(","),
-                   default=["local", "s3", "s3-latency"],
-                   help="local,s3,s3-latency (default all; s3-latency reads the s3 data "
-                        "through the S3 test proxy: 30 ms to first byte, 80 MB/s)")
-    p.add_argument("--systems", type=lambda s: s.split(","), default=list(SYSTEMS),
-                   help=f"comma-separated, from {','.join(SYSTEMS)} (default all)")
-    p.add_argument("--max-batches", type=int, default=None,
-                   help="stop each read after this many batches (default: a whole epoch)")
-    p.add_argument("--convert-rounds", type=int, default=5,
-                   help="conversion rounds, in turns (default 5; the median is kept)")
-    p.add_argument("--convert-workers", type=int, default=2,
-                   help="processes for writers that have them (wdstream, litdata)")
-    p.add_argument("--no-limits", dest="limits", action="store_false",
-                   help="leave out the raw conversion limit and the decode-only read limit")
-    p.add_argument("--python", default=sys.executable,
-                   help="interpreter for the child processes (e.g. .venv-bench/bin/python)")
+    p.add_argument(
+        "--workers",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[0, 2],
+        help="DataLoader worker counts (default 0,2)",
+    )
+    p.add_argument(
+        "--stores",
+        type=lambda s: s.split(","),
+        default=["local", "s3", "s3-latency"],
+        help="local,s3,s3-latency (default all; s3-latency reads the s3 data "
+        "through the S3 test proxy: 30 ms to first byte, 80 MB/s)",
+    )
+    p.add_argument(
+        "--systems",
+        type=lambda s: s.split(","),
+        default=list(SYSTEMS),
+        help=f"comma-separated, from {','.join(SYSTEMS)} (default all)",
+    )
+    p.add_argument(
+        "--max-batches",
+        type=int,
+        default=None,
+        help="stop each read after this many batches (default: a whole epoch)",
+    )
+    p.add_argument(
+        "--convert-rounds",
+        type=int,
+        default=5,
+        help="conversion rounds, in turns (default 5; the median is kept)",
+    )
+    p.add_argument(
+        "--convert-workers",
+        type=int,
+        default=2,
+        help="processes for writers that have them (wdstream, litdata)",
+    )
+    p.add_argument(
+        "--no-limits",
+        dest="limits",
+        action="store_false",
+        help="leave out the raw conversion limit and the decode-only read limit",
+    )
+    p.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter for the child processes (e.g. .venv-bench/bin/python)",
+    )
     p.add_argument("--cache", default=None, help="data folder (default .bench/peers-N)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per child process")
-    p.add_argument("--out-md", default=os.path.join(ROOT, "docs", "benchmarks.md"),
-                   help="markdown file whose 'Peers' section is (re)written")
+    p.add_argument(
+        "--out-md",
+        default=os.path.join(ROOT, "docs", "benchmarks.md"),
+        help="markdown file whose 'Peers' section is (re)written",
+    )
     p.add_argument("--out-png", default=os.path.join(ROOT, "docs", "img", "throughput.png"))
     p.add_argument("--no-plot", action="store_true", help="skip the plot (no matplotlib)")
-    p.add_argument("--report-only", metavar="RESULTS_JSON", default=None,
-                   help="measure nothing: render the table and plot from a results.json that "
-                        "an earlier run saved in its --cache folder (pass that run's options)")
+    p.add_argument(
+        "--report-only",
+        metavar="RESULTS_JSON",
+        default=None,
+        help="measure nothing: render the table and plot from a results.json that "
+        "an earlier run saved in its --cache folder (pass that run's options)",
+    )
     args = p.parse_args(argv)
     unknown = [s for s in args.systems if s not in SYSTEMS]
     if unknown:
@@ -1183,13 +1454,20 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            print("matplotlib is not installed: pip install 'wdstream[bench]' for the plot, "
-                  "or pass --no-plot", file=sys.stderr)
+            print(
+                "matplotlib is not installed: pip install 'wdstream[bench]' for the plot, "
+                "or pass --no-plot",
+                file=sys.stderr,
+            )
             return 2
     res = Results.load(args.report_only) if args.report_only else run_benchmark(args)
     if args.report_only:
-        args.argv = [a for i, a in enumerate(argv) if a not in ("--report-only", "--no-plot")
-                     and (i == 0 or argv[i - 1] != "--report-only")]
+        args.argv = [
+            a
+            for i, a in enumerate(argv)
+            if a not in ("--report-only", "--no-plot")
+            and (i == 0 or argv[i - 1] != "--report-only")
+        ]
     body = render_markdown(res, args)
     print()
     print(body)

@@ -41,6 +41,7 @@ SHUFFLE_BUFFER = 1000
 
 # --------------------------------------------------------------------------- data
 
+
 def build_data(n: int, folder: str, rebuild: bool = False) -> tuple[str, str]:
     """Parquet rows under ``folder/parquet`` and the same rows as shards under ``folder/shards``."""
     import shutil
@@ -54,15 +55,23 @@ def build_data(n: int, folder: str, rebuild: bool = False) -> tuple[str, str]:
     from wdstream.demo.data import build_parquet_dataset
 
     t = time.perf_counter()
-    build_parquet_dataset(parquet, n, n_files=8, image_size=(400, 1000), audio_seconds=2.0,
-                          audio_format="FLAC", seed=1)
+    build_parquet_dataset(
+        parquet,
+        n,
+        n_files=8,
+        image_size=(400, 1000),
+        audio_seconds=2.0,
+        audio_format="FLAC",
+        seed=1,
+    )
     print(f"built {n} parquet rows in {time.perf_counter() - t:.0f} s", flush=True)
     t = time.perf_counter()
     from wdstream.write.convert import convert
 
     manifest = convert(parquet, shards, max_samples_per_shard=250, quiet=True, workers=2)
-    print(f"converted to {len(manifest.shards)} shards in {time.perf_counter() - t:.0f} s",
-          flush=True)
+    print(
+        f"converted to {len(manifest.shards)} shards in {time.perf_counter() - t:.0f} s", flush=True
+    )
     with open(done, "w") as f:
         f.write("ok\n")
     return parquet, shards
@@ -76,16 +85,19 @@ def shard_urls(shards: str) -> list[str]:
 
 # --------------------------------------------------------------------------- naive decode
 
+
 def naive_image(data_or_img, size: int, mean, std) -> torch.Tensor:
     from PIL import Image
 
-    img = data_or_img if isinstance(data_or_img, Image.Image) else \
-        Image.open(io.BytesIO(data_or_img))
+    img = (
+        data_or_img if isinstance(data_or_img, Image.Image) else Image.open(io.BytesIO(data_or_img))
+    )
     img = img.convert("RGB")  # full-size decode
     w, h = img.size
     scale = size / min(w, h)
-    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))),
-                     Image.Resampling.BICUBIC)
+    img = img.resize(
+        (max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC
+    )
     w, h = img.size
     left, top = (w - size) // 2, (h - size) // 2
     img = img.crop((left, top, left + size, top + size))
@@ -109,12 +121,25 @@ def naive_audio(data: bytes, rate: int, length: int) -> tuple[torch.Tensor, int]
 
 def naive_decode(key: str, text: str, image, audio: bytes | None, config, tokenizer) -> dict:
     ids = tokenizer(text, truncation=True, max_length=config.max_text_length)["input_ids"]
-    pv = naive_image(image, config.vision_dim, config.image_mean, config.image_std) \
-        if image is not None else None
-    au, n = naive_audio(audio, config.audio_sample_rate, config.max_audio_length) \
-        if audio is not None else (None, 0)
-    return {"key": key, "input_ids": torch.tensor(ids), "pixel_values": pv, "audio": au,
-            "audio_length": n, "source": None, "synthetic": False}
+    pv = (
+        naive_image(image, config.vision_dim, config.image_mean, config.image_std)
+        if image is not None
+        else None
+    )
+    au, n = (
+        naive_audio(audio, config.audio_sample_rate, config.max_audio_length)
+        if audio is not None
+        else (None, 0)
+    )
+    return {
+        "key": key,
+        "input_ids": torch.tensor(ids),
+        "pixel_values": pv,
+        "audio": au,
+        "audio_length": n,
+        "source": None,
+        "synthetic": False,
+    }
 
 
 def _wds_sample(sample: dict, config, tokenizer) -> dict:
@@ -124,19 +149,33 @@ def _wds_sample(sample: dict, config, tokenizer) -> dict:
     audio = find_member(sample, "audio")
     text = sample.get("txt")
     text = text.decode() if isinstance(text, bytes) else text
-    return naive_decode(sample["__key__"], text, image[1] if image else None,
-                        audio[1] if audio else None, config, tokenizer)
+    return naive_decode(
+        sample["__key__"],
+        text,
+        image[1] if image else None,
+        audio[1] if audio else None,
+        config,
+        tokenizer,
+    )
 
 
 def _hf_row(row: dict, config, tokenizer) -> dict:
     image = row.get("image")
     audio = row.get("audio")
-    return {"sample": naive_decode(str(row.get("id")), row["text"],
-                                   image["bytes"] if image else None,
-                                   audio["bytes"] if audio else None, config, tokenizer)}
+    return {
+        "sample": naive_decode(
+            str(row.get("id")),
+            row["text"],
+            image["bytes"] if image else None,
+            audio["bytes"] if audio else None,
+            config,
+            tokenizer,
+        )
+    }
 
 
 # --------------------------------------------------------------------------- pipelines
+
 
 def _dl(dataset, workers: int, **kw):
     kw.setdefault("batch_size", None)
@@ -161,12 +200,23 @@ def pipe_b(shards, parquet, config, tokenizer, workers):
     from wdstream.read.collate import collate
 
     fn = functools.partial(_wds_sample, config=config, tokenizer=tokenizer)
-    ds = (wds.WebDataset(shard_urls(shards), shardshuffle=False, empty_check=False)
-          .shuffle(SHUFFLE_BUFFER).decode("pil").map(fn)
-          .batched(config.batch_size, collation_fn=functools.partial(
-              collate, config=config, pad_token_id=0), partial=False))
-    yield from wds.WebLoader(ds, batch_size=None, num_workers=workers,
-                             **({"persistent_workers": False} if workers else {}))
+    ds = (
+        wds.WebDataset(shard_urls(shards), shardshuffle=False, empty_check=False)
+        .shuffle(SHUFFLE_BUFFER)
+        .decode("pil")
+        .map(fn)
+        .batched(
+            config.batch_size,
+            collation_fn=functools.partial(collate, config=config, pad_token_id=0),
+            partial=False,
+        )
+    )
+    yield from wds.WebLoader(
+        ds,
+        batch_size=None,
+        num_workers=workers,
+        **({"persistent_workers": False} if workers else {}),
+    )
 
 
 def pipe_c(shards, parquet, config, tokenizer, workers):
@@ -178,11 +228,18 @@ def pipe_c(shards, parquet, config, tokenizer, workers):
     ds = ds.cast_column("image", datasets.Image(decode=False))
     ds = ds.cast_column("audio", datasets.Audio(decode=False))
     ds = ds.shuffle(seed=0, buffer_size=SHUFFLE_BUFFER)
-    ds = ds.map(functools.partial(_hf_row, config=config, tokenizer=tokenizer),
-                remove_columns=["image", "audio", "text", "id", "label"])
+    ds = ds.map(
+        functools.partial(_hf_row, config=config, tokenizer=tokenizer),
+        remove_columns=["image", "audio", "text", "id", "label"],
+    )
     col = functools.partial(collate, config=config, pad_token_id=0)
-    yield from _dl(ds, workers, batch_size=config.batch_size, drop_last=True,
-                   collate_fn=lambda rows: col([r["sample"] for r in rows]))
+    yield from _dl(
+        ds,
+        workers,
+        batch_size=config.batch_size,
+        drop_last=True,
+        collate_fn=lambda rows: col([r["sample"] for r in rows]),
+    )
 
 
 class _RawTar(torch.utils.data.IterableDataset):
@@ -193,15 +250,20 @@ class _RawTar(torch.utils.data.IterableDataset):
         from wdstream.format.tario import group_samples, iter_members
 
         info = torch.utils.data.get_worker_info()
-        urls = self.urls if info is None else self.urls[info.id::info.num_workers]
+        urls = self.urls if info is None else self.urls[info.id :: info.num_workers]
         for url in urls:
             with open(url, "rb") as f:
                 yield from group_samples(iter_members(f, name=url))
 
 
 def pipe_d(shards, parquet, config, tokenizer, workers):
-    yield from _dl(_RawTar(shard_urls(shards)), workers, batch_size=config.batch_size,
-                   collate_fn=lambda s: {"keys": [x["__key__"] for x in s]}, drop_last=True)
+    yield from _dl(
+        _RawTar(shard_urls(shards)),
+        workers,
+        batch_size=config.batch_size,
+        collate_fn=lambda s: {"keys": [x["__key__"] for x in s]},
+        drop_last=True,
+    )
 
 
 class _InMemory(torch.utils.data.Dataset):
@@ -226,17 +288,27 @@ def pipe_e(shards, parquet, config, tokenizer, workers):
         _MEMORY.extend(_RawTar(shard_urls(shards)))
     decoder = SampleDecoder(config, tokenizer)
     col = functools.partial(collate, config=config, pad_token_id=0)
-    yield from _dl(_InMemory(_MEMORY, decoder), workers, batch_size=config.batch_size,
-                   collate_fn=col, drop_last=True, shuffle=False)
+    yield from _dl(
+        _InMemory(_MEMORY, decoder),
+        workers,
+        batch_size=config.batch_size,
+        collate_fn=col,
+        drop_last=True,
+        shuffle=False,
+    )
 
 
-PIPES = {"a": ("wdstream.make_loader", pipe_a), "b": ("plain webdataset, naive decode", pipe_b),
-         "c": ("HF datasets streaming parquet, naive decode", pipe_c),
-         "d": ("raw tar iteration, no decode (I/O limit)", pipe_d),
-         "e": ("wdstream decode+collate over bytes in memory (compute limit)", pipe_e)}
+PIPES = {
+    "a": ("wdstream.make_loader", pipe_a),
+    "b": ("plain webdataset, naive decode", pipe_b),
+    "c": ("HF datasets streaming parquet, naive decode", pipe_c),
+    "d": ("raw tar iteration, no decode (I/O limit)", pipe_d),
+    "e": ("wdstream decode+collate over bytes in memory (compute limit)", pipe_e),
+}
 
 
 # --------------------------------------------------------------------------- measuring
+
 
 def pss_mb(pid: int | None = None) -> float:
     """Proportional set size of ``pid`` (default: this process) plus its child processes, in
@@ -282,8 +354,11 @@ def memory_over_epochs(shards, config, tokenizer, workers: int, epochs: int = 3)
                 n += len(batch["keys"])
             gc.collect()
             out.append(pss_mb())
-            print(f"  (a) epoch {epoch}: {n / (time.perf_counter() - t):.1f} samples/s "
-                  f"(workers={workers}), {out[-1]:.0f} MiB", flush=True)
+            print(
+                f"  (a) epoch {epoch}: {n / (time.perf_counter() - t):.1f} samples/s "
+                f"(workers={workers}), {out[-1]:.0f} MiB",
+                flush=True,
+            )
     finally:
         loader.close()
     return out
@@ -299,8 +374,9 @@ def exact_vs_streaming(shards, config, tokenizer, workers: int, rounds: int = 3)
     rates: dict[str, list[float]] = {"exact": [], "streaming": []}
     for _ in range(rounds):
         for mode in ("exact", "streaming"):
-            cfg = config.replace(num_workers=workers, exact=(mode == "exact"),
-                                 persistent_workers=False)
+            cfg = config.replace(
+                num_workers=workers, exact=(mode == "exact"), persistent_workers=False
+            )
             loader = wdstream.make_loader(shards, cfg, tokenizer)
             t, n = time.perf_counter(), 0
             for batch in loader:
@@ -343,10 +419,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=os.path.join(ROOT, ".bench"))
     parser.add_argument("--rebuild", action="store_true")
     parser.add_argument("--repeat", type=int, default=1, help="runs per pipeline; best is kept")
-    parser.add_argument("--exact-rounds", type=int, default=3,
-                        help="rounds of exact vs streaming mode (issue 4); 0 skips them")
-    parser.add_argument("--memory-only", action="store_true",
-                        help="only (a)'s memory over --epochs (run in a fresh process by default)")
+    parser.add_argument(
+        "--exact-rounds",
+        type=int,
+        default=3,
+        help="rounds of exact vs streaming mode (issue 4); 0 skips them",
+    )
+    parser.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="only (a)'s memory over --epochs (run in a fresh process by default)",
+    )
     args = parser.parse_args(argv)
 
     import datasets.config
@@ -358,56 +441,92 @@ def main(argv: list[str] | None = None) -> int:
     from wdstream.config import Config
     from wdstream.read.tokenizer import load_tokenizer
 
-    parquet, shards = build_data(args.samples, os.path.join(args.data, f"read-{args.samples}"),
-                                 args.rebuild)
-    config = Config(batch_size=args.batch_size, cache_size=SHUFFLE_BUFFER, seed=0,
-                    persistent_workers=True)
+    parquet, shards = build_data(
+        args.samples, os.path.join(args.data, f"read-{args.samples}"), args.rebuild
+    )
+    config = Config(
+        batch_size=args.batch_size, cache_size=SHUFFLE_BUFFER, seed=0, persistent_workers=True
+    )
     tokenizer = load_tokenizer(config)
     size = sum(os.path.getsize(u) for u in shard_urls(shards))
-    print(f"data: {args.samples} samples, {len(shard_urls(shards))} shards, "
-          f"{size / 2**20:.0f} MiB; vision_dim={config.vision_dim}, "
-          f"max_audio_length={config.max_audio_length}, batch_size={config.batch_size}; "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"data: {args.samples} samples, {len(shard_urls(shards))} shards, "
+        f"{size / 2**20:.0f} MiB; vision_dim={config.vision_dim}, "
+        f"max_audio_length={config.max_audio_length}, batch_size={config.batch_size}; "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
 
     workers_list = [int(w) for w in args.workers.split(",")]
     if args.memory_only:
         mem = memory_over_epochs(shards, config, tokenizer, max(workers_list), args.epochs)
-        print(f"  (a) memory (PSS of the process + its workers, workers={max(workers_list)}): "
-              f"{mem[0]:.0f} MiB before, then after each epoch "
-              + ", ".join(f"{m:.0f} MiB" for m in mem[1:]), flush=True)
+        print(
+            f"  (a) memory (PSS of the process + its workers, workers={max(workers_list)}): "
+            f"{mem[0]:.0f} MiB before, then after each epoch "
+            + ", ".join(f"{m:.0f} MiB" for m in mem[1:]),
+            flush=True,
+        )
         return 0
     if "e" in args.pipes:  # (e) starts from bytes in memory: load them before any timing
         _MEMORY.extend(_RawTar(shard_urls(shards)))
     results: dict[tuple[str, int], float] = {}
     for workers in workers_list:
         for name in args.pipes:
-            rate, n = max(run_one(name, shards, parquet, config, tokenizer, workers)
-                          for _ in range(args.repeat))
+            rate, n = max(
+                run_one(name, shards, parquet, config, tokenizer, workers)
+                for _ in range(args.repeat)
+            )
             results[name, workers] = rate
-            print(f"  workers={workers} ({name}) {PIPES[name][0]:<62} {rate:8.1f} samples/s "
-                  f"({n} samples)", flush=True)
+            print(
+                f"  workers={workers} ({name}) {PIPES[name][0]:<62} {rate:8.1f} samples/s "
+                f"({n} samples)",
+                flush=True,
+            )
         for other in "bce":
             if ("a", workers) in results and (other, workers) in results:
-                print(f"  workers={workers} a/{other} = "
-                      f"{results['a', workers] / results[other, workers]:.2f}", flush=True)
+                print(
+                    f"  workers={workers} a/{other} = "
+                    f"{results['a', workers] / results[other, workers]:.2f}",
+                    flush=True,
+                )
     if args.exact_rounds:
         for workers in workers_list:
-            med, all_rates = exact_vs_streaming(shards, config, tokenizer, workers,
-                                                args.exact_rounds)
-            print(f"  workers={workers} exact mode {med['exact']:.1f} samples/s, streaming mode "
-                  f"{med['streaming']:.1f} samples/s (medians of {args.exact_rounds}, in turns; "
-                  f"all: {all_rates}); exact/streaming = {med['exact'] / med['streaming']:.2f}",
-                  flush=True)
+            med, all_rates = exact_vs_streaming(
+                shards, config, tokenizer, workers, args.exact_rounds
+            )
+            print(
+                f"  workers={workers} exact mode {med['exact']:.1f} samples/s, streaming mode "
+                f"{med['streaming']:.1f} samples/s (medians of {args.exact_rounds}, in turns; "
+                f"all: {all_rates}); exact/streaming = {med['exact'] / med['streaming']:.2f}",
+                flush=True,
+            )
             fresh, after = resume_time_to_first_batch(shards, config, tokenizer, workers)
-            print(f"  workers={workers} time to first batch: fresh epoch {fresh:.2f} s, after a "
-                  f"resume halfway through the epoch {after:.2f} s", flush=True)
+            print(
+                f"  workers={workers} time to first batch: fresh epoch {fresh:.2f} s, after a "
+                f"resume halfway through the epoch {after:.2f} s",
+                flush=True,
+            )
     if args.epochs and "a" in args.pipes:  # a fresh process: nothing left from the runs above
         import subprocess
 
-        subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-only",
-                        "--samples", str(args.samples), "--workers", str(max(workers_list)),
-                        "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-                        "--data", args.data], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--memory-only",
+                "--samples",
+                str(args.samples),
+                "--workers",
+                str(max(workers_list)),
+                "--epochs",
+                str(args.epochs),
+                "--batch-size",
+                str(args.batch_size),
+                "--data",
+                args.data,
+            ],
+            check=True,
+        )
     return 0
 
 

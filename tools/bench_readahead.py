@@ -32,19 +32,31 @@ def main() -> None:
     p.add_argument("--shards", type=int, default=6)
     p.add_argument("--per-shard", type=int, default=64)
     args = p.parse_args()
-    with loopback_s3_with_proxy(bucket="rabench", ttfb=0.03, jitter=0.01,
-                                bandwidth=80e6) as (moto, proxy):
-        write_test_shards("s3://rabench/ds", [args.per_shard] * args.shards,
-                          storage_options=storage_options(moto), audio=False, image_px=(96, 128))
+    with loopback_s3_with_proxy(bucket="rabench", ttfb=0.03, jitter=0.01, bandwidth=80e6) as (
+        moto,
+        proxy,
+    ):
+        write_test_shards(
+            "s3://rabench/ds",
+            [args.per_shard] * args.shards,
+            storage_options=storage_options(moto),
+            audio=False,
+            image_px=(96, 128),
+        )
         res: dict = {}
         for rnd in range(args.rounds):
             for ra in (0, 8):
                 for workers in (0, 2):
                     s3fs.S3FileSystem.clear_instance_cache()
-                    c = wdstream.Config(batch_size=16, num_workers=workers, cache_size=64,
-                                        vision_dim=32, max_text_length=16,
-                                        read_ahead_requests=ra,
-                                        storage_options=storage_options(proxy.url))
+                    c = wdstream.Config(
+                        batch_size=16,
+                        num_workers=workers,
+                        cache_size=64,
+                        vision_dim=32,
+                        max_text_length=16,
+                        read_ahead_requests=ra,
+                        storage_options=storage_options(proxy.url),
+                    )
                     proxy.reset_counters()
                     t0 = time.perf_counter()
                     first = None
@@ -57,21 +69,34 @@ def main() -> None:
                     st = loader.stats()
                     loader.close()
                     res.setdefault((ra, workers), []).append(
-                        (n / dt, first, proxy.stats()["gets"],
-                         sum(r["get_requests"] for r in st), sum(r["io_wait_s"] for r in st),
-                         sum(r["decode_s"] for r in st)))
-                    print(f"round {rnd + 1}: read_ahead_requests {ra}, {workers} workers: "
-                          f"{n / dt:.0f} samples/s, first batch {first:.2f} s", flush=True)
-    print("| read_ahead_requests | workers | samples/s median | min–max | first batch s median "
-          "| min–max | GETs at the proxy | GETs in stats() | io_wait_s | decode_s |")
+                        (
+                            n / dt,
+                            first,
+                            proxy.stats()["gets"],
+                            sum(r["get_requests"] for r in st),
+                            sum(r["io_wait_s"] for r in st),
+                            sum(r["decode_s"] for r in st),
+                        )
+                    )
+                    print(
+                        f"round {rnd + 1}: read_ahead_requests {ra}, {workers} workers: "
+                        f"{n / dt:.0f} samples/s, first batch {first:.2f} s",
+                        flush=True,
+                    )
+    print(
+        "| read_ahead_requests | workers | samples/s median | min–max | first batch s median "
+        "| min–max | GETs at the proxy | GETs in stats() | io_wait_s | decode_s |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (ra, w), rs in sorted(res.items()):
         sp = [r[0] for r in rs]
         fb = [r[1] for r in rs]
-        print(f"| {ra} | {w} | {statistics.median(sp):.0f} | {min(sp):.0f}–{max(sp):.0f} | "
-              f"{statistics.median(fb):.2f} | {min(fb):.2f}–{max(fb):.2f} | {rs[-1][2]} | "
-              f"{rs[-1][3]} | {statistics.median(r[4] for r in rs):.2f} | "
-              f"{statistics.median(r[5] for r in rs):.2f} |")
+        print(
+            f"| {ra} | {w} | {statistics.median(sp):.0f} | {min(sp):.0f}–{max(sp):.0f} | "
+            f"{statistics.median(fb):.2f} | {min(fb):.2f}–{max(fb):.2f} | {rs[-1][2]} | "
+            f"{rs[-1][3]} | {statistics.median(r[4] for r in rs):.2f} | "
+            f"{statistics.median(r[5] for r in rs):.2f} |"
+        )
 
 
 if __name__ == "__main__":

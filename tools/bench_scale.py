@@ -45,8 +45,16 @@ if ROOT not in sys.path:
 SHARD = 10_000
 WORLD, WORKERS, BATCH, CACHE = 2048, 8, 32, 1000
 NEW_WORLD = 1536
-GOALS = {"first_s": 2.0, "first_mb": 150.0, "len_s": 0.2, "resume_s": 5.0,
-         "resume_mb": 300.0, "manifest_s": 1.5, "manifest_mb": 300.0, "state_bytes": 4096}
+GOALS = {
+    "first_s": 2.0,
+    "first_mb": 150.0,
+    "len_s": 0.2,
+    "resume_s": 5.0,
+    "resume_mb": 300.0,
+    "manifest_s": 1.5,
+    "manifest_mb": 300.0,
+    "state_bytes": 4096,
+}
 UNITS = {"K": 10**3, "M": 10**6, "B": 10**9}
 
 
@@ -65,11 +73,18 @@ def write_manifest(folder: str, samples: int, name: str = "synthetic") -> str:
     last = samples - SHARD * (n - 1)
     pairs = [[SHARD, n - 1], [last, 1]] if n > 1 else [[last, 1]]
     names = "\n".join(f"shard-{i // 10_000:05d}-{i % 10_000:05d}.tar" for i in range(n))
-    head = {"format": "wdstream-manifest", "version": 2, "samples": samples, "bytes": 0,
-            "source": {"name": name}, "skipped": {}, "fields": ["txt"], "options": {},
-            "details": "manifest.details.json",
-            "shards": {"count": n, "names": names, "samples": pairs,
-                       "index": {"suffix": ".idx"}}}
+    head = {
+        "format": "wdstream-manifest",
+        "version": 2,
+        "samples": samples,
+        "bytes": 0,
+        "source": {"name": name},
+        "skipped": {},
+        "fields": ["txt"],
+        "options": {},
+        "details": "manifest.details.json",
+        "shards": {"count": n, "names": names, "samples": pairs, "index": {"suffix": ".idx"}},
+    }
     os.makedirs(folder, exist_ok=True)
     url = os.path.join(folder, "manifest.json")
     with open(url, "w") as f:
@@ -80,8 +95,14 @@ def write_manifest(folder: str, samples: int, name: str = "synthetic") -> str:
 def _config(world: int, **kw):
     from wdstream.config import Config
 
-    return Config(batch_size=BATCH, cache_size=CACHE, num_workers=WORKERS, drop_last=True,
-                  persistent_workers=True, **kw)
+    return Config(
+        batch_size=BATCH,
+        cache_size=CACHE,
+        num_workers=WORKERS,
+        drop_last=True,
+        persistent_workers=True,
+        **kw,
+    )
 
 
 def _worker_plan(dataset, worker: int = 0) -> tuple[int, object]:
@@ -98,8 +119,15 @@ def _worker_plan(dataset, worker: int = 0) -> tuple[int, object]:
 
 
 def _state(samples: int, n_shards: int, runs: list) -> dict:
-    return {"version": 2, "epoch": 0, "seed": 0, "shuffle": True, "samples": samples,
-            "shards": n_shards, "runs": runs}
+    return {
+        "version": 2,
+        "epoch": 0,
+        "seed": 0,
+        "shuffle": True,
+        "samples": samples,
+        "shards": n_shards,
+        "runs": runs,
+    }
 
 
 def measure(kind: str, url: str) -> dict:
@@ -133,8 +161,10 @@ def measure(kind: str, url: str) -> dict:
     elif kind == "resume":
         loader = wdstream.make_loader(url, _config(WORLD), tok, rank=0, world=WORLD)
         k = len(loader)
-        state = {**loader.state_dict(), "runs": [
-            {**loader.dataset.layout().to_dict(), "batches": k // 2}]}
+        state = {
+            **loader.state_dict(),
+            "runs": [{**loader.dataset.layout().to_dict(), "batches": k // 2}],
+        }
         new = wdstream.make_loader(url, _config(NEW_WORLD), tok, rank=0, world=NEW_WORLD)
         base = _rss_mb()
         t0 = time.perf_counter()
@@ -201,14 +231,18 @@ def human(n: int) -> str:
 def table(counts: list[int], folder: str) -> None:
     one = write_manifest(os.path.join(folder, "one"), SHARD)
     base = {k: run_one(k, one) for k in ("first", "resume", "manifest")}
-    print(f"world {WORLD} x {WORKERS} workers, batch {BATCH}, cache_size {CACHE}, shards of "
-          f"{SHARD}, drop_last; resume {WORLD}x{WORKERS} -> {NEW_WORLD}x{WORKERS} stopped "
-          f"halfway. RSS: peak growth in a fresh process, less the same run on a 1-shard "
-          f"manifest (first read +{base['first']['rss_mb']:.1f} MB, resume "
-          f"+{base['resume']['rss_mb']:.1f} MB, manifest +{base['manifest']['rss_mb']:.1f} MB)")
-    head = (f"{'samples':>8} {'shards':>7} {'manifest':>8} | {'first s':>7} {'first MB':>8} | "
-            f"{'len s':>6} | {'resume s':>8} {'resume MB':>9} | {'load s':>6} {'load MB':>7} | "
-            f"{'state B':>7} | {'mixed s':>7} {'mixed MB':>8} | worst ratio to goal")
+    print(
+        f"world {WORLD} x {WORKERS} workers, batch {BATCH}, cache_size {CACHE}, shards of "
+        f"{SHARD}, drop_last; resume {WORLD}x{WORKERS} -> {NEW_WORLD}x{WORKERS} stopped "
+        f"halfway. RSS: peak growth in a fresh process, less the same run on a 1-shard "
+        f"manifest (first read +{base['first']['rss_mb']:.1f} MB, resume "
+        f"+{base['resume']['rss_mb']:.1f} MB, manifest +{base['manifest']['rss_mb']:.1f} MB)"
+    )
+    head = (
+        f"{'samples':>8} {'shards':>7} {'manifest':>8} | {'first s':>7} {'first MB':>8} | "
+        f"{'len s':>6} | {'resume s':>8} {'resume MB':>9} | {'load s':>6} {'load MB':>7} | "
+        f"{'state B':>7} | {'mixed s':>7} {'mixed MB':>8} | worst ratio to goal"
+    )
     print(head)
     print("-" * len(head))
     for n in counts:
@@ -218,28 +252,34 @@ def table(counts: list[int], folder: str) -> None:
             write_manifest(os.path.join(mixed, name), max(1, n // 3), name=name)
         r = {k: run_one(k, url) for k in ("manifest", "first", "len", "resume", "state")}
         r["mixed"] = run_one("mixed", mixed)
-        vals = {"first_s": r["first"]["seconds"],
-                "first_mb": r["first"]["rss_mb"] - base["first"]["rss_mb"],
-                "len_s": r["len"]["seconds"], "resume_s": r["resume"]["seconds"],
-                "resume_mb": r["resume"]["rss_mb"] - base["resume"]["rss_mb"],
-                "manifest_s": r["manifest"]["seconds"],
-                "manifest_mb": r["manifest"]["rss_mb"] - base["manifest"]["rss_mb"],
-                "state_bytes": r["state"]["state_bytes"]}
+        vals = {
+            "first_s": r["first"]["seconds"],
+            "first_mb": r["first"]["rss_mb"] - base["first"]["rss_mb"],
+            "len_s": r["len"]["seconds"],
+            "resume_s": r["resume"]["seconds"],
+            "resume_mb": r["resume"]["rss_mb"] - base["resume"]["rss_mb"],
+            "manifest_s": r["manifest"]["seconds"],
+            "manifest_mb": r["manifest"]["rss_mb"] - base["manifest"]["rss_mb"],
+            "state_bytes": r["state"]["state_bytes"],
+        }
         ratios = {k: vals[k] / GOALS[k] for k in GOALS}
         worst = max(ratios, key=ratios.get)
         size_mb = os.path.getsize(url) / 1e6
-        print(f"{human(n):>8} {r['manifest']['shards']:>7} {size_mb:6.1f}MB | "
-              f"{vals['first_s']:7.3f} {vals['first_mb']:8.1f} | {vals['len_s']:6.4f} | "
-              f"{vals['resume_s']:8.3f} {vals['resume_mb']:9.1f} | {vals['manifest_s']:6.3f} "
-              f"{vals['manifest_mb']:7.1f} | {vals['state_bytes']:7d} | "
-              f"{r['mixed']['seconds']:7.3f} {r['mixed']['rss_mb']:8.1f} | {worst} "
-              f"{ratios[worst]:.3f}")
+        print(
+            f"{human(n):>8} {r['manifest']['shards']:>7} {size_mb:6.1f}MB | "
+            f"{vals['first_s']:7.3f} {vals['first_mb']:8.1f} | {vals['len_s']:6.4f} | "
+            f"{vals['resume_s']:8.3f} {vals['resume_mb']:9.1f} | {vals['manifest_s']:6.3f} "
+            f"{vals['manifest_mb']:7.1f} | {vals['state_bytes']:7d} | "
+            f"{r['mixed']['seconds']:7.3f} {r['mixed']['rss_mb']:8.1f} | {worst} "
+            f"{ratios[worst]:.3f}"
+        )
         print("         ratios to goals: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
         shutil.rmtree(mixed)
         os.remove(url)
 
 
 # -- mixing quality --------------------------------------------------------------------------
+
 
 def _pair_rate(shards_of_batch) -> float:
     """Fraction of the pairs of samples in a batch that come from the same shard."""
@@ -255,9 +295,11 @@ def _batch_stats(emitted_shards, batch: int) -> tuple[float, float]:
     import numpy as np
 
     n = len(emitted_shards) // batch
-    parts = [emitted_shards[i * batch:(i + 1) * batch] for i in range(n)]
-    return (float(np.mean([len(np.unique(p)) for p in parts])),
-            float(np.mean([_pair_rate(p) for p in parts])))
+    parts = [emitted_shards[i * batch : (i + 1) * batch] for i in range(n)]
+    return (
+        float(np.mean([len(np.unique(p)) for p in parts])),
+        float(np.mean([_pair_rate(p) for p in parts])),
+    )
 
 
 def _buffer_shuffle():
@@ -268,15 +310,25 @@ def _buffer_shuffle():
 
 #: The cases of issue 21's goal table: (name, shard sizes, layout args, slots measured).
 QUALITY_CASES = {
-    "laion": ("LAION proportions: 480 shards of 10k, 16 ranks (a slot spans ~30 shards)",
-              [10_000] * 480, dict(world=16, workers=1), [(3, 0), (11, 0)]),
-    "30x10k": ("30 shards of 10k, one slot (300k samples, as a user tried it)",
-               [10_000] * 30, dict(world=1, workers=1), [(0, 0)]),
-    "docs": ("100 shards of 1,000, one slot", [1_000] * 100, dict(world=1, workers=1),
-             [(0, 0)]),
-    "small": ("10M samples (1,000 shards of 10k), 2048 x 8: about 610 samples a slot",
-              [10_000] * 1000, dict(world=2048, workers=8),
-              [(r, w) for r in (5, 700, 1500, 2047) for w in (0, 3, 7)]),
+    "laion": (
+        "LAION proportions: 480 shards of 10k, 16 ranks (a slot spans ~30 shards)",
+        [10_000] * 480,
+        dict(world=16, workers=1),
+        [(3, 0), (11, 0)],
+    ),
+    "30x10k": (
+        "30 shards of 10k, one slot (300k samples, as a user tried it)",
+        [10_000] * 30,
+        dict(world=1, workers=1),
+        [(0, 0)],
+    ),
+    "docs": ("100 shards of 1,000, one slot", [1_000] * 100, dict(world=1, workers=1), [(0, 0)]),
+    "small": (
+        "10M samples (1,000 shards of 10k), 2048 x 8: about 610 samples a slot",
+        [10_000] * 1000,
+        dict(world=2048, workers=8),
+        [(r, w) for r in (5, 700, 1500, 2047) for w in (0, 3, 7)],
+    ),
 }
 
 
@@ -304,29 +356,42 @@ def quality_case(key: str, cache: int = 1000, batch: int = 32, epochs: int = 2) 
     rows: dict[str, list] = {}
     for epoch in range(epochs):
         for rank, worker in slots:
-            for name, lanes in (("lanes 32 (default)", 32), ("lanes 64", 64),
-                                ("windows (0.1.x)", 0)):
+            for name, lanes in (
+                ("lanes 32 (default)", 32),
+                ("lanes 64", 64),
+                ("windows (0.1.x)", 0),
+            ):
                 layout = Layout(batch_size=batch, cache_size=cache, lanes=lanes, **args)
                 emitted, read, n_reads, seed = _slot_shards(sizes, layout, rank, worker, epoch)
                 rows.setdefault(name, []).append(
-                    (*_batch_stats(emitted, batch), 1000 * n_reads / len(read)))
+                    (*_batch_stats(emitted, batch), 1000 * n_reads / len(read))
+                )
                 if lanes == 0:  # the old order's slot, shuffled the other ways
-                    order = np.fromiter(buffer_shuffle(range(len(read)), cache, seed),
-                                        dtype=np.int64, count=len(read))
+                    order = np.fromiter(
+                        buffer_shuffle(range(len(read)), cache, seed),
+                        dtype=np.int64,
+                        count=len(read),
+                    )
                     rows.setdefault("buffer_shuffle", []).append(
-                        (*_batch_stats(read[order], batch), float("nan")))
+                        (*_batch_stats(read[order], batch), float("nan"))
+                    )
                     full = np.random.default_rng(seed).permutation(len(read))
                     rows.setdefault("full shuffle of the slot", []).append(
-                        (*_batch_stats(read[full], batch), float("nan")))
-    return {name: tuple(float(np.mean([r[i] for r in rs])) for i in range(3))
-            for name, rs in rows.items()}
+                        (*_batch_stats(read[full], batch), float("nan"))
+                    )
+    return {
+        name: tuple(float(np.mean([r[i] for r in rs])) for i in range(3))
+        for name, rs in rows.items()
+    }
 
 
 def quality(cases=("laion", "30x10k", "docs", "small"), plot: str | None = None) -> None:
     """The shuffle-quality table of issue 21 (and, with ``plot``, shards per batch against
     cache_size for the LAION case): deterministic figures, no timing."""
-    print("shuffle quality: batch 32, cache_size 1000, 2 epochs; 'reads' = contiguous runs "
-          "the plan reads per 1,000 samples (the fetcher joins runs that continue each other)")
+    print(
+        "shuffle quality: batch 32, cache_size 1000, 2 epochs; 'reads' = contiguous runs "
+        "the plan reads per 1,000 samples (the fetcher joins runs that continue each other)"
+    )
     print("| case | method | shards per batch | same-shard pairs | reads per 1k samples |")
     print("|---|---|---|---|---|")
     for key in cases:
@@ -339,8 +404,9 @@ def quality(cases=("laion", "30x10k", "docs", "small"), plot: str | None = None)
         _quality_plot(plot)
 
 
-def delivered(samples: int = 300_000, per_shard: int = 10_000, folder: str | None = None,
-              **overrides) -> dict:
+def delivered(
+    samples: int = 300_000, per_shard: int = 10_000, folder: str | None = None, **overrides
+) -> dict:
     """Issue 21's user test: ``samples`` synthetic text samples in shards of ``per_shard``
     (``wdstream synth --modalities text --max-samples-per-shard``), read by ``make_loader``
     with the default settings but batch 32 and 0 workers; shards per batch and same-shard
@@ -356,14 +422,18 @@ def delivered(samples: int = 300_000, per_shard: int = 10_000, folder: str | Non
             write_synthetic(tmp, samples, modalities=("text",), max_samples_per_shard=per_shard)
         config = wdstream.load_config(batch_size=32, num_workers=0, **overrides)
         loader = wdstream.make_loader(tmp, config)
-        shards = [np.array([int(k.split("_")[1]) // per_shard for k in b["keys"]])
-                  for b in loader]
+        shards = [np.array([int(k.split("_")[1]) // per_shard for k in b["keys"]]) for b in loader]
         spb = float(np.mean([len(np.unique(b)) for b in shards]))
         pairs = float(np.mean([_pair_rate(b) for b in shards]))
         (row,) = loader.stats()
-        return {"batches": len(shards), "shards_per_batch": spb, "same_shard_pairs": pairs,
-                "get_requests": row["get_requests"], "index_requests": row["index_requests"],
-                "mean_request_bytes": row["bytes_read"] / max(1, row["get_requests"])}
+        return {
+            "batches": len(shards),
+            "shards_per_batch": spb,
+            "same_shard_pairs": pairs,
+            "get_requests": row["get_requests"],
+            "index_requests": row["index_requests"],
+            "mean_request_bytes": row["bytes_read"] / max(1, row["get_requests"]),
+        }
     finally:
         if folder is None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -400,17 +470,27 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10M,100M,1B,5B")
     parser.add_argument("--quality", action="store_true", help="measure mixing quality only")
-    parser.add_argument("--plot", help="with --quality: write shards per batch against "
-                                       "cache_size to this PNG")
-    parser.add_argument("--delivered", action="store_true",
-                        help="with --quality: also read 300k synthetic text samples in 30 "
-                             "shards with make_loader and measure the delivered batches")
+    parser.add_argument(
+        "--plot", help="with --quality: write shards per batch against cache_size to this PNG"
+    )
+    parser.add_argument(
+        "--delivered",
+        action="store_true",
+        help="with --quality: also read 300k synthetic text samples in 30 "
+        "shards with make_loader and measure the delivered batches",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="fresh subprocesses per measurement; medians are printed")
-    parser.add_argument("--tmp", help="folder for the synthetic manifests (default: a temp "
-                                      "folder, removed at the end)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="fresh subprocesses per measurement; medians are printed",
+    )
+    parser.add_argument(
+        "--tmp",
+        help="folder for the synthetic manifests (default: a temp folder, removed at the end)",
+    )
     args = parser.parse_args(argv)
     global REPEAT
     REPEAT = max(1, args.repeat)
@@ -421,11 +501,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.delivered:
             for lanes in (32, 1):
                 got = delivered(shuffle_lanes=lanes)
-                print(f"delivered by make_loader, shuffle_lanes {lanes}: "
-                      f"{got['shards_per_batch']:.2f} shards per batch, "
-                      f"{got['same_shard_pairs']:.3f} same-shard pairs over {got['batches']} "
-                      f"batches; {got['get_requests']} GETs ({got['index_requests']} of "
-                      f"indexes), {got['mean_request_bytes'] / 1e6:.2f} MB each")
+                print(
+                    f"delivered by make_loader, shuffle_lanes {lanes}: "
+                    f"{got['shards_per_batch']:.2f} shards per batch, "
+                    f"{got['same_shard_pairs']:.3f} same-shard pairs over {got['batches']} "
+                    f"batches; {got['get_requests']} GETs ({got['index_requests']} of "
+                    f"indexes), {got['mean_request_bytes'] / 1e6:.2f} MB each"
+                )
     else:
         folder = args.tmp or tempfile.mkdtemp(prefix="wdstream-scale-")
         try:

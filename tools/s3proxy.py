@@ -114,8 +114,18 @@ FAULT_KINDS = ("reset", "reset_after", "500", "503", "slow", "truncated", "lost_
 # Query parameters that do not change what a GET of an object returns (botocore adds
 # ``x-id=GetObject`` to every GetObject); anything else makes the GET a pass-through.
 _HARMLESS_QUERY = frozenset({"x-id"})
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",
-                         "te", "trailer", "upgrade", "expect"})
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+    }
+)
 # Fields a response may carry once. moto (werkzeug) sends ``Server`` twice on bucket-level
 # responses, which aiohttp's strict parser (python -X dev) rejects; the proxy keeps the first.
 _SINGLETON = frozenset({"server", "date", "content-type", "etag", "last-modified", "location"})
@@ -128,10 +138,21 @@ _S3_ERRORS = {
     500: ("InternalError", "We encountered an internal error. Please try again."),
     503: ("SlowDown", "Please reduce your request rate."),
 }
-_REASONS = {100: "Continue", 200: "OK", 204: "No Content", 206: "Partial Content",
-            304: "Not Modified", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-            412: "Precondition Failed", 416: "Requested Range Not Satisfiable",
-            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+_REASONS = {
+    100: "Continue",
+    200: "OK",
+    204: "No Content",
+    206: "Partial Content",
+    304: "Not Modified",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    412: "Precondition Failed",
+    416: "Requested Range Not Satisfiable",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
 
 
 # --------------------------------------------------------------------------- faults
@@ -154,8 +175,9 @@ class Fault:
         kind = str(self.kind)
         object.__setattr__(self, "kind", kind)
         if kind not in FAULT_KINDS and not (len(kind) == 3 and kind.isdigit()):
-            raise ValueError(f"unknown fault kind {kind!r}; use one of {FAULT_KINDS} "
-                             f"or a 3-digit status")
+            raise ValueError(
+                f"unknown fault kind {kind!r}; use one of {FAULT_KINDS} or a 3-digit status"
+            )
 
     @property
     def status(self) -> int | None:
@@ -218,8 +240,9 @@ class FaultPlan:
 
     def __post_init__(self):
         self._rng = random.Random(self.seed)
-        self.kinds = tuple(k if isinstance(k, Fault) else Fault(k, self.nbytes, self.delay)
-                           for k in self.kinds)
+        self.kinds = tuple(
+            k if isinstance(k, Fault) else Fault(k, self.nbytes, self.delay) for k in self.kinds
+        )
 
     def __call__(self, info: RequestInfo) -> Fault | None:
         if self.methods is not None and info.method not in self.methods:
@@ -241,9 +264,11 @@ class _Injection:
     match: Callable[[RequestInfo], bool] | None
 
     def matches(self, info: RequestInfo) -> bool:
-        return ((self.method is None or info.method == self.method.upper())
-                and (self.path_contains is None or self.path_contains in info.path)
-                and (self.match is None or bool(self.match(info))))
+        return (
+            (self.method is None or info.method == self.method.upper())
+            and (self.path_contains is None or self.path_contains in info.path)
+            and (self.match is None or bool(self.match(info)))
+        )
 
 
 # --------------------------------------------------------------------------- HTTP plumbing
@@ -271,8 +296,7 @@ class _Request:
         return _header(self.headers, name, default)
 
 
-def _header(headers: list[tuple[str, str]], name: str,
-            default: str | None = None) -> str | None:
+def _header(headers: list[tuple[str, str]], name: str, default: str | None = None) -> str | None:
     """The first value of header ``name`` (case-insensitive), else ``default``."""
     name = name.lower()
     for k, v in headers:
@@ -332,8 +356,9 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         await reader.readexactly(2)  # CRLF after each chunk
 
 
-async def _read_body(reader: asyncio.StreamReader, headers: list[tuple[str, str]],
-                     *, until_eof: bool) -> bytes:
+async def _read_body(
+    reader: asyncio.StreamReader, headers: list[tuple[str, str]], *, until_eof: bool
+) -> bytes:
     te = cl = None
     for k, v in headers:
         if k.lower() == "transfer-encoding":
@@ -353,15 +378,22 @@ def _head_bytes(status: int, reason: str, headers: list[tuple[str, str]]) -> byt
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def _s3_error(status: int, resource: str, code: str | None = None,
-              message: str | None = None) -> tuple[list[tuple[str, str]], bytes]:
+def _s3_error(
+    status: int, resource: str, code: str | None = None, message: str | None = None
+) -> tuple[list[tuple[str, str]], bytes]:
     dcode, dmsg = _S3_ERRORS.get(status, (f"Http{status}", _REASONS.get(status, "Error")))
     rid = uuid.uuid4().hex[:16].upper()
-    body = ('<?xml version="1.0" encoding="UTF-8"?>\n'
-            f"<Error><Code>{code or dcode}</Code><Message>{message or dmsg}</Message>"
-            f"<Resource>{resource}</Resource><RequestId>{rid}</RequestId></Error>").encode()
-    headers = [("Content-Type", "application/xml"), ("x-amz-request-id", rid),
-               ("Date", email.utils.formatdate(usegmt=True)), ("Server", "AmazonS3")]
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code or dcode}</Code><Message>{message or dmsg}</Message>"
+        f"<Resource>{resource}</Resource><RequestId>{rid}</RequestId></Error>"
+    ).encode()
+    headers = [
+        ("Content-Type", "application/xml"),
+        ("x-amz-request-id", rid),
+        ("Date", email.utils.formatdate(usegmt=True)),
+        ("Server", "AmazonS3"),
+    ]
     return headers, body
 
 
@@ -412,10 +444,21 @@ class S3Proxy:
     request uses them.
     """
 
-    def __init__(self, upstream: str, *, ttfb: float = 0.03, jitter: float = 0.01,
-                 bandwidth: float | None = 80e6, seed: int = 0, cache: bool = True,
-                 faults: FaultRule | None = None, host: str = "127.0.0.1", port: int = 0,
-                 chunk_size: int = 64 * 1024, upstream_timeout: float = 60.0):
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        ttfb: float = 0.03,
+        jitter: float = 0.01,
+        bandwidth: float | None = 80e6,
+        seed: int = 0,
+        cache: bool = True,
+        faults: FaultRule | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        chunk_size: int = 64 * 1024,
+        upstream_timeout: float = 60.0,
+    ):
         parts = urlsplit(upstream if "//" in upstream else f"http://{upstream}")
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"upstream must be http://host:port, got {upstream!r}")
@@ -508,8 +551,7 @@ class S3Proxy:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
-        server = await asyncio.start_server(self._on_client, self._host, self._port,
-                                            limit=1 << 20)
+        server = await asyncio.start_server(self._on_client, self._host, self._port, limit=1 << 20)
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
         try:
@@ -528,9 +570,15 @@ class S3Proxy:
 
     # ------------------------------------------------------------------ faults & counters
 
-    def inject(self, fault: Fault | str, times: int = 1, *, method: str | None = None,
-               path_contains: str | None = None,
-               match: Callable[[RequestInfo], bool] | None = None) -> None:
+    def inject(
+        self,
+        fault: Fault | str,
+        times: int = 1,
+        *,
+        method: str | None = None,
+        path_contains: str | None = None,
+        match: Callable[[RequestInfo], bool] | None = None,
+    ) -> None:
         """Queue ``fault`` for the next ``times`` requests that match ``method`` (e.g.
         "GET"), contain ``path_contains`` in their raw path and satisfy ``match``. Queued
         faults are used up in order and take precedence over ``self.faults``."""
@@ -576,15 +624,21 @@ class S3Proxy:
         """A consistent copy of every counter."""
         with self._lock:
             return {
-                "requests": dict(self.requests), "gets": self.gets,
-                "bytes_sent": self.bytes_sent, "get_bytes": dict(self.get_bytes),
-                "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
+                "requests": dict(self.requests),
+                "gets": self.gets,
+                "bytes_sent": self.bytes_sent,
+                "get_bytes": dict(self.get_bytes),
+                "in_flight": self.in_flight,
+                "max_in_flight": self.max_in_flight,
                 "max_in_flight_by_path": dict(self.max_in_flight_by_path),
-                "ranges": list(self.ranges), "parts": self.parts,
+                "ranges": list(self.ranges),
+                "parts": self.parts,
                 "parts_in_flight": self.parts_in_flight,
                 "max_parts_in_flight": self.max_parts_in_flight,
-                "upstream": dict(self.upstream), "upstream_gets": dict(self.upstream_gets),
-                "cache_hits": self.cache_hits, "faults_seen": list(self.faults_seen),
+                "upstream": dict(self.upstream),
+                "upstream_gets": dict(self.upstream_gets),
+                "cache_hits": self.cache_hits,
+                "faults_seen": list(self.faults_seen),
             }
 
     def cache_clear(self) -> None:
@@ -618,8 +672,7 @@ class S3Proxy:
 
     # ------------------------------------------------------------------ connections
 
-    async def _on_client(self, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> None:
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self._tasks.add(task)
         self._writers.add(writer)
@@ -632,8 +685,13 @@ class S3Proxy:
                     break
         except _Reset:
             _abort_with_rst(writer)
-        except (_Close, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ConnectionError, asyncio.CancelledError):
+        except (
+            _Close,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+            asyncio.CancelledError,
+        ):
             pass
         except Exception:  # noqa: BLE001 - one bad connection must not stop the proxy
             log.exception("s3proxy: connection handler failed")
@@ -669,8 +727,9 @@ class S3Proxy:
     async def _handle(self, req: _Request, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; returns whether the connection stays open."""
         loop = asyncio.get_running_loop()
-        keep_alive = (req.version == "HTTP/1.1"
-                      and (req.header("connection") or "").lower() != "close")
+        keep_alive = (
+            req.version == "HTTP/1.1" and (req.header("connection") or "").lower() != "close"
+        )
         is_part = req.method == "PUT" and "partNumber" in req.query
         with self._lock:
             self._number += 1
@@ -679,8 +738,9 @@ class S3Proxy:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.in_flight_by_path[req.path] += 1
-            self.max_in_flight_by_path[req.path] = max(self.max_in_flight_by_path[req.path],
-                                                       self.in_flight_by_path[req.path])
+            self.max_in_flight_by_path[req.path] = max(
+                self.max_in_flight_by_path[req.path], self.in_flight_by_path[req.path]
+            )
             if req.method == "GET":
                 self.gets += 1
                 rng = req.header("range")
@@ -710,14 +770,21 @@ class S3Proxy:
                     self.parts_in_flight -= 1
 
         try:
-            info = RequestInfo(number, req.method, req.path, req.query,
-                               {k.lower(): v for k, v in req.headers}, len(req.body))
+            info = RequestInfo(
+                number,
+                req.method,
+                req.path,
+                req.query,
+                {k.lower(): v for k, v in req.headers},
+                len(req.body),
+            )
             fault = self._choose_fault(info)
             if fault is not None:
                 with self._lock:
                     self.faults_seen.append((number, req.method, req.path, fault.kind))
-                log.debug("s3proxy: fault %s on #%d %s %s", fault.kind, number, req.method,
-                          req.target)
+                log.debug(
+                    "s3proxy: fault %s on #%d %s %s", fault.kind, number, req.method, req.target
+                )
                 if fault.kind == "slow":
                     delay += fault.delay
             deadline = loop.time() + delay
@@ -733,8 +800,12 @@ class S3Proxy:
                 raise _Reset()
             if fault is not None and fault.status is not None:
                 headers, body = _s3_error(fault.status, req.path)
-                resp = _Response(fault.status, _REASONS.get(fault.status, "Error"), headers,
-                                 b"" if req.method == "HEAD" else body)
+                resp = _Response(
+                    fault.status,
+                    _REASONS.get(fault.status, "Error"),
+                    headers,
+                    b"" if req.method == "HEAD" else body,
+                )
             else:
                 resp = await self._respond(req)
             await asyncio.sleep(max(0.0, deadline - loop.time()))
@@ -742,8 +813,15 @@ class S3Proxy:
         finally:
             finish()
 
-    async def _send(self, req: _Request, resp: _Response, writer: asyncio.StreamWriter,
-                    fault: Fault | None, keep_alive: bool, finish: Callable[[], None]) -> bool:
+    async def _send(
+        self,
+        req: _Request,
+        resp: _Response,
+        writer: asyncio.StreamWriter,
+        fault: Fault | None,
+        keep_alive: bool,
+        finish: Callable[[], None],
+    ) -> bool:
         body = resp.body
         headers, seen = [], set()
         for k, v in resp.headers:
@@ -781,15 +859,20 @@ class S3Proxy:
             raise _Close()
         return keep_alive
 
-    async def _write_paced(self, writer: asyncio.StreamWriter, data: memoryview,
-                           data_path: str | None, before_last: Callable[[], None]) -> None:
+    async def _write_paced(
+        self,
+        writer: asyncio.StreamWriter,
+        data: memoryview,
+        data_path: str | None,
+        before_last: Callable[[], None],
+    ) -> None:
         """Write ``data`` paced to ``self.bandwidth``; ``data_path``: count it in
         ``get_bytes`` under that path (object data: a 2xx answer to a GET)."""
         loop = asyncio.get_running_loop()
         start = loop.time()
         sent = 0
         for off in range(0, len(data), self.chunk_size):
-            chunk = data[off:off + self.chunk_size]
+            chunk = data[off : off + self.chunk_size]
             with self._lock:  # counted before the client can see them
                 self.bytes_sent += len(chunk)
                 if data_path is not None:
@@ -821,8 +904,7 @@ class S3Proxy:
         names = {k for k, _ in parse_qsl(req.query, keep_blank_values=True)}
         if names - _HARMLESS_QUERY:
             return False
-        return (req.header("if-modified-since") is None
-                and req.header("if-unmodified-since") is None)
+        return req.header("if-modified-since") is None and req.header("if-unmodified-since") is None
 
     def _invalidate(self, bucket: str, key: str) -> None:
         if key:
@@ -868,13 +950,22 @@ class S3Proxy:
         obj = None
         try:
             drop = {"range", "if-match", "if-none-match"}
-            fill = _Request("GET", req.target, req.path, req.query, "HTTP/1.1",
-                            [(k, v) for k, v in req.headers if k.lower() not in drop])
+            fill = _Request(
+                "GET",
+                req.target,
+                req.path,
+                req.query,
+                "HTTP/1.1",
+                [(k, v) for k, v in req.headers if k.lower() not in drop],
+            )
             resp = await self._forward(fill)
             if resp.status == 200:
-                headers = [(k, v) for k, v in resp.headers
-                           if k.lower() not in _HOP_BY_HOP
-                           and k.lower() not in ("content-length", "content-range")]
+                headers = [
+                    (k, v)
+                    for k, v in resp.headers
+                    if k.lower() not in _HOP_BY_HOP
+                    and k.lower() not in ("content-length", "content-range")
+                ]
                 obj = _Cached(headers, resp.body, resp.header("etag") or "")
                 if gens == (self._key_gen[bk], self._bucket_gen[bk[0]]):
                     self._objects[bk] = obj
@@ -895,8 +986,9 @@ class S3Proxy:
         if_none = req.header("if-none-match")
         if if_none is not None and _etag_matches(if_none, obj.etag):
             keep = ("etag", "last-modified", "date", "x-amz-request-id")
-            return _Response(304, _REASONS[304],
-                             [(k, v) for k, v in obj.headers if k.lower() in keep])
+            return _Response(
+                304, _REASONS[304], [(k, v) for k, v in obj.headers if k.lower() in keep]
+            )
         rng = _parse_range(req.header("range"), size)
         if rng == "unsatisfiable":
             headers, body = _s3_error(416, req.path)
@@ -904,11 +996,12 @@ class S3Proxy:
             return _Response(416, _REASONS[416], headers, body)
         # x-amz-checksum-* describe the whole object: S3 sends them only for a whole-object
         # GET with checksum mode on; botocore would fail to validate a range against them.
-        want_sums = (rng is None
-                     and (req.header("x-amz-checksum-mode") or "").upper() == "ENABLED")
-        headers = [(k, v) for k, v in obj.headers
-                   if (want_sums or not k.lower().startswith("x-amz-checksum-"))
-                   and k.lower() != "date"]
+        want_sums = rng is None and (req.header("x-amz-checksum-mode") or "").upper() == "ENABLED"
+        headers = [
+            (k, v)
+            for k, v in obj.headers
+            if (want_sums or not k.lower().startswith("x-amz-checksum-")) and k.lower() != "date"
+        ]
         headers.append(("Date", email.utils.formatdate(usegmt=True)))
         if not any(k.lower() == "accept-ranges" for k, _ in headers):
             headers.append(("Accept-Ranges", "bytes"))
@@ -916,7 +1009,7 @@ class S3Proxy:
             return _Response(200, "OK", headers, obj.body)
         start, end = rng
         headers.append(("Content-Range", f"bytes {start}-{end}/{size}"))
-        return _Response(206, _REASONS[206], headers, obj.body[start:end + 1])
+        return _Response(206, _REASONS[206], headers, obj.body[start : end + 1])
 
     async def _forward(self, req: _Request) -> _Response:
         """Send ``req`` to moto on a fresh connection and read the whole response."""
@@ -924,25 +1017,29 @@ class S3Proxy:
             self.upstream[req.method] += 1
             if req.method == "GET":
                 self.upstream_gets[req.path] += 1
-        headers = [(k, v) for k, v in req.headers
-                   if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length"]
+        headers = [
+            (k, v)
+            for k, v in req.headers
+            if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length"
+        ]
         if req.body or req.method in ("PUT", "POST"):
             headers.append(("Content-Length", str(len(req.body))))
         headers.append(("Connection", "close"))
-        head = "\r\n".join([f"{req.method} {req.target} HTTP/1.1"]
-                           + [f"{k}: {v}" for k, v in headers]) + "\r\n\r\n"
+        head = (
+            "\r\n".join([f"{req.method} {req.target} HTTP/1.1"] + [f"{k}: {v}" for k, v in headers])
+            + "\r\n\r\n"
+        )
         try:
-            return await asyncio.wait_for(self._exchange(head.encode("latin-1"), req),
-                                          self.upstream_timeout)
+            return await asyncio.wait_for(
+                self._exchange(head.encode("latin-1"), req), self.upstream_timeout
+            )
         except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
             log.warning("s3proxy: upstream %s %s failed: %r", req.method, req.target, exc)
             headers, body = _s3_error(502, req.path, "BadGateway", f"upstream failed: {exc}")
-            return _Response(502, _REASONS[502], headers,
-                             b"" if req.method == "HEAD" else body)
+            return _Response(502, _REASONS[502], headers, b"" if req.method == "HEAD" else body)
 
     async def _exchange(self, head: bytes, req: _Request) -> _Response:
-        reader, writer = await asyncio.open_connection(self._up_host, self._up_port,
-                                                       limit=1 << 20)
+        reader, writer = await asyncio.open_connection(self._up_host, self._up_port, limit=1 << 20)
         try:
             writer.write(head)
             if req.body:
@@ -992,7 +1089,7 @@ def _paginate_uploads(req: _Request, resp: _Response) -> _Response:
         root = ET.fromstring(resp.body)
     except ET.ParseError:
         return resp
-    ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
     uploads = root.findall(f"{ns}Upload")
 
     def order(up) -> tuple[str, str]:
@@ -1000,15 +1097,23 @@ def _paginate_uploads(req: _Request, resp: _Response) -> _Response:
 
     uploads.sort(key=order)
     if key_marker:
-        uploads = [u for u in uploads if order(u)[0] > key_marker
-                   or (id_marker and order(u)[0] == key_marker and order(u)[1] > id_marker)]
+        uploads = [
+            u
+            for u in uploads
+            if order(u)[0] > key_marker
+            or (id_marker and order(u)[0] == key_marker and order(u)[1] > id_marker)
+        ]
     for up in root.findall(f"{ns}Upload"):
         root.remove(up)
     page, truncated = uploads[:limit], len(uploads) > limit
-    for name, value in (("KeyMarker", key_marker), ("UploadIdMarker", id_marker),
-                        ("MaxUploads", str(limit)), ("IsTruncated", str(truncated).lower()),
-                        ("NextKeyMarker", order(page[-1])[0] if page else ""),
-                        ("NextUploadIdMarker", order(page[-1])[1] if page else "")):
+    for name, value in (
+        ("KeyMarker", key_marker),
+        ("UploadIdMarker", id_marker),
+        ("MaxUploads", str(limit)),
+        ("IsTruncated", str(truncated).lower()),
+        ("NextKeyMarker", order(page[-1])[0] if page else ""),
+        ("NextUploadIdMarker", order(page[-1])[1] if page else ""),
+    ):
         el = root.find(f"{ns}{name}")
         if el is None:
             el = ET.SubElement(root, f"{ns}{name}")
@@ -1060,8 +1165,9 @@ def stop_moto(server: Any) -> None:
 
 
 @contextlib.contextmanager
-def loopback_s3_with_proxy(bucket: str | None = None,
-                           **proxy_kwargs: Any) -> Iterator[tuple[str, S3Proxy]]:
+def loopback_s3_with_proxy(
+    bucket: str | None = None, **proxy_kwargs: Any
+) -> Iterator[tuple[str, S3Proxy]]:
     """moto on loopback plus an :class:`S3Proxy` in front of it; yields ``(moto_url,
     proxy)``. ``bucket``: create it first (needs s3fs). Both are stopped on exit."""
     server, moto_url = start_moto()

@@ -15,5 +15,6 @@ if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 fi
 rm -f "$log"
 .venv/bin/ruff check wdstream tools tests
+.venv/bin/ruff format --check wdstream tools tests
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 AWS_EC2_METADATA_DISABLED=true
 exec .venv/bin/python -m pytest "$@"

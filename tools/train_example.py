@@ -43,16 +43,33 @@ def parse_sets(items: list[str]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("source")
-    p.add_argument("--steps", type=int, default=20,
-                   help="optimiser steps in all, over as many epochs as they need (default 20)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="stop at the end of this many epochs even before --steps (default: "
-                        "no limit)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=20,
+        help="optimiser steps in all, over as many epochs as they need (default 20)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="stop at the end of this many epochs even before --steps (default: no limit)",
+    )
     p.add_argument("--config", default=None, help="a YAML file of wdstream.Config keys")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (JSON values), e.g. --set batch_size=16")
-    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="fsspec/s3fs option, repeatable (endpoint_url=..., anon=true)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (JSON values), e.g. --set batch_size=16",
+    )
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec/s3fs option, repeatable (endpoint_url=..., anon=true)",
+    )
     p.add_argument("--checkpoint", default=None, help="save/resume here (rank 0 writes it)")
     p.add_argument("--save-every", type=int, default=5, help="checkpoint every N steps")
     args = p.parse_args()
@@ -97,12 +114,20 @@ def main() -> None:
             batches += 1
             seen += len(batch["keys"])
             if rank == 0 and (step % 5 == 0 or step == 1):
-                print(f"epoch {epoch} step {step} loss {loss:.3f} "
-                      f"synthetic={batch['synthetic']}", flush=True)
+                print(
+                    f"epoch {epoch} step {step} loss {loss:.3f} synthetic={batch['synthetic']}",
+                    flush=True,
+                )
             if args.checkpoint and step % args.save_every == 0 and rank == 0:
-                torch.save({"model": (model.module if distributed else model).state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "loader": loader.state_dict(), "step": step}, args.checkpoint)
+                torch.save(
+                    {
+                        "model": (model.module if distributed else model).state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "loader": loader.state_dict(),
+                        "step": step,
+                    },
+                    args.checkpoint,
+                )
             if step >= args.steps:
                 break
         else:
@@ -114,9 +139,11 @@ def main() -> None:
             epoch += 1
     elapsed = time.perf_counter() - t0
     if rank == 0:
-        print(f"done: {step} steps, {seen} samples on rank 0 in {elapsed:.1f}s "
-              f"({seen / max(elapsed, 1e-9):.1f} samples/s per rank); stopped: {why}",
-              flush=True)
+        print(
+            f"done: {step} steps, {seen} samples on rank 0 in {elapsed:.1f}s "
+            f"({seen / max(elapsed, 1e-9):.1f} samples/s per rank); stopped: {why}",
+            flush=True,
+        )
     loader.close()
     if distributed:
         dist.destroy_process_group()

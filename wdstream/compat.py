@@ -76,8 +76,11 @@ def _as_config(config: Any) -> Config:
     if isinstance(config, Mapping):
         values = dict(config)
     else:
-        values = {k: v for k, v in vars(config).items() if not k.startswith("_")} \
-            if hasattr(config, "__dict__") else {}
+        values = (
+            {k: v for k, v in vars(config).items() if not k.startswith("_")}
+            if hasattr(config, "__dict__")
+            else {}
+        )
     known = set(config_fields())
     return Config(**{k: v for k, v in values.items() if k in known})
 
@@ -86,31 +89,54 @@ def _as_config(config: Any) -> Config:
 # Module-level functions with explicit arguments (not methods): the background thread and the
 # DataLoader workers hold these, never the dataset itself, so dropping the dataset frees it.
 
-def _shard_samples(source: ShardSource, config: Config, decoder, world: World,
-                   epoch: int) -> Iterator[dict]:
+
+def _shard_samples(
+    source: ShardSource, config: Config, decoder, world: World, epoch: int
+) -> Iterator[dict]:
     """Decoded samples of a shard source for this rank and worker: the reader's plan at batch
     size 1, through the reader's sample chain."""
-    if not (source.has_manifest and config.exact) and world.world > 1 \
-            and config.epoch_length is None:
+    if (
+        not (source.has_manifest and config.exact)
+        and world.world > 1
+        and config.epoch_length is None
+    ):
         raise ConfigError(
             f"{world.world} ranks read {source.name!r} without a manifest: set "
-            f"config.epoch_length (samples per epoch) so every rank reads as many samples")
-    layout = Layout(world=world.world, workers=world.workers, batch_size=1,
-                    cache_size=config.cache_size, drop_last=config.drop_last,
-                    lanes=int(config.shuffle_lanes))
-    plan = read_plan(source, config, epoch=epoch, layout=layout, rank=world.rank,
-                     worker=world.worker)
+            f"config.epoch_length (samples per epoch) so every rank reads as many samples"
+        )
+    layout = Layout(
+        world=world.world,
+        workers=world.workers,
+        batch_size=1,
+        cache_size=config.cache_size,
+        drop_last=config.drop_last,
+        lanes=int(config.shuffle_lanes),
+    )
+    plan = read_plan(
+        source, config, epoch=epoch, layout=layout, rank=world.rank, worker=world.worker
+    )
     budget = ErrorBudget(config.error_tolerance, what="bad samples/shards")
-    return pipeline.samples(plan, source, ShardReader(ReadOptions.from_config(config)),
-                            decoder, budget, threads=config.decode_threads)
+    return pipeline.samples(
+        plan,
+        source,
+        ShardReader(ReadOptions.from_config(config)),
+        decoder,
+        budget,
+        threads=config.decode_threads,
+    )
 
 
-def _entry_members(entry: Entry, ds, world: World, budget: ErrorBudget,
-                   pass_no: int = 0) -> Iterator[dict]:
+def _entry_members(
+    entry: Entry, ds, world: World, budget: ErrorBudget, pass_no: int = 0
+) -> Iterator[dict]:
     """One pass over an opened Hugging Face stream, as WebDataset-style member dicts: the
     converter's row encoder, with the entry's text template."""
-    columns = ColumnMap(image=entry.image_column, audio=entry.audio_column,
-                        text=entry.template_columns, template=entry.text_template or None)
+    columns = ColumnMap(
+        image=entry.image_column,
+        audio=entry.audio_column,
+        text=entry.template_columns,
+        template=entry.text_template or None,
+    )
     ds = prepare(ds, columns)
     if world.slots > 1:
         ds = split_dataset_by_node(ds, rank=world.slot, world_size=world.slots)
@@ -124,12 +150,17 @@ def _entry_members(entry: Entry, ds, world: World, budget: ErrorBudget,
             continue
         if not fields.get("txt"):
             fields.pop("txt", None)
-        yield {"__key__": key, "__url__": f"hf://{entry.hub_id}", "__source__": entry.name,
-               **fields}
+        yield {
+            "__key__": key,
+            "__url__": f"hf://{entry.hub_id}",
+            "__source__": entry.name,
+            **fields,
+        }
 
 
-def _hub_samples(entries: list[Entry], streams: dict[str, Any], config: Config, decoder,
-                 world: World, epoch: int) -> Iterator[dict]:
+def _hub_samples(
+    entries: list[Entry], streams: dict[str, Any], config: Config, decoder, world: World, epoch: int
+) -> Iterator[dict]:
     """Decoded samples streamed from Hugging Face: one entry, or several mixed by weight,
     through the reader's Hub chain (mix -> shuffle buffer -> decode -> read ahead)."""
     budget = ErrorBudget(config.error_tolerance, what="bad rows/samples")
@@ -140,17 +171,23 @@ def _hub_samples(entries: list[Entry], streams: dict[str, Any], config: Config, 
         return _entry_members(by_name[name], streams[name], world, budget, pass_no)
 
     return pipeline.hub_samples(
-        members, sorted(by_name), decoder, budget,
+        members,
+        sorted(by_name),
+        decoder,
+        budget,
         weights={n: w for n, w in config.weights.items() if n in by_name} or None,
         seed=derive_seed(config.seed, epoch, world.rank, world.worker, "hub"),
         exhausted=config.mix_exhausted,
         caps=dict.fromkeys(by_name, cap) if cap is not None else None,
-        shuffle=config.shuffle, buffer=config.cache_size,
+        shuffle=config.shuffle,
+        buffer=config.cache_size,
         ahead=max(1, config.prefetch_factor * config.batch_size),
-        thread_name=PREFETCH_THREAD_NAME)
+        thread_name=PREFETCH_THREAD_NAME,
+    )
 
 
 # --------------------------------------------------------------------------- the dataset
+
 
 class MultimodalDataset(torch.utils.data.IterableDataset):
     """Decoded multimodal samples from shards, from Hugging Face, or synthetic (module doc).
@@ -176,10 +213,19 @@ class MultimodalDataset(torch.utils.data.IterableDataset):
     they fall back to synthetic data with one WARNING (``self.synthetic`` is then True).
     """
 
-    def __init__(self, config: Any, tokenizer=None, split: str = "train",
-                 dataset_name: str | None = None, task_type: str | None = None,
-                 use_streaming: bool = True, cache_size: int = 1000, shards: Any = None, *,
-                 registry: Mapping[str, Entry] | None = None):
+    def __init__(
+        self,
+        config: Any,
+        tokenizer=None,
+        split: str = "train",
+        dataset_name: str | None = None,
+        task_type: str | None = None,
+        use_streaming: bool = True,
+        cache_size: int = 1000,
+        shards: Any = None,
+        *,
+        registry: Mapping[str, Entry] | None = None,
+    ):
         super().__init__()
         shards = shards if shards is not None else getattr(config, "shards", None)
         cfg = _as_config(config)
@@ -187,8 +233,9 @@ class MultimodalDataset(torch.utils.data.IterableDataset):
         self.split = split
         self.decoder = SampleDecoder(self.config, tokenizer)
         self.tokenizer = self.decoder.tokenizer
-        self.collate_fn = functools.partial(collate, config=self.config,
-                                            pad_token_id=self.decoder.pad_token_id)
+        self.collate_fn = functools.partial(
+            collate, config=self.config, pad_token_id=self.decoder.pad_token_id
+        )
         self.rank, self.world = World.ranks()
         self.entries: list[Entry] = []
         self._spec: ShardSource | None = None  # shards or synthetic
@@ -209,8 +256,9 @@ class MultimodalDataset(torch.utils.data.IterableDataset):
             ttype = _DEFAULT_TASK_TYPE
         self.entries = select_datasets(name, ttype, registry=registry)
         if not self.entries:
-            raise ConfigError(f"no registry dataset of task type {ttype!r}; add one to "
-                              f"configs/datasets.yaml")
+            raise ConfigError(
+                f"no registry dataset of task type {ttype!r}; add one to configs/datasets.yaml"
+            )
         self._open_hub()
 
     # -- opening -----------------------------------------------------------------------
@@ -223,8 +271,13 @@ class MultimodalDataset(torch.utils.data.IterableDataset):
         self._spec = synthetic_source(self.config)
 
     def _fallback(self, what: str, exc: BaseException) -> None:
-        log.warning("cannot read %s (%s); MultimodalDataset falls back to %d SYNTHETIC samples: "
-                    "every sample has synthetic=True", what, exc, self.config.synthetic_samples)
+        log.warning(
+            "cannot read %s (%s); MultimodalDataset falls back to %d SYNTHETIC samples: "
+            "every sample has synthetic=True",
+            what,
+            exc,
+            self.config.synthetic_samples,
+        )
         self._use_synthetic()
 
     def _open_shards(self, shards: Any) -> None:
@@ -240,8 +293,9 @@ class MultimodalDataset(torch.utils.data.IterableDataset):
         last: BaseException | None = None
         for entry in self.entries:
             split = entry.split if self.split == "train" else self.split
-            spec = HFSource(source=entry.hub_id, name=entry.config, split=split,
-                              revision=entry.revision)
+            spec = HFSource(
+                source=entry.hub_id, name=entry.config, split=split, revision=entry.revision
+            )
             try:
                 ds = open_source(spec)
             except (SourceError, StorageError, OSError) as exc:
@@ -256,8 +310,12 @@ class MultimodalDataset(torch.utils.data.IterableDataset):
             self._fallback(f"the Hugging Face dataset(s) {names}", last)
             return
         if failed:
-            log.warning("cannot read %s (%s); streaming only %s", ", ".join(failed), last,
-                        ", ".join(self._streams))
+            log.warning(
+                "cannot read %s (%s); streaming only %s",
+                ", ".join(failed),
+                last,
+                ", ".join(self._streams),
+            )
             self.entries = [e for e in self.entries if e.name in self._streams]
         self.mode = "hub"
 
@@ -289,8 +347,9 @@ class MultimodalDataset(torch.utils.data.IterableDataset):
         world = World.detect(self.rank, self.world)
         epoch = self.epoch
         if self.mode == "hub":
-            return _hub_samples(list(self.entries), dict(self._streams), self.config,
-                                self.decoder, world, epoch)
+            return _hub_samples(
+                list(self.entries), dict(self._streams), self.config, self.decoder, world, epoch
+            )
         return _shard_samples(self._spec, self.config, self.decoder, world, epoch)
 
     def __iter__(self) -> Iterator[dict]:
@@ -320,8 +379,10 @@ class MultimodalDataset(torch.utils.data.IterableDataset):
         self._init_runtime()
 
     def __repr__(self) -> str:
-        return (f"MultimodalDataset(mode={self.mode!r}, sources={self.sources}, "
-                f"synthetic={self.synthetic}, cache_size={self.config.cache_size})")
+        return (
+            f"MultimodalDataset(mode={self.mode!r}, sources={self.sources}, "
+            f"synthetic={self.synthetic}, cache_size={self.config.cache_size})"
+        )
 
 
 def _close_all(iterators: weakref.WeakSet) -> None:

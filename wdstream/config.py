@@ -17,21 +17,24 @@ from typing import Any
 from .errors import ConfigError, redact_options
 from .format.schema import AUDIO_EXTS, IMAGE_EXTS
 
-__all__ = ["Config", "load_config", "config_fields", "DEPRECATED_KEYS", "RETIRED_KEYS",
-           "MIX_MODES"]
+__all__ = ["Config", "load_config", "config_fields", "DEPRECATED_KEYS", "RETIRED_KEYS", "MIX_MODES"]
 
 log = logging.getLogger(__name__)
 
 #: Old config keys still accepted (with a warning), and the field each one now sets.
-DEPRECATED_KEYS = MappingProxyType({
-    "shard_cache_dir": "local_cache_dir",
-    "shard_cache_bytes": "local_cache_bytes",
-})
+DEPRECATED_KEYS = MappingProxyType(
+    {
+        "shard_cache_dir": "local_cache_dir",
+        "shard_cache_bytes": "local_cache_bytes",
+    }
+)
 #: Old config keys still accepted (with a warning) that no longer set anything, and why.
-RETIRED_KEYS = MappingProxyType({
-    "readahead": "every shard read, streamed ones included, is now read ahead by the fetch "
-                 "threads: tune read_ahead_requests and read_ahead_bytes",
-})
+RETIRED_KEYS = MappingProxyType(
+    {
+        "readahead": "every shard read, streamed ones included, is now read ahead by the fetch "
+        "threads: tune read_ahead_requests and read_ahead_bytes",
+    }
+)
 #: What a mix does when one of its sources runs out (``mix_exhausted``).
 MIX_MODES = ("stop", "resample")
 
@@ -111,8 +114,14 @@ class Config:
     upload_buffer_bytes: int = 64 * 2**20  # bytes of parts waiting or uploading, per process
 
     def __post_init__(self) -> None:
-        for name in ("image_mean", "image_std", "text_columns", "modalities",
-                     "allowed_prefixes", "drop_columns"):
+        for name in (
+            "image_mean",
+            "image_std",
+            "text_columns",
+            "modalities",
+            "allowed_prefixes",
+            "drop_columns",
+        ):
             value = getattr(self, name)
             if isinstance(value, str):
                 value = [v for v in value.split(",") if v]
@@ -120,17 +129,29 @@ class Config:
         if self.fallback not in ("error", "synthetic"):
             raise ConfigError(f"fallback must be 'error' or 'synthetic', not {self.fallback!r}")
         if self.mix_exhausted not in MIX_MODES:
-            raise ConfigError(f"mix_exhausted must be one of {', '.join(MIX_MODES)}, not "
-                              f"{self.mix_exhausted!r}", key="mix_exhausted")
+            raise ConfigError(
+                f"mix_exhausted must be one of {', '.join(MIX_MODES)}, not {self.mix_exhausted!r}",
+                key="mix_exhausted",
+            )
         if self.validate not in ("cheap", "full"):
-            raise ConfigError(f"validate must be 'cheap' or 'full', not {self.validate!r}",
-                              key="validate")
+            raise ConfigError(
+                f"validate must be 'cheap' or 'full', not {self.validate!r}", key="validate"
+            )
         if str(self.pin_memory).lower() not in ("auto", "true", "false"):
             raise ConfigError(f"pin_memory must be auto/true/false, not {self.pin_memory!r}")
         self.pin_memory = str(self.pin_memory).lower()
-        for name in ("batch_size", "vision_dim", "max_audio_length", "max_text_length",
-                     "audio_sample_rate", "max_samples_per_shard", "max_shard_bytes",
-                     "max_member_bytes", "upload_concurrency", "upload_buffer_bytes"):
+        for name in (
+            "batch_size",
+            "vision_dim",
+            "max_audio_length",
+            "max_text_length",
+            "audio_sample_rate",
+            "max_samples_per_shard",
+            "max_shard_bytes",
+            "max_member_bytes",
+            "upload_concurrency",
+            "upload_buffer_bytes",
+        ):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
         for name, valid in (("image_ext", IMAGE_EXTS), ("audio_ext", AUDIO_EXTS)):
@@ -138,29 +159,40 @@ class Config:
             if value is not None:
                 value = str(value).lower().lstrip(".")
                 if value not in valid:
-                    raise ConfigError(f"{name} {getattr(self, name)!r} is not one of "
-                                      f"{', '.join(valid)}", key=name)
+                    raise ConfigError(
+                        f"{name} {getattr(self, name)!r} is not one of {', '.join(valid)}", key=name
+                    )
                 setattr(self, name, value)
         if self.num_workers < 0 or self.cache_size < 0:
             raise ConfigError("num_workers and cache_size must be >= 0")
         if int(self.shuffle_lanes) < 1:
-            raise ConfigError(f"shuffle_lanes must be >= 1 (1: no interleave), not "
-                              f"{self.shuffle_lanes!r}", key="shuffle_lanes")
-        for name in ("read_ahead_requests", "read_ahead_bytes", "decode_threads",
-                     "stats_log_every"):
+            raise ConfigError(
+                f"shuffle_lanes must be >= 1 (1: no interleave), not {self.shuffle_lanes!r}",
+                key="shuffle_lanes",
+            )
+        for name in (
+            "read_ahead_requests",
+            "read_ahead_bytes",
+            "decode_threads",
+            "stats_log_every",
+        ):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"{name} must be >= 0, not {getattr(self, name)!r}", key=name)
         if self.limit is not None and int(self.limit) < 1:
-            raise ConfigError(f"limit must be at least 1 (or null for all rows), not "
-                              f"{self.limit!r}", key="limit")
+            raise ConfigError(
+                f"limit must be at least 1 (or null for all rows), not {self.limit!r}", key="limit"
+            )
         if self.workers is not None and int(self.workers) < 0:
-            raise ConfigError(f"workers must be >= 0 (0 or null: one per CPU core), not "
-                              f"{self.workers!r}", key="workers")
+            raise ConfigError(
+                f"workers must be >= 0 (0 or null: one per CPU core), not {self.workers!r}",
+                key="workers",
+            )
 
     def __repr__(self) -> str:
         """Every field, with credentials in ``storage_options`` (and in URLs) redacted."""
-        shown = ", ".join(f"{f.name}={redact_options(getattr(self, f.name))!r}"
-                          for f in dataclasses.fields(self))
+        shown = ", ".join(
+            f"{f.name}={redact_options(getattr(self, f.name))!r}" for f in dataclasses.fields(self)
+        )
         return f"{type(self).__name__}({shown})"
 
     __str__ = __repr__
@@ -185,8 +217,12 @@ def _rename_deprecated(values: dict[str, Any], where: str = "") -> dict[str, Any
     out = {}
     for key, value in values.items():
         if key in RETIRED_KEYS:
-            log.warning("config key %r%s is no longer used and is ignored: %s", key, where,
-                        RETIRED_KEYS[key])
+            log.warning(
+                "config key %r%s is no longer used and is ignored: %s",
+                key,
+                where,
+                RETIRED_KEYS[key],
+            )
             continue
         new = DEPRECATED_KEYS.get(key)
         if new is not None:
@@ -218,12 +254,15 @@ def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Conf
             with open(path, encoding="utf-8") as f:
                 data = yaml.safe_load(f) or {}
         except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}; give an "
-                              f"existing YAML file") from None
+            raise ConfigError(
+                f"cannot read config file {path}: {exc.strerror or exc}; give an existing YAML file"
+            ) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+            raise ConfigError(
+                f"{path}: expected a mapping of config keys, got {type(data).__name__}"
+            )
         data = _rename_deprecated(data, f" in {path}")
         _check_keys(data, f" in {path}")
     overrides = _rename_deprecated(overrides)

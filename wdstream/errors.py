@@ -51,8 +51,9 @@ def redact(url: str) -> str:
 
 # option names that hold (or may hold) a credential: key, secret, token, password,
 # aws_secret_access_key, session_token, account_key, sas_token, connection_string, ...
-_SECRET_NAME = re.compile(r"key|secret|token|passw|credential|sas|connection_string|auth",
-                          re.IGNORECASE)
+_SECRET_NAME = re.compile(
+    r"key|secret|token|passw|credential|sas|connection_string|auth", re.IGNORECASE
+)
 
 
 def is_secret_name(name: Any) -> bool:
@@ -65,8 +66,12 @@ def redact_options(options: Any) -> Any:
     """A copy of storage options fit to show: every credential's value replaced by ``***``
     (nested dicts such as ``client_kwargs`` included) and URLs passed through :func:`redact`."""
     if isinstance(options, dict):
-        return {name: "***" if is_secret_name(name) and not isinstance(value, dict)
-                else redact_options(value) for name, value in options.items()}
+        return {
+            name: "***"
+            if is_secret_name(name) and not isinstance(value, dict)
+            else redact_options(value)
+            for name, value in options.items()
+        }
     if isinstance(options, (list, tuple)):
         return type(options)(redact_options(v) for v in options)
     if isinstance(options, str) and "://" in options:
@@ -77,8 +82,14 @@ def redact_options(options: Any) -> Any:
 class WdstreamError(Exception):
     """Base class. ``url``, ``shard`` and ``key`` say where the problem is, when known."""
 
-    def __init__(self, message: str, *, url: str | None = None, shard: str | None = None,
-                 key: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        shard: str | None = None,
+        key: str | None = None,
+    ):
         self.url = redact(url) if url else url
         self.shard = redact(shard) if shard else shard
         self.key = key
@@ -124,8 +135,15 @@ class SampleError(WdstreamError, ValueError):
     """One sample cannot be decoded or is incomplete. ``reason`` is the short counted reason
     (``"bad_image"``, ``"missing text"``...); the message says more."""
 
-    def __init__(self, message: str, *, reason: str | None = None, url: str | None = None,
-                 shard: str | None = None, key: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        url: str | None = None,
+        shard: str | None = None,
+        key: str | None = None,
+    ):
         super().__init__(message, url=url, shard=shard, key=key)
         self.reason = reason or message
 
@@ -134,8 +152,14 @@ class SkipSample(SampleError):
     """Raised by a stage to drop one sample; counted against the error budget. Its message is
     the reason."""
 
-    def __init__(self, reason: str, *, url: str | None = None, shard: str | None = None,
-                 key: str | None = None):
+    def __init__(
+        self,
+        reason: str,
+        *,
+        url: str | None = None,
+        shard: str | None = None,
+        key: str | None = None,
+    ):
         super().__init__(reason, reason=reason, url=url, shard=shard, key=key)
 
 

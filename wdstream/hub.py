@@ -16,8 +16,13 @@ import urllib.parse
 
 from .errors import HubUnreachableError
 
-__all__ = ["HUB_PROBE_TIMEOUT", "hub_endpoint", "hub_offline", "hub_reachable",
-           "check_hub_reachable"]
+__all__ = [
+    "HUB_PROBE_TIMEOUT",
+    "hub_endpoint",
+    "hub_offline",
+    "hub_reachable",
+    "check_hub_reachable",
+]
 
 HUB_PROBE_TIMEOUT = 3.0
 _DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -83,4 +88,5 @@ def check_hub_reachable(timeout: float = HUB_PROBE_TIMEOUT, *, what: str = "") -
     raise HubUnreachableError(
         f"cannot reach the Hugging Face Hub{need} ({why}). Check the network, HF_ENDPOINT or "
         f"HF_HUB_OFFLINE, or use a local copy (a folder, or `parquet` with --data-files)",
-        url=hub_endpoint())
+        url=hub_endpoint(),
+    )

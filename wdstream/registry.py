@@ -43,6 +43,8 @@ __all__ = [
 
 TASK_TYPES = ("text", "code", "math", "vision", "audio")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
 @dataclass(frozen=True)
 class Entry:
     """One registry entry: where a Hub dataset lives and how its columns map onto a sample."""
@@ -71,8 +73,9 @@ class Entry:
         tts = tuple(self.task_types)
         bad = [t for t in tts if t not in TASK_TYPES]
         if not tts or bad:
-            raise ConfigError(f"{where}: task_types {list(tts)} must be a non-empty list of "
-                              f"{list(TASK_TYPES)}")
+            raise ConfigError(
+                f"{where}: task_types {list(tts)} must be a non-empty list of {list(TASK_TYPES)}"
+            )
         object.__setattr__(self, "task_types", tts)
         object.__setattr__(self, "columns", tuple(self.columns))
         if not self.text_template and not (self.image_column or self.audio_column):
@@ -81,15 +84,18 @@ class Entry:
         if self.columns:
             missing = [c for c in self.required_columns if c not in self.columns]
             if missing:
-                raise ConfigError(f"{where}: the mapping uses {missing}, which are not in its "
-                                  f"columns {list(self.columns)}")
+                raise ConfigError(
+                    f"{where}: the mapping uses {missing}, which are not in its "
+                    f"columns {list(self.columns)}"
+                )
 
     # --- columns ---------------------------------------------------------------------------
     @property
     def template(self) -> TextTemplate:
-        return TextTemplate(self.text_template,
-                            f"dataset {self.name!r} ({self.hub_id}) text_template in "
-                            f"configs/datasets.yaml")
+        return TextTemplate(
+            self.text_template,
+            f"dataset {self.name!r} ({self.hub_id}) text_template in configs/datasets.yaml",
+        )
 
     @property
     def template_columns(self) -> tuple[str, ...]:
@@ -110,7 +116,9 @@ class Entry:
             raise ColumnError(
                 f"dataset {self.name!r} ({self.hub_id}): column(s) {missing} not found; the "
                 f"source has {have}. Fix the entry in configs/datasets.yaml (or pass "
-                f"--image-column/--audio-column/--text-columns).", key=missing[0])
+                f"--image-column/--audio-column/--text-columns).",
+                key=missing[0],
+            )
 
     # --- use -------------------------------------------------------------------------------
     def load_kwargs(self) -> dict[str, Any]:
@@ -125,7 +133,9 @@ class Entry:
         return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
 
-_ENTRY_KEYS = tuple(f.name for f in fields(Entry) if not f.name.startswith("_") and f.name != "name")
+_ENTRY_KEYS = tuple(
+    f.name for f in fields(Entry) if not f.name.startswith("_") and f.name != "name"
+)
 _lock = threading.Lock()
 _cache: dict[str, MappingProxyType] = {}
 
@@ -140,9 +150,11 @@ def registry_path() -> Path:
     for candidate in (here / "data" / "datasets.yaml", here.parent / "configs" / "datasets.yaml"):
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"the dataset registry is not found ({here / 'data' / 'datasets.yaml'} is "
-                      f"missing: a broken install?); set WDSTREAM_DATASETS or pass --registry "
-                      f"with the path of a registry YAML")
+    raise ConfigError(
+        f"the dataset registry is not found ({here / 'data' / 'datasets.yaml'} is "
+        f"missing: a broken install?); set WDSTREAM_DATASETS or pass --registry "
+        f"with the path of a registry YAML"
+    )
 
 
 def _entry_from_dict(name: str, data: Any, where: str) -> Entry:
@@ -152,8 +164,9 @@ def _entry_from_dict(name: str, data: Any, where: str) -> Entry:
         if key not in _ENTRY_KEYS:
             close = difflib.get_close_matches(key, _ENTRY_KEYS, n=1, cutoff=0.0)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{where}: dataset {name!r} has an unknown key {key!r}{hint}",
-                              key=key)
+            raise ConfigError(
+                f"{where}: dataset {name!r} has an unknown key {key!r}{hint}", key=key
+            )
     if "hub_id" not in data:
         raise ConfigError(f"{where}: dataset {name!r} has no hub_id")
     kwargs = dict(data)
@@ -200,12 +213,17 @@ def _unknown(kind: str, value: str, valid: Iterable[str]) -> ConfigError:
     valid = sorted(valid)
     close = difflib.get_close_matches(value, valid, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return ConfigError(f"unknown {kind} {value!r}.{hint} Valid {kind}s: {', '.join(valid)}",
-                       key=value)
+    return ConfigError(
+        f"unknown {kind} {value!r}.{hint} Valid {kind}s: {', '.join(valid)}", key=value
+    )
 
 
-def select_datasets(dataset_name: str | None = None, task_type: str | None = None, *,
-                    registry: Mapping[str, Entry] | None = None) -> list[Entry]:
+def select_datasets(
+    dataset_name: str | None = None,
+    task_type: str | None = None,
+    *,
+    registry: Mapping[str, Entry] | None = None,
+) -> list[Entry]:
     """Pick registry entries, as the training code's ``MultimodalDataset`` did.
 
     - ``dataset_name="open_platypus"``: that entry (a Hub id listed in the registry also works);
@@ -221,8 +239,10 @@ def select_datasets(dataset_name: str | None = None, task_type: str | None = Non
     if task_type is not None and task_type not in TASK_TYPES:
         raise _unknown("task type", task_type, TASK_TYPES)
     if dataset_name is None and task_type is None:
-        raise ConfigError("give a dataset_name (a registry name, or 'all' with a task_type) "
-                          f"or a task_type ({', '.join(TASK_TYPES)})")
+        raise ConfigError(
+            "give a dataset_name (a registry name, or 'all' with a task_type) "
+            f"or a task_type ({', '.join(TASK_TYPES)})"
+        )
     if dataset_name is None or dataset_name == "all":
         of_type = [e for e in reg.values() if task_type is None or task_type in e.task_types]
         if dataset_name == "all":
@@ -236,6 +256,8 @@ def select_datasets(dataset_name: str | None = None, task_type: str | None = Non
             raise _unknown("dataset name", dataset_name, [*reg, "all"])
         entry = by_hub[0]
     if task_type is not None and task_type not in entry.task_types:
-        raise ConfigError(f"dataset {entry.name!r} is of task type(s) {list(entry.task_types)}, "
-                          f"not {task_type!r}; drop task_type or use dataset_name='all'")
+        raise ConfigError(
+            f"dataset {entry.name!r} is of task type(s) {list(entry.task_types)}, "
+            f"not {task_type!r}; drop task_type or use dataset_name='all'"
+        )
     return [entry]

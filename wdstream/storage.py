@@ -71,8 +71,9 @@ def fs_path(fs, url: str) -> str:
         raise StorageError(f"cannot open a filesystem for {redact(url)}: {exc}", url=url) from exc
 
 
-def fs_and_path(url: str, storage_options: dict[str, Any] | None = None, *, fs=None,
-                path: str | None = None):
+def fs_and_path(
+    url: str, storage_options: dict[str, Any] | None = None, *, fs=None, path: str | None = None
+):
     """``(filesystem, path)`` of ``url``: ``fs`` and ``path`` as given (a filesystem already
     open, shared), the path worked out on ``fs`` when only ``fs`` is, else :func:`url_to_fs`."""
     if fs is None:
@@ -146,34 +147,53 @@ def translate_error(exc: BaseException, url: str, action: str) -> StorageError:
     """Map a filesystem/botocore exception onto a StorageError that names the URL."""
     text = f"{type(exc).__name__}: {exc}"
     shown = redact(url)
-    if "NoCredentials" in text or "Unable to locate credentials" in text or \
-            "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text:
+    if (
+        "NoCredentials" in text
+        or "Unable to locate credentials" in text
+        or "InvalidAccessKeyId" in text
+        or "SignatureDoesNotMatch" in text
+    ):
         return CredentialsError(
             f"cannot {action} {shown}: no valid object-store credentials. Set AWS_ACCESS_KEY_ID/"
             f"AWS_SECRET_ACCESS_KEY (or a profile), or pass --storage-option key=... "
-            f"--storage-option secret=...", url=url)
+            f"--storage-option secret=...",
+            url=url,
+        )
     if isinstance(exc, PermissionError) and ("://" not in url or url.startswith("file://")):
         folder = _local_folder(url)
         return CredentialsError(
             f"cannot {action} {shown}: permission denied by the local file system; check that "
             f"you may {'write to' if action in _WRITES else 'read'} the folder {folder} "
-            f"(ls -ld {folder}; chmod or choose another folder)", url=url)
+            f"(ls -ld {folder}; chmod or choose another folder)",
+            url=url,
+        )
     if isinstance(exc, PermissionError) or "AccessDenied" in text:
         return CredentialsError(
             f"cannot {action} {shown}: access denied; check the credentials' permissions "
-            f"for this bucket/prefix", url=url)
+            f"for this bucket/prefix",
+            url=url,
+        )
     if isinstance(exc, FileNotFoundError) or "NoSuchBucket" in text or "NoSuchKey" in text:
         return NotFoundError(
-            f"cannot {action} {shown}: it does not exist (missing bucket or prefix?)", url=url)
+            f"cannot {action} {shown}: it does not exist (missing bucket or prefix?)", url=url
+        )
     if "Connect" in text or "Could not connect" in text or "EndpointConnectionError" in text:
         return StorageError(
             f"cannot {action} {shown}: connection failed ({type(exc).__name__}); check "
-            f"endpoint_url and the network", url=url)
+            f"endpoint_url and the network",
+            url=url,
+        )
     return StorageError(f"cannot {action} {shown}: {text}", url=url)
 
 
-def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = None, *,
-                fs=None, path: str | None = None) -> None:
+def write_bytes(
+    url: str,
+    data: bytes,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    fs=None,
+    path: str | None = None,
+) -> None:
     """Write a small object atomically (manifest, index, partition record).
 
     Locally: a same-folder temp file (:func:`partial_path`) renamed into place. On an object
@@ -227,8 +247,9 @@ def _write_local(url: str, path: str, data: bytes) -> None:
         raise translate_error(exc, url, "commit") from exc
 
 
-def read_bytes(url: str, storage_options: dict[str, Any] | None = None, *,
-               max_bytes: int | None = None) -> bytes:
+def read_bytes(
+    url: str, storage_options: dict[str, Any] | None = None, *, max_bytes: int | None = None
+) -> bytes:
     """The whole object at ``url``. With ``max_bytes``, at most that many bytes are read: a
     larger object (or an endless one, such as ``/dev/zero``) raises StorageError."""
     fs, path = url_to_fs(url, storage_options)
@@ -244,8 +265,11 @@ def read_bytes(url: str, storage_options: dict[str, Any] | None = None, *,
     except Exception as exc:
         raise translate_error(exc, url, "read") from exc
     if len(data) > max_bytes:
-        raise StorageError(f"{redact(url)} is larger than {max_bytes} bytes, the most expected "
-                           f"there; not reading it", url=url)
+        raise StorageError(
+            f"{redact(url)} is larger than {max_bytes} bytes, the most expected "
+            f"there; not reading it",
+            url=url,
+        )
     return data
 
 
@@ -258,8 +282,13 @@ def _cat_file_splits(fs) -> bool:
         return False
 
 
-def read_many(urls: Sequence[str], storage_options: dict[str, Any] | None = None, *,
-              fs=None, concurrency: int = 32) -> list[bytes | StorageError]:
+def read_many(
+    urls: Sequence[str],
+    storage_options: dict[str, Any] | None = None,
+    *,
+    fs=None,
+    concurrency: int = 32,
+) -> list[bytes | StorageError]:
     """The bytes of each of ``urls``, in order, read concurrently with one GET each.
 
     On an async filesystem (s3fs) at most ``concurrency`` requests at a time on its event
@@ -290,6 +319,7 @@ def read_many(urls: Sequence[str], storage_options: dict[str, Any] | None = None
 
         got = fsspec.asyn.sync(fs.loop, gather)
     else:
+
         def one(path: str) -> Any:
             try:
                 return fs.cat_file(path)
@@ -301,8 +331,10 @@ def read_many(urls: Sequence[str], storage_options: dict[str, Any] | None = None
         else:
             with concurrent.futures.ThreadPoolExecutor(min(concurrency, len(paths))) as pool:
                 got = list(pool.map(one, paths))
-    return [translate_error(value, url, "read") if isinstance(value, BaseException) else value
-            for url, value in zip(urls, got, strict=True)]
+    return [
+        translate_error(value, url, "read") if isinstance(value, BaseException) else value
+        for url, value in zip(urls, got, strict=True)
+    ]
 
 
 def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
@@ -327,8 +359,15 @@ def file_identity(url: str, storage_options: dict[str, Any] | None = None) -> tu
         raise translate_error(exc, url, "read") from exc
 
 
-def open_read(url: str, storage_options: dict[str, Any] | None = None, *, offset: int = 0,
-              block_size: int | None = None, fs=None, path: str | None = None) -> BinaryIO:
+def open_read(
+    url: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    offset: int = 0,
+    block_size: int | None = None,
+    fs=None,
+    path: str | None = None,
+) -> BinaryIO:
     """Open a shard for streaming reads from ``offset`` (a ranged read on object stores)."""
     fs, path = fs_and_path(url, storage_options, fs=fs, path=path)
     kwargs: dict[str, Any] = {}
@@ -343,8 +382,14 @@ def open_read(url: str, storage_options: dict[str, Any] | None = None, *, offset
         raise translate_error(exc, url, "read") from exc
 
 
-def download(url: str, local_path: str, storage_options: dict[str, Any] | None = None, *,
-             fs=None, path: str | None = None) -> None:
+def download(
+    url: str,
+    local_path: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    fs=None,
+    path: str | None = None,
+) -> None:
     """Copy the object at ``url`` whole to the local file ``local_path``. It goes to a temp
     name beside ``local_path`` first (:func:`partial_path`) and is renamed into place, so
     ``local_path`` never holds part of the object, and a failed copy leaves nothing. Raises
@@ -360,8 +405,14 @@ def download(url: str, local_path: str, storage_options: dict[str, Any] | None =
         raise translate_error(exc, url, "download") from exc
 
 
-def list_names(url: str, storage_options: dict[str, Any] | None = None, *, fs=None,
-               path: str | None = None, prefix: str | None = None) -> list[str]:
+def list_names(
+    url: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    fs=None,
+    path: str | None = None,
+    prefix: str | None = None,
+) -> list[str]:
     """The names directly in the folder ``url`` (files and folders), fresh from the store: no
     cached listing is used, and none is kept (s3fs keeps a dict per listed object). With
     ``prefix``: only the files whose names start with it, listed by prefix on the server
@@ -394,11 +445,12 @@ def find_urls(url: str, storage_options: dict[str, Any] | None = None) -> list[s
         raise translate_error(exc, url, "list") from exc
     base = url.rstrip("/")
     root = path.rstrip("/")
-    return [base + p[len(root):] for p in sorted(found) if p.startswith(root + "/")]
+    return [base + p[len(root) :] for p in sorted(found) if p.startswith(root + "/")]
 
 
-def remove_file(url: str, storage_options: dict[str, Any] | None = None, *, fs=None,
-                path: str | None = None) -> None:
+def remove_file(
+    url: str, storage_options: dict[str, Any] | None = None, *, fs=None, path: str | None = None
+) -> None:
     """Delete the object or file at ``url``. Raises NotFoundError when there is none,
     StorageError/CredentialsError otherwise, naming the URL."""
     fs, path = fs_and_path(url, storage_options, fs=fs, path=path)
@@ -441,4 +493,3 @@ def check_readable(url: str, storage_options: dict[str, Any] | None = None) -> N
         fs.info(path)
     except Exception as exc:
         raise translate_error(exc, url, "read") from exc
-

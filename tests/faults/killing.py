@@ -15,13 +15,17 @@ from wdstream.format.manifest import load_manifest
 from wdstream.format.tario import group_samples, iter_members
 from wdstream.format.verify import verify_shard
 
-SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "scripts",
-                      "slow_convert.py")
+SCRIPT = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), os.pardir, "scripts", "slow_convert.py"
+)
 
 
 def start_conversion(source, output, workers, options=None, delay=0.05, config=None):
-    env = {**os.environ, "WDSTREAM_TEST_ROW_DELAY": str(delay),
-           "WDSTREAM_TEST_CONVERT_ARGS": json.dumps(config or {})}
+    env = {
+        **os.environ,
+        "WDSTREAM_TEST_ROW_DELAY": str(delay),
+        "WDSTREAM_TEST_CONVERT_ARGS": json.dumps(config or {}),
+    }
     args = [sys.executable, SCRIPT, source, output, str(workers)]
     if options:
         args.append(json.dumps(options))
@@ -80,7 +84,7 @@ def listing(url, options=None):
         found = fs.find(path, detail=True, withdirs=False)
     except FileNotFoundError:
         return {}
-    return {name[len(path):].lstrip("/"): info.get("size") for name, info in found.items()}
+    return {name[len(path) :].lstrip("/"): info.get("size") for name, info in found.items()}
 
 
 def pending_uploads(options, bucket="test"):
@@ -93,8 +97,7 @@ def pending_uploads(options, bucket="test"):
         uploads += resp.get("Uploads", [])
         if not resp.get("IsTruncated"):
             return uploads
-        kwargs = {"KeyMarker": resp["NextKeyMarker"],
-                  "UploadIdMarker": resp["NextUploadIdMarker"]}
+        kwargs = {"KeyMarker": resp["NextKeyMarker"], "UploadIdMarker": resp["NextUploadIdMarker"]}
 
 
 def check_complete(url, rows, options=None):

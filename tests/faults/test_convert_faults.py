@@ -27,11 +27,18 @@ KINDS = ("reset", "500", "503", "reset_after", "truncated")
 def test_conversion_through_20_percent_faults(seed, small_hf_dataset, s3_proxy, s3proxy):
     proxy, opts = s3_proxy
     url = f"s3://test/faults{seed}"
-    proxy.faults = s3proxy.FaultPlan(rate=0.2, kinds=KINDS, seed=seed,
-                                     methods=("GET", "PUT", "POST"), nbytes=64)
+    proxy.faults = s3proxy.FaultPlan(
+        rate=0.2, kinds=KINDS, seed=seed, methods=("GET", "PUT", "POST"), nbytes=64
+    )
     try:
-        m = convert(small_hf_dataset, url, max_samples_per_shard=5, workers=1, quiet=True,
-                    storage_options=opts)
+        m = convert(
+            small_hf_dataset,
+            url,
+            max_samples_per_shard=5,
+            workers=1,
+            quiet=True,
+            storage_options=opts,
+        )
         log.info("seed %d: finished through the faults (%d samples)", seed, m.samples)
     except (WdstreamError, OSError) as exc:  # a clean failure: a re-run must finish it
         log.info("seed %d: failed cleanly: %s: %s", seed, type(exc).__name__, exc)
@@ -39,10 +46,17 @@ def test_conversion_through_20_percent_faults(seed, small_hf_dataset, s3_proxy, 
         faults = len(proxy.faults_seen)
         proxy.clear_faults()
     assert faults > 0  # the faults really happened
-    m = convert(small_hf_dataset, url, max_samples_per_shard=5, workers=1, quiet=True,
-                storage_options=opts)
+    m = convert(
+        small_hf_dataset, url, max_samples_per_shard=5, workers=1, quiet=True, storage_options=opts
+    )
     check_complete(url, 48, opts)
-    clean = convert(small_hf_dataset, f"s3://test/clean{seed}", max_samples_per_shard=5,
-                    workers=1, quiet=True, storage_options=opts)
+    clean = convert(
+        small_hf_dataset,
+        f"s3://test/clean{seed}",
+        max_samples_per_shard=5,
+        workers=1,
+        quiet=True,
+        storage_options=opts,
+    )
     assert [(s.url, s.sha256) for s in m.shards] == [(s.url, s.sha256) for s in clean.shards]
     assert pending_uploads(opts) == []

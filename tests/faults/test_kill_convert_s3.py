@@ -35,7 +35,8 @@ def _nothing_partial(url, opts):
             assert samples > 0 and nbytes == names[name], name
         if name.startswith("_partitions/part-"):
             record = PartitionRecord.from_json(
-                storage.read_bytes(storage.join_url(url, name), opts))
+                storage.read_bytes(storage.join_url(url, name), opts)
+            )
             for shard in record.shards:
                 got = verify_shard(storage.join_url(url, shard.url), opts)
                 assert got == (shard.samples, shard.bytes, shard.sha256), shard.url
@@ -53,13 +54,15 @@ def test_ten_random_kills_then_reruns(small_hf_dataset, s3, caplog):
         workers = rng.choice((1, 2))
         # the moment: once this many objects are visible (a whole output holds about 38)
         target = rng.randint(1, 40)
-        child = start_conversion(small_hf_dataset, url, workers=workers, options=opts,
-                                 delay=0.02)
+        child = start_conversion(small_hf_dataset, url, workers=workers, options=opts, delay=0.02)
         try:
             deadline = time.monotonic() + 120
             below: set[int] = set()
-            while time.monotonic() < deadline and child.poll() is None and \
-                    len(listing(url, opts)) < target:
+            while (
+                time.monotonic() < deadline
+                and child.poll() is None
+                and len(listing(url, opts)) < target
+            ):
                 below.update(descendants(child.pid))
                 time.sleep(0.01)
             below.update(descendants(child.pid))
@@ -72,16 +75,32 @@ def test_ten_random_kills_then_reruns(small_hf_dataset, s3, caplog):
                 child.kill()
         assert not wait_gone(sorted(below), timeout=15)  # its workers stop with it
         names = _nothing_partial(url, opts)
-        log.info("round %d: workers=%d, kill at %d objects%s; %d visible after", round_no,
-                 workers, target, " (it had finished)" if finished else "", len(names))
-        convert(small_hf_dataset, url, max_samples_per_shard=3, workers=1, quiet=True,
-                storage_options=opts)
+        log.info(
+            "round %d: workers=%d, kill at %d objects%s; %d visible after",
+            round_no,
+            workers,
+            target,
+            " (it had finished)" if finished else "",
+            len(names),
+        )
+        convert(
+            small_hf_dataset,
+            url,
+            max_samples_per_shard=3,
+            workers=1,
+            quiet=True,
+            storage_options=opts,
+        )
         check_complete(url, 48, opts)
 
 
 #: Shards of several 5 MiB parts, 2 parts and 2 shards of a worker uploading at once.
-CONCURRENT = {"max_samples_per_shard": 10**6, "max_shard_bytes": 12 * 2**20,
-              "upload_concurrency": 2, "upload_buffer_bytes": 10 * 2**20}
+CONCURRENT = {
+    "max_samples_per_shard": 10**6,
+    "max_shard_bytes": 12 * 2**20,
+    "upload_concurrency": 2,
+    "upload_buffer_bytes": 10 * 2**20,
+}
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +108,13 @@ def large_rows(tmp_path_factory):
     """32 rows of about 0.6 MB in 2 parquet files: partitions of several 5 MiB parts."""
     from wdstream.demo.data import build_parquet_dataset
 
-    return build_parquet_dataset(str(tmp_path_factory.mktemp("large")), 32, n_files=2,
-                                 image_size=(700, 900), with_audio=False)
+    return build_parquet_dataset(
+        str(tmp_path_factory.mktemp("large")),
+        32,
+        n_files=2,
+        image_size=(700, 900),
+        with_audio=False,
+    )
 
 
 def test_random_kills_during_concurrent_uploads_then_reruns(large_rows, s3, caplog):
@@ -106,13 +130,15 @@ def test_random_kills_during_concurrent_uploads_then_reruns(large_rows, s3, capl
     for round_no in range(4):
         url = f"s3://test/ckill{round_no}"
         workers = rng.choice((1, 2))
-        child = start_conversion(large_rows, url, workers=workers, options=opts, delay=0.01,
-                                 config=CONCURRENT)
+        child = start_conversion(
+            large_rows, url, workers=workers, options=opts, delay=0.01, config=CONCURRENT
+        )
         try:
             # the moment: a random time after the first part upload opened
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and child.poll() is None and \
-                    not pending_uploads(opts):
+            while (
+                time.monotonic() < deadline and child.poll() is None and not pending_uploads(opts)
+            ):
                 time.sleep(0.01)
             time.sleep(rng.uniform(0, 1.5))
             saw_upload = child.poll() is None
@@ -124,9 +150,15 @@ def test_random_kills_during_concurrent_uploads_then_reruns(large_rows, s3, capl
                 child.kill()
         time.sleep(0.5)  # pool workers stop with the driver
         names = _nothing_partial(url, opts)
-        log.info("round %d: workers=%d, killed=%s; %d visible after", round_no, workers,
-                 saw_upload, len(names))
+        log.info(
+            "round %d: workers=%d, killed=%s; %d visible after",
+            round_no,
+            workers,
+            saw_upload,
+            len(names),
+        )
         convert(large_rows, url, workers=1, quiet=True, storage_options=opts, **CONCURRENT)
         check_complete(url, 32, opts)
-        assert [u["Key"] for u in pending_uploads(opts) if u["Key"].startswith(
-            f"ckill{round_no}/")] == []
+        assert [
+            u["Key"] for u in pending_uploads(opts) if u["Key"].startswith(f"ckill{round_no}/")
+        ] == []

@@ -33,11 +33,14 @@ def test_node_removed_mid_job_the_job_still_finishes(small_hf_dataset, tmp_path)
 
     if ray.is_initialized():
         ray.shutdown()
-    env = {"PYTHONPATH": os.pathsep.join([SLOW_SITE, os.environ.get("PYTHONPATH", "")]),
-           "WDSTREAM_TEST_ROW_DELAY": "0.1"}
-    cluster = Cluster(initialize_head=True,
-                      head_node_args={"num_cpus": 1, "env_vars": env,
-                                      "include_dashboard": False})
+    env = {
+        "PYTHONPATH": os.pathsep.join([SLOW_SITE, os.environ.get("PYTHONPATH", "")]),
+        "WDSTREAM_TEST_ROW_DELAY": "0.1",
+    }
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "env_vars": env, "include_dashboard": False},
+    )
     try:
         worker_node = cluster.add_node(num_cpus=1, env_vars=env)
         cluster.wait_for_nodes()
@@ -56,8 +59,21 @@ def test_node_removed_mid_job_the_job_still_finishes(small_hf_dataset, tmp_path)
 
         remover = threading.Thread(target=remove_when_running, daemon=True)
         remover.start()
-        assert main(["convert", small_hf_dataset, out, "--ray-address", cluster.address,
-                     "--max-samples-per-shard", "5", "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "convert",
+                    small_hf_dataset,
+                    out,
+                    "--ray-address",
+                    cluster.address,
+                    "--max-samples-per-shard",
+                    "5",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         remover.join(timeout=10)
         assert removed.is_set()  # the node really went while the job ran
         assert not cluster.worker_nodes
@@ -65,11 +81,11 @@ def test_node_removed_mid_job_the_job_still_finishes(small_hf_dataset, tmp_path)
         if ray.is_initialized():
             ray.shutdown()
         cluster.shutdown()
-    local = convert(small_hf_dataset, str(tmp_path / "local"), max_samples_per_shard=5,
-                    workers=1, quiet=True)
+    local = convert(
+        small_hf_dataset, str(tmp_path / "local"), max_samples_per_shard=5, workers=1, quiet=True
+    )
     m = load_manifest(out)
     assert m.samples == local.samples == 48
     assert _shards(m) == _shards(local)
     names = os.listdir(out)
     assert not [n for n in names if ".partial-" in n], names
-

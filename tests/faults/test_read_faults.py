@@ -25,24 +25,30 @@ KINDS = ("reset", "500", "503", "reset_after", "truncated")
 log = logging.getLogger(__name__)
 
 
-@pytest.mark.parametrize("workers, seed, broken", [(0, 11, None), (2, 12, None), (0, 13, 2),
-                                                   (2, 14, 2)])
-def test_epoch_through_20pct_faults_loses_nothing_silently(s3, s3_proxy, s3proxy, tmp_path,
-                                                          workers, seed, broken):
+@pytest.mark.parametrize(
+    "workers, seed, broken", [(0, 11, None), (2, 12, None), (0, 13, 2), (2, 14, 2)]
+)
+def test_epoch_through_20pct_faults_loses_nothing_silently(
+    s3, s3_proxy, s3proxy, tmp_path, workers, seed, broken
+):
     """``broken``: a shard whose every GET also fails (404: deleted mid-epoch; HEAD works), so
     that samples are certainly lost and the counting is exercised."""
     log.info("fault seed %d (replay: the same seed gives the same faults per request)", seed)
     url = "s3://test/faults"
-    m = write_test_shards(url, SIZES, storage_options=s3["storage_options"], seed=seed,
-                          image_px=(100, 200))
-    shard_of = {make_key(part, row): s.url for part, (s, n) in enumerate(zip(m.shards, SIZES,
-                                                                              strict=True))
-                for row in range(n)}
+    m = write_test_shards(
+        url, SIZES, storage_options=s3["storage_options"], seed=seed, image_px=(100, 200)
+    )
+    shard_of = {
+        make_key(part, row): s.url
+        for part, (s, n) in enumerate(zip(m.shards, SIZES, strict=True))
+        for row in range(n)
+    }
     proxy, via_proxy = s3_proxy
     plan = s3proxy.FaultPlan(rate=0.2, kinds=KINDS, methods=("GET",), seed=seed)
     gone = None if broken is None else f"/test/faults/{m.shards[broken].url}"
-    proxy.faults = lambda info: s3proxy.Fault("404") if info.method == "GET" and \
-        info.path == gone else plan(info)
+    proxy.faults = lambda info: (
+        s3proxy.Fault("404") if info.method == "GET" and info.path == gone else plan(info)
+    )
     # A file handler: DataLoader workers are forked and inherit it, so their WARNINGs
     # land here too (pytest's log capture sees only this process).
     logfile = tmp_path / "wdstream.log"
@@ -51,10 +57,18 @@ def test_epoch_through_20pct_faults_loses_nothing_silently(s3, s3_proxy, s3proxy
     logger = logging.getLogger("wdstream")
     logger.addHandler(handler)
     try:
-        config = wdstream.Config(batch_size=4, num_workers=workers, cache_size=8, vision_dim=16,
-                                 max_audio_length=200, max_text_length=16,
-                                 persistent_workers=False, storage_options=via_proxy,
-                                 read_block_size=4096, error_tolerance=-1)
+        config = wdstream.Config(
+            batch_size=4,
+            num_workers=workers,
+            cache_size=8,
+            vision_dim=16,
+            max_audio_length=200,
+            max_text_length=16,
+            persistent_workers=False,
+            storage_options=via_proxy,
+            read_block_size=4096,
+            error_tolerance=-1,
+        )
         loader = wdstream.make_loader(url, config)
         batches = list(loader)
     finally:
@@ -83,6 +97,11 @@ def test_epoch_through_20pct_faults_loses_nothing_silently(s3, s3_proxy, s3proxy
     if broken is not None:
         lost = {k for k, url in shard_of.items() if url == m.shards[broken].url}
         assert lost <= missing and any(c.get("unreadable shard") for c in skipped)
-    log.info("%d GETs, %d faults injected (%s); %d of 48 samples not delivered (counted): %s",
-             proxy.stats()["gets"], len(faults), sorted({f[3] for f in faults}), placeholders,
-             skipped)
+    log.info(
+        "%d GETs, %d faults injected (%s); %d of 48 samples not delivered (counted): %s",
+        proxy.stats()["gets"],
+        len(faults),
+        sorted({f[3] for f in faults}),
+        placeholders,
+        skipped,
+    )

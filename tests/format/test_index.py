@@ -22,14 +22,16 @@ def test_index_round_trip_and_name(tmp_path):
 
 
 def test_version_1_json_index_is_still_read(tmp_path):
-    (tmp_path / "i.idx.json").write_text(json.dumps({"offsets": [0, 1536, 3072],
-                                                     "keys": ["a", "b"]}))
+    (tmp_path / "i.idx.json").write_text(
+        json.dumps({"offsets": [0, 1536, 3072], "keys": ["a", "b"]})
+    )
     idx = load_index(str(tmp_path / "i.idx.json"), samples=2)
     assert idx == {"offsets": [0, 1536, 3072], "keys": ["a", "b"]}
 
 
-@pytest.mark.parametrize("cut, samples, match", [
-    (0, 3, "manifest says 3"), (-8, None, "need"), (10, None, "truncated")])
+@pytest.mark.parametrize(
+    "cut, samples, match", [(0, 3, "manifest says 3"), (-8, None, "need"), (10, None, "truncated")]
+)
 def test_a_malformed_binary_index_is_refused(cut, samples, match):
     data = index_bytes([0, 512, 1024], ["a", "b"])
     data = data[:cut] if cut < 0 else data[:cut] if cut else data
@@ -37,12 +39,15 @@ def test_a_malformed_binary_index_is_refused(cut, samples, match):
         parse_index(data, samples)
 
 
-@pytest.mark.parametrize("doc, samples, match", [
-    ({"offsets": [0, 512, 1024], "keys": ["a", "b"]}, 3, "manifest says 3"),
-    ({"offsets": [0, 512], "keys": ["a", "b"]}, None, "2 keys for 1 samples"),
-    ({"keys": ["a"]}, None, "no 'offsets'"),
-    ([1, 2], None, "no 'offsets'"),
-])
+@pytest.mark.parametrize(
+    "doc, samples, match",
+    [
+        ({"offsets": [0, 512, 1024], "keys": ["a", "b"]}, 3, "manifest says 3"),
+        ({"offsets": [0, 512], "keys": ["a", "b"]}, None, "2 keys for 1 samples"),
+        ({"keys": ["a"]}, None, "no 'offsets'"),
+        ([1, 2], None, "no 'offsets'"),
+    ],
+)
 def test_a_malformed_index_is_refused(doc, samples, match):
     with pytest.raises(ValueError, match=match):
         parse_index(json.dumps(doc).encode(), samples)

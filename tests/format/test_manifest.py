@@ -11,14 +11,26 @@ from wdstream.errors import SourceError, StorageError
 from wdstream.format.index import load_index
 from wdstream.format.manifest import Manifest, PartitionRecord, ShardInfo, load_manifest
 
-SHARDS = [ShardInfo(url="shard-00000-00000.tar", samples=3, bytes=10240, sha256="a" * 64,
-                    index="shard-00000-00000.idx.json", partition=0),
-          ShardInfo(url="s3://other/x.tar", samples=2, bytes=20480, sha256="b" * 64)]
+SHARDS = [
+    ShardInfo(
+        url="shard-00000-00000.tar",
+        samples=3,
+        bytes=10240,
+        sha256="a" * 64,
+        index="shard-00000-00000.idx.json",
+        partition=0,
+    ),
+    ShardInfo(url="s3://other/x.tar", samples=2, bytes=20480, sha256="b" * 64),
+]
 
 
 def test_manifest_round_trip_and_urls(tmp_path):
-    m = Manifest(shards=SHARDS, source={"name": "x", "split": "train"},
-                 skipped={"bad_image": 2}, fields=["txt", "jpg"])
+    m = Manifest(
+        shards=SHARDS,
+        source={"name": "x", "split": "train"},
+        skipped={"bad_image": 2},
+        fields=["txt", "jpg"],
+    )
     url = m.save(str(tmp_path))
     data = json.loads(open(url).read())
     assert data["samples"] == 5 and data["bytes"] == 30720
@@ -49,15 +61,21 @@ def test_bad_manifests_name_the_url(tmp_path):
 
 
 def test_partition_record_round_trip():
-    rec = PartitionRecord(partition=3, shards=SHARDS[:1], samples=3, skipped={"bad_audio": 1},
-                          fields=["flac", "txt"])
+    rec = PartitionRecord(
+        partition=3, shards=SHARDS[:1], samples=3, skipped={"bad_audio": 1}, fields=["flac", "txt"]
+    )
     assert PartitionRecord.from_json(rec.to_json()) == rec
 
 
 # -- hostile manifests ---------------------------------------------------------------------------
 def _good() -> dict:
-    return Manifest(shards=[ShardInfo(url="shard-0.tar", samples=3, bytes=10240, sha256="a" * 64,
-                                      index="shard-0.idx.json")]).to_dict()
+    return Manifest(
+        shards=[
+            ShardInfo(
+                url="shard-0.tar", samples=3, bytes=10240, sha256="a" * 64, index="shard-0.idx.json"
+            )
+        ]
+    ).to_dict()
 
 
 def _shard(**changes) -> dict:
@@ -68,25 +86,36 @@ def _shard(**changes) -> dict:
     return d
 
 
-@pytest.mark.parametrize("d, field, problem", [
-    (_shard(samples=-5), r"shards\[0\]\.samples", "negative"),
-    (_shard(samples=True), r"shards\[0\]\.samples", "not an integer"),
-    (_shard(samples=2.5), r"shards\[0\]\.samples", "not an integer"),
-    (_shard(bytes="10240"), r"shards\[0\]\.bytes", "not an integer"),
-    (_shard(url=123), r"shards\[0\]\.url", "is 123, not a string"),
-    (_shard(index=["x"]), r"shards\[0\]\.index", "not a string or null"),
-    (_shard(samples=300_000_000), r"shards\[0\]\.samples", "more than its 10240 bytes can hold"),
-    (_shard(url="s.tar.gz", bytes=100, samples=300_000), r"shards\[0\]\.samples", "at most 201"),
-    ({**_good(), "source": ["x"]}, "'source'", "is a list, not a dict"),
-    ({**_good(), "samples": 4}, "'samples'", "sum to 3"),
-    ({**_good(), "bytes": -1}, "'bytes'", "sum to 10240"),
-    ({**_good(), "skipped": {"bad_image": -2}}, r"skipped\.bad_image", "non-negative"),
-    ({**_good(), "fields": [1]}, "'fields'", "other than strings"),
-    ({"shards": {"a": 1}}, "'shards'", "not a list"),
-    ({"shards": ["x"]}, r"shards\[0\]'", "not an object"),
-    ([1, 2], "top level", "is a list"),
-    (_shard(url=None), r"shards\[0\]\.url", "not a string"),
-])
+@pytest.mark.parametrize(
+    "d, field, problem",
+    [
+        (_shard(samples=-5), r"shards\[0\]\.samples", "negative"),
+        (_shard(samples=True), r"shards\[0\]\.samples", "not an integer"),
+        (_shard(samples=2.5), r"shards\[0\]\.samples", "not an integer"),
+        (_shard(bytes="10240"), r"shards\[0\]\.bytes", "not an integer"),
+        (_shard(url=123), r"shards\[0\]\.url", "is 123, not a string"),
+        (_shard(index=["x"]), r"shards\[0\]\.index", "not a string or null"),
+        (
+            _shard(samples=300_000_000),
+            r"shards\[0\]\.samples",
+            "more than its 10240 bytes can hold",
+        ),
+        (
+            _shard(url="s.tar.gz", bytes=100, samples=300_000),
+            r"shards\[0\]\.samples",
+            "at most 201",
+        ),
+        ({**_good(), "source": ["x"]}, "'source'", "is a list, not a dict"),
+        ({**_good(), "samples": 4}, "'samples'", "sum to 3"),
+        ({**_good(), "bytes": -1}, "'bytes'", "sum to 10240"),
+        ({**_good(), "skipped": {"bad_image": -2}}, r"skipped\.bad_image", "non-negative"),
+        ({**_good(), "fields": [1]}, "'fields'", "other than strings"),
+        ({"shards": {"a": 1}}, "'shards'", "not a list"),
+        ({"shards": ["x"]}, r"shards\[0\]'", "not an object"),
+        ([1, 2], "top level", "is a list"),
+        (_shard(url=None), r"shards\[0\]\.url", "not a string"),
+    ],
+)
 def test_malformed_manifests_are_refused_naming_the_field(tmp_path, d, field, problem):
     (tmp_path / "manifest.json").write_text(json.dumps(d))
     with pytest.raises(SourceError, match=f"{field}.*{problem}") as e:
@@ -94,25 +123,29 @@ def test_malformed_manifests_are_refused_naming_the_field(tmp_path, d, field, pr
     assert f"{tmp_path}/manifest.json" in str(e.value)  # names the manifest too
 
 
-@pytest.mark.parametrize("url, allowed, ok", [
-    ("shard-0.tar", [], True),
-    ("sub/shard-0.tar", [], True),
-    ("{root}/shard-0.tar", [], True),  # absolute, inside its own folder
-    ("../../etc/passwd", [], False),
-    ("sub/../../x.tar", [], False),
-    ("sub/../shard-0.tar", [], False),  # any '..' is refused, even one that stays inside
-    ("/etc/passwd", [], False),
-    ("s3://other-bucket/x.tar", [], False),
-    ("s3://laion/shards/x.tar", ["s3://laion/shards/"], True),
-    ("s3://laion/shards/x.tar", ["s3://laion/shards"], True),
-    ("s3://laion/shards-evil/x.tar", ["s3://laion/shards"], False),
-    ("s3://laion/shards/../private/x.tar", ["s3://laion/shards/"], False),
-    ("gs://laion/shards/x.tar", ["s3://laion/shards/"], False),
-    ("x.tar::s3://other/y.tar", [], False),
-    ("", [], False),
-])
-def test_shard_urls_are_confined_to_the_manifest_folder_or_allowed_prefixes(tmp_path, url,
-                                                                            allowed, ok):
+@pytest.mark.parametrize(
+    "url, allowed, ok",
+    [
+        ("shard-0.tar", [], True),
+        ("sub/shard-0.tar", [], True),
+        ("{root}/shard-0.tar", [], True),  # absolute, inside its own folder
+        ("../../etc/passwd", [], False),
+        ("sub/../../x.tar", [], False),
+        ("sub/../shard-0.tar", [], False),  # any '..' is refused, even one that stays inside
+        ("/etc/passwd", [], False),
+        ("s3://other-bucket/x.tar", [], False),
+        ("s3://laion/shards/x.tar", ["s3://laion/shards/"], True),
+        ("s3://laion/shards/x.tar", ["s3://laion/shards"], True),
+        ("s3://laion/shards-evil/x.tar", ["s3://laion/shards"], False),
+        ("s3://laion/shards/../private/x.tar", ["s3://laion/shards/"], False),
+        ("gs://laion/shards/x.tar", ["s3://laion/shards/"], False),
+        ("x.tar::s3://other/y.tar", [], False),
+        ("", [], False),
+    ],
+)
+def test_shard_urls_are_confined_to_the_manifest_folder_or_allowed_prefixes(
+    tmp_path, url, allowed, ok
+):
     root = str(tmp_path / "ds")
     os.makedirs(root)
     d = _shard(url=url.format(root=root), index=None)

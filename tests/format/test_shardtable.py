@@ -17,10 +17,19 @@ from wdstream.format.shardtable import (
     upgrade_manifest,
 )
 
-SHARDS = [ShardInfo(url=f"shard-00000-{i:05d}.tar", samples=n, bytes=10240 * (i + 1),
-                    sha256=f"{i:064x}", index=f"shard-00000-{i:05d}.idx", partition=0,
-                    first_key=f"k{i}a", last_key=f"k{i}z")
-          for i, n in enumerate([5, 5, 5, 3, 0, 5])]
+SHARDS = [
+    ShardInfo(
+        url=f"shard-00000-{i:05d}.tar",
+        samples=n,
+        bytes=10240 * (i + 1),
+        sha256=f"{i:064x}",
+        index=f"shard-00000-{i:05d}.idx",
+        partition=0,
+        first_key=f"k{i}a",
+        last_key=f"k{i}z",
+    )
+    for i, n in enumerate([5, 5, 5, 3, 0, 5])
+]
 
 
 def test_compact_round_trip_keeps_every_field(tmp_path):
@@ -50,8 +59,10 @@ def test_reader_part_is_a_small_table(tmp_path):
 
 
 def test_indexes_following_no_rule_and_absolute_urls(tmp_path):
-    shards = [ShardInfo(url="a.tar", samples=2, bytes=10240, sha256="0", index="idx/a.idx"),
-              ShardInfo(url="s3://b/x.tar", samples=1, bytes=10240, sha256="1", index=None)]
+    shards = [
+        ShardInfo(url="a.tar", samples=2, bytes=10240, sha256="0", index="idx/a.idx"),
+        ShardInfo(url="s3://b/x.tar", samples=1, bytes=10240, sha256="1", index=None),
+    ]
     save_compact(Manifest(shards=shards), str(tmp_path))
     _, table = load_shard_table(str(tmp_path / "manifest.json"))
     assert table.index_url(0) == f"{tmp_path}/idx/a.idx" and table.index_url(1) is None

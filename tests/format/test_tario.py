@@ -18,9 +18,11 @@ from wdstream.format.tario import (
     tar_bytes,
 )
 
-SAMPLES = [("k0", {"txt": b"hello", "jpg": b"\xff\xd8\xff" + b"x" * 700}),
-           ("k1", {"txt": b"", "json": b"{}"}),
-           ("dir/k2", {"seg.png": b"p" * 513})]
+SAMPLES = [
+    ("k0", {"txt": b"hello", "jpg": b"\xff\xd8\xff" + b"x" * 700}),
+    ("k1", {"txt": b"", "json": b"{}"}),
+    ("dir/k2", {"seg.png": b"p" * 513}),
+]
 
 
 def test_same_samples_same_bytes_and_valid_tar():
@@ -62,17 +64,29 @@ def test_truncated_shard_raises():
 def test_split_key_and_grouping_rules():
     assert split_key("a/b.c.d") == ("a/b", "c.d")
     assert split_key("noext") is None
-    members = [("a.txt", b"1"), ("a.txt", b"dup"), ("b.txt", b"2"), ("a.json", b"3"),
-               ("README", b"")]
-    assert list(group_samples(members)) == [{"__key__": "a", "txt": b"1"},
-                                            {"__key__": "b", "txt": b"2"},
-                                            {"__key__": "a", "json": b"3"}]
+    members = [
+        ("a.txt", b"1"),
+        ("a.txt", b"dup"),
+        ("b.txt", b"2"),
+        ("a.json", b"3"),
+        ("README", b""),
+    ]
+    assert list(group_samples(members)) == [
+        {"__key__": "a", "txt": b"1"},
+        {"__key__": "b", "txt": b"2"},
+        {"__key__": "a", "json": b"3"},
+    ]
 
 
 # -- members over the size limit ---------------------------------------------------------------
 def _with_big_member(size: int) -> bytes:
-    return tar_bytes([("a", {"txt": b"first"}), ("b", {"bin": b"\0" * size, "txt": b"big"}),
-                      ("c", {"txt": b"last"})])
+    return tar_bytes(
+        [
+            ("a", {"txt": b"first"}),
+            ("b", {"bin": b"\0" * size, "txt": b"big"}),
+            ("c", {"txt": b"last"}),
+        ]
+    )
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -89,8 +103,10 @@ def test_a_member_over_the_limit_is_skipped_unread_and_marks_its_sample(gz):
     assert isinstance(members[1][1], MemberTooLarge) and members[1][1].size == 100_000
     # without a limit, or under it, every member is read as before
     assert next(iter(group_samples(iter_members(io.BytesIO(data)))))["txt"] == b"first"
-    assert len(list(group_samples(iter_members(io.BytesIO(data), max_member_bytes=100_000)))
-               [1]["bin"]) == 100_000
+    assert (
+        len(list(group_samples(iter_members(io.BytesIO(data), max_member_bytes=100_000)))[1]["bin"])
+        == 100_000
+    )
 
 
 def test_a_truncated_member_over_the_limit_still_raises():

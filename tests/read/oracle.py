@@ -31,14 +31,14 @@ def epoch_positions(sizes, seed, epoch, shuffle=True, pass_no=0, lanes=0, window
     chunk = max(8, -(-window // lanes))  # at least 8 samples a lane per round
     out = []
     for g in range(0, len(shards), lanes):
-        group = [p for s in shards[g:g + lanes] for p in range(starts[s], starts[s + 1])]
-        want = max(1, min(lanes, len(shards[g:g + lanes]), len(group)))
+        group = [p for s in shards[g : g + lanes] for p in range(starts[s], starts[s + 1])]
+        want = max(1, min(lanes, len(shards[g : g + lanes]), len(group)))
         length = -(-len(group) // want)
-        cut = [group[i:i + length] for i in range(0, len(group), length)]
+        cut = [group[i : i + length] for i in range(0, len(group), length)]
         t = 0
         while any(t * chunk < len(lane) for lane in cut):
             for lane in cut:
-                out.extend(lane[t * chunk:(t + 1) * chunk])
+                out.extend(lane[t * chunk : (t + 1) * chunk])
             t += 1
     return out
 
@@ -79,8 +79,9 @@ def layout_lengths(pool_len, layout):
     return [len(range(w, k, layout.workers)) * layout.batch_size for w in range(layout.workers)], k
 
 
-def run_generation(pool, world, lengths, cache, emitted, *, seed, epoch, generation, salt="",
-                   single=False):
+def run_generation(
+    pool, world, lengths, cache, emitted, *, seed, epoch, generation, salt="", single=False
+):
     """Lay ``pool`` (a list of root indices) over the slots and let worker ``w`` of every
     rank emit ``emitted[w]`` items.
 
@@ -95,17 +96,21 @@ def run_generation(pool, world, lengths, cache, emitted, *, seed, epoch, generat
     for rank in range(world):
         for worker in range(len(lengths)):
             n = lengths[worker]
-            span = padded[start:start + n]
-            real = sum(is_real[start:start + n])
+            span = padded[start : start + n]
+            real = sum(is_real[start : start + n])
             seed_ = slot_seed(seed, epoch, generation, rank, worker, salt)
             order = emission(n, cache, seed_, single)
-            done = order[:emitted[worker]]
+            done = order[: emitted[worker]]
             consumed = [span[i] for i in done if is_real[start + i]]
             used_positions.update(start + i for i in done if is_real[start + i])
-            slots[rank, worker] = {"span": span, "real": real, "order": order,
-                                   "emitted": [span[i] for i in order],
-                                   "filler": [not is_real[start + i] for i in order],
-                                   "consumed": consumed}
+            slots[rank, worker] = {
+                "span": span,
+                "real": real,
+                "order": order,
+                "emitted": [span[i] for i in order],
+                "filler": [not is_real[start + i] for i in order],
+                "consumed": consumed,
+            }
             start += n
     rest = [v for i, v in enumerate(pool) if i not in used_positions]
     return slots, rest
@@ -124,10 +129,16 @@ def chain(total, history, final, *, seed, epoch, shuffle=True):
     for generation, (layout, k) in enumerate([*history, (final, None)]):
         lengths, n_batches = layout_lengths(len(pool), layout)
         k = n_batches if k is None else k
-        slots, rest = run_generation(pool, layout.world, lengths,
-                                     window_of(layout.cache_size, shuffle),
-                                     layout_emitted(k, layout), seed=seed, epoch=epoch,
-                                     generation=generation)
+        slots, rest = run_generation(
+            pool,
+            layout.world,
+            lengths,
+            window_of(layout.cache_size, shuffle),
+            layout_emitted(k, layout),
+            seed=seed,
+            epoch=epoch,
+            generation=generation,
+        )
         gens.append({"pool": pool, "batches": n_batches, "lengths": lengths, "slots": slots})
         pool = rest
     return gens, pool
@@ -137,21 +148,41 @@ def mix_counts(lengths, probs, layout, *, seed, epoch, generation, mode, samples
     """Per-step counts of a mixed generation, step by step."""
     if mode == "resample":
         k = samples // (layout.world * layout.batch_size)
-        return step_counts(probs, layout.batch_size, seed=seed, epoch=epoch,
-                           generation=generation, start=0, stop=k)
+        return step_counts(
+            probs, layout.batch_size, seed=seed, epoch=epoch, generation=generation, start=0, stop=k
+        )
     used = np.zeros(len(probs), dtype=np.int64)
     rows = []
     while True:
-        row = step_counts(probs, layout.batch_size, seed=seed, epoch=epoch,
-                          generation=generation, start=len(rows), stop=len(rows) + 1)[0]
+        row = step_counts(
+            probs,
+            layout.batch_size,
+            seed=seed,
+            epoch=epoch,
+            generation=generation,
+            start=len(rows),
+            stop=len(rows) + 1,
+        )[0]
         if any(used[s] + layout.world * row[s] > lengths[s] for s in range(len(probs))):
             return np.array(rows, dtype=np.int64).reshape(-1, len(probs))
         used += layout.world * row
         rows.append(row)
 
 
-def mixed_chain(totals, probs, history, final, *, seed, epoch, mode, samples=None,
-                horizon=None, shuffle=True, single=False):
+def mixed_chain(
+    totals,
+    probs,
+    history,
+    final,
+    *,
+    seed,
+    epoch,
+    mode,
+    samples=None,
+    horizon=None,
+    shuffle=True,
+    single=False,
+):
     """Per source (names sorted, ``totals`` in that order): the pool of every generation
     (root indices, a finite ``horizon`` of a cyclic pool) and every generation's slots."""
     names = sorted(totals)
@@ -161,18 +192,34 @@ def mixed_chain(totals, probs, history, final, *, seed, epoch, mode, samples=Non
     gens = []
     for generation, (layout, k) in enumerate([*history, (final, None)]):
         infinite = [1 << 62 if mode == "resample" else len(pools[n]) for n in names]
-        counts = mix_counts(infinite, probs, layout, seed=seed, epoch=epoch,
-                            generation=generation, mode=mode, samples=left)
+        counts = mix_counts(
+            infinite,
+            probs,
+            layout,
+            seed=seed,
+            epoch=epoch,
+            generation=generation,
+            mode=mode,
+            samples=left,
+        )
         k = len(counts) if k is None else k
         cache = window_of(source_window(layout.cache_size, len(names)), shuffle)
         gen = {"counts": counts, "pools": dict(pools), "slots": {}}
         for s, name in enumerate(names):
-            lengths = [int(counts[w::layout.workers, s].sum()) for w in range(layout.workers)]
-            emitted = [int(counts[w:k:layout.workers, s].sum()) for w in range(layout.workers)]
-            slots, rest = run_generation(pools[name], layout.world, lengths, cache, emitted,
-                                         single=single,
-                                         seed=seed, epoch=epoch, generation=generation,
-                                         salt=name)
+            lengths = [int(counts[w :: layout.workers, s].sum()) for w in range(layout.workers)]
+            emitted = [int(counts[w : k : layout.workers, s].sum()) for w in range(layout.workers)]
+            slots, rest = run_generation(
+                pools[name],
+                layout.world,
+                lengths,
+                cache,
+                emitted,
+                single=single,
+                seed=seed,
+                epoch=epoch,
+                generation=generation,
+                salt=name,
+            )
             gen["slots"][name] = slots
             pools[name] = rest
         gens.append(gen)

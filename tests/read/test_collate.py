@@ -33,8 +33,7 @@ def mixed(decoder):
     raw = [
         {"__key__": "t", "txt": b"hi"},
         {"__key__": "i", "txt": b"a red picture, longer text", "png": png.getvalue()},
-        {"__key__": "a", "txt": b"a tone", "wav": full["wav"],
-         "json": b'{"source": "tones"}'},
+        {"__key__": "a", "txt": b"a tone", "wav": full["wav"], "json": b'{"source": "tones"}'},
         {"__key__": "s", "__url__": "memory://syn.tar", **full},
     ]
     return [decoder(s) for s in raw]
@@ -69,7 +68,9 @@ def test_padding_mask_and_labels(mixed):
         n = len(s["input_ids"])
         assert batch["input_ids"][i, :n].tolist() == s["input_ids"].tolist()
         assert torch.all(batch["input_ids"][i, n:] == 7)
-        assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (batch["input_ids"].shape[1] - n)
+        assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (
+            batch["input_ids"].shape[1] - n
+        )
         assert batch["labels"][i, :n].tolist() == s["input_ids"].tolist()
         assert torch.all(batch["labels"][i, n:] == IGNORE_INDEX)
     assert int(batch["attention_mask"][0].sum()) == len(mixed[0]["input_ids"]) == 3  # "hi" + EOS
@@ -78,7 +79,8 @@ def test_padding_mask_and_labels(mixed):
 def test_not_synthetic_when_no_sample_is(mixed):
     batch = collate(mixed[:3], CFG)
     assert batch["synthetic"] is False and batch["input_ids"].shape[1] == max(
-        len(s["input_ids"]) for s in mixed[:3])
+        len(s["input_ids"]) for s in mixed[:3]
+    )
 
 
 def test_as_dataloader_collate_fn(decoder, mixed):

@@ -37,8 +37,7 @@ def test_read_plan_is_a_slot_plan_with_a_manifest_and_a_stream_plan_without(sour
     plan = read_plan(src, config, epoch=0, layout=layout, rank=0, worker=1)
     assert isinstance(plan, SlotPlan) and plan.worker == 1 and plan.length == 12
     assert sum(r.count for r in plan.reads) == 12 and plan.window == 8
-    stream = read_plan(src, config.replace(exact=False), epoch=0, layout=layout, rank=0,
-                       worker=1)
+    stream = read_plan(src, config.replace(exact=False), epoch=0, layout=layout, rank=0, worker=1)
     assert isinstance(stream, StreamPlan) and stream.shards is None  # a nominal epoch: drawn
     urls = [s.url for s in src.shards]
     listed = resolve_source(urls, config)
@@ -51,8 +50,9 @@ def test_batches_per_rank_and_identity(source):
     ds = make(resolve_source(source, config), config, rank=1, world=2)
     assert ds.exact and ds.batches_per_rank(0) == 26 // 8
     assert ds.identity() == {"samples": 26, "shards": 3}
-    assert ds.layout() == Layout(world=2, workers=2, batch_size=4, cache_size=8,
-                                 drop_last=True, lanes=32)
+    assert ds.layout() == Layout(
+        world=2, workers=2, batch_size=4, cache_size=8, drop_last=True, lanes=32
+    )
     padded = make(resolve_source(source, config), config.replace(drop_last=False), world=2)
     assert padded.batches_per_rank(0) == 4  # ceil(26 / 8)
     assert not ds.synthetic and make(synthetic_source(config), config).synthetic
@@ -63,8 +63,11 @@ def test_streaming_over_several_ranks_needs_an_epoch_length(source):
     urls = [s.url for s in resolve_source(source, config).shards]
     with pytest.raises(ConfigError, match="epoch_length"):
         make(resolve_source(urls, config), config, world=2)
-    ds = make(resolve_source(urls, config.replace(epoch_length=40)),
-              config.replace(epoch_length=40), world=2)
+    ds = make(
+        resolve_source(urls, config.replace(epoch_length=40)),
+        config.replace(epoch_length=40),
+        world=2,
+    )
     assert not ds.exact and ds.batches_per_rank(0) == 40 // 8
 
 
@@ -80,8 +83,9 @@ def test_mixing_needs_manifests(source):
     src = resolve_source(source, config)
     urls = [s.url for s in src.shards]
     with pytest.raises(ConfigError, match="'b' needs a manifest"):
-        MixedDataset({"a": src, "b": resolve_source(urls, config)}, config,
-                     SampleDecoder(config), collate)
+        MixedDataset(
+            {"a": src, "b": resolve_source(urls, config)}, config, SampleDecoder(config), collate
+        )
     mixed = MixedDataset({"a": src, "b": src}, config, SampleDecoder(config), collate)
     assert mixed.batches_per_rank(0) > 0 and mixed.layout().drop_last  # batches always full
     assert mixed.identity()["sources"] == {"a": [26, 3], "b": [26, 3]}

@@ -37,8 +37,12 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 
 def _sample(**members) -> dict:
-    return {"__key__": "00000_000000007", "__url__": "s3://bucket/shard-00000-00000.tar",
-            "txt": b"a caption", **members}
+    return {
+        "__key__": "00000_000000007",
+        "__url__": "s3://bucket/shard-00000-00000.tar",
+        "txt": b"a caption",
+        **members,
+    }
 
 
 def _pixels(out) -> torch.Tensor:
@@ -47,6 +51,7 @@ def _pixels(out) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- images
+
 
 def test_pure_red_gives_the_normalised_red(decoder):
     out = decoder(_sample(png=_encode(Image.new("RGB", (90, 60), (255, 0, 0)), "PNG")))
@@ -104,8 +109,9 @@ def test_palette_without_transparency(decoder):
     img = Image.new("P", (40, 40), 1)
     img.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
     px = _pixels(decoder(_sample(png=_encode(img, "PNG"))))
-    torch.testing.assert_close(px, torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1).expand(3, S, S),
-                               atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        px, torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1).expand(3, S, S), atol=1e-3, rtol=0
+    )
 
 
 def test_rgba_is_composited_on_white(decoder):
@@ -132,8 +138,12 @@ def test_resize_shorter_side_and_centre_crop(decoder):
     arr = np.zeros((40, 120, 3), dtype=np.uint8)
     arr[:, :40, 0] = arr[:, 40:80, 1] = arr[:, 80:, 2] = 255
     px = _pixels(decoder(_sample(png=_encode(Image.fromarray(arr), "PNG"))))
-    torch.testing.assert_close(px[:, :, 4:-4], torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1)
-                               .expand(3, S, S - 8), atol=2e-2, rtol=0)
+    torch.testing.assert_close(
+        px[:, :, 4:-4],
+        torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1).expand(3, S, S - 8),
+        atol=2e-2,
+        rtol=0,
+    )
 
 
 def test_large_jpeg_uses_draft_and_keeps_shape(decoder):
@@ -167,8 +177,9 @@ def test_bomb_over_the_configured_limit_is_a_sample_error():
     assert info.value.reason == "image too large"
     assert "20000" in str(info.value) and "10000" in str(info.value)
     # Under the limit decodes fine.
-    assert dec(_sample(png=_encode(Image.new("RGB", (100, 100)), "PNG")))["pixel_values"] \
-        is not None
+    assert (
+        dec(_sample(png=_encode(Image.new("RGB", (100, 100)), "PNG")))["pixel_values"] is not None
+    )
 
 
 def test_pillow_global_limit_gives_no_warning_and_its_hard_limit_is_a_sample_error(monkeypatch):
@@ -201,6 +212,7 @@ def test_truncated_jpeg_is_undecodable(decoder):
 
 
 # --------------------------------------------------------------------------- audio
+
 
 def _tone(rate: int, seconds: float, freq: float = 440.0, channels: int = 1) -> np.ndarray:
     t = np.arange(int(rate * seconds)) / rate
@@ -251,8 +263,7 @@ def test_partial_read_matches_resampling_the_whole_clip():
     import torchaudio
 
     wave = _tone(44100, 5.0, freq=1234.0)
-    audio, length = decode_audio(_audio(wave, 44100, "WAV"), sample_rate=16000,
-                                 max_length=16000)
+    audio, length = decode_audio(_audio(wave, 44100, "WAV"), sample_rate=16000, max_length=16000)
     full = torchaudio.functional.resample(torch.from_numpy(wave), 44100, 16000)[:16000]
     assert length == 16000
     torch.testing.assert_close(audio, full, atol=1e-4, rtol=0)
@@ -260,8 +271,7 @@ def test_partial_read_matches_resampling_the_whole_clip():
 
 def test_odd_sample_rate_is_resampled_with_a_small_kernel():
     wave = _tone(44099, 1.0)
-    audio, length = decode_audio(_audio(wave, 44099, "WAV"), sample_rate=16000,
-                                 max_length=20000)
+    audio, length = decode_audio(_audio(wave, 44099, "WAV"), sample_rate=16000, max_length=20000)
     assert abs(length - round(44099 * 16000 / 44099)) <= 1
     assert torch.all(audio[length:] == 0)
     assert abs(_peak_hz(audio[:length], 16000) - 440) < 2
@@ -283,6 +293,7 @@ def test_undecodable_audio(decoder, data):
 
 # --------------------------------------------------------------------------- text and metadata
 
+
 def test_text_only_sample(decoder):
     out = decoder(_sample())
     assert out["pixel_values"] is None and out["audio"] is None and out["audio_length"] == 0
@@ -291,18 +302,22 @@ def test_text_only_sample(decoder):
     assert out["source"] is None and out["synthetic"] is False
 
 
-@pytest.mark.parametrize("members", [
-    {"caption": b"from caption"},
-    {"json": json.dumps({"caption": "from caption"}).encode()},
-    {"json": json.dumps({"text": "from caption", "caption": "ignored"}).encode()},
-])
+@pytest.mark.parametrize(
+    "members",
+    [
+        {"caption": b"from caption"},
+        {"json": json.dumps({"caption": "from caption"}).encode()},
+        {"json": json.dumps({"text": "from caption", "caption": "ignored"}).encode()},
+    ],
+)
 def test_text_from_other_members(decoder, members):
     out = decoder({"__key__": "k", **members})
     assert out["input_ids"].tolist() == decoder.tokenizer("from caption")["input_ids"]
 
 
-@pytest.mark.parametrize("members", [{}, {"txt": b"   \n"}, {"json": b'{"text": 3}'},
-                                     {"jpg": b"x", "cls": b"3"}])
+@pytest.mark.parametrize(
+    "members", [{}, {"txt": b"   \n"}, {"json": b'{"text": 3}'}, {"jpg": b"x", "cls": b"3"}]
+)
 def test_missing_text(decoder, members):
     with pytest.raises(SampleError) as info:
         decoder({"__key__": "k1", "__url__": "memory://s.tar", **members})
@@ -341,6 +356,7 @@ def test_source_and_synthetic_flags(decoder):
 
 # --------------------------------------------------------------------------- safety
 
+
 class _CreatesFile:
     def __init__(self, path):
         self.path = path
@@ -354,8 +370,14 @@ def test_pickle_members_are_never_unpickled(tmp_path, decoder):
     pickle.loads(pickle.dumps(_CreatesFile(str(proof)))).close()
     assert proof.exists()  # the payload does create a file when unpickled
     payload = pickle.dumps(_CreatesFile(str(target)))
-    members = {"txt": b"hello", "pyd": payload, "pickle": payload, "pth": payload,
-               "pkl": payload, "json": b'{"source": "x"}'}
+    members = {
+        "txt": b"hello",
+        "pyd": payload,
+        "pickle": payload,
+        "pth": payload,
+        "pkl": payload,
+        "json": b'{"source": "x"}',
+    }
     shard = tar_bytes([("00000_000000001", members)])
     samples = list(group_samples(iter_members(io.BytesIO(shard))))
     assert len(samples) == 1 and samples[0]["pyd"] == payload
@@ -366,8 +388,10 @@ def test_pickle_members_are_never_unpickled(tmp_path, decoder):
 
 def test_decoder_pickles_into_workers(decoder):
     clone = pickle.loads(pickle.dumps(decoder))
-    sample = _sample(wav=_audio(_tone(44100, 0.1), 44100, "WAV"),
-                     png=_encode(Image.new("RGB", (50, 40), (0, 0, 255)), "PNG"))
+    sample = _sample(
+        wav=_audio(_tone(44100, 0.1), 44100, "WAV"),
+        png=_encode(Image.new("RGB", (50, 40), (0, 0, 255)), "PNG"),
+    )
     decoder(sample)  # fills the resampler cache; it is not pickled
     assert pickle.loads(pickle.dumps(decoder))._resamplers == {}
     a, b = decoder(sample), clone(sample)

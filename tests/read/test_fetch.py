@@ -17,8 +17,15 @@ from wdstream.format.tario import iter_members, split_members, tar_bytes
 
 
 def cfg(**kw):
-    base = dict(batch_size=4, num_workers=0, cache_size=8, vision_dim=16, max_audio_length=200,
-                max_text_length=16, seed=3)
+    base = dict(
+        batch_size=4,
+        num_workers=0,
+        cache_size=8,
+        vision_dim=16,
+        max_audio_length=200,
+        max_text_length=16,
+        seed=3,
+    )
     base.update(kw)
     return wdstream.Config(**base)
 
@@ -48,9 +55,9 @@ def test_split_members_of_a_span_and_its_errors():
     whole = split_members(data)
     assert [n for n, _ in whole][:4] == ["k0.jpg", "k0.txt", "k1.jpg", "k1.txt"]
     with pytest.raises(EOFError):
-        split_members(data[:4 * 512 + 50])  # k1.jpg's data cut short
+        split_members(data[: 4 * 512 + 50])  # k1.jpg's data cut short
     with pytest.raises(EOFError):
-        split_members(data[:3 * 512 + 50])  # cut inside k1.jpg's header
+        split_members(data[: 3 * 512 + 50])  # cut inside k1.jpg's header
     bad = bytearray(data)
     bad[0] ^= 1  # the name changes, the checksum no longer matches
     with pytest.raises(ValueError, match="checksum"):
@@ -68,8 +75,9 @@ def test_requests_in_flight_reach_and_keep_the_bound_and_stats_match_the_proxy(s
     proxy, via_proxy = s3_proxy
     proxy.ttfb = 0.03  # every GET waits, as on S3: requests pile up only if sent together
     for bound in (1, 3):
-        config = cfg(storage_options=via_proxy, read_ahead_requests=bound, read_block_size=1,
-                     shuffle=False)  # one sample per ranged GET
+        config = cfg(
+            storage_options=via_proxy, read_ahead_requests=bound, read_block_size=1, shuffle=False
+        )  # one sample per ranged GET
         loader = wdstream.make_loader("s3://test/ra", config)
         proxy.reset_counters()
         keys = [k for b in loader for k in b["keys"]]
@@ -93,8 +101,13 @@ def test_bytes_bound_limits_requests_in_flight(s3, s3_proxy):
     sample = int(max(index["offsets"][1:] - index["offsets"][:-1]))
     proxy, via_proxy = s3_proxy
     proxy.ttfb = 0.03
-    config = cfg(storage_options=via_proxy, read_ahead_requests=8, read_block_size=1,
-                 read_ahead_bytes=2 * sample, shuffle=False)
+    config = cfg(
+        storage_options=via_proxy,
+        read_ahead_requests=8,
+        read_block_size=1,
+        read_ahead_bytes=2 * sample,
+        shuffle=False,
+    )
     loader = wdstream.make_loader("s3://test/rb", config)
     proxy.reset_counters()
     assert len(keys_of_loader(loader)) == 16
@@ -113,8 +126,9 @@ def test_fetch_threads_share_one_filesystem(s3, s3_proxy, monkeypatch):
     write_test_shards("s3://test/rc", [6, 6, 6, 6], storage_options=opts, audio=False)
     proxy, via_proxy = s3_proxy
     proxy.ttfb = 0.02
-    loader = wdstream.make_loader("s3://test/rc", cfg(storage_options=via_proxy,
-                                                      read_ahead_requests=8, shuffle=False))
+    loader = wdstream.make_loader(
+        "s3://test/rc", cfg(storage_options=via_proxy, read_ahead_requests=8, shuffle=False)
+    )
     made = []
     real = storage.url_to_fs
 
@@ -141,8 +155,9 @@ def test_one_request_goes_first_then_the_fetch_threads(s3, s3_proxy):
     proxy, via_proxy = s3_proxy
     ttfb = 0.15
     proxy.ttfb = ttfb
-    loader = wdstream.make_loader("s3://test/rd", cfg(storage_options=via_proxy,
-                                                      read_ahead_requests=8, shuffle=False))
+    loader = wdstream.make_loader(
+        "s3://test/rd", cfg(storage_options=via_proxy, read_ahead_requests=8, shuffle=False)
+    )
     arrivals = []
 
     def log(info):
@@ -175,8 +190,12 @@ def local_ds(tmp_path_factory):
 def test_keys_identical_with_read_ahead_and_decode_threads(local_ds, workers):
     runs = {}
     for ra, threads in ((0, 0), (1, 0), (8, 0), (8, 4), (1, 4)):
-        config = cfg(num_workers=workers, read_ahead_requests=ra, decode_threads=threads,
-                     read_block_size=4096)
+        config = cfg(
+            num_workers=workers,
+            read_ahead_requests=ra,
+            decode_threads=threads,
+            read_block_size=4096,
+        )
         runs[ra, threads] = keys_of(local_ds, config)
     first = runs[0, 0]
     assert len(first) == 36 and len(set(first)) == 36
@@ -223,16 +242,22 @@ def test_decode_threads_keep_order_and_count_bad_samples_in_order():
 
     def items():
         for i in range(20):
-            yield {"__error__": "unreadable shard", "__key__": f"k{i}"} if i == 11 else \
-                {"__key__": f"k{i}", "__url__": "u"}
+            yield (
+                {"__error__": "unreadable shard", "__key__": f"k{i}"}
+                if i == 11
+                else {"__key__": f"k{i}", "__url__": "u"}
+            )
 
     out = {}
     for threads in (0, 4):
         budget = ErrorBudget(-1)
         got = list(decode_stage(items(), decoder, budget, threads=threads))
-        out[threads] = ([g.key if isinstance(g, Bad) else g["key"] for g in got],
-                        [isinstance(g, Bad) for g in got], dict(budget.counts),
-                        budget.placeholders)
+        out[threads] = (
+            [g.key if isinstance(g, Bad) else g["key"] for g in got],
+            [isinstance(g, Bad) for g in got],
+            dict(budget.counts),
+            budget.placeholders,
+        )
     assert out[0] == out[4]
     assert out[0][1].count(True) == 3 and out[0][3] == 3
 
@@ -253,13 +278,20 @@ def test_reads_continuing_in_the_same_shard_are_fetched_with_one_request(tmp_pat
 
     write_test_shards(str(tmp_path), [40, 40], image=False, audio=False)
     src = resolve_source(str(tmp_path), cfg())
-    reads = [Read(0, 0, 10), Read(1, 0, 10), Read(0, 10, 20), Read(1, 10, 20),
-             Read(0, 20, 25, np.array([20, 22, 24])), Read(0, 30, 40)]
+    reads = [
+        Read(0, 0, 10),
+        Read(1, 0, 10),
+        Read(0, 10, 20),
+        Read(1, 10, 20),
+        Read(0, 20, 25, np.array([20, 22, 24])),
+        Read(0, 30, 40),
+    ]
 
     def run(block):
         counters = Counters()
-        reader = ShardReader(ReadOptions(storage_options={}, requests=4, block_size=block,
-                                         max_bytes=1 << 30))
+        reader = ShardReader(
+            ReadOptions(storage_options={}, requests=4, block_size=block, max_bytes=1 << 30)
+        )
         items = list(span_items(reader.fetch(src.shards, reads, counters), ErrorBudget(0)))
         return [(i["__key__"], i["txt"]) for i in items], counters
 

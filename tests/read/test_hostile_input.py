@@ -23,8 +23,9 @@ from wdstream.format.tario import TarStreamWriter
 from wdstream.read.decode import SampleDecoder
 from wdstream.read.shards import ShardRef
 
-cfg = partial(small_config, batch_size=1, num_workers=0, cache_size=0, shuffle=False,
-              drop_last=False)
+cfg = partial(
+    small_config, batch_size=1, num_workers=0, cache_size=0, shuffle=False, drop_last=False
+)
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir)
 ENV = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
@@ -41,6 +42,7 @@ def write_gz_with_huge_member(path, size: int) -> None:
     z = zlib.compressobj(1, zlib.DEFLATED, 31)
     chunk = b"\0" * 2**24
     with open(path, "wb") as f:
+
         def put(data: bytes) -> None:
             f.write(z.compress(data))
 
@@ -76,8 +78,13 @@ print(json.dumps({"keys": keys, "lengths": lengths, "growth_mb": (after - before
 
 def _measure(url: str, max_member_bytes: int) -> tuple[dict, str]:
     """Read ``url`` in a fresh process; its keys and how much its peak RSS grew while reading."""
-    out = subprocess.run([sys.executable, "-c", _MEASURE, url, str(max_member_bytes)],
-                         capture_output=True, text=True, env=ENV, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", _MEASURE, url, str(max_member_bytes)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
 
@@ -122,13 +129,15 @@ def test_text_cut_keeps_the_tokens_the_model_sees():
 # -- decode errors never end the epoch ---------------------------------------------------
 def test_deeply_nested_json_and_other_crafted_members_are_counted_not_raised(tmp_path, caplog):
     nested = b"[" * 100_000 + b"]" * 100_000
-    samples = [("s0", {"txt": b"ok 0"}),
-               ("s1", {"txt": b"deep json", "json": nested}),
-               ("s2", {"txt": b"deep json 2", "json": b'{"a":' * 50_000 + b"1" + b"}" * 50_000}),
-               ("s3", {"txt": b"zlib bomb png", "png": b"\x89PNG\r\n\x1a\n" + b"\0" * 40}),
-               ("s4", {"txt": b"bad wav", "wav": b"RIFF\xff\xff\xff\xffWAVEfmt " + b"\1" * 30}),
-               ("s5", {"txt": b"huge int", "json": b"1" * 10_000}),
-               ("s6", {"txt": b"ok 6"})]
+    samples = [
+        ("s0", {"txt": b"ok 0"}),
+        ("s1", {"txt": b"deep json", "json": nested}),
+        ("s2", {"txt": b"deep json 2", "json": b'{"a":' * 50_000 + b"1" + b"}" * 50_000}),
+        ("s3", {"txt": b"zlib bomb png", "png": b"\x89PNG\r\n\x1a\n" + b"\0" * 40}),
+        ("s4", {"txt": b"bad wav", "wav": b"RIFF\xff\xff\xff\xffWAVEfmt " + b"\1" * 30}),
+        ("s5", {"txt": b"huge int", "json": b"1" * 10_000}),
+        ("s6", {"txt": b"ok 6"}),
+    ]
     buf = io.BytesIO()
     w = TarStreamWriter(buf)
     for key, fields in samples:
@@ -136,8 +145,9 @@ def test_deeply_nested_json_and_other_crafted_members_are_counted_not_raised(tmp
     w.close()
     (tmp_path / "crafted.tar").write_bytes(buf.getvalue())
     with caplog.at_level(logging.WARNING, logger="wdstream"):
-        keys = [k for b in wdstream.make_loader(str(tmp_path / "crafted.tar"), cfg())
-                for k in b["keys"]]
+        keys = [
+            k for b in wdstream.make_loader(str(tmp_path / "crafted.tar"), cfg()) for k in b["keys"]
+        ]
     assert keys == ["s0", "s6"]  # s5's json is a number: text from .txt, but 10k digits fail
     assert "undecodable json" in caplog.text and "RecursionError" in caplog.text
     assert "key s3" in caplog.text and "key s4" in caplog.text
@@ -186,8 +196,12 @@ def _dup_shard(tmp_path, index: str) -> tuple[str, list[str]]:
     ds = tmp_path / f"dup-{index}"
     ds.mkdir()
     (ds / "s.tar").write_bytes(data)
-    shard = {"url": "s.tar", "samples": 4, "bytes": len(data),
-             "sha256": hashlib.sha256(data).hexdigest()}
+    shard = {
+        "url": "s.tar",
+        "samples": 4,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
     if index != "none":
         idx = {"offsets": offsets, "keys": order}  # a version-1 (JSON) index, as foreign tools
         if index == "offsets":
@@ -199,12 +213,12 @@ def _dup_shard(tmp_path, index: str) -> tuple[str, list[str]]:
 
 
 @pytest.mark.parametrize("index", ["keys", "offsets", "none"])
-def test_duplicate_key_is_a_counted_placeholder_and_positions_do_not_shift(tmp_path, caplog,
-                                                                          index):
+def test_duplicate_key_is_a_counted_placeholder_and_positions_do_not_shift(tmp_path, caplog, index):
     ds, _ = _dup_shard(tmp_path, index)
     budget = ErrorBudget(-1)
-    ref = ShardRef(url=f"{ds}/s.tar", samples=4,
-                   index_url=None if index == "none" else f"{ds}/s.idx.json")
+    ref = ShardRef(
+        url=f"{ds}/s.tar", samples=4, index_url=None if index == "none" else f"{ds}/s.idx.json"
+    )
     items = read_span(ref, 0, 4, [0, 1, 2, 3], budget)
     assert [i["__key__"] for i in items] == ["d0", "d1", "d0", "d2"]
     assert [i.get("__error__") for i in items] == [None, None, "non-adjacent members", None]
@@ -236,10 +250,15 @@ def _bad_manifest(tmp_path, **shard_changes) -> str:
     return url
 
 
-@pytest.mark.parametrize("change, field", [({"samples": -5}, r"shards\[0\]\.samples"),
-                                           ({"url": 123}, r"shards\[0\]\.url"),
-                                           ({"url": "../../etc/passwd"}, r"shards\[0\]\.url"),
-                                           ({"samples": 300_000_000}, r"shards\[0\]\.samples")])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"samples": -5}, r"shards\[0\]\.samples"),
+        ({"url": 123}, r"shards\[0\]\.url"),
+        ({"url": "../../etc/passwd"}, r"shards\[0\]\.url"),
+        ({"samples": 300_000_000}, r"shards\[0\]\.samples"),
+    ],
+)
 def test_the_loader_refuses_a_lying_manifest_before_planning(tmp_path, change, field):
     url = _bad_manifest(tmp_path, **change)
     with pytest.raises(wdstream.SourceError, match=field):
@@ -249,8 +268,13 @@ def test_the_loader_refuses_a_lying_manifest_before_planning(tmp_path, change, f
 def test_verify_and_inspect_print_one_line_not_a_traceback(tmp_path):
     url = _bad_manifest(tmp_path, url=123)
     for command in ("verify", "inspect"):
-        out = subprocess.run([sys.executable, "-m", "wdstream", command, url],
-                             capture_output=True, text=True, env=ENV, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "wdstream", command, url],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=120,
+        )
         assert out.returncode == 2, out.stderr
         assert "Traceback" not in out.stderr
         lines = out.stderr.strip().splitlines()

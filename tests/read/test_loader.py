@@ -15,7 +15,16 @@ import wdstream
 SIZES = [40, 7, 31, 25]  # uneven shards, 103 samples
 
 
-loader_config = partial(small_config, batch_size=4, num_workers=2, cache_size=16, vision_dim=32, max_audio_length=400, max_text_length=32, persistent_workers=False)
+loader_config = partial(
+    small_config,
+    batch_size=4,
+    num_workers=2,
+    cache_size=16,
+    vision_dim=32,
+    max_audio_length=400,
+    max_text_length=32,
+    persistent_workers=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +71,9 @@ def test_batch_contents_shapes_and_dtypes(shards_dir):
 
 def test_two_ranks_equal_batches_disjoint_keys(shards_dir):
     url, _ = shards_dir
-    per_rank = [epoch_keys(wdstream.make_loader(url, loader_config(), rank=r, world=2))
-                for r in range(2)]
+    per_rank = [
+        epoch_keys(wdstream.make_loader(url, loader_config(), rank=r, world=2)) for r in range(2)
+    ]
     assert len(per_rank[0]) == len(per_rank[1]) == 103 // 8
     sets = [{k for b in keys for k in b} for keys in per_rank]
     assert not sets[0] & sets[1]
@@ -74,8 +84,11 @@ def test_pad_mode_repeats_fewer_than_world_times_batch(shards_dir):
     url, _ = shards_dir
     keys = []
     for r in range(2):
-        keys += [k for b in wdstream.make_loader(url, loader_config(drop_last=False), rank=r,
-                                                   world=2) for k in b["keys"]]
+        keys += [
+            k
+            for b in wdstream.make_loader(url, loader_config(drop_last=False), rank=r, world=2)
+            for k in b["keys"]
+        ]
     counts = Counter(keys)
     assert len(counts) == 103  # nothing dropped
     assert len(keys) == 8 * -(-103 // 8)
@@ -167,8 +180,9 @@ def test_state_stays_small_after_ten_resumes_and_the_epoch_stays_exact(shards_di
     url, _ = shards_dir
     seen, state = [], None
     for i in range(10):  # ten runs of one epoch, alternating layouts, 1 batch each
-        loader = wdstream.make_loader(url, loader_config(num_workers=i % 3, batch_size=2 + i % 2),
-                                      rank=0, world=1)
+        loader = wdstream.make_loader(
+            url, loader_config(num_workers=i % 3, batch_size=2 + i % 2), rank=0, world=1
+        )
         if state is not None:
             loader.load_state_dict(state)
         it = iter(loader)

@@ -43,8 +43,12 @@ def test_items_of_each_source_keep_their_order():
 
 def test_same_seed_same_sequence_other_seed_other_sequence():
     def run(seed, order=("a", "b", "c")):
-        streams = {n: s for n, s in sorted(_streams(a=None, b=None, c=None).items(),
-                                           key=lambda kv: order.index(kv[0]))}
+        streams = {
+            n: s
+            for n, s in sorted(
+                _streams(a=None, b=None, c=None).items(), key=lambda kv: order.index(kv[0])
+            )
+        }
         return list(itertools.islice(mix(streams, {"a": 1, "b": 1, "c": 2}, seed=seed), 300))
 
     assert run(7) == run(7)
@@ -71,8 +75,18 @@ def test_resample_reopens_a_source_that_runs_out():
         opened[name] += 1
         return iter((name, i) for i in range(10))
 
-    out = list(itertools.islice(mix(_streams(small=10, big=None), {"small": 1, "big": 1},
-                                    seed=3, exhausted="resample", reopen=reopen), 1000))
+    out = list(
+        itertools.islice(
+            mix(
+                _streams(small=10, big=None),
+                {"small": 1, "big": 1},
+                seed=3,
+                exhausted="resample",
+                reopen=reopen,
+            ),
+            1000,
+        )
+    )
     small = [item[1] for n, item in out if n == "small"]
     assert len(small) > 400
     assert small == [i % 10 for i in range(len(small))]  # whole passes, in order
@@ -80,8 +94,11 @@ def test_resample_reopens_a_source_that_runs_out():
 
 
 def test_caps_stop_taking_from_a_source():
-    out = list(itertools.islice(mix(_streams(a=None, b=None), {"a": 9, "b": 1}, seed=0,
-                                    caps={"a": 25}), 200))
+    out = list(
+        itertools.islice(
+            mix(_streams(a=None, b=None), {"a": 9, "b": 1}, seed=0, caps={"a": 25}), 200
+        )
+    )
     counts = Counter(n for n, _ in out)
     assert counts == {"a": 25, "b": 175}
     # once every source is capped the mix ends, even with endless sources
@@ -90,8 +107,12 @@ def test_caps_stop_taking_from_a_source():
 
 
 def test_a_cap_of_zero_or_a_weight_of_zero_never_draws():
-    out = list(itertools.islice(mix(_streams(a=None, b=None, c=None), {"a": 1, "b": 0, "c": 1},
-                                    seed=0, caps={"c": 0}), 50))
+    out = list(
+        itertools.islice(
+            mix(_streams(a=None, b=None, c=None), {"a": 1, "b": 0, "c": 1}, seed=0, caps={"c": 0}),
+            50,
+        )
+    )
     assert {n for n, _ in out} == {"a"}
 
 
@@ -101,17 +122,20 @@ def test_caps_with_stop_end_at_the_cap_not_at_exhaustion():
     assert Counter(n for n, _ in out) == {"a": 5, "b": 20}
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"weights": {"a": 1, "z": 1}}, "unknown source"),
-    ({"weights": {"a": 1}}, "no weight for source"),
-    ({"weights": {"a": -1, "b": 1}}, ">= 0"),
-    ({"weights": {"a": float("nan"), "b": 1}}, "finite"),
-    ({"weights": {"a": 0, "b": 0}}, "all zero"),
-    ({"exhausted": "cycle"}, "stop"),
-    ({"exhausted": "resample"}, "reopen"),
-    ({"caps": {"zz": 3}}, "unknown source"),
-    ({"caps": {"a": -2}}, ">= 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"weights": {"a": 1, "z": 1}}, "unknown source"),
+        ({"weights": {"a": 1}}, "no weight for source"),
+        ({"weights": {"a": -1, "b": 1}}, ">= 0"),
+        ({"weights": {"a": float("nan"), "b": 1}}, "finite"),
+        ({"weights": {"a": 0, "b": 0}}, "all zero"),
+        ({"exhausted": "cycle"}, "stop"),
+        ({"exhausted": "resample"}, "reopen"),
+        ({"caps": {"zz": 3}}, "unknown source"),
+        ({"caps": {"a": -2}}, ">= 0"),
+    ],
+)
 def test_bad_arguments_are_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         mix(_streams(a=3, b=3), **kwargs)
@@ -123,17 +147,20 @@ def test_no_sources_is_an_error():
 
 
 def test_a_source_empty_after_reopening_is_a_source_error():
-    it = mix(_streams(a=2, b=None), None, seed=0, exhausted="resample",
-             reopen=lambda name: iter(()))
+    it = mix(
+        _streams(a=2, b=None), None, seed=0, exhausted="resample", reopen=lambda name: iter(())
+    )
     with pytest.raises(SourceError, match="'a' is empty after reopening"):
         list(itertools.islice(it, 100))
 
 
 @settings(max_examples=60, deadline=None)
-@given(sizes=st.lists(st.integers(0, 30), min_size=1, max_size=4),
-       weights=st.lists(st.integers(1, 5), min_size=4, max_size=4),
-       caps=st.lists(st.one_of(st.none(), st.integers(0, 20)), min_size=4, max_size=4),
-       seed=st.integers(0, 2**31))
+@given(
+    sizes=st.lists(st.integers(0, 30), min_size=1, max_size=4),
+    weights=st.lists(st.integers(1, 5), min_size=4, max_size=4),
+    caps=st.lists(st.one_of(st.none(), st.integers(0, 20)), min_size=4, max_size=4),
+    seed=st.integers(0, 2**31),
+)
 def test_every_item_at_most_once_in_order_within_caps(sizes, weights, caps, seed):
     names = [f"s{i}" for i in range(len(sizes))]
     streams = {n: iter(range(s)) for n, s in zip(names, sizes, strict=True)}
@@ -144,5 +171,7 @@ def test_every_item_at_most_once_in_order_within_caps(sizes, weights, caps, seed
         got = [i for name, i in out if name == n]
         assert got == list(range(len(got)))
         assert len(got) <= size and (cap is None or len(got) <= cap)
-    again = list(mix({n: iter(range(s)) for n, s in zip(names, sizes, strict=True)}, w, seed=seed, caps=c))
+    again = list(
+        mix({n: iter(range(s)) for n, s in zip(names, sizes, strict=True)}, w, seed=seed, caps=c)
+    )
     assert out == again

@@ -10,7 +10,16 @@ from helpers import small_config, write_test_shards
 
 import wdstream
 
-cfg = partial(small_config, batch_size=8, num_workers=2, cache_size=16, vision_dim=8, max_audio_length=100, max_text_length=16, persistent_workers=False)
+cfg = partial(
+    small_config,
+    batch_size=8,
+    num_workers=2,
+    cache_size=16,
+    vision_dim=8,
+    max_audio_length=100,
+    max_text_length=16,
+    persistent_workers=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +34,7 @@ def sources(tmp_path_factory):
 
 
 def test_mixing_proportions_sources_recorded_and_deterministic(sources):
-    config = cfg(weights={"big": 3.0, "small": 1.0}, mix_exhausted="resample",
-                 epoch_length=1200)
+    config = cfg(weights={"big": 3.0, "small": 1.0}, mix_exhausted="resample", epoch_length=1200)
     loader = wdstream.make_loader(sources, config)
     batches = list(loader)
     assert len(batches) == len(loader) == 150
@@ -34,7 +42,9 @@ def test_mixing_proportions_sources_recorded_and_deterministic(sources):
     assert set(names) == {"big", "small"}
     share = names["big"] / sum(names.values())
     assert abs(share - 0.75) < 0.04  # 1,200 draws: 3 sigma is about 0.037
-    big_keys = [k for b in batches for k, s in zip(b["keys"], b["sources"], strict=True) if s == "big"]
+    big_keys = [
+        k for b in batches for k, s in zip(b["keys"], b["sources"], strict=True) if s == "big"
+    ]
     assert len(big_keys) == len(set(big_keys))  # one pass over big: no repeat
     again = [b["keys"] for b in wdstream.make_loader(sources, config)]
     assert again == [b["keys"] for b in batches]
@@ -44,8 +54,12 @@ def test_stop_mode_ends_at_the_first_exhausted_source_with_equal_ranks(sources):
     config = cfg(weights={"big": 1.0, "small": 1.0}, mix_exhausted="stop")
     per_rank = [list(wdstream.make_loader(sources, config, rank=r, world=2)) for r in range(2)]
     assert len(per_rank[0]) == len(per_rank[1]) > 0
-    keys = [(s, k) for batches in per_rank for b in batches
-            for k, s in zip(b["keys"], b["sources"], strict=True)]
+    keys = [
+        (s, k)
+        for batches in per_rank
+        for b in batches
+        for k, s in zip(b["keys"], b["sources"], strict=True)
+    ]
     assert len(keys) == len(set(keys))  # stop mode never repeats (keys are per source)
     names = Counter(s for batches in per_rank for b in batches for s in b["sources"])
     # equal weights: the epoch ends when 'small' (300 samples) runs out in some slot, so most
@@ -55,8 +69,12 @@ def test_stop_mode_ends_at_the_first_exhausted_source_with_equal_ranks(sources):
 
 
 def test_caps_hold(sources):
-    config = cfg(weights={"big": 1.0, "small": 1.0}, mix_exhausted="resample",
-                 epoch_length=1600, max_samples_per_dataset=200)
+    config = cfg(
+        weights={"big": 1.0, "small": 1.0},
+        mix_exhausted="resample",
+        epoch_length=1600,
+        max_samples_per_dataset=200,
+    )
     names = Counter(s for b in wdstream.make_loader(sources, config) for s in b["sources"])
     assert names == {"small": 200, "big": 200}  # both capped: the mix ends there
 

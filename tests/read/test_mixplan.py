@@ -26,14 +26,17 @@ def test_weights_are_normalised_and_equal_when_absent():
     assert mix_weights(["b", "a"], {"a": 3, "b": 1}).tolist() == [0.25, 0.75]  # names' order
 
 
-@pytest.mark.parametrize("weights, match", [
-    ({"a": 1, "c": 1}, "unknown source"),
-    ({"a": 1}, "no weight for source"),
-    ({"a": -1, "b": 1}, "finite number >= 0"),
-    ({"a": float("nan"), "b": 1}, "finite number >= 0"),
-    ({"a": True, "b": 1}, "finite number >= 0"),
-    ({"a": 0, "b": 0}, "all zero"),
-])
+@pytest.mark.parametrize(
+    "weights, match",
+    [
+        ({"a": 1, "c": 1}, "unknown source"),
+        ({"a": 1}, "no weight for source"),
+        ({"a": -1, "b": 1}, "finite number >= 0"),
+        ({"a": float("nan"), "b": 1}, "finite number >= 0"),
+        ({"a": True, "b": 1}, "finite number >= 0"),
+        ({"a": 0, "b": 0}, "all zero"),
+    ],
+)
 def test_bad_weights_are_a_config_error_naming_the_source(weights, match):
     with pytest.raises(ConfigError, match=match):
         normalise_weights(["a", "b"], weights)
@@ -49,10 +52,8 @@ def test_an_unknown_mix_mode_is_a_config_error():
 @given(start=st.integers(0, 3000), length=st.integers(0, 200), seed=st.integers(0, 50))
 def test_a_steps_counts_do_not_depend_on_the_steps_drawn_with_it(start, length, seed):
     probs = np.array([0.2, 0.5, 0.3])
-    part = step_counts(probs, 8, seed=seed, epoch=1, generation=0, start=start,
-                       stop=start + length)
-    whole = step_counts(probs, 8, seed=seed, epoch=1, generation=0, start=0,
-                        stop=start + length)
+    part = step_counts(probs, 8, seed=seed, epoch=1, generation=0, start=start, stop=start + length)
+    whole = step_counts(probs, 8, seed=seed, epoch=1, generation=0, start=0, stop=start + length)
     assert (part == whole[start:]).all()
     assert (part.sum(axis=1) == 8).all()
 
@@ -68,6 +69,5 @@ def test_each_source_is_split_over_the_slots_by_its_counts():
     # the mix ends before a step that some source cannot fill on every rank
     used = plan.counts.sum(axis=0) * layout.world
     assert (used <= np.array([500, 300])).all()
-    unshuffled = mix_plan({"a": 500, "b": 300}, None, seed=3, epoch=0, layout=layout,
-                          shuffle=False)
+    unshuffled = mix_plan({"a": 500, "b": 300}, None, seed=3, epoch=0, layout=layout, shuffle=False)
     assert unshuffled.split("a").window == 1  # not shuffled: windows of one sample

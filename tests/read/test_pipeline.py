@@ -37,8 +37,10 @@ def reader(requests=8, block=1 << 20):
 
 
 def keys_of(source, read):
-    return [make_key(read.shard, i) for i in (range(read.first, read.stop)
-                                              if read.wanted is None else read.wanted)]
+    return [
+        make_key(read.shard, i)
+        for i in (range(read.first, read.stop) if read.wanted is None else read.wanted)
+    ]
 
 
 @pytest.mark.parametrize("requests, block", [(0, 1 << 20), (8, 1), (3, 2000)])
@@ -51,10 +53,19 @@ def test_exact_chain_emits_each_slot_in_the_oracles_order(source, requests, bloc
             plan = pool.slot(layout, rank, worker)
             span = [k for r in plan.reads for k in keys_of(source, r)]
             expected = [span[i] for i in oracle.emission(plan.length, 7, plan.seed)]
-            batches = list(pipeline.exact(plan, source, reader(requests, block), decode,
-                                          ErrorBudget(0), collate=list, batch_size=3))
+            batches = list(
+                pipeline.exact(
+                    plan,
+                    source,
+                    reader(requests, block),
+                    decode,
+                    ErrorBudget(0),
+                    collate=list,
+                    batch_size=3,
+                )
+            )
             got = [s["key"] for b in batches for s in b]
-            assert got == expected[:len(got)] and len(batches) == plan.length // 3
+            assert got == expected[: len(got)] and len(batches) == plan.length // 3
             assert all(s["source"] == source.name for b in batches for s in b)
             seen.update(got)
     assert all(n == 1 for n in seen.values()) and sum(seen.values()) == 36  # 40 // 12 * 12
@@ -68,8 +79,9 @@ def test_bad_samples_keep_their_place_as_marked_fillers(source):
 
     plan = epoch_plan(source.sizes, seed=0, epoch=0).slot(Layout(1, 1, 4, 8), 0, 0)
     budget = ErrorBudget(-1)
-    batches = list(pipeline.exact(plan, source, reader(), picky, budget, collate=list,
-                                  batch_size=4))
+    batches = list(
+        pipeline.exact(plan, source, reader(), picky, budget, collate=list, batch_size=4)
+    )
     assert len(batches) == 10 and all(len(b) == 4 for b in batches)
     bad = sum(1 for b in batches for s in b if s.get("filler"))
     assert bad == budget.counts["undecodable image"] == budget.placeholders > 0
@@ -93,11 +105,30 @@ def test_streaming_chain_reads_each_shard_once_split_over_workers(source):
     listed = resolve_source(urls, small_config())
     keys: Counter = Counter()
     for worker in range(3):
-        plan = stream_plan(len(urls), seed=1, epoch=0, rank=0, worker=worker, workers=3,
-                           shuffle=True, cache_size=6, endless=False)
-        out = list(pipeline.streaming(plan, listed, reader(), decode, ErrorBudget(0),
-                                      collate=list, batch_size=5, n_batches=None,
-                                      drop_last=False))
+        plan = stream_plan(
+            len(urls),
+            seed=1,
+            epoch=0,
+            rank=0,
+            worker=worker,
+            workers=3,
+            shuffle=True,
+            cache_size=6,
+            endless=False,
+        )
+        out = list(
+            pipeline.streaming(
+                plan,
+                listed,
+                reader(),
+                decode,
+                ErrorBudget(0),
+                collate=list,
+                batch_size=5,
+                n_batches=None,
+                drop_last=False,
+            )
+        )
         keys.update(s["key"] for b in out for s in b)
     assert sorted(keys) == sorted(make_key(p, r) for p, n in enumerate(SIZES) for r in range(n))
     assert set(keys.values()) == {1}

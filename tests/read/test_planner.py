@@ -18,9 +18,15 @@ from wdstream.read.mixplan import mix_plan, mix_weights, mixed_epoch, step_count
 from wdstream.read.planner import INF, Layout, Read, epoch_plan, layout_split
 
 sizes_st = st.lists(st.integers(0, 30), min_size=1, max_size=8)
-layout_st = st.builds(Layout, world=st.integers(1, 4), workers=st.integers(1, 3),
-                      batch_size=st.integers(1, 5), cache_size=st.integers(0, 25),
-                      drop_last=st.booleans(), lanes=st.sampled_from([0, 0, 1, 2, 3, 5]))
+layout_st = st.builds(
+    Layout,
+    world=st.integers(1, 4),
+    workers=st.integers(1, 3),
+    batch_size=st.integers(1, 5),
+    cache_size=st.integers(0, 25),
+    drop_last=st.booleans(),
+    lanes=st.sampled_from([0, 0, 1, 2, 3, 5]),
+)
 
 
 def expand(segs) -> list[int]:
@@ -46,8 +52,9 @@ def read_positions(reads: list[Read], sizes) -> list[int]:
     return out
 
 
-def check_generation(pool, opool, layout, k, *, sizes, order, seed, epoch, generation,
-                     shuffle=True, single=False):
+def check_generation(
+    pool, opool, layout, k, *, sizes, order, seed, epoch, generation, shuffle=True, single=False
+):
     """Compare one generation of the planner with the oracle; returns (oracle slots, rest,
     real items emitted per slot as root indices, fillers emitted)."""
     assert pool.length == len(opool)
@@ -57,10 +64,17 @@ def check_generation(pool, opool, layout, k, *, sizes, order, seed, epoch, gener
     assert list(split.lengths) == lengths and pool.batches_per_rank(layout) == n_batches
     assert split.rank_length == n_batches * layout.batch_size  # equal batches per rank
     emitted = oracle.layout_emitted(k, layout)
-    slots, rest = oracle.run_generation(opool, layout.world, lengths,
-                                        oracle.window_of(layout.cache_size, shuffle), emitted,
-                                        seed=seed, epoch=epoch, generation=generation,
-                                        single=single)
+    slots, rest = oracle.run_generation(
+        opool,
+        layout.world,
+        lengths,
+        oracle.window_of(layout.cache_size, shuffle),
+        emitted,
+        seed=seed,
+        epoch=epoch,
+        generation=generation,
+        single=single,
+    )
     real_emitted: list[int] = []
     fillers = 0
     for (rank, worker), o in slots.items():
@@ -86,17 +100,24 @@ def check_generation(pool, opool, layout, k, *, sizes, order, seed, epoch, gener
 
 
 @settings(max_examples=1000, deadline=None)
-@given(sizes=sizes_st, layouts=st.lists(layout_st, min_size=1, max_size=4),
-       stops=st.lists(st.floats(0, 1), min_size=3, max_size=3), seed=st.integers(0, 5),
-       epoch=st.integers(0, 2), shuffle=st.booleans())
-def test_chain_of_resumes_matches_oracle_and_is_exactly_once(sizes, layouts, stops, seed, epoch,
-                                                            shuffle):
+@given(
+    sizes=sizes_st,
+    layouts=st.lists(layout_st, min_size=1, max_size=4),
+    stops=st.lists(st.floats(0, 1), min_size=3, max_size=3),
+    seed=st.integers(0, 5),
+    epoch=st.integers(0, 2),
+    shuffle=st.booleans(),
+)
+def test_chain_of_resumes_matches_oracle_and_is_exactly_once(
+    sizes, layouts, stops, seed, epoch, shuffle
+):
     """Up to three elastic resumes (each with its own layout), the last run to the end; the
     epoch order interleaved in lanes as the first layout says (0: the old order)."""
     total = sum(sizes)
     first = layouts[0]
-    order = oracle.epoch_positions(sizes, seed, epoch, shuffle, lanes=first.lanes,
-                                   window=first.cache_size)
+    order = oracle.epoch_positions(
+        sizes, seed, epoch, shuffle, lanes=first.lanes, window=first.cache_size
+    )
     pool = epoch_plan(sizes, seed=seed, epoch=epoch, shuffle=shuffle, layout=first)
     opool = list(range(total))
     delivered: Counter = Counter()
@@ -106,8 +127,18 @@ def test_chain_of_resumes_matches_oracle_and_is_exactly_once(sizes, layouts, sto
         n_batches = pool.batches_per_rank(layout)
         k = n_batches if last else int(stops[generation] * n_batches)
         opool_next, real, fillers = check_generation(
-            pool, opool, layout, k, sizes=sizes, order=order, seed=seed, epoch=epoch,
-            generation=generation, shuffle=shuffle, single=first.lanes > 0)
+            pool,
+            opool,
+            layout,
+            k,
+            sizes=sizes,
+            order=order,
+            seed=seed,
+            epoch=epoch,
+            generation=generation,
+            shuffle=shuffle,
+            single=first.lanes > 0,
+        )
         delivered.update(real)
         step = layout.world * layout.batch_size
         if last:
@@ -126,26 +157,53 @@ def test_chain_of_resumes_matches_oracle_and_is_exactly_once(sizes, layouts, sto
     assert len(opool) < layouts[-1].world * layouts[-1].batch_size
 
 
-padded_st = st.builds(Layout, world=st.integers(1, 3), workers=st.integers(1, 3),
-                      batch_size=st.integers(2, 6), cache_size=st.integers(10, 60),
-                      drop_last=st.just(False))
+padded_st = st.builds(
+    Layout,
+    world=st.integers(1, 3),
+    workers=st.integers(1, 3),
+    batch_size=st.integers(2, 6),
+    cache_size=st.integers(10, 60),
+    drop_last=st.just(False),
+)
 
 
 @settings(max_examples=150, deadline=None)
-@given(sizes=st.lists(st.integers(0, 12), min_size=1, max_size=4), first=padded_st,
-       second=layout_st, back=st.integers(0, 2), seed=st.integers(0, 5))
+@given(
+    sizes=st.lists(st.integers(0, 12), min_size=1, max_size=4),
+    first=padded_st,
+    second=layout_st,
+    back=st.integers(0, 2),
+    seed=st.integers(0, 5),
+)
 def test_stop_in_the_window_where_padding_starts(sizes, first, second, back, seed):
     """Stopping near the end of a padded epoch: the slot holding the pool's end has a window
     of real items and fillers; only its real, unemitted items are left."""
     pool = epoch_plan(sizes, seed=seed, epoch=0)
     k = max(0, pool.batches_per_rank(first) - 1 - back)
     order = oracle.epoch_positions(sizes, seed, 0)
-    rest, real, _ = check_generation(pool, list(range(pool.length)), first, k, sizes=sizes,
-                                     order=order, seed=seed, epoch=0, generation=0)
+    rest, real, _ = check_generation(
+        pool,
+        list(range(pool.length)),
+        first,
+        k,
+        sizes=sizes,
+        order=order,
+        seed=seed,
+        epoch=0,
+        generation=0,
+    )
     nxt = pool.after_batches(first, k)
-    rest2, real2, _ = check_generation(nxt, rest, second, nxt.batches_per_rank(second),
-                                       sizes=sizes, order=order, seed=seed, epoch=0,
-                                       generation=1)
+    rest2, real2, _ = check_generation(
+        nxt,
+        rest,
+        second,
+        nxt.batches_per_rank(second),
+        sizes=sizes,
+        order=order,
+        seed=seed,
+        epoch=0,
+        generation=1,
+    )
     assert sorted([*real, *real2, *rest2]) == list(range(sum(sizes)))
 
 
@@ -156,16 +214,22 @@ def test_stop_in_a_window_of_fillers_only(seed):
     layout = Layout(world=2, workers=1, batch_size=3, cache_size=20, drop_last=False)
     pool = epoch_plan([8], seed=seed, epoch=0)
     order = oracle.epoch_positions([8], seed, 0)
-    rest, real, fillers = check_generation(pool, list(range(8)), layout, 1, sizes=[8],
-                                           order=order, seed=seed, epoch=0, generation=0)
+    rest, real, fillers = check_generation(
+        pool, list(range(8)), layout, 1, sizes=[8], order=order, seed=seed, epoch=0, generation=0
+    )
     assert fillers == 1 and len(real) == 5
     nxt = pool.after_batches(layout, 1)
     assert nxt.length == len(rest) == 3 and expand(nxt.segments(0, 8)) == rest
 
 
 @settings(max_examples=40, deadline=None)
-@given(sizes=sizes_st, layout=layout_st, seed=st.integers(0, 100), stop=st.floats(0, 1),
-       second=layout_st)
+@given(
+    sizes=sizes_st,
+    layout=layout_st,
+    seed=st.integers(0, 100),
+    stop=st.floats(0, 1),
+    second=layout_st,
+)
 def test_same_inputs_same_reads_and_order(sizes, layout, seed, stop, second):
     def plans():
         pool = epoch_plan(list(sizes), seed=seed, epoch=1)
@@ -175,9 +239,22 @@ def test_same_inputs_same_reads_and_order(sizes, layout, seed, stop, second):
         for r in range(second.world):
             for w in range(second.workers):
                 p = pool.slot(second, r, w)
-                out.append(([(x.shard, x.first, x.stop, None if x.wanted is None
-                               else x.wanted.tolist()) for x in p.reads],
-                             p.emission().tolist(), p.real, p.seed))
+                out.append(
+                    (
+                        [
+                            (
+                                x.shard,
+                                x.first,
+                                x.stop,
+                                None if x.wanted is None else x.wanted.tolist(),
+                            )
+                            for x in p.reads
+                        ],
+                        p.emission().tolist(),
+                        p.real,
+                        p.seed,
+                    )
+                )
         return out
 
     assert plans() == plans()
@@ -191,10 +268,16 @@ def test_different_epoch_different_order():
 
 
 @settings(max_examples=150, deadline=None)
-@given(sizes=sizes_st, seed=st.integers(0, 9), shuffle=st.booleans(), passes=st.integers(1, 3),
-       lo=st.integers(0, 40), lanes=st.sampled_from([0, 2, 3, 8]), cache=st.integers(1, 40))
-def test_reads_follow_the_epoch_order_also_cyclic(sizes, seed, shuffle, passes, lo, lanes,
-                                                  cache):
+@given(
+    sizes=sizes_st,
+    seed=st.integers(0, 9),
+    shuffle=st.booleans(),
+    passes=st.integers(1, 3),
+    lo=st.integers(0, 40),
+    lanes=st.sampled_from([0, 2, 3, 8]),
+    cache=st.integers(1, 40),
+)
+def test_reads_follow_the_epoch_order_also_cyclic(sizes, seed, shuffle, passes, lo, lanes, cache):
     total = sum(sizes)
     layout = Layout(1, 1, 1, cache, lanes=lanes)
     flat = epoch_plan(sizes, seed=seed, epoch=3, shuffle=shuffle, layout=layout)
@@ -203,12 +286,14 @@ def test_reads_follow_the_epoch_order_also_cyclic(sizes, seed, shuffle, passes, 
     cyc = epoch_plan(sizes, seed=seed, epoch=3, shuffle=shuffle, cyclic=True, layout=layout)
     assert cyc.length == (INF if total else 0)
     if total:
-        want = [p for n in range(passes + 1)
-                for p in oracle.epoch_positions(sizes, seed, 3, shuffle, n, lanes=lanes,
-                                                window=cache)]
+        want = [
+            p
+            for n in range(passes + 1)
+            for p in oracle.epoch_positions(sizes, seed, 3, shuffle, n, lanes=lanes, window=cache)
+        ]
         lo = min(lo, total * passes)
         got = read_positions(cyc.reads(lo, total * passes), sizes)
-        assert got == want[lo:total * passes]
+        assert got == want[lo : total * passes]
         idx = np.arange(lo, total * passes, 3)  # sorted index arrays map too
         assert read_positions(cyc.root.to_reads([idx]), sizes) == [want[i] for i in idx]
 
@@ -243,7 +328,14 @@ def test_window_arithmetic_matches_explicit_sizes(n, cache):
 
 def test_windows_grow_to_cache_size():
     assert [b - a for _, a, b in windows.iter_windows(4000, 1000)][:7] == [
-        100, 200, 400, 800, 1000, 1000, 500]
+        100,
+        200,
+        400,
+        800,
+        1000,
+        1000,
+        500,
+    ]
     assert windows.growth_sizes(1) == windows.growth_sizes(0) == ()
     assert [b - a for _, a, b in windows.iter_windows(3, 0)] == [1, 1, 1]
 
@@ -262,15 +354,27 @@ def test_fillers_are_flagged_and_never_consumed():
 def test_medium_chain_with_many_windows():
     """~15k samples in uneven shards, spans of many full windows, three layouts."""
     sizes = np.random.default_rng(7).integers(0, 500, 60).tolist()
-    chain = [(Layout(8, 3, 7, 100, drop_last=False), 0.4), (Layout(5, 2, 16, 64), 0.7),
-             (Layout(3, 4, 5, 200, drop_last=False), 1.0)]
+    chain = [
+        (Layout(8, 3, 7, 100, drop_last=False), 0.4),
+        (Layout(5, 2, 16, 64), 0.7),
+        (Layout(3, 4, 5, 200, drop_last=False), 1.0),
+    ]
     order = oracle.epoch_positions(sizes, 11, 2)
     pool, opool = epoch_plan(sizes, seed=11, epoch=2), list(range(sum(sizes)))
     delivered: Counter = Counter()
     for generation, (layout, stop) in enumerate(chain):
         k = int(stop * pool.batches_per_rank(layout))
-        opool, real, _ = check_generation(pool, opool, layout, k, sizes=sizes, order=order,
-                                          seed=11, epoch=2, generation=generation)
+        opool, real, _ = check_generation(
+            pool,
+            opool,
+            layout,
+            k,
+            sizes=sizes,
+            order=order,
+            seed=11,
+            epoch=2,
+            generation=generation,
+        )
         delivered.update(real)
         pool = pool.after_batches(layout, k)
     assert opool == [] and pool.length == 0
@@ -293,6 +397,7 @@ def test_large_plan_touches_only_its_runs():
 
 
 # -- mixing -----------------------------------------------------------------------------------
+
 
 def test_mixed_stop_equal_batches_and_maximal():
     sources = {"a": [40] * 30, "b": [25] * 12, "c": [7] * 50}
@@ -322,8 +427,15 @@ def test_mixed_stop_equal_batches_and_maximal():
 def test_mixed_proportions_over_many_steps():
     layout = Layout(world=4, workers=2, batch_size=32, cache_size=100)
     weights = {"x": 0.7, "y": 0.2, "z": 0.1}
-    plan = mix_plan({"x": 1, "y": 1, "z": 1}, weights, seed=0, epoch=0, layout=layout,
-                    mode="resample", samples=4 * 32 * 5000)
+    plan = mix_plan(
+        {"x": 1, "y": 1, "z": 1},
+        weights,
+        seed=0,
+        epoch=0,
+        layout=layout,
+        mode="resample",
+        samples=4 * 32 * 5000,
+    )
     assert plan.batches == 5000
     share = plan.counts.sum(axis=0) / plan.counts.sum()
     assert np.allclose(share, [0.7, 0.2, 0.1], atol=0.01)
@@ -334,23 +446,32 @@ def test_mixed_resample_needs_samples_and_nonempty_sources():
     with pytest.raises(ValueError):
         mix_plan({"a": 5}, None, seed=0, epoch=0, layout=layout, mode="resample")
     with pytest.raises(ValueError):
-        mix_plan({"a": 0, "b": 5}, None, seed=0, epoch=0, layout=layout, mode="resample",
-                 samples=8)
+        mix_plan({"a": 0, "b": 5}, None, seed=0, epoch=0, layout=layout, mode="resample", samples=8)
 
 
-mix_layout_st = st.builds(Layout, world=st.integers(1, 3), workers=st.integers(1, 3),
-                          batch_size=st.integers(1, 6), cache_size=st.integers(0, 20),
-                          lanes=st.sampled_from([0, 3]))
+mix_layout_st = st.builds(
+    Layout,
+    world=st.integers(1, 3),
+    workers=st.integers(1, 3),
+    batch_size=st.integers(1, 6),
+    cache_size=st.integers(0, 20),
+    lanes=st.sampled_from([0, 3]),
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(sizes=st.lists(sizes_st, min_size=1, max_size=3),
-       weights=st.lists(st.integers(1, 5), min_size=3, max_size=3),
-       layouts=st.lists(mix_layout_st, min_size=1, max_size=3),
-       stops=st.lists(st.floats(0, 1), min_size=2, max_size=2), seed=st.integers(0, 5),
-       resample=st.booleans(), samples=st.integers(0, 300))
-def test_mixed_chain_matches_oracle_and_is_exactly_once(sizes, weights, layouts, stops, seed,
-                                                        resample, samples):
+@given(
+    sizes=st.lists(sizes_st, min_size=1, max_size=3),
+    weights=st.lists(st.integers(1, 5), min_size=3, max_size=3),
+    layouts=st.lists(mix_layout_st, min_size=1, max_size=3),
+    stops=st.lists(st.floats(0, 1), min_size=2, max_size=2),
+    seed=st.integers(0, 5),
+    resample=st.booleans(),
+    samples=st.integers(0, 300),
+)
+def test_mixed_chain_matches_oracle_and_is_exactly_once(
+    sizes, weights, layouts, stops, seed, resample, samples
+):
     names = [f"s{i}" for i in range(len(sizes))]
     sources = dict(zip(names, sizes, strict=False))
     w = dict(zip(names, weights, strict=False))
@@ -361,18 +482,42 @@ def test_mixed_chain_matches_oracle_and_is_exactly_once(sizes, weights, layouts,
     probs = mix_weights(sorted(names), w)
     history = []
     for g in range(len(layouts) - 1):
-        plan, _ = mixed_epoch(sources, w, seed=seed, epoch=0, layout=layouts[g], mode=mode,
-                              history=history, samples=samples if resample else None)
+        plan, _ = mixed_epoch(
+            sources,
+            w,
+            seed=seed,
+            epoch=0,
+            layout=layouts[g],
+            mode=mode,
+            history=history,
+            samples=samples if resample else None,
+        )
         history.append((layouts[g], int(stops[g] * plan.batches)))
     horizon = {n: totals[n] * (samples // max(1, totals[n]) + 2) for n in names}
-    gens, rest = oracle.mixed_chain(totals, probs, history, layouts[-1], seed=seed, epoch=0,
-                                    mode=mode, samples=samples if resample else None,
-                                    horizon=horizon if resample else None,
-                                    single=layouts[0].lanes > 0)
+    gens, rest = oracle.mixed_chain(
+        totals,
+        probs,
+        history,
+        layouts[-1],
+        seed=seed,
+        epoch=0,
+        mode=mode,
+        samples=samples if resample else None,
+        horizon=horizon if resample else None,
+        single=layouts[0].lanes > 0,
+    )
     delivered: dict[str, Counter] = {n: Counter() for n in names}
     for g, gen in enumerate(gens):
-        plan, pools = mixed_epoch(sources, w, seed=seed, epoch=0, layout=layouts[g], mode=mode,
-                                  history=history[:g], samples=samples if resample else None)
+        plan, pools = mixed_epoch(
+            sources,
+            w,
+            seed=seed,
+            epoch=0,
+            layout=layouts[g],
+            mode=mode,
+            history=history[:g],
+            samples=samples if resample else None,
+        )
         assert plan.counts.tolist() == gen["counts"].tolist()
         k = history[g][1] if g < len(history) else plan.batches
         for name in names:
@@ -397,32 +542,65 @@ def test_mixed_chain_matches_oracle_and_is_exactly_once(sizes, weights, layouts,
 
 
 @settings(max_examples=60, deadline=None)
-@given(sizes=st.lists(st.integers(0, 60), min_size=1, max_size=4), cap=st.integers(0, 150),
-       world=st.integers(1, 3), batch=st.integers(1, 6), stop=st.integers(0, 20),
-       mode=st.sampled_from(["stop", "resample"]))
-def test_capped_sources_never_pass_their_cap_across_a_resume(sizes, cap, world, batch, stop,
-                                                             mode):
+@given(
+    sizes=st.lists(st.integers(0, 60), min_size=1, max_size=4),
+    cap=st.integers(0, 150),
+    world=st.integers(1, 3),
+    batch=st.integers(1, 6),
+    stop=st.integers(0, 20),
+    mode=st.sampled_from(["stop", "resample"]),
+)
+def test_capped_sources_never_pass_their_cap_across_a_resume(sizes, cap, world, batch, stop, mode):
     """max_samples_per_dataset: each source gives at most ``cap`` samples in the epoch, over
     every rank and both generations; batches stay full and equal; the draws are seeded."""
     sources = {"a": sizes, "b": [7, 0, 30]}
     samples = 400 if mode == "resample" else None
     old = Layout(world, 2, batch, 8)
     caps = {"a": cap, "b": 3 * cap}
-    plan, _ = mixed_epoch(sources, {"a": 1.0, "b": 2.0}, seed=3, epoch=0, layout=old,
-                          mode=mode, samples=samples, caps=caps)
+    plan, _ = mixed_epoch(
+        sources,
+        {"a": 1.0, "b": 2.0},
+        seed=3,
+        epoch=0,
+        layout=old,
+        mode=mode,
+        samples=samples,
+        caps=caps,
+    )
     k = min(stop, plan.batches)
     new = Layout(world % 3 + 1, 3, batch, 8)
-    again, pools = mixed_epoch(sources, {"a": 1.0, "b": 2.0}, seed=3, epoch=0, layout=new,
-                               mode=mode, samples=samples, caps=caps, history=[(old, k)])
+    again, pools = mixed_epoch(
+        sources,
+        {"a": 1.0, "b": 2.0},
+        seed=3,
+        epoch=0,
+        layout=new,
+        mode=mode,
+        samples=samples,
+        caps=caps,
+        history=[(old, k)],
+    )
     assert (plan.counts.sum(axis=1) == batch).all() and (again.counts.sum(axis=1) == batch).all()
     given_ = plan.counts[:k].sum(axis=0) * old.world + again.counts.sum(axis=0) * new.world
     assert given_[0] <= cap and given_[1] <= 3 * cap
     if mode == "stop":
         assert (given_ <= [sum(sizes), 37]).all()
     for name in ("a", "b"):  # each source's slots read exactly what the counts ask for
-        total = sum(pools[name].slot(again.split(name), r, w).length
-                    for r in range(new.world) for w in range(new.workers))
+        total = sum(
+            pools[name].slot(again.split(name), r, w).length
+            for r in range(new.world)
+            for w in range(new.workers)
+        )
         assert total == again.counts[:, again.names.index(name)].sum() * new.world
-    same, _ = mixed_epoch(sources, {"a": 1.0, "b": 2.0}, seed=3, epoch=0, layout=new,
-                          mode=mode, samples=samples, caps=caps, history=[(old, k)])
+    same, _ = mixed_epoch(
+        sources,
+        {"a": 1.0, "b": 2.0},
+        seed=3,
+        epoch=0,
+        layout=new,
+        mode=mode,
+        samples=samples,
+        caps=caps,
+        history=[(old, k)],
+    )
     assert (same.counts == again.counts).all()

@@ -19,7 +19,16 @@ from helpers import small_config, write_test_shards
 import wdstream
 from wdstream.demo.data import encode_image
 
-cfg = partial(small_config, batch_size=2, num_workers=0, cache_size=4, vision_dim=16, max_audio_length=200, max_text_length=16, persistent_workers=False)
+cfg = partial(
+    small_config,
+    batch_size=2,
+    num_workers=0,
+    cache_size=4,
+    vision_dim=16,
+    max_audio_length=200,
+    max_text_length=16,
+    persistent_workers=False,
+)
 
 
 def write_tar(path, members, gz=False):
@@ -38,8 +47,11 @@ def img2dataset_members(n, start=0):
     out = []
     for i in range(start, start + n):
         key = f"{i:09d}"
-        out += [(f"{key}.jpg", encode_image(rng, 30, 20)), (f"{key}.txt", f"photo {i}".encode()),
-                (f"{key}.json", json.dumps({"url": f"http://x/{i}.jpg", "caption": "c"}).encode())]
+        out += [
+            (f"{key}.jpg", encode_image(rng, 30, 20)),
+            (f"{key}.txt", f"photo {i}".encode()),
+            (f"{key}.json", json.dumps({"url": f"http://x/{i}.jpg", "caption": "c"}).encode()),
+        ]
     return out
 
 
@@ -71,8 +83,11 @@ def test_corrupt_samples_are_skipped_counted_and_logged(tmp_path, caplog):
     members += [("000000003.cls", b"1")]  # non-adjacent member of an earlier key
     write_tar(tmp_path / "bad.tar", members)
     with caplog.at_level(logging.WARNING, logger="wdstream"):
-        keys = [k for b in wdstream.make_loader(str(tmp_path / "bad.tar"), cfg(drop_last=False))
-                for k in b["keys"]]
+        keys = [
+            k
+            for b in wdstream.make_loader(str(tmp_path / "bad.tar"), cfg(drop_last=False))
+            for k in b["keys"]
+        ]
     assert sorted(keys) == ["000000001", "000000003", "000000004", "000000005"]
     text = caplog.text
     assert "bad.tar key 000000000" in text and "image" in text
@@ -88,9 +103,13 @@ def test_truncated_shard_is_skipped_with_its_url(tmp_path, caplog):
     data = (tmp_path / "cut.tar").read_bytes()
     (tmp_path / "cut.tar").write_bytes(data[: len(data) // 3])
     with caplog.at_level(logging.WARNING, logger="wdstream"):
-        keys = [k for b in wdstream.make_loader([str(tmp_path / "good.tar"),
-                                                 str(tmp_path / "cut.tar")],
-                                                cfg(drop_last=False)) for k in b["keys"]]
+        keys = [
+            k
+            for b in wdstream.make_loader(
+                [str(tmp_path / "good.tar"), str(tmp_path / "cut.tar")], cfg(drop_last=False)
+            )
+            for k in b["keys"]
+        ]
     assert set(keys) >= {f"{i:09d}" for i in range(4)}
     assert len(keys) < 8
     assert "cut.tar" in caplog.text and "unreadable shard" in caplog.text
@@ -105,8 +124,9 @@ def test_truncated_shard_in_exact_mode_keeps_batches_equal(tmp_path):
     batches = list(loader)
     assert len(batches) == len(loader) == 10  # every planned batch is still delivered
     assert all(len(b["keys"]) == 2 for b in batches)
-    real = [k for b in batches for k, f in zip(b["keys"], b["is_filler"].tolist(), strict=True)
-            if not f]
+    real = [
+        k for b in batches for k, f in zip(b["keys"], b["is_filler"].tolist(), strict=True) if not f
+    ]
     fillers = sum(int(b["is_filler"].sum()) for b in batches)
     assert len(set(real)) == len(real) and 10 <= len(real) < 20  # the cut samples are fillers
     assert fillers == 20 - len(real)
@@ -121,8 +141,9 @@ def test_error_tolerance_stops_the_loader_with_counts(tmp_path):
         list(wdstream.make_loader(str(tmp_path / "junk.tar"), cfg(error_tolerance=3)))
     # in a worker process too: the error reaches the training loop, no silent death
     with pytest.raises(Exception, match="tolerance"):
-        list(wdstream.make_loader(str(tmp_path / "junk.tar"), cfg(error_tolerance=3,
-                                                                   num_workers=1)))
+        list(
+            wdstream.make_loader(str(tmp_path / "junk.tar"), cfg(error_tolerance=3, num_workers=1))
+        )
 
 
 # -- unreachable sources and the fallback ----------------------------------------------
@@ -157,9 +178,15 @@ def test_missing_bucket_missing_prefix_no_credentials_refused_connection(s3, mon
 def test_synthetic_fallback_warns_once_and_flags_batches(s3, caplog):
     opts = s3["storage_options"]
     with caplog.at_level(logging.WARNING, logger="wdstream"):
-        loader = wdstream.make_loader("s3://test/not-there", cfg(
-            storage_options=opts, fallback="synthetic", synthetic_samples=10,
-            modalities=("text", "image")))
+        loader = wdstream.make_loader(
+            "s3://test/not-there",
+            cfg(
+                storage_options=opts,
+                fallback="synthetic",
+                synthetic_samples=10,
+                modalities=("text", "image"),
+            ),
+        )
         batches = list(loader)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "SYNTHETIC" in warnings[0].getMessage()

@@ -85,16 +85,23 @@ def test_killed_conversion_resumes_to_the_same_result(small_hf_dataset, tmp_path
     os.makedirs(out)
     watcher = TarWatcher(out)
     watcher.start()
-    child = subprocess.Popen([sys.executable, "-c", CHILD, small_hf_dataset, out],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, small_hf_dataset, out],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     killed_with = None
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and child.poll() is None:
-            parts = os.listdir(os.path.join(out, "_partitions")) \
-                if os.path.isdir(os.path.join(out, "_partitions")) else []
-            partial = [n for n in os.listdir(out)
-                       if ".partial-" in n and not n.startswith(".shard-00000-")]
+            parts = (
+                os.listdir(os.path.join(out, "_partitions"))
+                if os.path.isdir(os.path.join(out, "_partitions"))
+                else []
+            )
+            partial = [
+                n for n in os.listdir(out) if ".partial-" in n and not n.startswith(".shard-00000-")
+            ]
             if "part-00000.json" in parts and partial:
                 child.send_signal(signal.SIGKILL)
                 killed_with = (sorted(parts), partial)
@@ -115,10 +122,12 @@ def test_killed_conversion_resumes_to_the_same_result(small_hf_dataset, tmp_path
     watcher.join()
     assert watcher.bad == [] and watcher.checked > 0
 
-    clean = convert(small_hf_dataset, str(tmp_path / "clean"), max_samples_per_shard=4,
-                    workers=1, quiet=True)
-    assert [(s.url, s.samples, s.sha256) for s in manifest.shards] == \
-        [(s.url, s.samples, s.sha256) for s in clean.shards]
+    clean = convert(
+        small_hf_dataset, str(tmp_path / "clean"), max_samples_per_shard=4, workers=1, quiet=True
+    )
+    assert [(s.url, s.samples, s.sha256) for s in manifest.shards] == [
+        (s.url, s.samples, s.sha256) for s in clean.shards
+    ]
     keys = _keys(out)
     assert len(keys) == len(set(keys)) == 48
     assert sorted(keys) == sorted(_keys(str(tmp_path / "clean")))
@@ -154,5 +163,6 @@ def test_manifest_rewritten_when_only_it_is_missing(small_hf_dataset, tmp_path):
     os.remove(out / "manifest.json")
     again = convert(small_hf_dataset, str(out), max_samples_per_shard=5, workers=1, quiet=True)
     assert again.to_dict() == first.to_dict()
-    assert {n: (out / n).stat().st_mtime_ns for n in os.listdir(out) if n.endswith(".tar")} \
-        == before  # no shard rewritten
+    assert {
+        n: (out / n).stat().st_mtime_ns for n in os.listdir(out) if n.endswith(".tar")
+    } == before  # no shard rewritten

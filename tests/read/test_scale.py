@@ -53,10 +53,20 @@ SCRIPT = textwrap.dedent("""
 
 def _manifest(folder, shards: int) -> str:
     names = "\n".join(f"shard-{i // 1000:05d}-{i % 1000:05d}.tar" for i in range(shards))
-    head = {"format": "wdstream-manifest", "version": 2, "samples": shards * PER_SHARD,
-            "bytes": 0, "source": {"name": "scale"}, "details": "manifest.details.json",
-            "shards": {"count": shards, "names": names, "samples": [[PER_SHARD, shards]],
-                       "index": {"suffix": ".idx"}}}
+    head = {
+        "format": "wdstream-manifest",
+        "version": 2,
+        "samples": shards * PER_SHARD,
+        "bytes": 0,
+        "source": {"name": "scale"},
+        "details": "manifest.details.json",
+        "shards": {
+            "count": shards,
+            "names": names,
+            "samples": [[PER_SHARD, shards]],
+            "index": {"suffix": ".idx"},
+        },
+    }
     os.makedirs(folder)
     path = os.path.join(folder, "manifest.json")
     with open(path, "w") as f:
@@ -69,8 +79,14 @@ def test_planning_100m_samples_stays_small_in_memory(tmp_path):
     big = _manifest(str(tmp_path / "big"), SHARDS)
     small = _manifest(str(tmp_path / "small"), 1)
     env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, big, small], env=env, check=True,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, big, small],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     got = json.loads(done.stdout.strip().splitlines()[-1])
     k = SHARDS * PER_SHARD // (2048 * 32)
     assert got["batches"] == k == 1525

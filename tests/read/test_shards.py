@@ -13,7 +13,15 @@ from helpers import read_span, small_config, write_test_shards
 
 import wdstream
 
-cfg = partial(small_config, batch_size=4, num_workers=0, cache_size=8, vision_dim=16, max_audio_length=100, max_text_length=16)
+cfg = partial(
+    small_config,
+    batch_size=4,
+    num_workers=0,
+    cache_size=8,
+    vision_dim=16,
+    max_audio_length=100,
+    max_text_length=16,
+)
 
 
 def test_shard_cache_keeps_recent_shards_within_its_byte_bound(tmp_path):
@@ -41,14 +49,18 @@ def test_shard_cache_under_churn_from_many_fetch_threads(tmp_path):
     download, evict and open at once, and every sample still arrives, none skipped."""
     src = str(tmp_path / "ds")
     m = write_test_shards(src, [9] * 6, audio=False, image_px=(8, 12))
-    config = cfg(local_cache_dir=str(tmp_path / "cache"), read_ahead_requests=8,
-                 local_cache_bytes=max(s.bytes for s in m.shards), cache_size=24,
-                 shuffle_lanes=6, batch_size=6)
+    config = cfg(
+        local_cache_dir=str(tmp_path / "cache"),
+        read_ahead_requests=8,
+        local_cache_bytes=max(s.bytes for s in m.shards),
+        cache_size=24,
+        shuffle_lanes=6,
+        batch_size=6,
+    )
     loader = wdstream.make_loader(src, config)
     keys = [k for b in loader for k in b["keys"]]
     assert sorted(keys) == sorted({*keys}) and len(keys) == 54
     assert loader.stats()[0]["skipped"] == {}
-
 
 
 class RangeHandler(SimpleHTTPRequestHandler):
@@ -129,8 +141,11 @@ def test_a_shard_that_does_not_match_its_binary_index_is_a_counted_error(tmp_pat
         for i in range(4):
             w.write(f"{prefix}{i}", {"txt": b"caption"})
         infos[folder] = w.close()[0]
-    shard = ShardRef(url=str(tmp_path / "a" / infos["a"].url), samples=4,
-                     index_url=str(tmp_path / "a" / infos["a"].index))
+    shard = ShardRef(
+        url=str(tmp_path / "a" / infos["a"].url),
+        samples=4,
+        index_url=str(tmp_path / "a" / infos["a"].index),
+    )
     good = read_span(shard, 1, 4, [1, 3], ErrorBudget(-1))
     assert [s["__key__"] for s in good] == ["key1", "key3"]
     (tmp_path / "a" / infos["a"].url).write_bytes((tmp_path / "b" / infos["b"].url).read_bytes())
@@ -175,15 +190,21 @@ def test_version_1_manifest_with_json_indexes_still_reads_mid_shard(tmp_path, ca
         idx = parse_index((tmp_path / "old" / s.index).read_bytes(), s.samples)
         keys = [f"{s.partition:05d}_{row:09d}" for row in range(s.samples)]
         name = s.index + ".json"
-        (tmp_path / "old" / name).write_text(json.dumps(
-            {"offsets": idx["offsets"].tolist(), "keys": keys}))
+        (tmp_path / "old" / name).write_text(
+            json.dumps({"offsets": idx["offsets"].tolist(), "keys": keys})
+        )
         (tmp_path / "old" / s.index).unlink()
         shards.append(type(s)(**{**s.__dict__, "index": name}))
     Manifest(shards=shards, source={"name": "old"}).save(url)
     config = cfg(shuffle=False, batch_size=4)
     with caplog.at_level("WARNING"):
-        keys = [k for r in range(2) for b in wdstream.make_loader(url, config, rank=r, world=2)
-                for k in b["keys"]]
+        keys = [
+            k
+            for r in range(2)
+            for b in wdstream.make_loader(url, config, rank=r, world=2)
+            for k in b["keys"]
+        ]
     assert "no usable index" not in caplog.text  # rank 1 started at sample 8 by its offset
-    assert sorted(keys) == sorted(f"{p:05d}_{row:09d}" for p, n in ((0, 10), (1, 6))
-                                  for row in range(n))
+    assert sorted(keys) == sorted(
+        f"{p:05d}_{row:09d}" for p, n in ((0, 10), (1, 6)) for row in range(n)
+    )

@@ -12,10 +12,16 @@ from wdstream.read.shuffle import buffer_shuffle
 from wdstream.read.stages import FILLER, window_shuffle
 
 
-@given(sizes=st.lists(st.integers(0, 30), min_size=1, max_size=6), batch=st.integers(1, 5),
-       cache=st.integers(0, 40), workers=st.integers(1, 3), drop_last=st.booleans())
-def test_window_shuffle_emits_the_plans_order_and_marks_fillers(sizes, batch, cache, workers,
-                                                                 drop_last):
+@given(
+    sizes=st.lists(st.integers(0, 30), min_size=1, max_size=6),
+    batch=st.integers(1, 5),
+    cache=st.integers(0, 40),
+    workers=st.integers(1, 3),
+    drop_last=st.booleans(),
+)
+def test_window_shuffle_emits_the_plans_order_and_marks_fillers(
+    sizes, batch, cache, workers, drop_last
+):
     pool = epoch_plan(sizes, seed=1, epoch=0)
     if pool.length == 0:
         return

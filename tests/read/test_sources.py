@@ -68,8 +68,7 @@ def test_the_fallback_is_loud_and_marked(tmp_path, caplog):
     with pytest.raises(NotFoundError):
         resolve_or_fallback(missing, small_config())
     with caplog.at_level(logging.WARNING, logger="wdstream"):
-        src = resolve_or_fallback(missing, small_config(fallback="synthetic",
-                                                        synthetic_samples=70))
+        src = resolve_or_fallback(missing, small_config(fallback="synthetic", synthetic_samples=70))
     assert src.synthetic and src.samples == 70 and list(src.sizes) == [64, 6]
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "SYNTHETIC" in warnings[0].getMessage()

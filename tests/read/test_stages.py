@@ -81,9 +81,13 @@ def test_exact_batches_replace_bad_items_in_place():
 
 def test_exact_batches_borrow_when_a_slot_has_nothing_good():
     items = [Bad(None, "unreadable shard")] * 4
-    batches = list(exact_batches(items, 2, 2, lambda b: [s["key"] for s in b],
-                                 borrow=lambda: {"key": "b"}))
+    batches = list(
+        exact_batches(items, 2, 2, lambda b: [s["key"] for s in b], borrow=lambda: {"key": "b"})
+    )
     assert batches == [["b", "b"], ["b", "b"]]
-    flags = list(exact_batches(items, 2, 2, lambda b: [s.get("filler") for s in b],
-                               borrow=lambda: {"key": "b"}))
+    flags = list(
+        exact_batches(
+            items, 2, 2, lambda b: [s.get("filler") for s in b], borrow=lambda: {"key": "b"}
+        )
+    )
     assert flags == [[True, True], [True, True]]

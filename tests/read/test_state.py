@@ -66,10 +66,16 @@ def test_a_version_2_state_resumes_exactly_in_its_own_order(ds):
     pool = epoch_plan(SIZES, seed=0, epoch=2, layout=old)
     plan = pool.slot(old, 0, 0)
     span = [make_key(r.shard, i) for r in plan.reads for i in range(r.first, r.stop)]
-    taken = [span[i] for i in plan.emission()[:7 * 4]]  # 7 batches of the old order
-    state = {"version": 2, "epoch": 2, "seed": 0, "shuffle": True, "samples": sum(SIZES),
-             "shards": len(SIZES), "runs": [{**{k: v for k, v in old.to_dict().items()
-                                                if k != "lanes"}, "batches": 7}]}
+    taken = [span[i] for i in plan.emission()[: 7 * 4]]  # 7 batches of the old order
+    state = {
+        "version": 2,
+        "epoch": 2,
+        "seed": 0,
+        "shuffle": True,
+        "samples": sum(SIZES),
+        "shards": len(SIZES),
+        "runs": [{**{k: v for k, v in old.to_dict().items() if k != "lanes"}, "batches": 7}],
+    }
     loader = wdstream.make_loader(ds, cfg(num_workers=2))
     loader.load_state_dict(state)
     rest = [k for b in keys(loader) for k in b]
@@ -106,24 +112,70 @@ def test_a_state_without_fingerprint_loads_with_one_warning(ds, caplog):
     assert sum("no fingerprint" in r.getMessage() for r in caplog.records) == 1
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"epoch": "3"}, "epoch"),
-    ({"epoch": -1}, "epoch"),
-    ({"runs": "x"}, "runs"),
-    ({"runs": []}, "runs"),
-    ({"runs": [{"world": 1}]}, "runs[0].workers"),
-    ({"runs": [{"world": 1, "workers": 1.5, "batch_size": 4, "cache_size": 12,
-                "batches": 1}]}, "runs[0].workers"),
-    ({"runs": [{"world": 1, "workers": True, "batch_size": 4, "cache_size": 12,
-                "batches": 1}]}, "runs[0].workers"),
-    ({"runs": [{"world": 1, "workers": 100000000, "batch_size": 4, "cache_size": 12,
-                "batches": 1}]}, "runs[0].workers"),
-    ({"runs": [{"world": 1, "workers": 1, "batch_size": 4, "cache_size": 12,
-                "batches": 10**6}]}, "runs"),
-    ({"runs": [{"world": 1, "workers": 1, "batch_size": 4, "cache_size": 12,
-                "drop_last": "yes", "batches": 1}]}, "runs[0].drop_last"),
-    ({"version": 9}, "version"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"epoch": "3"}, "epoch"),
+        ({"epoch": -1}, "epoch"),
+        ({"runs": "x"}, "runs"),
+        ({"runs": []}, "runs"),
+        ({"runs": [{"world": 1}]}, "runs[0].workers"),
+        (
+            {
+                "runs": [
+                    {"world": 1, "workers": 1.5, "batch_size": 4, "cache_size": 12, "batches": 1}
+                ]
+            },
+            "runs[0].workers",
+        ),
+        (
+            {
+                "runs": [
+                    {"world": 1, "workers": True, "batch_size": 4, "cache_size": 12, "batches": 1}
+                ]
+            },
+            "runs[0].workers",
+        ),
+        (
+            {
+                "runs": [
+                    {
+                        "world": 1,
+                        "workers": 100000000,
+                        "batch_size": 4,
+                        "cache_size": 12,
+                        "batches": 1,
+                    }
+                ]
+            },
+            "runs[0].workers",
+        ),
+        (
+            {
+                "runs": [
+                    {"world": 1, "workers": 1, "batch_size": 4, "cache_size": 12, "batches": 10**6}
+                ]
+            },
+            "runs",
+        ),
+        (
+            {
+                "runs": [
+                    {
+                        "world": 1,
+                        "workers": 1,
+                        "batch_size": 4,
+                        "cache_size": 12,
+                        "drop_last": "yes",
+                        "batches": 1,
+                    }
+                ]
+            },
+            "runs[0].drop_last",
+        ),
+        ({"version": 9}, "version"),
+    ],
+)
 def test_malformed_states_are_a_config_error_naming_the_field(ds, change, field):
     state = {**wdstream.make_loader(ds, cfg()).state_dict(), **change}
     with pytest.raises(ConfigError) as err:
@@ -151,15 +203,32 @@ for run in json.loads(sys.argv[2]):
 def test_a_few_hundred_bytes_of_state_never_cost_gigabytes(ds):
     """Run in a child under RLIMIT_AS (1.5 GB above what it uses after its imports), so a
     blow-up fails the test instead of the machine."""
-    runs = [{"world": 4096, "workers": 64, "batch_size": 1, "cache_size": 2**31, "lanes": 0,
-             "batches": 2**40},
-            {"world": 2**18, "workers": 1, "batch_size": 1, "cache_size": 2**31,
-             "batches": 0},
-            {"world": 1, "workers": 4096, "batch_size": 2**24, "cache_size": 2**31,
-             "lanes": 2**16, "batches": 2**48}]
-    out = subprocess.run([sys.executable, "-c", CHILD, ds, json.dumps(runs)],
-                         capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": ROOT})
+    runs = [
+        {
+            "world": 4096,
+            "workers": 64,
+            "batch_size": 1,
+            "cache_size": 2**31,
+            "lanes": 0,
+            "batches": 2**40,
+        },
+        {"world": 2**18, "workers": 1, "batch_size": 1, "cache_size": 2**31, "batches": 0},
+        {
+            "world": 1,
+            "workers": 4096,
+            "batch_size": 2**24,
+            "cache_size": 2**31,
+            "lanes": 2**16,
+            "batches": 2**48,
+        },
+    ]
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, ds, json.dumps(runs)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     # more batches than the epoch has: refused; 2**18 slots that took nothing yet: planned
     assert out.stdout.split() == ["REFUSED", "runs", "ACCEPTED", "REFUSED", "runs"]

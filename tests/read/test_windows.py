@@ -36,13 +36,17 @@ def test_window_index_and_start_invert_each_other(length, window):
 
 
 @settings(deadline=None)
-@given(length=st.integers(0, 400), window=st.integers(0, 60), seed=st.integers(0, 2**32),
-       n=st.integers(0, 450))
+@given(
+    length=st.integers(0, 400),
+    window=st.integers(0, 60),
+    seed=st.integers(0, 2**32),
+    n=st.integers(0, 450),
+)
 def test_emitted_is_the_prefix_of_the_oracles_emission(length, window, seed, n):
     order = oracle.emission(length, window, seed)
     whole, partial = windows.emitted(n, length, window, seed)
     got = list(range(whole)) + partial.tolist()
-    assert sorted(got) == sorted(order[:min(n, length)])
+    assert sorted(got) == sorted(order[: min(n, length)])
     assert len(partial) < max(1, window)  # at most one window is ever partial
 
 

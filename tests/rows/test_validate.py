@@ -42,8 +42,10 @@ def _clip(fmt: str, subtype: str | None = None, seconds: float = 0.1, rate: int 
 
 # ------------------------------------------------------------------ images
 
-@pytest.mark.parametrize("fmt,ext", [("JPEG", "jpg"), ("PNG", "png"), ("GIF", "gif"),
-                                     ("WEBP", "webp"), ("BMP", "bmp")])
+
+@pytest.mark.parametrize(
+    "fmt,ext", [("JPEG", "jpg"), ("PNG", "png"), ("GIF", "gif"), ("WEBP", "webp"), ("BMP", "bmp")]
+)
 def test_truncated_images_are_bad_and_whole_ones_pass(fmt, ext):
     data = _image(fmt)
     assert image_is_complete(ext, data)
@@ -84,21 +86,39 @@ def test_validate_setting_and_conversion_counts_truncated_images(tmp_path):
     with pytest.raises(ConfigError, match="validate"):
         Config(validate="paranoid")
     good = _image("JPEG")
-    rows = [{"image": {"bytes": good if i % 3 else good[: len(good) // 3], "path": None},
-             "text": f"t{i}"} for i in range(9)]
+    rows = [
+        {
+            "image": {"bytes": good if i % 3 else good[: len(good) // 3], "path": None},
+            "text": f"t{i}",
+        }
+        for i in range(9)
+    ]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
     files = [str(tmp_path / "a.parquet")]
     for level in ("cheap", "full"):
-        m = convert("parquet", str(tmp_path / level), data_files=files, quiet=True, workers=1,
-                    validate=level)
+        m = convert(
+            "parquet",
+            str(tmp_path / level),
+            data_files=files,
+            quiet=True,
+            workers=1,
+            validate=level,
+        )
         assert m.samples == 6 and m.skipped == {"bad_image": 3}
 
 
 # ------------------------------------------------------------------ audio formats
 
-FORMATS = [("AIFF", None, "aiff"), ("W64", None, "w64"), ("CAF", None, "caf"),
-           ("AU", None, "au"), ("WAV", None, "wav"), ("FLAC", None, "flac"),
-           ("NIST", None, "nist"), ("VOC", "PCM_16", "voc")]
+FORMATS = [
+    ("AIFF", None, "aiff"),
+    ("W64", None, "w64"),
+    ("CAF", None, "caf"),
+    ("AU", None, "au"),
+    ("WAV", None, "wav"),
+    ("FLAC", None, "flac"),
+    ("NIST", None, "nist"),
+    ("VOC", "PCM_16", "voc"),
+]
 
 
 @pytest.mark.parametrize("fmt,subtype,ext", FORMATS, ids=[f[0] for f in FORMATS])
@@ -133,20 +153,31 @@ def test_aiff_w64_caf_au_end_to_end_to_a_loader_batch(tmp_path):
     from wdstream.read.loader import make_loader
 
     formats = [("AIFF", "aiff"), ("W64", "w64"), ("CAF", "caf"), ("AU", "au")]
-    rows = [{"audio": {"bytes": _clip(fmt, seconds=0.05 * (i + 1)), "path": None},
-             "text": f"clip {fmt}"} for i, (fmt, _) in enumerate(formats)]
+    rows = [
+        {
+            "audio": {"bytes": _clip(fmt, seconds=0.05 * (i + 1)), "path": None},
+            "text": f"clip {fmt}",
+        }
+        for i, (fmt, _) in enumerate(formats)
+    ]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
     out = str(tmp_path / "out")
-    m = convert("parquet", out, data_files=[str(tmp_path / "a.parquet")], quiet=True,
-                workers=1)
+    m = convert("parquet", out, data_files=[str(tmp_path / "a.parquet")], quiet=True, workers=1)
     assert m.samples == 4 and not m.skipped
     with storage.open_read(m.shard_urls()[0]) as f:
-        members = [sorted(k for k in s if not k.startswith("__"))
-                   for s in group_samples(iter_members(f))]
+        members = [
+            sorted(k for k in s if not k.startswith("__")) for s in group_samples(iter_members(f))
+        ]
     assert members == [sorted(["json", "txt", ext]) for _, ext in formats]
 
-    config = Config(batch_size=4, num_workers=0, shuffle=False, drop_last=False,
-                    max_audio_length=16000, audio_sample_rate=16000)
+    config = Config(
+        batch_size=4,
+        num_workers=0,
+        shuffle=False,
+        drop_last=False,
+        max_audio_length=16000,
+        audio_sample_rate=16000,
+    )
     batch = next(iter(make_loader(load_manifest(out).base_url, config)))
     assert batch["has_audio"].tolist() == [True] * 4
     lengths = batch["audio_lengths"].tolist()

@@ -28,10 +28,15 @@ def main() -> None:
     args = p.parse_args()
     if "RANK" in os.environ:
         dist.init_process_group("gloo")
-    config = wdstream.Config(batch_size=args.batch_size, num_workers=args.workers,
-                             cache_size=32, vision_dim=16, max_audio_length=200,
-                             max_text_length=16,
-                             storage_options=json.loads(args.storage_options))
+    config = wdstream.Config(
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        cache_size=32,
+        vision_dim=16,
+        max_audio_length=200,
+        max_text_length=16,
+        storage_options=json.loads(args.storage_options),
+    )
     loader = wdstream.make_loader(args.source, config)
     if args.resume:
         with open(args.resume) as f:

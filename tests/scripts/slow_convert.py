@@ -35,8 +35,17 @@ if __name__ == "__main__":
     options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
     print(f"DRIVER {os.getpid()}", flush=True)
     # WDSTREAM_TEST_CONVERT_ARGS: JSON of Config fields over the defaults below
-    overrides = {"max_samples_per_shard": 3,
-                 **json.loads(os.environ.get("WDSTREAM_TEST_CONVERT_ARGS") or "{}")}
-    convert(source, output, workers=workers, quiet=True, storage_options=options,
-            append=os.environ.get("WDSTREAM_TEST_APPEND") == "1", **overrides)
+    overrides = {
+        "max_samples_per_shard": 3,
+        **json.loads(os.environ.get("WDSTREAM_TEST_CONVERT_ARGS") or "{}"),
+    }
+    convert(
+        source,
+        output,
+        workers=workers,
+        quiet=True,
+        storage_options=options,
+        append=os.environ.get("WDSTREAM_TEST_APPEND") == "1",
+        **overrides,
+    )
     print("FINISHED", flush=True)

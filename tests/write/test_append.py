@@ -37,8 +37,7 @@ ROWS_A, ROWS_B = 48, 30
 @pytest.fixture(scope="module")
 def second_dataset(tmp_path_factory):
     """30 rows in 3 parquet files (other content than ``small_hf_dataset``): 3 partitions."""
-    return build_parquet_dataset(str(tmp_path_factory.mktemp("hfds_b")), ROWS_B, n_files=3,
-                                 seed=1)
+    return build_parquet_dataset(str(tmp_path_factory.mktemp("hfds_b")), ROWS_B, n_files=3, seed=1)
 
 
 def _state(url, opts):
@@ -48,8 +47,7 @@ def _state(url, opts):
     out = {}
     for name, info in fs.find(path, detail=True).items():
         stamp = (info.get("ETag"), str(info.get("LastModified") or info.get("mtime")))
-        out[name[len(path):].lstrip("/")] = (hashlib.sha256(fs.cat_file(name)).hexdigest(),
-                                             stamp)
+        out[name[len(path) :].lstrip("/")] = (hashlib.sha256(fs.cat_file(name)).hexdigest(), stamp)
     return out
 
 
@@ -60,15 +58,15 @@ def _loader_keys(url, opts):
 
 
 def _append_and_check(a, b, url, opts):
-    first = convert(a, url, max_samples_per_shard=5, workers=1, quiet=True,
-                    storage_options=opts)
+    first = convert(a, url, max_samples_per_shard=5, workers=1, quiet=True, storage_options=opts)
     before = _state(url, opts)
-    m = convert(b, url, max_samples_per_shard=4, workers=1, quiet=True, storage_options=opts,
-                append=True)
+    m = convert(
+        b, url, max_samples_per_shard=4, workers=1, quiet=True, storage_options=opts, append=True
+    )
     assert m.samples == ROWS_A + ROWS_B
-    assert [s.url for s in m.shards[:len(first.shards)]] == [s.url for s in first.shards]
-    assert [s.sha256 for s in m.shards[:len(first.shards)]] == [s.sha256 for s in first.shards]
-    assert sum(s.samples for s in m.shards[len(first.shards):]) == ROWS_B
+    assert [s.url for s in m.shards[: len(first.shards)]] == [s.url for s in first.shards]
+    assert [s.sha256 for s in m.shards[: len(first.shards)]] == [s.sha256 for s in first.shards]
+    assert sum(s.samples for s in m.shards[len(first.shards) :]) == ROWS_B
     # every object of the first job (shards, indexes, records, its details part) untouched
     after = _state(url, opts)
     changed = sorted(n for n, v in before.items() if after.get(n) != v)
@@ -88,12 +86,36 @@ def _append_and_check(a, b, url, opts):
     assert len(keys) == len(set(keys)) == ROWS_A + ROWS_B
     assert {k[:5] for k in keys} == {f"{p:05d}" for p in range(7)}
     # re-running the append, or the first conversion, is a no-op
-    assert convert(b, url, max_samples_per_shard=4, workers=1, quiet=True,
-                   storage_options=opts, append=True).samples == ROWS_A + ROWS_B
-    assert convert(a, url, max_samples_per_shard=5, workers=1, quiet=True,
-                   storage_options=opts).samples == ROWS_A + ROWS_B
-    assert convert(a, url, max_samples_per_shard=5, workers=1, quiet=True,
-                   storage_options=opts, append=True).samples == ROWS_A + ROWS_B
+    assert (
+        convert(
+            b,
+            url,
+            max_samples_per_shard=4,
+            workers=1,
+            quiet=True,
+            storage_options=opts,
+            append=True,
+        ).samples
+        == ROWS_A + ROWS_B
+    )
+    assert (
+        convert(
+            a, url, max_samples_per_shard=5, workers=1, quiet=True, storage_options=opts
+        ).samples
+        == ROWS_A + ROWS_B
+    )
+    assert (
+        convert(
+            a,
+            url,
+            max_samples_per_shard=5,
+            workers=1,
+            quiet=True,
+            storage_options=opts,
+            append=True,
+        ).samples
+        == ROWS_A + ROWS_B
+    )
     assert _state(url, opts) == after
     return m
 
@@ -110,9 +132,21 @@ def test_append_s3(small_hf_dataset, second_dataset, s3):
     opts = s3["storage_options"]
     url = "s3://test/appended"
     _append_and_check(small_hf_dataset, second_dataset, url, opts)
-    assert main(["verify", url, "--storage-option",
-                 f"endpoint_url={s3['endpoint']}", "--storage-option", "key=testing",
-                 "--storage-option", "secret=testing"]) == 0
+    assert (
+        main(
+            [
+                "verify",
+                url,
+                "--storage-option",
+                f"endpoint_url={s3['endpoint']}",
+                "--storage-option",
+                "key=testing",
+                "--storage-option",
+                "secret=testing",
+            ]
+        )
+        == 0
+    )
 
 
 def test_append_three_segments_and_cli(small_hf_dataset, second_dataset, tmp_path):
@@ -120,8 +154,7 @@ def test_append_three_segments_and_cli(small_hf_dataset, second_dataset, tmp_pat
     third = build_parquet_dataset(str(tmp_path / "c"), 8, n_files=2, seed=2)
     assert main(["convert", small_hf_dataset, url, "--quiet"]) == 0
     assert main(["convert", second_dataset, url, "--append", "--quiet"]) == 0
-    assert main(["convert", third, url, "--append", "--quiet",
-                 "--max-samples-per-shard", "3"]) == 0
+    assert main(["convert", third, url, "--append", "--quiet", "--max-samples-per-shard", "3"]) == 0
     m = load_manifest(url)
     assert m.samples == ROWS_A + ROWS_B + 8
     assert [s["first_partition"] for s in m.source["segments"]] == [0, 4, 7]
@@ -134,9 +167,10 @@ def test_append_errors(small_hf_dataset, second_dataset, tmp_path):
         convert(second_dataset, missing, quiet=True, append=True)
     # a conversion that never finished (its job file, no manifest)
     unfinished = str(tmp_path / "unfinished")
-    storage.write_bytes(storage.join_url(unfinished, "_partitions/_job.json"),
-                        json.dumps(plan_job(HFSource(small_hf_dataset), small_config())
-                                   .to_dict()).encode())
+    storage.write_bytes(
+        storage.join_url(unfinished, "_partitions/_job.json"),
+        json.dumps(plan_job(HFSource(small_hf_dataset), small_config()).to_dict()).encode(),
+    )
     with pytest.raises(ConfigError, match="unfinished conversion"):
         convert(second_dataset, unfinished, quiet=True, append=True)
     # an append that died right after its job file: another source is refused, the same
@@ -151,32 +185,36 @@ def test_append_errors(small_hf_dataset, second_dataset, tmp_path):
         convert(third, url, max_samples_per_shard=4, workers=1, quiet=True, append=True)
     assert "segment 1" in str(err.value) and "same source" in str(err.value)
     with pytest.raises(ConfigError, match="unfinished append"):  # other options
-        convert(second_dataset, url, max_samples_per_shard=6, workers=1, quiet=True,
-                append=True)
+        convert(second_dataset, url, max_samples_per_shard=6, workers=1, quiet=True, append=True)
     assert load_manifest(url).samples == ROWS_A  # nothing changed the finished dataset
-    m = convert(second_dataset, url, max_samples_per_shard=4, workers=1, quiet=True,
-                append=True)
+    m = convert(second_dataset, url, max_samples_per_shard=4, workers=1, quiet=True, append=True)
     assert m.samples == ROWS_A + ROWS_B
     check_complete(url, ROWS_A + ROWS_B)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_kill_mid_append_then_rerun(small_hf_dataset, second_dataset, tmp_path, request,
-                                    where):
+def test_kill_mid_append_then_rerun(small_hf_dataset, second_dataset, tmp_path, request, where):
     """SIGKILL the appending process (a real process, slowed down) once some of the new
     shards are visible, twice, then re-run the same append: every sample of both sources
     once, the first job's files untouched, the old manifest whole until the end."""
     opts = request.getfixturevalue("s3")["storage_options"] if where == "s3" else {}
     url = "s3://test/killed" if where == "s3" else str(tmp_path / "out")
     # slow_convert.py's own options: max_samples_per_shard=3, workers as given
-    convert(small_hf_dataset, url, max_samples_per_shard=3, workers=1, quiet=True,
-            storage_options=opts)
+    convert(
+        small_hf_dataset, url, max_samples_per_shard=3, workers=1, quiet=True, storage_options=opts
+    )
     before = _state(url, opts)
 
     def new_shards():
-        return len([n for n in listing(url, opts) if n.endswith(".tar") and
-                    n.startswith(("shard-00004", "shard-00005", "shard-00006"))])
+        return len(
+            [
+                n
+                for n in listing(url, opts)
+                if n.endswith(".tar")
+                and n.startswith(("shard-00004", "shard-00005", "shard-00006"))
+            ]
+        )
 
     for more in (1, 2):  # the second kill interrupts the resume of the first
         target = min(new_shards() + more, 11)
@@ -187,8 +225,7 @@ def test_kill_mid_append_then_rerun(small_hf_dataset, second_dataset, tmp_path, 
         child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and child.poll() is None and \
-                    new_shards() < target:
+            while time.monotonic() < deadline and child.poll() is None and new_shards() < target:
                 time.sleep(0.01)
             assert child.poll() is None, child.communicate()[1].decode()[-2000:]
             os.kill(child.pid, signal.SIGKILL)
@@ -197,8 +234,15 @@ def test_kill_mid_append_then_rerun(small_hf_dataset, second_dataset, tmp_path, 
             if child.poll() is None:
                 child.kill()
         assert load_manifest(url, opts).samples == ROWS_A  # the old manifest, still whole
-    m = convert(second_dataset, url, max_samples_per_shard=3, workers=2, quiet=True,
-                storage_options=opts, append=True)
+    m = convert(
+        second_dataset,
+        url,
+        max_samples_per_shard=3,
+        workers=2,
+        quiet=True,
+        storage_options=opts,
+        append=True,
+    )
     assert m.samples == ROWS_A + ROWS_B
     check_complete(url, ROWS_A + ROWS_B, opts)
     after = _state(url, opts)

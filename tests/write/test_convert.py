@@ -75,14 +75,20 @@ def test_manifest_describes_the_shards(small_hf_dataset, converted):
     assert "sha256" not in json.dumps(head)
     data = load_manifest(out).to_dict()  # with the details part
     assert data["samples"] == 48
-    assert data["source"] == {"name": small_hf_dataset, "config": None, "split": "train",
-                              "revision": None, "data_files": None}
+    assert data["source"] == {
+        "name": small_hf_dataset,
+        "config": None,
+        "split": "train",
+        "revision": None,
+        "data_files": None,
+    }
     assert data["skipped"] == {}
     assert set(data["fields"]) == {"flac", "jpg", "png", "json", "txt"}
     assert "storage_options" not in json.dumps(data)
     # 4 partitions of 12 rows, 5 per shard -> 3 shards each, in partition order
     assert [s["url"] for s in data["shards"]] == [
-        f"shard-{p:05d}-{q:05d}.tar" for p in range(4) for q in range(3)]
+        f"shard-{p:05d}-{q:05d}.tar" for p in range(4) for q in range(3)
+    ]
     assert [s["samples"] for s in data["shards"]] == [5, 5, 2] * 4
     import hashlib
 
@@ -94,8 +100,9 @@ def test_manifest_describes_the_shards(small_hf_dataset, converted):
         assert len(index["offsets"]) == s["samples"] + 1
     records = sorted(os.listdir(os.path.join(out, "_partitions")))
     batches = [n for n in records if n.startswith("records-")]
-    assert [n for n in records if n not in batches] == \
-        ["_job.json"] + [f"part-{p:05d}.json" for p in range(4)]
+    assert [n for n in records if n not in batches] == ["_job.json"] + [
+        f"part-{p:05d}.json" for p in range(4)
+    ]
     # the driver's batch of the same records (what a resume reads instead of each part file)
     assert len(batches) == 1
     batch = json.loads(open(os.path.join(out, "_partitions", batches[0])).read())
@@ -105,14 +112,18 @@ def test_manifest_describes_the_shards(small_hf_dataset, converted):
 
 def test_rerun_of_a_finished_job_changes_nothing(small_hf_dataset, converted, caplog):
     out, manifest = converted
-    before = {n: (os.stat(os.path.join(out, n)).st_mtime_ns,
-                  open(os.path.join(out, n), "rb").read())
-              for n in os.listdir(out) if os.path.isfile(os.path.join(out, n))}
+    before = {
+        n: (os.stat(os.path.join(out, n)).st_mtime_ns, open(os.path.join(out, n), "rb").read())
+        for n in os.listdir(out)
+        if os.path.isfile(os.path.join(out, n))
+    }
     with caplog.at_level(logging.INFO, logger="wdstream"):
         again = convert(small_hf_dataset, out, max_samples_per_shard=5, workers=1, quiet=True)
-    after = {n: (os.stat(os.path.join(out, n)).st_mtime_ns,
-                 open(os.path.join(out, n), "rb").read())
-             for n in os.listdir(out) if os.path.isfile(os.path.join(out, n))}
+    after = {
+        n: (os.stat(os.path.join(out, n)).st_mtime_ns, open(os.path.join(out, n), "rb").read())
+        for n in os.listdir(out)
+        if os.path.isfile(os.path.join(out, n))
+    }
     assert after == before
     assert again.samples == manifest.samples
     assert "is complete" in caplog.text and "nothing to do" in caplog.text
@@ -127,20 +138,29 @@ def test_rerun_with_other_options_is_refused(small_hf_dataset, converted):
 @pytest.mark.slow
 def test_same_output_whatever_the_number_of_workers(small_hf_dataset, converted, tmp_path):
     _, one = converted
-    two = convert(small_hf_dataset, str(tmp_path / "w2"), max_samples_per_shard=5, workers=2,
-                  quiet=True)
-    assert [(s.url, s.sha256, s.samples) for s in two.shards] == \
-        [(s.url, s.sha256, s.samples) for s in one.shards]
+    two = convert(
+        small_hf_dataset, str(tmp_path / "w2"), max_samples_per_shard=5, workers=2, quiet=True
+    )
+    assert [(s.url, s.sha256, s.samples) for s in two.shards] == [
+        (s.url, s.sha256, s.samples) for s in one.shards
+    ]
 
 
 def test_parquet_builder_with_data_files_and_limit(small_hf_dataset, tmp_path):
     files = sorted(glob.glob(os.path.join(small_hf_dataset, "data", "*.parquet")))
-    m = convert("parquet", str(tmp_path / "o"), data_files=files[:2], max_samples_per_shard=100,
-                quiet=True, workers=1)
+    m = convert(
+        "parquet",
+        str(tmp_path / "o"),
+        data_files=files[:2],
+        max_samples_per_shard=100,
+        quiet=True,
+        workers=1,
+    )
     assert m.samples == 24 and m.source["name"] == "parquet"
     assert m.source["data_files"] == files[:2] and m.options["partitions"] == 2
-    lim = convert("parquet", str(tmp_path / "lim"), data_files=files, limit=17, quiet=True,
-                  workers=1)
+    lim = convert(
+        "parquet", str(tmp_path / "lim"), data_files=files, limit=17, quiet=True, workers=1
+    )
     samples = read_samples(str(tmp_path / "lim"))
     # the first 17 rows in source order, as one partition: keys as in a full conversion
     assert lim.samples == 17
@@ -149,11 +169,13 @@ def test_parquet_builder_with_data_files_and_limit(small_hf_dataset, tmp_path):
     assert [s["txt"].decode() for s in samples] == expected
     # a larger limit is spread: the 4 files split into ceil(150 / 100) = 2 contiguous groups
     # (2 files each), 75 rows asked of each; every group has only 24
-    spread = convert("parquet", str(tmp_path / "spread"), data_files=files, limit=150,
-                     quiet=True, workers=2)
+    spread = convert(
+        "parquet", str(tmp_path / "spread"), data_files=files, limit=150, quiet=True, workers=2
+    )
     assert spread.options["partitions"] == 2 and spread.samples == 48
-    again = convert("parquet", str(tmp_path / "spread1"), data_files=files, limit=150,
-                    quiet=True, workers=1)
+    again = convert(
+        "parquet", str(tmp_path / "spread1"), data_files=files, limit=150, quiet=True, workers=1
+    )
     assert [s.sha256 for s in again.shards] == [s.sha256 for s in spread.shards]
 
 
@@ -164,8 +186,15 @@ def test_limit_takes_a_share_of_each_contiguous_group(small_hf_dataset, tmp_path
     files = sorted(glob.glob(os.path.join(small_hf_dataset, "data", "*.parquet")))
     # 30 rows -> 3 partitions: the 4 files (12 rows each) in groups [0, 1], [2], [3],
     # the first 10 rows of each group
-    m = convert("parquet", str(tmp_path / "o"), data_files=files, limit=30, quiet=True,
-                workers=1, max_samples_per_shard=1000)
+    m = convert(
+        "parquet",
+        str(tmp_path / "o"),
+        data_files=files,
+        limit=30,
+        quiet=True,
+        workers=1,
+        max_samples_per_shard=1000,
+    )
     rows = [r["text"] for group in source_rows(small_hf_dataset) for r in group]
     assert m.options["partitions"] == 3 and m.samples == 30
     assert [s.partition for s in m.shards] == [0, 1, 2]
@@ -174,8 +203,14 @@ def test_limit_takes_a_share_of_each_contiguous_group(small_hf_dataset, tmp_path
 
 
 def test_shards_cut_at_max_bytes(small_hf_dataset, tmp_path):
-    m = convert(small_hf_dataset, str(tmp_path / "o"), max_samples_per_shard=1000,
-                max_shard_bytes=40_000, quiet=True, workers=1)
+    m = convert(
+        small_hf_dataset,
+        str(tmp_path / "o"),
+        max_samples_per_shard=1000,
+        max_shard_bytes=40_000,
+        quiet=True,
+        workers=1,
+    )
     assert m.samples == 48
     assert all(s.bytes <= 40_000 for s in m.shards)
     assert len(m.shards) > 4
@@ -186,8 +221,9 @@ def corrupt_dataset(tmp_path_factory):
     from wdstream.demo.data import build_parquet_dataset
 
     folder = str(tmp_path_factory.mktemp("corrupt"))
-    return build_parquet_dataset(folder, 16, n_files=2, corrupt_image_rows=(2, 11),
-                                 corrupt_audio_rows=(5,))
+    return build_parquet_dataset(
+        folder, 16, n_files=2, corrupt_image_rows=(2, 11), corrupt_audio_rows=(5,)
+    )
 
 
 def test_corrupt_images_and_audio_are_skipped_and_counted(corrupt_dataset, tmp_path, caplog):
@@ -208,12 +244,12 @@ def test_bad_rows_stop_the_job_when_not_skipped(corrupt_dataset, tmp_path):
     from wdstream.errors import TooManyErrors
 
     with pytest.raises(TooManyErrors, match="bad_image"):
-        convert(corrupt_dataset, str(tmp_path / "o"), quiet=True, workers=1,
-                skip_bad_rows=False)
+        convert(corrupt_dataset, str(tmp_path / "o"), quiet=True, workers=1, skip_bad_rows=False)
     assert not os.path.exists(tmp_path / "o" / "manifest.json")
 
 
 # ------------------------------------------------------------------ errors
+
 
 def test_nonexistent_local_source(tmp_path):
     with pytest.raises(SourceError, match="does not exist") as e:
@@ -223,8 +259,12 @@ def test_nonexistent_local_source(tmp_path):
 
 def test_nonexistent_data_files(tmp_path):
     with pytest.raises(SourceError, match="does not exist or has no data"):
-        convert("parquet", str(tmp_path / "o"), data_files=[str(tmp_path / "none-*.parquet")],
-                quiet=True)
+        convert(
+            "parquet",
+            str(tmp_path / "o"),
+            data_files=[str(tmp_path / "none-*.parquet")],
+            quiet=True,
+        )
 
 
 def test_unreachable_hub_offline(tmp_path, monkeypatch):
@@ -244,15 +284,18 @@ def test_unreachable_hub_fails_fast_on_a_closed_port(tmp_path):
     env = dict(os.environ, HF_ENDPOINT="http://127.0.0.1:9")
     env.pop("HF_HUB_OFFLINE", None)
     env.pop("HF_DATASETS_OFFLINE", None)
-    code = ("from wdstream.write.convert import convert\n"
-            "from wdstream.errors import HubUnreachableError\n"
-            "try:\n"
-            f"    convert('someone/some-dataset', {str(tmp_path / 'o')!r}, quiet=True)\n"
-            "except HubUnreachableError as e:\n"
-            "    print('ERR', e)\n")
+    code = (
+        "from wdstream.write.convert import convert\n"
+        "from wdstream.errors import HubUnreachableError\n"
+        "try:\n"
+        f"    convert('someone/some-dataset', {str(tmp_path / 'o')!r}, quiet=True)\n"
+        "except HubUnreachableError as e:\n"
+        "    print('ERR', e)\n"
+    )
     # a hang would end in TimeoutExpired; how fast it fails is a benchmark's business
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert "ERR" in res.stdout, res.stderr[-2000:]
     assert "127.0.0.1:9" in res.stdout and "cannot reach the Hugging Face Hub" in res.stdout
 

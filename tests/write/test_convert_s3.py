@@ -32,10 +32,12 @@ def _pending_uploads(fs, bucket="test"):
 def test_s3_round_trip_matches_local(small_hf_dataset, s3, tmp_path):
     opts = s3["storage_options"]
     url = "s3://test/run/ds"
-    m = convert(small_hf_dataset, url, max_samples_per_shard=5, workers=1, quiet=True,
-                storage_options=opts)
-    local = convert(small_hf_dataset, str(tmp_path / "l"), max_samples_per_shard=5, workers=1,
-                    quiet=True)
+    m = convert(
+        small_hf_dataset, url, max_samples_per_shard=5, workers=1, quiet=True, storage_options=opts
+    )
+    local = convert(
+        small_hf_dataset, str(tmp_path / "l"), max_samples_per_shard=5, workers=1, quiet=True
+    )
     assert m.samples == 48
     assert [(s.url, s.sha256) for s in m.shards] == [(s.url, s.sha256) for s in local.shards]
     fs = s3["fs"]
@@ -67,8 +69,14 @@ def test_s3_failure_mid_partition_publishes_nothing_partial(small_hf_dataset, s3
 
     monkeypatch.setattr(enc.RowEncoder, "__call__", failing)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        convert(small_hf_dataset, url, max_samples_per_shard=4, workers=1, quiet=True,
-                storage_options=opts)
+        convert(
+            small_hf_dataset,
+            url,
+            max_samples_per_shard=4,
+            workers=1,
+            quiet=True,
+            storage_options=opts,
+        )
     fs = s3["fs"]
     fs.invalidate_cache()
     names = sorted(p.rsplit("/", 1)[1] for p in fs.find("test/abort"))
@@ -79,8 +87,9 @@ def test_s3_failure_mid_partition_publishes_nothing_partial(small_hf_dataset, s3
     assert _pending_uploads(fs) == []
 
     monkeypatch.setattr(enc.RowEncoder, "__call__", real)
-    m = convert(small_hf_dataset, url, max_samples_per_shard=4, workers=1, quiet=True,
-                storage_options=opts)
+    m = convert(
+        small_hf_dataset, url, max_samples_per_shard=4, workers=1, quiet=True, storage_options=opts
+    )
     keys = [s["__key__"] for s in _samples(url, opts)]
     assert m.samples == 48 and len(set(keys)) == 48
 
@@ -88,8 +97,9 @@ def test_s3_failure_mid_partition_publishes_nothing_partial(small_hf_dataset, s3
 def test_resume_on_s3_aborts_pending_uploads_of_unfinished_partitions(small_hf_dataset, s3):
     opts = s3["storage_options"]
     url = "s3://test/res"
-    first = convert(small_hf_dataset, url, max_samples_per_shard=5, workers=1, quiet=True,
-                    storage_options=opts)
+    first = convert(
+        small_hf_dataset, url, max_samples_per_shard=5, workers=1, quiet=True, storage_options=opts
+    )
     fs = s3["fs"]
     # what a killed process leaves on S3: no record, no manifest, an unfinished multipart upload
     fs.rm_file("test/res/_partitions/part-00003.json")
@@ -97,8 +107,9 @@ def test_resume_on_s3_aborts_pending_uploads_of_unfinished_partitions(small_hf_d
     fs.call_s3("create_multipart_upload", Bucket="test", Key="res/shard-00003-00001.tar")
     fs.pipe_file("test/res/shard-00003-00005.tar", b"stale")
     assert len(_pending_uploads(fs)) == 1
-    again = convert(small_hf_dataset, url, max_samples_per_shard=5, workers=1, quiet=True,
-                    storage_options=opts)
+    again = convert(
+        small_hf_dataset, url, max_samples_per_shard=5, workers=1, quiet=True, storage_options=opts
+    )
     assert [s.sha256 for s in again.shards] == [s.sha256 for s in first.shards]
     assert _pending_uploads(fs) == []
     fs.invalidate_cache()
@@ -106,8 +117,7 @@ def test_resume_on_s3_aborts_pending_uploads_of_unfinished_partitions(small_hf_d
 
 
 def test_missing_s3_credentials(small_hf_dataset, s3, monkeypatch, tmp_path):
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                "AWS_PROFILE"):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
@@ -128,8 +138,11 @@ def test_wrong_s3_credentials_are_not_logged(small_hf_dataset, s3, caplog):
 
     s3fs.S3FileSystem.clear_instance_cache()
     # moto accepts any key unless auth is enforced; a missing bucket is the error users hit
-    opts = {"client_kwargs": {"endpoint_url": s3["endpoint"]}, "key": "AKIDSECRETKEY",
-            "secret": "very-secret-value"}
+    opts = {
+        "client_kwargs": {"endpoint_url": s3["endpoint"]},
+        "key": "AKIDSECRETKEY",
+        "secret": "very-secret-value",
+    }
     with pytest.raises(StorageError) as e:
         convert(small_hf_dataset, "s3://no-such-bucket/x", storage_options=opts, quiet=True)
     assert "no-such-bucket" in str(e.value) and "does not exist" in str(e.value)

@@ -40,8 +40,10 @@ def _tiny_source(folder, n: int) -> str:
 
     os.makedirs(folder, exist_ok=True)
     for i in range(n):
-        pq.write_table(pa.table({"text": [f"row {i}"], "id": [i]}),
-                       os.path.join(folder, f"part-{i:06d}.parquet"))
+        pq.write_table(
+            pa.table({"text": [f"row {i}"], "id": [i]}),
+            os.path.join(folder, f"part-{i:06d}.parquet"),
+        )
     return str(folder)
 
 
@@ -68,12 +70,24 @@ def _kill_halfway(source: str, url: str, n: int, s3) -> int:
     """Run ``wdstream convert`` in a child process straight to moto and SIGKILL it once half
     of the partitions have a record; returns how many had one."""
     endpoint = json.dumps({"endpoint_url": s3["endpoint"]})
-    cmd = [sys.executable, "-m", "wdstream", "convert", source, url, "--workers", "1",
-           "--quiet", "--storage-option", f"client_kwargs={endpoint}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wdstream",
+        "convert",
+        source,
+        url,
+        "--workers",
+        "1",
+        "--quiet",
+        "--storage-option",
+        f"client_kwargs={endpoint}",
+    ]
     env = {**os.environ, "PYTHONPATH": REPO}
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    fs, prefix = s3["fs"], url[len("s3://"):] + "/_partitions/part-"
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    fs, prefix = s3["fs"], url[len("s3://") :] + "/_partitions/part-"
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
@@ -81,8 +95,10 @@ def _kill_halfway(source: str, url: str, n: int, s3) -> int:
             if done >= n // 2:
                 break
             if proc.poll() is not None:
-                pytest.fail(f"the conversion ended before it was killed: "
-                            f"{proc.stderr.read().decode()[-2000:]}")
+                pytest.fail(
+                    f"the conversion ended before it was killed: "
+                    f"{proc.stderr.read().decode()[-2000:]}"
+                )
             time.sleep(0.2)
             fs.invalidate_cache()
         else:
@@ -102,8 +118,9 @@ def startup_bound(n: int, done: int) -> int:
     part file that no batch covers (at most a batch's worth, plus the one the killed driver
     had not yet received), and the listing of pending uploads. 4 spare."""
     per = records_per_batch(n)
-    return 2 + 2 + math.ceil((done + 2 + done / per) / 1000) + math.ceil(done / per) \
-        + per + 1 + 1 + 4
+    return (
+        2 + 2 + math.ceil((done + 2 + done / per) / 1000) + math.ceil(done / per) + per + 1 + 1 + 4
+    )
 
 
 @pytest.mark.slow
@@ -126,8 +143,11 @@ def test_killed_job_resumes_with_bounded_startup_requests(s3_proxy, s3, tmp_path
         assert m.samples == n == len(keys) == len(set(keys))
         assert sorted(s.partition for s in m.shards) == list(range(n))
         # the start-up: every request before the first one of a partition (its shard)
-        first = next(i for i, (_, target) in enumerate(log.requests) if "/shard-" in target
-                     or "shard-" in target.partition("?")[2])
+        first = next(
+            i
+            for i, (_, target) in enumerate(log.requests)
+            if "/shard-" in target or "shard-" in target.partition("?")[2]
+        )
         startup = log.requests[:first]
         bound = startup_bound(n, done)
         assert len(startup) <= bound, "\n".join(f"{m} {t}" for m, t in startup)
@@ -145,11 +165,18 @@ def test_a_lost_abort_reply_does_not_kill_the_job(small_hf_dataset, s3_proxy, s3
     upload counts as aborted and the job ends with its manifest."""
     proxy, opts = s3_proxy
     fs = s3proxy_fs(opts)
-    for key in ("out/shard-00001-00000.tar", "out/_partitions/part-00002.json",
-                "out/manifest.json", "out/_wdstream_write_probe"):
+    for key in (
+        "out/shard-00001-00000.tar",
+        "out/_partitions/part-00002.json",
+        "out/manifest.json",
+        "out/_wdstream_write_probe",
+    ):
         fs.call_s3("create_multipart_upload", Bucket="test", Key=key)
-    proxy.inject(s3proxy.Fault("lost_reply"), times=2,
-                 match=lambda info: info.method == "DELETE" and "uploadId" in info.query)
+    proxy.inject(
+        s3proxy.Fault("lost_reply"),
+        times=2,
+        match=lambda info: info.method == "DELETE" and "uploadId" in info.query,
+    )
     m = convert(small_hf_dataset, "s3://test/out", workers=1, quiet=True, storage_options=opts)
     assert m.samples == 48
     assert [f[3] for f in proxy.faults_seen] == ["lost_reply", "lost_reply"]
@@ -163,8 +190,9 @@ def s3proxy_fs(opts):
     return s3fs.S3FileSystem(skip_instance_cache=True, **opts)
 
 
-def test_cleanup_that_keeps_failing_exits_2_and_a_rerun_finishes(small_hf_dataset, s3_proxy,
-                                                                   s3proxy, caplog):
+def test_cleanup_that_keeps_failing_exits_2_and_a_rerun_finishes(
+    small_hf_dataset, s3_proxy, s3proxy, caplog
+):
     from wdstream.cli import main
 
     proxy, opts = s3_proxy
@@ -172,11 +200,23 @@ def test_cleanup_that_keeps_failing_exits_2_and_a_rerun_finishes(small_hf_datase
     fs.call_s3("create_multipart_upload", Bucket="test", Key="out/shard-00003-00009.tar")
     endpoint = json.dumps(opts["client_kwargs"])
     retries = json.dumps({"retries": {"max_attempts": 1}})
-    argv = ["convert", small_hf_dataset, "s3://test/out", "--workers", "1", "--quiet",
-            "--storage-option", f"client_kwargs={endpoint}",
-            "--storage-option", f"config_kwargs={retries}"]
-    proxy.inject(s3proxy.Fault("500"), times=1000,
-                 match=lambda info: info.method == "DELETE" and "uploadId" in info.query)
+    argv = [
+        "convert",
+        small_hf_dataset,
+        "s3://test/out",
+        "--workers",
+        "1",
+        "--quiet",
+        "--storage-option",
+        f"client_kwargs={endpoint}",
+        "--storage-option",
+        f"config_kwargs={retries}",
+    ]
+    proxy.inject(
+        s3proxy.Fault("500"),
+        times=1000,
+        match=lambda info: info.method == "DELETE" and "uploadId" in info.query,
+    )
     assert main(argv) == 2
     assert "re-run the same command" in caplog.text
     assert "Traceback" not in caplog.text
@@ -188,15 +228,16 @@ def test_cleanup_that_keeps_failing_exits_2_and_a_rerun_finishes(small_hf_datase
     assert fs.call_s3("list_multipart_uploads", Bucket="test").get("Uploads", []) == []
 
 
-def test_every_pending_upload_under_the_output_is_aborted_page_by_page(small_hf_dataset,
-                                                                       s3_proxy):
+def test_every_pending_upload_under_the_output_is_aborted_page_by_page(small_hf_dataset, s3_proxy):
     """1,001 pending uploads (the proxy pages them 1,000 at a time, as S3 does) of every kind
     of object under OUTPUT are aborted; an upload outside OUTPUT is left alone."""
     proxy, opts = s3_proxy
     fs = s3proxy_fs(opts)
-    names = ["manifest.json", "_partitions/_job.json", "_wdstream_write_probe"] + \
-        [f"_partitions/part-{i:05d}.json" for i in range(500)] + \
-        [f"shard-{i:05d}-00000.tar" for i in range(498)]
+    names = (
+        ["manifest.json", "_partitions/_job.json", "_wdstream_write_probe"]
+        + [f"_partitions/part-{i:05d}.json" for i in range(500)]
+        + [f"shard-{i:05d}-00000.tar" for i in range(498)]
+    )
     for name in names:
         fs.call_s3("create_multipart_upload", Bucket="test", Key=f"out/{name}")
     fs.call_s3("create_multipart_upload", Bucket="test", Key="other/keep.tar")
@@ -217,15 +258,31 @@ def test_small_objects_are_single_puts(small_hf_dataset, s3_proxy):
     proxy, opts = s3_proxy
     log = _Log()
     proxy.faults = log
-    convert(small_hf_dataset, "s3://test/small", workers=1, quiet=True,
-            max_samples_per_shard=5, storage_options=opts)
+    convert(
+        small_hf_dataset,
+        "s3://test/small",
+        workers=1,
+        quiet=True,
+        max_samples_per_shard=5,
+        storage_options=opts,
+    )
     proxy.faults = None
-    creates = [t for method, t in log.requests if method == "POST" and t.endswith("?uploads=")
-               or (method == "POST" and "?uploads" in t and "uploadId" not in t)]
+    creates = [
+        t
+        for method, t in log.requests
+        if method == "POST"
+        and t.endswith("?uploads=")
+        or (method == "POST" and "?uploads" in t and "uploadId" not in t)
+    ]
     assert not [t for t in creates if "/shard-" not in t or t.split("?")[0].endswith(".json")]
     puts = {t.split("?")[0].rsplit("/", 1)[1] for method, t in log.requests if method == "PUT"}
-    assert {"manifest.json", "_job.json", "part-00000.json", "_wdstream_write_probe",
-            "shard-00000-00000.idx"} <= puts
+    assert {
+        "manifest.json",
+        "_job.json",
+        "part-00000.json",
+        "_wdstream_write_probe",
+        "shard-00000-00000.idx",
+    } <= puts
 
 
 def _echo(task, progress=None):

@@ -14,8 +14,7 @@ import pytest
 
 from wdstream.write.convert import convert
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
-                                "faults"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "faults"))
 from killing import (  # noqa: E402
     alive,
     check_complete,
@@ -63,8 +62,9 @@ def _check_workers_stop_and_commit_nothing(running, at_kill, url, options=None):
     time.sleep(1.5)
     assert listing(url, options) == after  # nothing more is written once they are gone
     assert "manifest.json" not in after
-    log.info("written between the kill and the workers' exit: %s",
-             sorted(set(after) - set(at_kill)))
+    log.info(
+        "written between the kill and the workers' exit: %s", sorted(set(after) - set(at_kill))
+    )
 
 
 @pytest.mark.slow
@@ -83,7 +83,8 @@ def test_driver_killed_s3(small_hf_dataset, s3):
     url = "s3://test/killed"
     running, at_kill = _kill_driver_mid_job(small_hf_dataset, url, opts)
     _check_workers_stop_and_commit_nothing(running, at_kill, url, opts)
-    convert(small_hf_dataset, url, max_samples_per_shard=3, workers=1, quiet=True,
-            storage_options=opts)
+    convert(
+        small_hf_dataset, url, max_samples_per_shard=3, workers=1, quiet=True, storage_options=opts
+    )
     check_complete(url, 48, opts)
     assert [u["Key"] for u in pending_uploads(opts) if "/shard-" in u["Key"]] == []

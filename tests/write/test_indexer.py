@@ -35,9 +35,11 @@ def img2dataset_tar(shard: int, n: int, *, seed: int = 0) -> bytes:
         for i in range(n):
             key = f"{shard:05d}{i:04d}"
             meta = {"key": key, "url": f"http://example.com/{key}.jpg", "status": "success"}
-            for ext, data in (("jpg", encode_image(rng, rng.randint(16, 40), 24)),
-                              ("txt", f"a photo number {shard}-{i}".encode()),
-                              ("json", json.dumps(meta).encode())):
+            for ext, data in (
+                ("jpg", encode_image(rng, rng.randint(16, 40), 24)),
+                ("txt", f"a photo number {shard}-{i}".encode()),
+                ("json", json.dumps(meta).encode()),
+            ):
                 info = tarfile.TarInfo(f"{key}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
@@ -75,8 +77,9 @@ def exact_epoch_checks(source: str, opts: dict, allowed: tuple[str, ...] = ()) -
     """2 ranks x 2 workers read every sample exactly once; a run stopped after 2 batches per
     rank and resumed from ``state_dict()`` delivers exactly the rest. ``allowed``: the
     prefixes ``index --out`` said to allow (shards outside the manifest's folder)."""
-    config = small_config(num_workers=2, batch_size=4, storage_options=opts,
-                          allowed_prefixes=list(allowed))
+    config = small_config(
+        num_workers=2, batch_size=4, storage_options=opts, allowed_prefixes=list(allowed)
+    )
     epoch = []
     for rank in range(2):
         with wdstream.make_loader(source, config, rank=rank, world=2) as loader:
@@ -116,6 +119,7 @@ def test_index_local_img2dataset_shards_then_exact_epochs_and_resume(tmp_path, c
     for name, data_bytes in before.items():  # no shard touched
         assert (data / name).read_bytes() == data_bytes
     import hashlib
+
     assert m.shards[2].sha256 == hashlib.sha256(before["00002.tar.gz"]).hexdigest()
     assert m.shards[0].bytes == len(before["00000.tar"])
     idx = load_index(str(data / m.shards[0].index), samples=20)
@@ -131,8 +135,7 @@ def test_mid_shard_reads_start_at_the_indexed_offsets(tmp_path):
     write_local(data, {"00000.tar": img2dataset_tar(0, 20)})
     index_dataset(str(data), quiet=True)
     config = small_config(shuffle=False, batch_size=5)
-    keys = [k for b in wdstream.make_loader(str(data), config, rank=1, world=2)
-            for k in b["keys"]]
+    keys = [k for b in wdstream.make_loader(str(data), config, rank=1, world=2) for k in b["keys"]]
     assert keys == all_keys((20,))[10:]
 
 
@@ -144,14 +147,15 @@ def test_rerun_reads_only_new_or_changed_shards(tmp_path):
     again = index_dataset(str(data), quiet=True)
     assert (again.indexed, again.reused) == (0, 3)
     assert again.manifest.to_dict() == first.manifest.to_dict()
-    write_local(data, {"00001.tar": img2dataset_tar(1, 7, seed=5), "00003.tar": img2dataset_tar(3, 4)})
+    write_local(
+        data, {"00001.tar": img2dataset_tar(1, 7, seed=5), "00003.tar": img2dataset_tar(3, 4)}
+    )
     third = index_dataset(str(data), quiet=True)
     assert (third.indexed, third.reused) == (2, 2)
     assert [s.samples for s in third.manifest.shards] == [20, 7, 16, 4]
 
 
-def test_bad_shards_are_indexed_up_to_the_last_whole_sample_and_reported(tmp_path, capsys,
-                                                                         caplog):
+def test_bad_shards_are_indexed_up_to_the_last_whole_sample_and_reported(tmp_path, capsys, caplog):
     data = tmp_path / "d"
     good = img2dataset_tar(0, 10)
     # cut inside sample 6's text: samples 0..5 are whole, and sample 5 is followed by a
@@ -160,15 +164,32 @@ def test_bad_shards_are_indexed_up_to_the_last_whole_sample_and_reported(tmp_pat
         cut = next(m for m in t.getmembers() if m.name == "000000006.txt").offset_data + 10
     dup = io.BytesIO()
     with tarfile.open(fileobj=dup, mode="w") as tar:
-        for key, ext in (("a", "jpg"), ("a", "txt"), ("b", "jpg"), ("b", "txt"), ("a", "json"),
-                         ("c", "txt"), ("b", "txt"), ("d", "txt")):
-            body = encode_image(random.Random(1), 16, 16) if ext == "jpg" else \
-                (b"{}" if ext == "json" else f"text of {key}".encode())
+        for key, ext in (
+            ("a", "jpg"),
+            ("a", "txt"),
+            ("b", "jpg"),
+            ("b", "txt"),
+            ("a", "json"),
+            ("c", "txt"),
+            ("b", "txt"),
+            ("d", "txt"),
+        ):
+            body = (
+                encode_image(random.Random(1), 16, 16)
+                if ext == "jpg"
+                else (b"{}" if ext == "json" else f"text of {key}".encode())
+            )
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size = len(body)
             tar.addfile(info, io.BytesIO(body))
-    write_local(data, {"00000.tar": good[:cut], "00001.tar": dup.getvalue(),
-                       "00002.tar.gz": gzip.compress(img2dataset_tar(2, 8))[:-300]})
+    write_local(
+        data,
+        {
+            "00000.tar": good[:cut],
+            "00001.tar": dup.getvalue(),
+            "00002.tar.gz": gzip.compress(img2dataset_tar(2, 8))[:-300],
+        },
+    )
     assert main(["index", str(data), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "3 shard(s) with problems" in out and "truncated or corrupt shard=2" in out
@@ -180,7 +201,8 @@ def test_bad_shards_are_indexed_up_to_the_last_whole_sample_and_reported(tmp_pat
     assert 0 <= counts[2] < 8
     assert m.skipped == {"truncated or corrupt shard": 2, "duplicate or non-adjacent key": 2}
     assert [p["shard"] for p in m.source["problems"]] == [
-        str(data / n) for n in ("00000.tar", "00001.tar", "00002.tar.gz")]
+        str(data / n) for n in ("00000.tar", "00001.tar", "00002.tar.gz")
+    ]
     # reading: every indexed sample exactly once, nothing from the bad tails
     config = small_config(batch_size=1, num_workers=0, shuffle=True)
     loader = wdstream.make_loader(str(data), config)
@@ -193,10 +215,12 @@ def test_list_shards_prefix_pattern_and_list(tmp_path):
     write_local(tmp_path / "a", {"00000.tar": b"x", "00001.tar.gz": b"x", "notes.txt": b"x"})
     write_local(tmp_path / "a" / "sub", {"00002.tar": b"x"})
     base = str(tmp_path / "a")
-    assert list_shards(base) == [f"{base}/00000.tar", f"{base}/00001.tar.gz",
-                                 f"{base}/sub/00002.tar"]
-    assert list_shards(f"{base}/{{00000..00001}}.tar") == [f"{base}/00000.tar",
-                                                           f"{base}/00001.tar"]
+    assert list_shards(base) == [
+        f"{base}/00000.tar",
+        f"{base}/00001.tar.gz",
+        f"{base}/sub/00002.tar",
+    ]
+    assert list_shards(f"{base}/{{00000..00001}}.tar") == [f"{base}/00000.tar", f"{base}/00001.tar"]
     with pytest.raises(wdstream.SourceError, match="no .tar/.tar.gz shards"):
         list_shards(str(tmp_path / "a" / "sub" / "none"))
 
@@ -209,14 +233,24 @@ def test_read_only_local_source_with_out_elsewhere(tmp_path, capsys):
     try:
         if os.geteuid() != 0:  # root writes anyway
             assert main(["index", str(data), "--quiet"]) == 2
-        assert main(["index", f"{data}/{{00000..00001}}.tar", f"{data}/00002.tar.gz",
-                     "--out", str(out), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "index",
+                    f"{data}/{{00000..00001}}.tar",
+                    f"{data}/00002.tar.gz",
+                    "--out",
+                    str(out),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         text = capsys.readouterr().out
         assert f"allowed_prefixes: [{data}/]" in text
         assert sorted(os.listdir(data)) == listing
         m = load_manifest(str(out), allowed_prefixes=[f"{data}/"])
-        assert m.shard_urls() == [f"{data}/00000.tar", f"{data}/00001.tar",
-                                  f"{data}/00002.tar.gz"]
+        assert m.shard_urls() == [f"{data}/00000.tar", f"{data}/00001.tar", f"{data}/00002.tar.gz"]
         with pytest.raises(wdstream.SourceError, match="allowed_prefixes"):
             load_manifest(str(out))  # the manifest cannot grant itself access
         exact_epoch_checks(str(out), {}, allowed=(f"{data}/",))
@@ -233,8 +267,9 @@ def test_index_on_s3_read_only_bucket_with_out_elsewhere(s3):
     for name, data in shard_files().items():
         fs.pipe_file(f"laion/part/{name}", data)
     before = sorted(fs.find("laion"))
-    report = index_dataset("s3://laion/part", "s3://test/laion-index", storage_options=opts,
-                           workers=3, quiet=True)
+    report = index_dataset(
+        "s3://laion/part", "s3://test/laion-index", storage_options=opts, workers=3, quiet=True
+    )
     assert report.outside and report.prefixes == ["s3://laion/part/"]
     fs.invalidate_cache()
     assert sorted(fs.find("laion")) == before
@@ -242,8 +277,9 @@ def test_index_on_s3_read_only_bucket_with_out_elsewhere(s3):
     assert m.samples == 48 and [s.whole for s in m.shards] == [False, False, True]
     assert m.shard_urls()[0] == "s3://laion/part/00000.tar"
     exact_epoch_checks("s3://test/laion-index", opts, allowed=tuple(report.prefixes))
-    again = index_dataset("s3://laion/part", "s3://test/laion-index", storage_options=opts,
-                          quiet=True)
+    again = index_dataset(
+        "s3://laion/part", "s3://test/laion-index", storage_options=opts, quiet=True
+    )
     assert (again.indexed, again.reused) == (0, 3)
 
 
@@ -282,9 +318,13 @@ def test_index_on_ray_gives_the_same_manifest(tmp_path):
 def test_index_tasks_shed_credentials_for_cluster_executors():
     from wdstream.cli.index import _Task
 
-    task = _Task(url="s3://b/0.tar", index_url="s3://o/0.idx.json", manifest_url="s3://b/0.tar",
-                 index="0.idx.json", storage_options={"key": "AK", "secret": "S",
-                                                      "client_kwargs": {"endpoint_url": "x"}})
+    task = _Task(
+        url="s3://b/0.tar",
+        index_url="s3://o/0.idx.json",
+        manifest_url="s3://b/0.tar",
+        index="0.idx.json",
+        storage_options={"key": "AK", "secret": "S", "client_kwargs": {"endpoint_url": "x"}},
+    )
     public, secrets = task.without_secrets()
     assert public.storage_options == {"client_kwargs": {"endpoint_url": "x"}}
     assert "AK" not in repr(public) and public.with_secrets(secrets) == task
@@ -303,8 +343,19 @@ def test_shards_in_several_folders_keep_distinct_index_names(tmp_path, capsys):
     write_local(tmp_path / "x" / "a", {"00000.tar": img2dataset_tar(0, 3)})
     write_local(tmp_path / "y" / "a", {"00000.tar": img2dataset_tar(1, 2)})
     out = tmp_path / "idx"
-    assert main(["index", str(tmp_path / "x" / "a" / "00000.tar"),
-                 str(tmp_path / "y" / "a" / "00000.tar"), "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                str(tmp_path / "x" / "a" / "00000.tar"),
+                str(tmp_path / "y" / "a" / "00000.tar"),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert f"allowed_prefixes: [{tmp_path}/]" in capsys.readouterr().out
     m = load_manifest(str(out), allowed_prefixes=[f"{tmp_path}/"])
     assert [s.index for s in m.shards] == ["x/a/00000.idx", "y/a/00000.idx"]

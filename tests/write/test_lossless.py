@@ -44,11 +44,17 @@ def _flac(i: int) -> bytes:
 
 
 def _rows():
-    return [{"image": {"bytes": _png(i), "path": f"img{i}.png"},
-             "audio": {"bytes": _flac(i), "path": None},
-             "thumb": _jpeg(i),  # a second image, as a plain binary column
-             "blob": bytes([i, 0, 255, i]) * 3,  # binary that is neither image nor audio
-             "caption": f"caption {i}", "n": i} for i in range(N)]
+    return [
+        {
+            "image": {"bytes": _png(i), "path": f"img{i}.png"},
+            "audio": {"bytes": _flac(i), "path": None},
+            "thumb": _jpeg(i),  # a second image, as a plain binary column
+            "blob": bytes([i, 0, 255, i]) * 3,  # binary that is neither image nor audio
+            "caption": f"caption {i}",
+            "n": i,
+        }
+        for i in range(N)
+    ]
 
 
 def _write_pyarrow(path):
@@ -86,8 +92,23 @@ def test_parquet_without_hf_metadata_keeps_every_byte(writer, tmp_path, capsys):
     src.mkdir()
     rows = writer(str(src / "data.parquet"))
     out = str(tmp_path / "out")
-    assert main(["convert", "parquet", out, "--data-files", str(src / "data.parquet"),
-                 "--quiet", "--max-samples-per-shard", "5", "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "parquet",
+                out,
+                "--data-files",
+                str(src / "data.parquet"),
+                "--quiet",
+                "--max-samples-per-shard",
+                "5",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     # the mapping is on the console before the job's summary
     mapping = printed.splitlines()[0]
@@ -123,11 +144,15 @@ def test_binary_image_column_without_struct_and_chosen_second_image(tmp_path):
 
     rows = [{"pic": _jpeg(i), "label": i} for i in range(4)]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
-    m = convert("parquet", str(tmp_path / "o"), data_files=[str(tmp_path / "a.parquet")],
-                quiet=True, workers=1)
+    m = convert(
+        "parquet",
+        str(tmp_path / "o"),
+        data_files=[str(tmp_path / "a.parquet")],
+        quiet=True,
+        workers=1,
+    )
     assert m.options["columns"]["image"] == "pic" and m.samples == 4
-    assert [s["jpg"] for s in _samples(str(tmp_path / "o")).values()] == [r["pic"]
-                                                                         for r in rows]
+    assert [s["jpg"] for s in _samples(str(tmp_path / "o")).values()] == [r["pic"] for r in rows]
 
 
 def test_nested_binary_stops_the_job_naming_the_column_and_the_flag(tmp_path):
@@ -141,6 +166,12 @@ def test_nested_binary_stops_the_job_naming_the_column_and_the_flag(tmp_path):
         convert("parquet", str(tmp_path / "o"), data_files=files, quiet=True, workers=1)
     assert not (tmp_path / "o" / "manifest.json").exists()
     assert e.value.key == "meta"
-    m = convert("parquet", str(tmp_path / "o2"), data_files=files, quiet=True, workers=1,
-                drop_columns=("meta",))
+    m = convert(
+        "parquet",
+        str(tmp_path / "o2"),
+        data_files=files,
+        quiet=True,
+        workers=1,
+        drop_columns=("meta",),
+    )
     assert m.samples == 1 and m.options["columns"]["dropped"] == ["meta"]

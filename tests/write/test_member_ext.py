@@ -34,11 +34,17 @@ def mixed_source(tmp_path_factory):
     rows = 9
     images = [encode_image(rng, 24 + i, 20, IMAGE_FORMATS[i % 3]) for i in range(rows)]
     audio = [encode_audio(rng, 0.05, fmt=AUDIO_FORMATS[i % 2]) for i in range(rows)]
-    ds = datasets.Dataset.from_dict({
-        "text": [f"row {i}" for i in range(rows)],
-        "image": [{"bytes": b, "path": None} for b in images],
-        "audio": [{"bytes": b, "path": f"clip{i}"} for i, b in enumerate(audio)],
-    }).cast_column("image", datasets.Image()).cast_column("audio", datasets.Audio())
+    ds = (
+        datasets.Dataset.from_dict(
+            {
+                "text": [f"row {i}" for i in range(rows)],
+                "image": [{"bytes": b, "path": None} for b in images],
+                "audio": [{"bytes": b, "path": f"clip{i}"} for i, b in enumerate(audio)],
+            }
+        )
+        .cast_column("image", datasets.Image())
+        .cast_column("audio", datasets.Audio())
+    )
     folder = tmp_path_factory.mktemp("mixed")
     (folder / "data").mkdir()
     ds.to_parquet(str(folder / "data" / "train-0.parquet"))
@@ -49,8 +55,7 @@ def load_webdataset(folder, **kwargs):
     import datasets
 
     files = sorted(glob.glob(f"{folder}/*.tar"))
-    return datasets.load_dataset("webdataset", data_files={"train": files}, split="train",
-                                 **kwargs)
+    return datasets.load_dataset("webdataset", data_files={"train": files}, split="train", **kwargs)
 
 
 def load_keeping_audio_bytes(folder):
@@ -66,8 +71,9 @@ def load_keeping_audio_bytes(folder):
     return load_webdataset(folder, features=features)
 
 
-def test_default_names_each_member_by_its_format_and_warns_with_the_option(mixed_source,
-                                                                           tmp_path, caplog):
+def test_default_names_each_member_by_its_format_and_warns_with_the_option(
+    mixed_source, tmp_path, caplog
+):
     src, _, _ = mixed_source
     out = str(tmp_path / "default")
     with caplog.at_level(logging.WARNING, logger="wdstream"):
@@ -88,8 +94,9 @@ def test_mixed_audio_alone_is_refused_too(mixed_source, tmp_path):
         load_webdataset(out, streaming=True)
 
 
-def test_one_extension_per_modality_loads_in_datasets_with_bytes_untouched(mixed_source,
-                                                                           tmp_path, caplog):
+def test_one_extension_per_modality_loads_in_datasets_with_bytes_untouched(
+    mixed_source, tmp_path, caplog
+):
     import datasets
 
     src, images, audio = mixed_source

@@ -16,8 +16,9 @@ class _OldS3:  # s3fs 2026.2.0's signature
 
 
 class _NewS3:  # s3fs 2026.9.0's signature
-    async def _cat_file(self, path, version_id=None, start=None, end=None,
-                        max_concurrency=None, **kwargs):
+    async def _cat_file(
+        self, path, version_id=None, start=None, end=None, max_concurrency=None, **kwargs
+    ):
         return b""
 
 

@@ -68,13 +68,15 @@ def test_local_shards_keep_their_pinned_sha256(pinned_source, tmp_path, workers)
 def test_s3_shards_keep_their_pinned_sha256(pinned_source, s3):
     url = "s3://test/pinned"
     opts = s3["storage_options"]
-    manifest = convert(pinned_source, url, max_samples_per_shard=5, workers=1, quiet=True,
-                       storage_options=opts)
+    manifest = convert(
+        pinned_source, url, max_samples_per_shard=5, workers=1, quiet=True, storage_options=opts
+    )
     assert _hashes(url, manifest, opts) == PINNED
 
 
-@pytest.mark.parametrize("name", ["a", "00000_000000001.jpg", "x" * 100, "x" * 101,
-                                  "é/ü.flac", "dir/sub/key.seg.png"])
+@pytest.mark.parametrize(
+    "name", ["a", "00000_000000001.jpg", "x" * 100, "x" * 101, "é/ü.flac", "dir/sub/key.seg.png"]
+)
 @pytest.mark.parametrize("size", [0, 1, 511, 512, 10**6, 8**11 - 1, 8**11])
 def test_member_headers_are_tarfiles_bytes(name, size):
     """The converter's own header writer gives the bytes tarfile gives."""
@@ -85,5 +87,4 @@ def test_member_headers_are_tarfiles_bytes(name, size):
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode, info.uid, info.gid = size, MTIME, 0o444, 0, 0
     info.uname = info.gname = ""
-    assert member_header(name, size) == info.tobuf(tarfile.GNU_FORMAT, "utf-8",
-                                                   "surrogateescape")
+    assert member_header(name, size) == info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")

@@ -25,8 +25,7 @@ SECRET = "ray-test-secret-do-not-log-7f3a"
 
 
 def _shards(manifest):
-    return [(s.url, s.samples, s.bytes, s.sha256, s.first_key, s.last_key)
-            for s in manifest.shards]
+    return [(s.url, s.samples, s.bytes, s.sha256, s.first_key, s.last_key) for s in manifest.shards]
 
 
 def _keys(url, opts=None):
@@ -43,8 +42,7 @@ def ray_local(s3_server):
     set the AWS variables, so its workers inherit them, as on any local Ray."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level="WARNING")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 
@@ -54,8 +52,9 @@ def dataset(tmp_path_factory):
     """48 rows in 4 parquet files (4 partitions), a corrupt image in partition 2 (row 30)."""
     from wdstream.demo.data import build_parquet_dataset
 
-    return build_parquet_dataset(str(tmp_path_factory.mktemp("rayds")), 48, n_files=4,
-                                 corrupt_image_rows=(30,))
+    return build_parquet_dataset(
+        str(tmp_path_factory.mktemp("rayds")), 48, n_files=4, corrupt_image_rows=(30,)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +88,15 @@ class _Spy:
 @pytest.mark.slow
 @pytest.mark.s3
 def test_ray_to_s3_equals_local_executor_and_keeps_secrets_out_of_task_args(
-        ray_local, dataset, reference, s3, monkeypatch):
+    ray_local, dataset, reference, s3, monkeypatch
+):
     from ray import cloudpickle
 
     import wdstream.write.executors.ray as er
 
-    convert_mod = sys.modules["wdstream.write.convert"]  # the package exports a function of that name
+    convert_mod = sys.modules[
+        "wdstream.write.convert"
+    ]  # the package exports a function of that name
 
     spy = _Spy(er._remote_run(ray_local))
     monkeypatch.setattr(er, "_remote_run", lambda ray: spy)
@@ -108,11 +110,11 @@ def test_ray_to_s3_equals_local_executor_and_keeps_secrets_out_of_task_args(
 
     monkeypatch.setattr(convert_mod, "_Bar", Bar)
     # credentials in storage options (moto accepts any key); distinct from the env's
-    opts = {"client_kwargs": {"endpoint_url": s3["endpoint"]}, "key": SECRET_KEY,
-            "secret": SECRET}
+    opts = {"client_kwargs": {"endpoint_url": s3["endpoint"]}, "key": SECRET_KEY, "secret": SECRET}
     url = "s3://test/ray/ds"
-    m = convert(dataset, url, max_samples_per_shard=5, quiet=True, storage_options=opts,
-                executor="ray")
+    m = convert(
+        dataset, url, max_samples_per_shard=5, quiet=True, storage_options=opts, executor="ray"
+    )
     ref_out, ref = reference
 
     assert m.samples == ref.samples == 47 and m.skipped == {"bad_image": 1}
@@ -165,8 +167,7 @@ def _die_once(marker, partition):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_killed_task_is_retried_and_the_job_ends_complete(ray_local, dataset, reference,
-                                                          tmp_path):
+def test_killed_task_is_retried_and_the_job_ends_complete(ray_local, dataset, reference, tmp_path):
     from wdstream.write.executors.ray import RayExecutor
 
     marker = str(tmp_path / "killed")
@@ -177,8 +178,7 @@ def test_killed_task_is_retried_and_the_job_ends_complete(ray_local, dataset, re
             return super().map_unordered(fn, tasks, progress=progress)
 
     out = str(tmp_path / "out")
-    m = convert(dataset, out, max_samples_per_shard=5, quiet=True,
-                executor=KillOnce(max_retries=2))
+    m = convert(dataset, out, max_samples_per_shard=5, quiet=True, executor=KillOnce(max_retries=2))
     # the worker really died mid-partition: one shard committed, the next half written
     at_kill = open(marker).read().split()
     assert "shard-00001-00000.tar" in at_kill
@@ -193,10 +193,15 @@ def test_killed_task_is_retried_and_the_job_ends_complete(ray_local, dataset, re
     names = os.listdir(out)
     assert not [n for n in names if ".partial-" in n], names
     assert sorted(n for n in names if n.endswith(".tar")) == sorted(s.url for s in m.shards)
-    assert sorted(n for n in os.listdir(os.path.join(out, "_partitions"))
-                  if not n.startswith("records-")) == [  # records-*: the driver's batches
-        "_job.json", "part-00000.json", "part-00001.json", "part-00002.json",
-        "part-00003.json"]
+    assert sorted(
+        n for n in os.listdir(os.path.join(out, "_partitions")) if not n.startswith("records-")
+    ) == [  # records-*: the driver's batches
+        "_job.json",
+        "part-00000.json",
+        "part-00001.json",
+        "part-00002.json",
+        "part-00003.json",
+    ]
 
 
 @pytest.mark.ray
@@ -217,8 +222,14 @@ def test_data_error_names_the_partition_and_is_not_retried(ray_local, dataset, t
 
     out = str(tmp_path / "out")
     with pytest.raises(TooManyErrors, match=r"partition 2 of 4: .*bad_image") as e:
-        convert(dataset, out, max_samples_per_shard=5, quiet=True, skip_bad_rows=False,
-                executor=Counting(max_retries=3))
+        convert(
+            dataset,
+            out,
+            max_samples_per_shard=5,
+            quiet=True,
+            skip_bad_rows=False,
+            executor=Counting(max_retries=3),
+        )
     assert "00002_000000006" in str(e.value)  # the row's key (row 30 = partition 2, row 6)
     assert open(log).read().split().count("2") == 1  # a Python exception is not retried
     assert "manifest.json" not in os.listdir(out)
@@ -231,8 +242,21 @@ def test_cli_executor_ray(ray_local, dataset, reference, tmp_path):
     from wdstream.cli import main
 
     out = str(tmp_path / "cli")
-    assert main(["convert", dataset, out, "--executor", "ray", "--quiet",
-                 "--max-samples-per-shard", "5"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                dataset,
+                out,
+                "--executor",
+                "ray",
+                "--quiet",
+                "--max-samples-per-shard",
+                "5",
+            ]
+        )
+        == 0
+    )
     assert _shards(load_manifest(out)) == _shards(reference[1])
     assert ray_local.is_initialized()  # a Ray it did not start is left running
 
@@ -249,16 +273,19 @@ def test_cli_maps_executor_options(monkeypatch):
 
     monkeypatch.setattr(cmd, "convert", fake_convert)
     parser = build_parser()
-    for argv, want in [([], ("local", None)), (["--executor", "ray"], ("ray", None)),
-                       (["--ray-address", "auto"], ("ray", "auto")),
-                       (["--executor", "ray", "--ray-address", "10.0.0.1:6379"],
-                        ("ray", "10.0.0.1:6379"))]:
+    for argv, want in [
+        ([], ("local", None)),
+        (["--executor", "ray"], ("ray", None)),
+        (["--ray-address", "auto"], ("ray", "auto")),
+        (["--executor", "ray", "--ray-address", "10.0.0.1:6379"], ("ray", "10.0.0.1:6379")),
+    ]:
         args = parser.parse_args(["convert", "someone/src", "out", *argv])
         with pytest.raises(ConfigError, match="stop here"):
             cmd.run(args)
         assert (seen["config"].executor, seen["config"].ray_address) == want
-    args = parser.parse_args(["convert", "someone/src", "out", "--executor", "local",
-                              "--ray-address", "auto"])
+    args = parser.parse_args(
+        ["convert", "someone/src", "out", "--executor", "local", "--ray-address", "auto"]
+    )
     with pytest.raises(ConfigError, match="--ray-address needs --executor ray"):
         cmd.run(args)
 
@@ -280,16 +307,30 @@ def test_without_ray_the_error_says_how_to_install(monkeypatch, small_hf_dataset
 def test_secrets_split_and_merge_back():
     from wdstream.write.executors import merge_secrets, split_secrets
 
-    opts = {"key": "K", "secret": "S", "token": "T", "anon": False,
-            "client_kwargs": {"endpoint_url": "http://h:9000", "aws_session_token": "X",
-                              "region_name": "r"},
-            "config_kwargs": {"retries": {"max_attempts": 2}}}
+    opts = {
+        "key": "K",
+        "secret": "S",
+        "token": "T",
+        "anon": False,
+        "client_kwargs": {
+            "endpoint_url": "http://h:9000",
+            "aws_session_token": "X",
+            "region_name": "r",
+        },
+        "config_kwargs": {"retries": {"max_attempts": 2}},
+    }
     public, secrets = split_secrets(opts)
-    assert public == {"anon": False, "client_kwargs": {"endpoint_url": "http://h:9000",
-                                                       "region_name": "r"},
-                      "config_kwargs": {"retries": {"max_attempts": 2}}}
-    assert secrets == {"key": "K", "secret": "S", "token": "T",
-                       "client_kwargs": {"aws_session_token": "X"}}
+    assert public == {
+        "anon": False,
+        "client_kwargs": {"endpoint_url": "http://h:9000", "region_name": "r"},
+        "config_kwargs": {"retries": {"max_attempts": 2}},
+    }
+    assert secrets == {
+        "key": "K",
+        "secret": "S",
+        "token": "T",
+        "client_kwargs": {"aws_session_token": "X"},
+    }
     assert merge_secrets(public, secrets) == opts
 
 

@@ -56,8 +56,9 @@ INTERRUPTED = textwrap.dedent("""
 @pytest.mark.parametrize("where", ["datasets.packaged_modules", "datasets.features.audio"])
 def test_an_interrupted_first_import_poisons_the_process(where):
     """Why a cancelled worker must not be reused: reproduced in a fresh process."""
-    run = subprocess.run([sys.executable, "-c", INTERRUPTED, where], capture_output=True,
-                         text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED, where], capture_output=True, text=True, timeout=300
+    )
     assert "INTERRUPTED" in run.stdout, run.stderr[-3000:]
     assert "IMPORTED" not in run.stdout
     assert "partially initialized module 'datasets' has no attribute 'utils'" in run.stderr
@@ -72,8 +73,10 @@ def _task(folder):
 
         if task == 0:
             deadline = time.monotonic() + 60
-            while not os.path.exists(os.path.join(folder, "running-1")) and \
-                    time.monotonic() < deadline:
+            while (
+                not os.path.exists(os.path.join(folder, "running-1"))
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.05)
             raise ValueError("bad data in partition 0")
         with open(os.path.join(folder, f"running-{task}"), "w") as f:
@@ -104,14 +107,12 @@ def test_a_failed_job_stops_its_tasks_in_flight_without_ray_cancel(tmp_path, mon
     monkeypatch.setattr(ray, "cancel", lambda *a, **kw: cancels.append((a, kw)))
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 logging_level="WARNING")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
         # 2 CPUs, 4 tasks in flight: tasks 0 and 1 run, 2 and 3 wait for a CPU
         executor = RayExecutor(max_in_flight=4)
         with pytest.raises(ValueError, match="bad data in partition 0"):
-            list(executor.map_unordered(_task(str(tmp_path)), range(4),
-                                        progress=lambda s, b: None))
+            list(executor.map_unordered(_task(str(tmp_path)), range(4), progress=lambda s, b: None))
         assert cancels == []
         names = sorted(os.listdir(tmp_path))
         # the driver returned after its tasks stopped: task 1 was stopped at a report, and
@@ -121,8 +122,7 @@ def test_a_failed_job_stops_its_tasks_in_flight_without_ray_cancel(tmp_path, mon
         for t in (2, 3):
             assert (f"running-{t}" in names) == (f"stopped-{t}" in names), names
         # the executor (and its workers) are still usable for the next job
-        assert sorted(executor.map_unordered(lambda t, progress=None: t * 2, range(3))) == \
-            [0, 2, 4]
+        assert sorted(executor.map_unordered(lambda t, progress=None: t * 2, range(3))) == [0, 2, 4]
         executor.close()
     finally:
         if started:

@@ -23,21 +23,30 @@ def local_registry(tmp_path, monkeypatch):
     for name, rows in (("instruct_a", 6), ("instruct_b", 4)):
         folder = tmp_path / name / "data"
         folder.mkdir(parents=True)
-        ds = datasets.Dataset.from_dict({
-            "instruction": [f"{name} task {i}" for i in range(rows)],
-            "input": ["" if i % 2 else f"input {i}" for i in range(rows)],
-            "output": [f"answer {i}" for i in range(rows)],
-        })
+        ds = datasets.Dataset.from_dict(
+            {
+                "instruction": [f"{name} task {i}" for i in range(rows)],
+                "input": ["" if i % 2 else f"input {i}" for i in range(rows)],
+                "output": [f"answer {i}" for i in range(rows)],
+            }
+        )
         for k in range(2):
             ds.shard(2, k, contiguous=True).to_parquet(str(folder / f"train-{k}.parquet"))
         roots[name] = str(tmp_path / name)
     reg = tmp_path / "datasets.yaml"
     entries = {
-        name: {"hub_id": path, "split": "train", "task_types": ["code"],
-               "text_template": "{instruction}\n{input}\n{output}",
-               "columns": ["instruction", "input", "output"], "license": "test",
-               "default": True, "verified": True}
-        for name, path in roots.items()}
+        name: {
+            "hub_id": path,
+            "split": "train",
+            "task_types": ["code"],
+            "text_template": "{instruction}\n{input}\n{output}",
+            "columns": ["instruction", "input", "output"],
+            "license": "test",
+            "default": True,
+            "verified": True,
+        }
+        for name, path in roots.items()
+    }
     reg.write_text(json.dumps({"datasets": entries}))
     monkeypatch.setenv("WDSTREAM_DATASETS", str(reg))
     return roots
@@ -65,8 +74,23 @@ def test_convert_by_registry_name_applies_the_template(local_registry, tmp_path)
 
 def test_convert_all_of_a_task_type_with_a_limit(local_registry, tmp_path):
     out = tmp_path / "all"
-    assert main(["convert", "--task-type", "code", "--all", str(out), "--limit", "3",
-                 "--quiet", "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--task-type",
+                "code",
+                "--all",
+                str(out),
+                "--limit",
+                "3",
+                "--quiet",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     for name in ("instruct_a", "instruct_b"):
         m = load_manifest(str(out / name))
         assert m.samples == 3  # --limit caps each dataset

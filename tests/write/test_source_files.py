@@ -35,10 +35,16 @@ def _folder(tmp_path, sizes: list[int]) -> str:
     row = 0
     for i, n in enumerate(sizes):
         notes = [None] * n if i == 0 else [f"note {row + j}" for j in range(n)]
-        pq.write_table(pa.table({"text": [f"row {row + j}" for j in range(n)],
-                                 "id": list(range(row, row + n)),
-                                 "note": pa.array(notes, type=pa.string())}),
-                       folder / f"part-{i:03d}.parquet")
+        pq.write_table(
+            pa.table(
+                {
+                    "text": [f"row {row + j}" for j in range(n)],
+                    "id": list(range(row, row + n)),
+                    "note": pa.array(notes, type=pa.string()),
+                }
+            ),
+            folder / f"part-{i:03d}.parquet",
+        )
         row += n
     return str(folder)
 
@@ -50,10 +56,22 @@ def test_file_group_is_datasets_contiguous_shard(tmp_path, n_files, n_groups):
     files = source_files(ds)
     assert files is not None and len(files.paths) == n_files
     for index in range(n_groups):
-        mine = [r["id"] for r in open_files(HFSource("parquet"), files.__class__(
-            files.builder, files.options, files.features,
-            files.paths[file_group(n_files, n_groups, index).start:
-                        file_group(n_files, n_groups, index).stop]))]
+        mine = [
+            r["id"]
+            for r in open_files(
+                HFSource("parquet"),
+                files.__class__(
+                    files.builder,
+                    files.options,
+                    files.features,
+                    files.paths[
+                        file_group(n_files, n_groups, index).start : file_group(
+                            n_files, n_groups, index
+                        ).stop
+                    ],
+                ),
+            )
+        ]
         theirs = [r["id"] for r in ds.shard(num_shards=n_groups, index=index, contiguous=True)]
         assert mine == theirs and mine
 
@@ -82,8 +100,10 @@ def test_a_limit_plan_gives_each_partition_its_group(tmp_path):
 
 
 def _sha256s(url: str) -> dict[str, str]:
-    return {os.path.basename(p): hashlib.sha256(storage.read_bytes(p)).hexdigest()
-            for p in glob.glob(f"{url}/shard-*.tar")}
+    return {
+        os.path.basename(p): hashlib.sha256(storage.read_bytes(p)).hexdigest()
+        for p in glob.glob(f"{url}/shard-*.tar")
+    }
 
 
 @pytest.mark.parametrize("limit", [None, 9])
@@ -120,5 +140,4 @@ def test_sources_whose_shards_are_not_files_take_the_old_path(tmp_path):
     folder = tmp_path / "jsonl"
     folder.mkdir()
     (folder / "a.jsonl").write_text('{"text": "x"}\n')
-    assert source_files(open_source(HFSource("json", data_files=str(folder / "*.jsonl")))) \
-        is None
+    assert source_files(open_source(HFSource("json", data_files=str(folder / "*.jsonl")))) is None

@@ -27,20 +27,23 @@ def _pending(fs):
     return fs.call_s3("list_multipart_uploads", Bucket="test").get("Uploads", [])
 
 
-@pytest.mark.parametrize("concurrency, buffer, bound", [
-    (3, 15 * MiB, 3),  # the part count binds: 3 parts of 5 MiB
-    (4, 10 * MiB, 2),  # the bytes bind: 10 MiB hold 2 parts of 5 MiB
-])
-def test_parts_in_flight_reach_and_keep_the_bound(s3, s3_proxy, s3proxy, concurrency, buffer,
-                                                  bound):
+@pytest.mark.parametrize(
+    "concurrency, buffer, bound",
+    [
+        (3, 15 * MiB, 3),  # the part count binds: 3 parts of 5 MiB
+        (4, 10 * MiB, 2),  # the bytes bind: 10 MiB hold 2 parts of 5 MiB
+    ],
+)
+def test_parts_in_flight_reach_and_keep_the_bound(
+    s3, s3_proxy, s3proxy, concurrency, buffer, bound
+):
     proxy, opts = s3_proxy
     _slow_parts(proxy, s3proxy)
     data = os.urandom(41 * MiB)
     url = f"s3://test/c{concurrency}.bin"
-    f = uploads.AtomicFile(url, opts, upload_concurrency=concurrency,
-                           upload_buffer_bytes=buffer)
+    f = uploads.AtomicFile(url, opts, upload_concurrency=concurrency, upload_buffer_bytes=buffer)
     for i in range(0, len(data), MiB):  # written in 1 MiB pieces, as a tar stream is
-        f.write(data[i:i + MiB])
+        f.write(data[i : i + MiB])
     assert not s3["fs"].exists(url)  # nothing visible before the commit
     f.commit()
     assert proxy.parts == 9  # 8 parts of 5 MiB and the last of 1 MiB
@@ -55,8 +58,9 @@ def test_a_failed_part_aborts_the_upload(s3, s3_proxy, s3proxy):
     proxy, opts = s3_proxy
     bad = s3proxy.Fault("400")  # not retried: the upload fails
     proxy.faults = lambda req: bad if req.params.get("partNumber") == "3" else None
-    f = uploads.AtomicFile("s3://test/fail.bin", opts, upload_concurrency=2,
-                           upload_buffer_bytes=10 * MiB)
+    f = uploads.AtomicFile(
+        "s3://test/fail.bin", opts, upload_concurrency=2, upload_buffer_bytes=10 * MiB
+    )
     with pytest.raises(StorageError):
         for _ in range(30):
             f.write(os.urandom(MiB))
@@ -70,10 +74,8 @@ def test_a_failed_part_aborts_the_upload(s3, s3_proxy, s3proxy):
 def test_several_shards_of_a_writer_upload_at_once(s3, s3_proxy, s3proxy):
     proxy, opts = s3_proxy
     slow = s3proxy.Fault("slow", delay=0.2)
-    proxy.faults = lambda req: slow if req.method == "PUT" and req.path.endswith(".tar") \
-        else None
-    w = ShardWriter("s3://test/many", 0, max_samples=1, storage_options=opts,
-                    upload_concurrency=3)
+    proxy.faults = lambda req: slow if req.method == "PUT" and req.path.endswith(".tar") else None
+    w = ShardWriter("s3://test/many", 0, max_samples=1, storage_options=opts, upload_concurrency=3)
     members = [{"bin": os.urandom(64 * 1024 + i)} for i in range(8)]
     for i, fields in enumerate(members):
         w.write(f"k{i}", fields)

@@ -22,8 +22,11 @@ def test_cut_by_samples_and_infos_match_files(tmp_path):
     for i in range(8):
         w.write(f"k{i}", _fields(i))
     shards = w.close()
-    assert [s.url for s in shards] == ["shard-00007-00000.tar", "shard-00007-00001.tar",
-                                       "shard-00007-00002.tar"]
+    assert [s.url for s in shards] == [
+        "shard-00007-00000.tar",
+        "shard-00007-00001.tar",
+        "shard-00007-00002.tar",
+    ]
     assert [s.samples for s in shards] == [3, 3, 2]
     for s in shards:
         blob = (tmp_path / s.url).read_bytes()
@@ -53,16 +56,24 @@ def test_abort_leaves_nothing(tmp_path):
     for i in range(3):
         w.write(f"k{i}", _fields(i))
     w.abort()
-    assert sorted(os.listdir(tmp_path)) == ["shard-00000-00000.idx",
-                                            "shard-00000-00000.tar"]  # only the committed one
+    assert sorted(os.listdir(tmp_path)) == [
+        "shard-00000-00000.idx",
+        "shard-00000-00000.tar",
+    ]  # only the committed one
 
 
 @pytest.mark.s3
 def test_s3_abort_mid_shard_no_object_no_upload(s3):
     """A forced error mid-shard on S3: the multipart upload in flight is aborted."""
     fs = s3["fs"]
-    w = ShardWriter("s3://test/w", 0, max_samples=10, storage_options=s3["storage_options"],
-                    upload_concurrency=1, upload_buffer_bytes=5 * 2**20)  # 5 MiB parts
+    w = ShardWriter(
+        "s3://test/w",
+        0,
+        max_samples=10,
+        storage_options=s3["storage_options"],
+        upload_concurrency=1,
+        upload_buffer_bytes=5 * 2**20,
+    )  # 5 MiB parts
     w.write("k0", _fields(0, 6 * 2**20))  # past one part: the multipart upload is open
     w.write("k1", _fields(1, 10))
     assert fs.call_s3("list_multipart_uploads", Bucket="test").get("Uploads")

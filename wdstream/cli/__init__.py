@@ -34,8 +34,12 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         if "invalid choice" in message:
             bad = message.split("invalid choice: ", 1)[-1].split(" (", 1)[0].strip("'")
-            choices = [c for a in self._actions for c in (a.choices or ())
-                       if isinstance(a.choices, (dict, list, tuple))]
+            choices = [
+                c
+                for a in self._actions
+                for c in (a.choices or ())
+                if isinstance(a.choices, (dict, list, tuple))
+            ]
             close = difflib.get_close_matches(bad, [str(c) for c in choices], n=1)
             if close:
                 message += f"; did you mean {close[0]!r}?"
@@ -56,12 +60,22 @@ def _suggest(parser: argparse.ArgumentParser, extra: list[str]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="wdstream",
-        description="Hugging Face datasets -> WebDataset shards on any fsspec URL -> PyTorch.")
-    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
-                        metavar="LEVEL",
-                        help=f"logging level: {', '.join(LOG_LEVELS)} (default INFO)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                help="what to do (wdstream COMMAND --help for its options)")
+        description="Hugging Face datasets -> WebDataset shards on any fsspec URL -> PyTorch.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        metavar="LEVEL",
+        help=f"logging level: {', '.join(LOG_LEVELS)} (default INFO)",
+    )
+    sub = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="what to do (wdstream COMMAND --help for its options)",
+    )
     parser.commands = {}
     for name in COMMANDS:
         try:
@@ -80,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level),
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, args.log_level), format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args._run(args) or 0)
     except WdstreamError as exc:

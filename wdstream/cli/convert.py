@@ -25,76 +25,176 @@ __all__ = ["HELP", "add_arguments", "run"]
 
 HELP = "convert a Hugging Face dataset into WebDataset shards with a manifest (resumable)"
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", nargs="?", help="Hub id (owner/name), registry name (see "
-                                  "--registry), local dataset folder, or builder (e.g. parquet) "
-                                  "with --data-files; with --all, leave it out")
-    p.add_argument("output", nargs="?", help="output folder URL: s3://bucket/prefix, a local "
-                                             "path, memory://...")
-    p.add_argument("--task-type", default=None, choices=None,
-                   help="with --all: convert every registry dataset of this task type "
-                        "into OUTPUT/<name>/")
-    p.add_argument("--all", action="store_true", dest="all_of_type",
-                   help="convert every registry dataset of --task-type")
-    p.add_argument("--text-template", default=None,
-                   help="form the text from columns, e.g. '{instruction}\\n{output}'")
+    p.add_argument(
+        "source",
+        nargs="?",
+        help="Hub id (owner/name), registry name (see "
+        "--registry), local dataset folder, or builder (e.g. parquet) "
+        "with --data-files; with --all, leave it out",
+    )
+    p.add_argument(
+        "output",
+        nargs="?",
+        help="output folder URL: s3://bucket/prefix, a local path, memory://...",
+    )
+    p.add_argument(
+        "--task-type",
+        default=None,
+        choices=None,
+        help="with --all: convert every registry dataset of this task type into OUTPUT/<name>/",
+    )
+    p.add_argument(
+        "--all",
+        action="store_true",
+        dest="all_of_type",
+        help="convert every registry dataset of --task-type",
+    )
+    p.add_argument(
+        "--text-template",
+        default=None,
+        help="form the text from columns, e.g. '{instruction}\\n{output}'",
+    )
     p.add_argument("--name", default=None, help="dataset config name")
     p.add_argument("--split", default=None, help="split (default: train)")
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
-    p.add_argument("--data-files", nargs="+", default=None, metavar="PATTERN",
-                   help="data files / glob patterns for a builder source")
-    p.add_argument("--image-column", default=None, metavar="COLUMN",
-                   help="column holding the image (default: the first Image feature)")
-    p.add_argument("--audio-column", default=None, metavar="COLUMN",
-                   help="column holding the audio (default: the first Audio feature)")
-    p.add_argument("--text-column", action="append", default=None, dest="text_columns",
-                   help="text column (repeatable; several are joined by newlines)")
-    p.add_argument("--drop-column", action="append", default=None, dest="drop_columns",
-                   metavar="COLUMN", help="leave a source column out of the samples (repeatable)")
-    p.add_argument("--validate", choices=("cheap", "full"), default=None,
-                   help="checks of each image and audio clip: cheap structural checks (default: "
-                        "not cut short, header parses) or full (decode every one)")
-    p.add_argument("--limit", type=int_argument(1), default=None, metavar="N",
-                   help="convert about N rows for a trial: the first N/P rows of each of P = "
-                        "ceil(N/100) contiguous groups of source shards (one group: the "
-                        "first N rows)")
-    p.add_argument("--max-samples-per-shard", type=int_argument(1), default=None, metavar="N",
-                   help="start a new shard after N samples (default 1000)")
-    p.add_argument("--max-shard-bytes", type=size_argument, default=None, metavar="SIZE",
-                   help="e.g. 256MB, 1GiB")
-    p.add_argument("--workers", type=int_argument(0), default=None,
-                   help="processes (default, or 0: one per CPU core); with a local Ray, its "
-                        "CPUs")
-    p.add_argument("--executor", choices=("local", "ray"), default=None,
-                   help="where partitions run: a local process pool (default) or Ray tasks "
-                        "(pip install 'wdstream[ray]')")
-    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
-                   help="Ray cluster to join: 'auto', host:port or ray://host:10001 (implies "
-                        "--executor ray; without it, --executor ray starts a local Ray)")
-    p.add_argument("--image-ext", default=None, metavar="EXT",
-                   help="name every image member .EXT (e.g. jpg), whatever its format, so that "
-                        "datasets.load_dataset('webdataset') accepts mixed JPEG/PNG/WEBP; the "
-                        "bytes are untouched (default: each image's own format)")
-    p.add_argument("--audio-ext", default=None, metavar="EXT",
-                   help="name every audio member .EXT (e.g. flac), whatever its format (default: "
-                        "each clip's own format)")
-    p.add_argument("--registry", default=None, metavar="YAML",
-                   help="dataset registry file for registry names and --all (default: "
-                        "$WDSTREAM_DATASETS, else the registry shipped with wdstream)")
+    p.add_argument(
+        "--data-files",
+        nargs="+",
+        default=None,
+        metavar="PATTERN",
+        help="data files / glob patterns for a builder source",
+    )
+    p.add_argument(
+        "--image-column",
+        default=None,
+        metavar="COLUMN",
+        help="column holding the image (default: the first Image feature)",
+    )
+    p.add_argument(
+        "--audio-column",
+        default=None,
+        metavar="COLUMN",
+        help="column holding the audio (default: the first Audio feature)",
+    )
+    p.add_argument(
+        "--text-column",
+        action="append",
+        default=None,
+        dest="text_columns",
+        help="text column (repeatable; several are joined by newlines)",
+    )
+    p.add_argument(
+        "--drop-column",
+        action="append",
+        default=None,
+        dest="drop_columns",
+        metavar="COLUMN",
+        help="leave a source column out of the samples (repeatable)",
+    )
+    p.add_argument(
+        "--validate",
+        choices=("cheap", "full"),
+        default=None,
+        help="checks of each image and audio clip: cheap structural checks (default: "
+        "not cut short, header parses) or full (decode every one)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int_argument(1),
+        default=None,
+        metavar="N",
+        help="convert about N rows for a trial: the first N/P rows of each of P = "
+        "ceil(N/100) contiguous groups of source shards (one group: the "
+        "first N rows)",
+    )
+    p.add_argument(
+        "--max-samples-per-shard",
+        type=int_argument(1),
+        default=None,
+        metavar="N",
+        help="start a new shard after N samples (default 1000)",
+    )
+    p.add_argument(
+        "--max-shard-bytes",
+        type=size_argument,
+        default=None,
+        metavar="SIZE",
+        help="e.g. 256MB, 1GiB",
+    )
+    p.add_argument(
+        "--workers",
+        type=int_argument(0),
+        default=None,
+        help="processes (default, or 0: one per CPU core); with a local Ray, its CPUs",
+    )
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default=None,
+        help="where partitions run: a local process pool (default) or Ray tasks "
+        "(pip install 'wdstream[ray]')",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help="Ray cluster to join: 'auto', host:port or ray://host:10001 (implies "
+        "--executor ray; without it, --executor ray starts a local Ray)",
+    )
+    p.add_argument(
+        "--image-ext",
+        default=None,
+        metavar="EXT",
+        help="name every image member .EXT (e.g. jpg), whatever its format, so that "
+        "datasets.load_dataset('webdataset') accepts mixed JPEG/PNG/WEBP; the "
+        "bytes are untouched (default: each image's own format)",
+    )
+    p.add_argument(
+        "--audio-ext",
+        default=None,
+        metavar="EXT",
+        help="name every audio member .EXT (e.g. flac), whatever its format (default: "
+        "each clip's own format)",
+    )
+    p.add_argument(
+        "--registry",
+        default=None,
+        metavar="YAML",
+        help="dataset registry file for registry names and --all (default: "
+        "$WDSTREAM_DATASETS, else the registry shipped with wdstream)",
+    )
     add_storage_option_argument(p)
-    p.add_argument("--append", action="store_true",
-                   help="add SOURCE to the finished dataset in OUTPUT (new shards and a "
-                        "manifest covering both; nothing finished is rewritten; re-run the "
-                        "same command to resume it)")
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="add SOURCE to the finished dataset in OUTPUT (new shards and a "
+        "manifest covering both; nothing finished is rewritten; re-run the "
+        "same command to resume it)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--config", default=None, metavar="YAML", help="config file (wdstream.Config "
-                                                                   "keys); options above win")
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="YAML",
+        help="config file (wdstream.Config keys); options above win",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
-    for name in ("image_column", "audio_column", "limit", "max_samples_per_shard",
-                 "max_shard_bytes", "workers", "image_ext", "audio_ext", "validate"):
+    for name in (
+        "image_column",
+        "audio_column",
+        "limit",
+        "max_samples_per_shard",
+        "max_shard_bytes",
+        "workers",
+        "image_ext",
+        "audio_ext",
+        "validate",
+    ):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.text_columns:
@@ -117,8 +217,10 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, **overrides)
     for output, manifest in _convert_all(args, config):
         skipped = ", ".join(f"{k}={v}" for k, v in sorted(manifest.skipped.items())) or "none"
-        print(f"{output}: {manifest.samples} samples in {len(manifest.shards)} shards "
-              f"({manifest.bytes / 1e6:.1f} MB); skipped: {skipped}")
+        print(
+            f"{output}: {manifest.samples} samples in {len(manifest.shards)} shards "
+            f"({manifest.bytes / 1e6:.1f} MB); skipped: {skipped}"
+        )
     return 0
 
 
@@ -133,25 +235,40 @@ def _convert_all(args: argparse.Namespace, config):
         reg = registry.get_registry(args.registry)
         for entry in registry.select_datasets("all", args.task_type, registry=reg):
             url = join_url(output, entry.name)
-            yield url, convert_entry(entry, url, config, on_plan=_print_plan,
-                                     append=args.append)
+            yield url, convert_entry(entry, url, config, on_plan=_print_plan, append=args.append)
         return
     if args.output is None:
         raise ConfigError("give SOURCE and OUTPUT (or --task-type T --all OUTPUT)")
     entry = _registry_entry(args.source, args.registry, args.data_files)
     if entry is not None:
-        yield args.output, convert_entry(entry, args.output, config, on_plan=_print_plan,
-                                         append=args.append)
+        yield (
+            args.output,
+            convert_entry(entry, args.output, config, on_plan=_print_plan, append=args.append),
+        )
         return
-    yield args.output, convert(args.source, args.output, name=args.name, split=args.split,
-                               data_files=args.data_files, revision=args.revision,
-                               config=config, on_plan=_print_plan, append=args.append)
+    yield (
+        args.output,
+        convert(
+            args.source,
+            args.output,
+            name=args.name,
+            split=args.split,
+            data_files=args.data_files,
+            revision=args.revision,
+            config=config,
+            on_plan=_print_plan,
+            append=args.append,
+        ),
+    )
 
 
 def _print_plan(plan) -> None:
     """Show the column mapping before the job starts, so a wrong one is seen at once."""
-    print(f"{plan.spec.source}: {plan.n_partitions} partition(s); columns: "
-          f"{describe_columns(plan.columns)}", flush=True)
+    print(
+        f"{plan.spec.source}: {plan.n_partitions} partition(s); columns: "
+        f"{describe_columns(plan.columns)}",
+        flush=True,
+    )
 
 
 def _registry_entry(source: str, path: str | None, data_files):
@@ -176,4 +293,5 @@ def _registry_entry(source: str, path: str | None, data_files):
         f"{source!r} is not a dataset of {where} (it has: {', '.join(sorted(reg)) or 'none'})."
         f"{hint} Give a registry name, a Hub id as owner/name, a local folder, or a builder "
         f"such as parquet with --data-files; --registry PATH reads your own registry",
-        key=source)
+        key=source,
+    )

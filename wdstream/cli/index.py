@@ -16,27 +16,45 @@ from .options import add_storage_option_argument, parse_storage_options
 
 __all__ = ["HELP", "add_arguments", "run"]
 
-HELP = "index existing WebDataset shards (.tar/.tar.gz) in place: write a manifest and " \
-       "per-shard indexes, never a shard"
+HELP = (
+    "index existing WebDataset shards (.tar/.tar.gz) in place: write a manifest and "
+    "per-shard indexes, never a shard"
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", nargs="+",
-                   help="a folder or prefix holding .tar/.tar.gz shards (s3://bucket/data/), "
-                        "a brace pattern ('s3://bucket/data/{00000..00099}.tar'), or several "
-                        "shard URLs")
-    p.add_argument("--out", default=None, metavar="URL",
-                   help="write the manifest and indexes here instead of beside the shards "
-                        "(when the data's bucket is read-only); the manifest then names the "
-                        "shards by their full URLs")
-    p.add_argument("--workers", type=int, default=8,
-                   help="shards indexed at once (threads; default 8)")
-    p.add_argument("--executor", choices=("threads", "local", "ray"), default="threads",
-                   help="threads in this process (default), a local process pool, or Ray "
-                        "tasks (pip install 'wdstream[ray]')")
-    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
-                   help="Ray cluster to join with --executor ray: 'auto', host:port or "
-                        "ray://host:10001 (default: start a local Ray)")
+    p.add_argument(
+        "source",
+        nargs="+",
+        help="a folder or prefix holding .tar/.tar.gz shards (s3://bucket/data/), "
+        "a brace pattern ('s3://bucket/data/{00000..00099}.tar'), or several "
+        "shard URLs",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="URL",
+        help="write the manifest and indexes here instead of beside the shards "
+        "(when the data's bucket is read-only); the manifest then names the "
+        "shards by their full URLs",
+    )
+    p.add_argument(
+        "--workers", type=int, default=8, help="shards indexed at once (threads; default 8)"
+    )
+    p.add_argument(
+        "--executor",
+        choices=("threads", "local", "ray"),
+        default="threads",
+        help="threads in this process (default), a local process pool, or Ray "
+        "tasks (pip install 'wdstream[ray]')",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help="Ray cluster to join with --executor ray: 'auto', host:port or "
+        "ray://host:10001 (default: start a local Ray)",
+    )
     add_storage_option_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -72,32 +90,46 @@ def run(args: argparse.Namespace) -> int:
     source = args.source[0] if len(args.source) == 1 else list(args.source)
     executor = None
     if args.executor != "threads":
-        executor = make_executor(Config(executor=args.executor, workers=args.workers,
-                                        ray_address=args.ray_address))
+        executor = make_executor(
+            Config(executor=args.executor, workers=args.workers, ray_address=args.ray_address)
+        )
     try:
-        report = index_dataset(source, args.out, storage_options=options, workers=args.workers,
-                               executor=_SecretTasks(executor) if executor else None,
-                               quiet=args.quiet)
+        report = index_dataset(
+            source,
+            args.out,
+            storage_options=options,
+            workers=args.workers,
+            executor=_SecretTasks(executor) if executor else None,
+            quiet=args.quiet,
+        )
     finally:
         if executor is not None:
             executor.close()
     m = report.manifest
     skipped = ", ".join(f"{k}={v}" for k, v in sorted(m.skipped.items())) or "none"
     whole = sum(1 for s in m.shards if s.whole)
-    print(f"{redact(report.manifest_url)}: {m.samples} samples in {len(m.shards)} shards "
-          f"({report.indexed} read, {report.reused} unchanged since the last run); "
-          f"skipped: {skipped}")
+    print(
+        f"{redact(report.manifest_url)}: {m.samples} samples in {len(m.shards)} shards "
+        f"({report.indexed} read, {report.reused} unchanged since the last run); "
+        f"skipped: {skipped}"
+    )
     if whole:
-        print(f"{whole} compressed shard(s) are read from their start only (no mid-shard "
-              f"reads): see docs/existing-shards.md")
+        print(
+            f"{whole} compressed shard(s) are read from their start only (no mid-shard "
+            f"reads): see docs/existing-shards.md"
+        )
     if report.problems:
-        print(f"{len(report.problems)} shard(s) with problems (logged above; listed in the "
-              f"manifest's source.problems): "
-              f"{', '.join(redact(u) for u in list(report.problems)[:5])}"
-              f"{' ...' if len(report.problems) > 5 else ''}")
+        print(
+            f"{len(report.problems)} shard(s) with problems (logged above; listed in the "
+            f"manifest's source.problems): "
+            f"{', '.join(redact(u) for u in list(report.problems)[:5])}"
+            f"{' ...' if len(report.problems) > 5 else ''}"
+        )
     if report.outside:
-        print("The manifest names shards outside its own folder. Allow the reader to read "
-              "them with this line in your config:")
+        print(
+            "The manifest names shards outside its own folder. Allow the reader to read "
+            "them with this line in your config:"
+        )
         print(f"allowed_prefixes: [{', '.join(report.prefixes)}]")
     print(f"read it with: wdstream.make_loader({redact(report.out)!r}, config)")
     return 0

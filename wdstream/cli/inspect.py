@@ -63,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         m = load_manifest(args.url, options, allowed_prefixes=args.allowed_prefix)
         print(f"manifest: {storage.join_url(m.base_url, 'manifest.json')}")
-        print(f"  samples: {m.samples}   shards: {len(m.shards)}   bytes: {m.bytes} "
-              f"({m.bytes / 1e6:.1f} MB)")
+        print(
+            f"  samples: {m.samples}   shards: {len(m.shards)}   bytes: {m.bytes} "
+            f"({m.bytes / 1e6:.1f} MB)"
+        )
         print(f"  fields:  {', '.join(m.fields) or '-'}")
         print(f"  source:  {json.dumps(m.source, sort_keys=True)}")
         print(f"  skipped: {json.dumps(m.skipped, sort_keys=True) if m.skipped else 'none'}")
@@ -85,7 +87,10 @@ def run(args: argparse.Namespace) -> int:
                 for ext in sorted(k for k in sample if not k.startswith("__")):
                     print(f"  .{ext}: {describe_member(ext, sample[ext])}")
         except ShardReadError as exc:
-            raise ShardReadError(f"{redact(shard_url)} is not a readable tar shard "
-                                 f"({exc.__cause__ or exc}); check it with `wdstream verify`, "
-                                 f"or re-create it", shard=shard_url) from None
+            raise ShardReadError(
+                f"{redact(shard_url)} is not a readable tar shard "
+                f"({exc.__cause__ or exc}); check it with `wdstream verify`, "
+                f"or re-create it",
+                shard=shard_url,
+            ) from None
     return 0

@@ -10,12 +10,31 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["parse_size", "size_argument", "parse_storage_options", "add_storage_option_argument",
-           "add_allowed_prefix_argument", "int_argument"]
+__all__ = [
+    "parse_size",
+    "size_argument",
+    "parse_storage_options",
+    "add_storage_option_argument",
+    "add_allowed_prefix_argument",
+    "int_argument",
+]
 
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
-          "gb": 1000**3, "t": 1000**4, "tb": 1000**4, "kib": 2**10, "mib": 2**20, "gib": 2**30,
-          "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def parse_size(text: str | int) -> int:
@@ -25,8 +44,9 @@ def parse_size(text: str | int) -> int:
         return text
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
     if not m or m.group(2).lower() not in _UNITS:
-        raise ConfigError(f"cannot read size {text!r}; write e.g. 256MB, 512MiB, 1GiB or a "
-                          f"number of bytes")
+        raise ConfigError(
+            f"cannot read size {text!r}; write e.g. 256MB, 512MiB, 1GiB or a number of bytes"
+        )
     value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
     if value <= 0:
         raise ConfigError(f"size {text!r} must be positive")
@@ -61,17 +81,27 @@ def parse_storage_options(items: list[str] | None) -> dict[str, Any]:
 
 
 def add_storage_option_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="fsspec/s3fs option, repeatable (endpoint_url=..., anon=true, "
-                             "key=..., secret=...; prefer AWS env variables for credentials)")
+    parser.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec/s3fs option, repeatable (endpoint_url=..., anon=true, "
+        "key=..., secret=...; prefer AWS env variables for credentials)",
+    )
 
 
 def add_allowed_prefix_argument(parser: argparse.ArgumentParser) -> None:
     """``--allowed-prefix PREFIX`` (repeatable, into ``args.allowed_prefix``): for every
     command that reads a manifest, what ``config.allowed_prefixes`` is to the reader."""
-    parser.add_argument("--allowed-prefix", action="append", default=[], metavar="PREFIX",
-                        help="a URL prefix outside the manifest's folder whose shards it may "
-                             "name (repeatable; as config.allowed_prefixes)")
+    parser.add_argument(
+        "--allowed-prefix",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="a URL prefix outside the manifest's folder whose shards it may "
+        "name (repeatable; as config.allowed_prefixes)",
+    )
 
 
 def size_argument(text: str) -> int:

@@ -9,8 +9,10 @@ from .options import add_storage_option_argument, parse_storage_options
 
 __all__ = ["HELP", "add_arguments", "run"]
 
-HELP = ("rewrite an old (version 1) manifest in the compact version 2, from the manifest "
-        "alone: no shard is read, the indexes stay as they are")
+HELP = (
+    "rewrite an old (version 1) manifest in the compact version 2, from the manifest "
+    "alone: no shard is read, the indexes stay as they are"
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     changed = upgrade_manifest(args.url, parse_storage_options(args.storage_option))
-    print(f"{args.url}: " + ("manifest rewritten as version 2" if changed
-                             else "already version 2; nothing to do"))
+    print(
+        f"{args.url}: "
+        + ("manifest rewritten as version 2" if changed else "already version 2; nothing to do")
+    )
     return 0

@@ -25,14 +25,18 @@ def encode_image(rng: random.Random, width: int, height: int, fmt: str = "JPEG")
     x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
     c = [rng.random() for _ in range(3)]
     arr = np.stack(np.broadcast_arrays(x * c[0] + y * (1 - c[0]), x * c[1], y * c[2]), axis=-1)
-    noise = np.frombuffer(rng.randbytes(width * height * 3), dtype=np.uint8).reshape(height, width, 3)
+    noise = np.frombuffer(rng.randbytes(width * height * 3), dtype=np.uint8).reshape(
+        height, width, 3
+    )
     arr = (0.85 * arr + 0.15 * noise).clip(0, 255).astype(np.uint8)
     img = Image.fromarray(arr, "RGB")
     d = ImageDraw.Draw(img)
     for _ in range(3):
         x0, y0 = rng.randrange(width), rng.randrange(height)
-        d.rectangle([x0, y0, x0 + width // 5, y0 + height // 5],
-                    fill=tuple(rng.randrange(256) for _ in range(3)))
+        d.rectangle(
+            [x0, y0, x0 + width // 5, y0 + height // 5],
+            fill=tuple(rng.randrange(256) for _ in range(3)),
+        )
     buf = io.BytesIO()
     img.save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
     return buf.getvalue()
@@ -51,12 +55,21 @@ def encode_audio(rng: random.Random, seconds: float, rate: int = 16000, fmt: str
     return buf.getvalue()
 
 
-def build_parquet_dataset(folder: str, rows: int, *, n_files: int = 4, seed: int = 0,
-                          image_size: tuple[int, int] = (64, 96), with_image: bool = True,
-                          with_audio: bool = True, audio_seconds: float = 0.25,
-                          audio_format: str = "FLAC", corrupt_image_rows: tuple[int, ...] = (),
-                          corrupt_audio_rows: tuple[int, ...] = (),
-                          extra_columns: bool = True) -> str:
+def build_parquet_dataset(
+    folder: str,
+    rows: int,
+    *,
+    n_files: int = 4,
+    seed: int = 0,
+    image_size: tuple[int, int] = (64, 96),
+    with_image: bool = True,
+    with_audio: bool = True,
+    audio_seconds: float = 0.25,
+    audio_format: str = "FLAC",
+    corrupt_image_rows: tuple[int, ...] = (),
+    corrupt_audio_rows: tuple[int, ...] = (),
+    extra_columns: bool = True,
+) -> str:
     """Write ``rows`` rows as ``n_files`` parquet files under ``folder/data``; returns ``folder``.
 
     Columns: ``image`` (Image), ``audio`` (Audio), ``text`` (string), and when
@@ -74,9 +87,11 @@ def build_parquet_dataset(folder: str, rows: int, *, n_files: int = 4, seed: int
     if with_audio:
         cols["audio"] = []
     for i in range(rows):
-        cols["text"].append(f"sample {i}: a {rng.choice(['red', 'blue', 'green'])} "
-                            f"{rng.choice(['cat', 'dog', 'car', 'tree'])} in the "
-                            f"{rng.choice(['sun', 'rain', 'snow'])}")
+        cols["text"].append(
+            f"sample {i}: a {rng.choice(['red', 'blue', 'green'])} "
+            f"{rng.choice(['cat', 'dog', 'car', 'tree'])} in the "
+            f"{rng.choice(['sun', 'rain', 'snow'])}"
+        )
         if extra_columns:
             cols["id"].append(i)
             cols["label"].append(rng.choice(["a", "b", "c"]))

@@ -19,11 +19,19 @@ class TinyMultimodalModel(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, dim)
         self.vision = nn.Sequential(
-            nn.Conv2d(3, 16, 5, stride=4), nn.GELU(), nn.Conv2d(16, dim, 3, stride=2),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            nn.Conv2d(3, 16, 5, stride=4),
+            nn.GELU(),
+            nn.Conv2d(16, dim, 3, stride=2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.audio = nn.Sequential(
-            nn.Conv1d(1, 16, 64, stride=32), nn.GELU(), nn.Conv1d(16, dim, 8, stride=4),
-            nn.AdaptiveAvgPool1d(1), nn.Flatten())
+            nn.Conv1d(1, 16, 64, stride=32),
+            nn.GELU(),
+            nn.Conv1d(16, dim, 8, stride=4),
+            nn.AdaptiveAvgPool1d(1),
+            nn.Flatten(),
+        )
         self.mix = nn.GRU(dim, dim, batch_first=True)
         self.head = nn.Linear(dim, vocab_size)
 
@@ -36,12 +44,12 @@ class TinyMultimodalModel(nn.Module):
         return self.head(h)
 
 
-
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy; padding (labels == -100) is ignored."""
     logits, labels = logits[:, :-1], labels[:, 1:]
-    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                       ignore_index=-100)
+    return nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+    )
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict) -> float:

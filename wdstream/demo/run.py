@@ -61,8 +61,9 @@ class DemoReport:
             f"({self.manifest_samples / max(self.convert_seconds, 1e-9):.0f} samples/s, "
             f"{self.convert_mb / max(self.convert_seconds, 1e-9):.1f} MB/s)",
             f"verify      : {self.verified} of {self.shards} shards match the manifest",
-            f"train       : {self.steps} steps, loss {self.losses[0]:.3f} -> "
-            f"{self.losses[-1]:.3f}" if self.losses else "train       : no steps",
+            f"train       : {self.steps} steps, loss {self.losses[0]:.3f} -> {self.losses[-1]:.3f}"
+            if self.losses
+            else "train       : no steps",
             f"read        : {self.read_samples_per_s:.0f} samples/s into the training loop",
             f"preview     : {self.preview}" if self.preview else "preview     : (not drawn)",
             *[f"note        : {n}" for n in self.notes],
@@ -73,13 +74,21 @@ def _hub_note() -> str | None:
     try:
         check_hub_reachable(timeout=2.0)
     except HubUnreachableError as exc:
-        return f"Hugging Face Hub not reachable ({str(exc).split('(')[0].strip()}); " \
-               f"using the local source instead"
+        return (
+            f"Hugging Face Hub not reachable ({str(exc).split('(')[0].strip()}); "
+            f"using the local source instead"
+        )
     return None
 
 
-def run_demo(workdir: str | None = None, *, samples: int = 240, steps: int = 10,
-             store: str = "auto", quiet: bool = False) -> DemoReport:
+def run_demo(
+    workdir: str | None = None,
+    *,
+    samples: int = 240,
+    steps: int = 10,
+    store: str = "auto",
+    quiet: bool = False,
+) -> DemoReport:
     """Run the whole system once; returns the report (``wdstream demo`` prints it). Raises
     ConfigError when ``store="s3"`` and moto is not installed."""
     report = DemoReport()
@@ -96,8 +105,10 @@ def run_demo(workdir: str | None = None, *, samples: int = 240, steps: int = 10,
     s3_ctx = loopback_s3() if store in ("auto", "s3") else contextlib.nullcontext(None)
     with s3_ctx as s3_opts:
         if store == "s3" and s3_opts is None:
-            raise ConfigError("--store s3 needs moto, which is not installed: "
-                              "pip install 'wdstream[demo]', or use --store local")
+            raise ConfigError(
+                "--store s3 needs moto, which is not installed: "
+                "pip install 'wdstream[demo]', or use --store local"
+            )
         if s3_opts is not None:
             output, opts = "s3://wdstream-demo/shards", s3_opts
             report.store = f"loopback S3 at {s3_opts['client_kwargs']['endpoint_url']}"
@@ -107,10 +118,20 @@ def run_demo(workdir: str | None = None, *, samples: int = 240, steps: int = 10,
         report.output = output
         # image_ext: the source mixes JPEG and PNG; one member name keeps the shards loadable
         # by datasets.load_dataset("webdataset") too (the bytes stay as they are)
-        config = Config(max_samples_per_shard=64, workers=2, quiet=quiet, image_ext="jpg",
-                                 storage_options=opts, batch_size=8, num_workers=2,
-                                 cache_size=64, vision_dim=64, max_audio_length=8000,
-                                 max_text_length=64, persistent_workers=True)
+        config = Config(
+            max_samples_per_shard=64,
+            workers=2,
+            quiet=quiet,
+            image_ext="jpg",
+            storage_options=opts,
+            batch_size=8,
+            num_workers=2,
+            cache_size=64,
+            vision_dim=64,
+            max_audio_length=8000,
+            max_text_length=64,
+            persistent_workers=True,
+        )
 
         t0 = time.perf_counter()
         manifest = convert(src, output, config=config)

@@ -24,8 +24,11 @@ def loopback_s3(bucket: str = "wdstream-demo") -> Iterator[dict[str, Any] | None
     server.start()
     try:
         host, port = server.get_host_and_port()
-        opts = {"client_kwargs": {"endpoint_url": f"http://{host}:{port}"},
-                "key": "demo", "secret": "demo"}
+        opts = {
+            "client_kwargs": {"endpoint_url": f"http://{host}:{port}"},
+            "key": "demo",
+            "secret": "demo",
+        }
         import s3fs  # after moto: both come with the demo extra
 
         s3fs.S3FileSystem(**opts).mkdir(bucket)

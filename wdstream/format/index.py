@@ -29,8 +29,15 @@ import numpy as np
 from .. import storage
 from .schema import shard_stem
 
-__all__ = ["index_name", "index_bytes", "parse_index", "load_index", "key_hash",
-           "max_index_bytes", "INDEX_MAGIC"]
+__all__ = [
+    "index_name",
+    "index_bytes",
+    "parse_index",
+    "load_index",
+    "key_hash",
+    "max_index_bytes",
+    "INDEX_MAGIC",
+]
 
 INDEX_MAGIC = b"WDSIDX\x00\x02"
 #: Bound on an index's size: a fixed slack plus, per sample, an offset and a long key.
@@ -54,14 +61,16 @@ def index_bytes(offsets: list[int], keys: list[str], *, whole: bool = False) -> 
     and the keys' hashes. ``whole``: the shard is read from its start only (compressed);
     such an index is written as version 1 (JSON), which carries that flag."""
     if whole:
-        return json.dumps({"offsets": [int(o) for o in offsets], "keys": list(keys),
-                           "whole": True}).encode()
+        return json.dumps(
+            {"offsets": [int(o) for o in offsets], "keys": list(keys), "whole": True}
+        ).encode()
     if len(offsets) != len(keys) + 1:
         raise ValueError(f"{len(offsets)} offsets for {len(keys)} keys: give the end too")
     n = np.array([len(keys)], dtype="<u8")
     hashes = np.array([key_hash(k) for k in keys], dtype="<u8")
-    return b"".join([INDEX_MAGIC, n.tobytes(), np.asarray(offsets, dtype="<i8").tobytes(),
-                     hashes.tobytes()])
+    return b"".join(
+        [INDEX_MAGIC, n.tobytes(), np.asarray(offsets, dtype="<i8").tobytes(), hashes.tobytes()]
+    )
 
 
 def _parse_binary(data: bytes, samples: int | None) -> dict[str, Any]:
@@ -69,8 +78,7 @@ def _parse_binary(data: bytes, samples: int | None) -> dict[str, Any]:
         raise ValueError("the index is truncated")
     n = int(np.frombuffer(data, dtype="<u8", count=1, offset=8)[0])
     if len(data) != 16 + 8 * (n + 1) + 8 * n:
-        raise ValueError(f"the index is {len(data)} bytes, {n} samples need "
-                         f"{16 + 16 * n + 8}")
+        raise ValueError(f"the index is {len(data)} bytes, {n} samples need {16 + 16 * n + 8}")
     if samples is not None and n != samples:
         raise ValueError(f"index has {n} samples, manifest says {samples}")
     offsets = np.frombuffer(data, dtype="<i8", count=n + 1, offset=16)
@@ -90,15 +98,18 @@ def parse_index(data: bytes, samples: int | None = None) -> dict[str, Any]:
     offsets = idx.get("offsets") if isinstance(idx, dict) else None
     if not isinstance(offsets, list) or not offsets:
         raise ValueError("the index has no 'offsets' list")
-    if not all(type(o) is int and o >= 0 for o in offsets) or \
-            any(a > b for a, b in zip(offsets, offsets[1:], strict=False)):
+    if not all(type(o) is int and o >= 0 for o in offsets) or any(
+        a > b for a, b in zip(offsets, offsets[1:], strict=False)
+    ):
         raise ValueError("the index's 'offsets' are not ascending non-negative integers")
     if samples is not None and len(offsets) != samples + 1:
         raise ValueError(f"index has {len(offsets) - 1} samples, manifest says {samples}")
     keys = idx.get("keys")
     if keys is not None and (not isinstance(keys, list) or len(keys) != len(offsets) - 1):
-        raise ValueError(f"index has {len(keys) if isinstance(keys, list) else 'no list of'} "
-                         f"keys for {len(offsets) - 1} samples")
+        raise ValueError(
+            f"index has {len(keys) if isinstance(keys, list) else 'no list of'} "
+            f"keys for {len(offsets) - 1} samples"
+        )
     if keys is not None and not all(isinstance(k, str) for k in keys):
         raise ValueError("the index's 'keys' are not all strings")
     out = {"offsets": offsets, "keys": keys}
@@ -114,8 +125,9 @@ def max_index_bytes(samples: int | None) -> int:
     return _INDEX_SLACK + _INDEX_BYTES_PER_SAMPLE * max(0, samples)
 
 
-def load_index(url: str, storage_options: dict[str, Any] | None = None, *,
-               samples: int | None = None) -> dict[str, Any]:
+def load_index(
+    url: str, storage_options: dict[str, Any] | None = None, *, samples: int | None = None
+) -> dict[str, Any]:
     """Read and check a shard's index (see :func:`parse_index`); at most
     :func:`max_index_bytes` bytes are read (StorageError past that)."""
     data = storage.read_bytes(url, storage_options, max_bytes=max_index_bytes(samples))

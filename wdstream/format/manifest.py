@@ -83,9 +83,13 @@ class PartitionRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PartitionRecord:
-        return cls(partition=d["partition"], shards=[ShardInfo.from_dict(s) for s in d["shards"]],
-                   samples=d["samples"], skipped=d.get("skipped", {}),
-                   fields=d.get("fields", []))
+        return cls(
+            partition=d["partition"],
+            shards=[ShardInfo.from_dict(s) for s in d["shards"]],
+            samples=d["samples"],
+            skipped=d.get("skipped", {}),
+            fields=d.get("fields", []),
+        )
 
     @classmethod
     def from_json(cls, data: bytes) -> PartitionRecord:
@@ -115,8 +119,7 @@ class Manifest:
         return [storage.join_url(self.base_url, s.url) for s in self.shards]
 
     def index_urls(self) -> list[str | None]:
-        return [storage.join_url(self.base_url, s.index) if s.index else None
-                for s in self.shards]
+        return [storage.join_url(self.base_url, s.index) if s.index else None for s in self.shards]
 
     def to_dict(self, *, shards: bool = True) -> dict[str, Any]:
         """The version-1 document; ``shards=False`` leaves the shard list out (empty)."""
@@ -140,9 +143,14 @@ class Manifest:
         """A manifest from its parsed JSON, checked by :func:`validate_manifest` (its URLs are
         confined by :func:`load_manifest`). Raises SourceError naming the field."""
         validate_manifest(d)
-        return cls(shards=[ShardInfo.from_dict(s) for s in d["shards"]],
-                   source=d.get("source", {}), skipped=d.get("skipped", {}),
-                   fields=d.get("fields", []), options=d.get("options", {}), base_url=base_url)
+        return cls(
+            shards=[ShardInfo.from_dict(s) for s in d["shards"]],
+            source=d.get("source", {}),
+            skipped=d.get("skipped", {}),
+            fields=d.get("fields", []),
+            options=d.get("options", {}),
+            base_url=base_url,
+        )
 
     def save(self, output_url: str, storage_options: dict[str, Any] | None = None) -> str:
         url = storage.join_url(output_url, MANIFEST_NAME)
@@ -184,11 +192,17 @@ def missing_manifest_error(url: str) -> ManifestNotFoundError:
         f"no {MANIFEST_NAME}). Make one first: `wdstream convert SOURCE {folder}` for a "
         f"Hugging Face dataset, or `wdstream index {folder}` for WebDataset shards you already "
         f"have; or pass the shard URLs themselves (a brace pattern such as "
-        f"'{folder}/shard-{{00000..00009}}.tar', or a list)", url=url)
+        f"'{folder}/shard-{{00000..00009}}.tar', or a list)",
+        url=url,
+    )
 
 
-def load_manifest(source: str, storage_options: dict[str, Any] | None = None, *,
-                  allowed_prefixes: Sequence[str] = ()) -> Manifest:
+def load_manifest(
+    source: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    allowed_prefixes: Sequence[str] = (),
+) -> Manifest:
     """Load and check ``source`` (a folder or its ``manifest.json``).
 
     Its shard and index URLs must lie in the manifest's own folder or under one of
@@ -204,9 +218,11 @@ def load_manifest(source: str, storage_options: dict[str, Any] | None = None, *,
         if is_compact(d):  # version 2: shard columns plus the details part
             d = expand_compact(d, url, storage_options)
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise SourceError(f"{redact(url)} is not a valid wdstream manifest: {exc}. "
-                          f"Re-run the conversion or point at the shards directly.",
-                          url=url) from exc
+        raise SourceError(
+            f"{redact(url)} is not a valid wdstream manifest: {exc}. "
+            f"Re-run the conversion or point at the shards directly.",
+            url=url,
+        ) from exc
     validate_manifest(d, url=url, allowed_prefixes=allowed_prefixes)
     return Manifest.from_dict(d, base_url=posixpath.dirname(url) or ".")
 
@@ -222,8 +238,12 @@ def _read_manifest(url: str, storage_options: dict[str, Any] | None) -> bytes:
         raise SourceError(f"cannot read manifest {redact(url)}: {exc}", url=url) from exc
 
 
-def load_reader_part(source: str, storage_options: dict[str, Any] | None = None, *,
-                     allowed_prefixes: Sequence[str] = ()) -> tuple[dict[str, Any], ShardTable]:
+def load_reader_part(
+    source: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    allowed_prefixes: Sequence[str] = (),
+) -> tuple[dict[str, Any], ShardTable]:
     """What a reader needs of a manifest, checked: ``(header, shard table)``. Version 2 reads
     only its reader part (no sha256s); version 1 is checked in full by
     :func:`validate_manifest`. Every shard and index must lie in the manifest's folder or under
@@ -240,9 +260,11 @@ def load_reader_part(source: str, storage_options: dict[str, Any] | None = None,
     except SourceError:
         raise
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise SourceError(f"{redact(url)} is not a valid wdstream manifest: {exc}. "
-                          f"Re-run the conversion or point at the shards directly.",
-                          url=url) from exc
+        raise SourceError(
+            f"{redact(url)} is not a valid wdstream manifest: {exc}. "
+            f"Re-run the conversion or point at the shards directly.",
+            url=url,
+        ) from exc
     if compact:
         _confine_table(table, url, allowed_prefixes)
         _check_table_sizes(table, url)
@@ -254,15 +276,20 @@ def _check_table_sizes(table: ShardTable, url: str) -> None:
     least one 512-byte tar header; compressed shards are left to the read)."""
     if table.bytes is None:
         return
-    plain = np.array([not table.name(i).endswith((".gz", ".tgz")) for i in range(len(table))]) \
-        if not _plainly_tar(table) else np.ones(len(table), dtype=bool)
+    plain = (
+        np.array([not table.name(i).endswith((".gz", ".tgz")) for i in range(len(table))])
+        if not _plainly_tar(table)
+        else np.ones(len(table), dtype=bool)
+    )
     too_many = np.flatnonzero(plain & (table.samples * 512 > table.bytes))
     if len(too_many):
         i = int(too_many[0])
         raise SourceError(
             f"{redact(url)} is not a valid wdstream manifest: 'shards[{i}].samples' is "
             f"{int(table.samples[i])}, more than its {int(table.bytes[i])} bytes can hold. "
-            f"Re-run the conversion or point at the shards directly.", url=url)
+            f"Re-run the conversion or point at the shards directly.",
+            url=url,
+        )
 
 
 def _plainly_tar(table: ShardTable) -> bool:
@@ -277,8 +304,7 @@ def _confine_table(table: ShardTable, url: str, allowed_prefixes: Sequence[str])
     '::') are inside by construction, so the usual table is checked in one pass over its
     names."""
     base = posixpath.dirname(url) or "."
-    blobs = [table.names_blob()] + ([table.index_names_blob()] if table.index_names_blob()
-                                     else [])
+    blobs = [table.names_blob()] + ([table.index_names_blob()] if table.index_names_blob() else [])
     if all(_plainly_inside(b) for b in blobs):
         return
     for i in range(len(table)):
@@ -290,16 +316,20 @@ def _confine_table(table: ShardTable, url: str, allowed_prefixes: Sequence[str])
                 raise SourceError(
                     f"{redact(url)} is not a valid wdstream manifest: 'shards[{i}].{what}' "
                     f"{_show(redact(value))} {why}. Re-run the conversion or point at the "
-                    f"shards directly.", url=url)
+                    f"shards directly.",
+                    url=url,
+                )
 
 
 def _plainly_inside(names: str) -> bool:
     """True when newline-joined ``names`` are all plain relative paths."""
-    return not ("://" in names or names.startswith("/") or "\n/" in names or ".." in names
-                or "::" in names)
+    return not (
+        "://" in names or names.startswith("/") or "\n/" in names or ".." in names or "::" in names
+    )
 
 
 # --------------------------------------------------------------------------- validation
+
 
 def _is_int(value: Any) -> bool:
     return type(value) is int  # bool is not a count
@@ -312,9 +342,14 @@ def _show(value: Any) -> str:
 
 
 _SHARD_FIELDS: dict[str, tuple[type, ...]] = {
-    "url": (str,), "samples": (int,), "bytes": (int,), "sha256": (str,),
-    "index": (str, type(None)), "partition": (int, type(None)),
-    "first_key": (str, type(None)), "last_key": (str, type(None)),
+    "url": (str,),
+    "samples": (int,),
+    "bytes": (int,),
+    "sha256": (str,),
+    "index": (str, type(None)),
+    "partition": (int, type(None)),
+    "first_key": (str, type(None)),
+    "last_key": (str, type(None)),
 }
 _REQUIRED = ("url", "samples", "bytes", "sha256")
 _TYPE_NAMES = {int: "an integer", str: "a string", type(None): "null"}
@@ -331,7 +366,7 @@ def _max_samples(shard_url: str, nbytes: int) -> int | None:
 
 
 def _canonical(url: str) -> str:
-    return url[len("file://"):] if url.startswith("file://") else url
+    return url[len("file://") :] if url.startswith("file://") else url
 
 
 def _confined(value: str, base_url: str, allowed_prefixes: Sequence[str]) -> str | None:
@@ -342,12 +377,14 @@ def _confined(value: str, base_url: str, allowed_prefixes: Sequence[str]) -> str
     full = _canonical(storage.join_url(base_url, value))
     if ".." in full.split("?", 1)[0].split("/"):
         return "has a '..' component"
-    prefixes = [_canonical(base_url).rstrip("/") + "/"] + \
-        [_canonical(p).rstrip("/") + "/" for p in allowed_prefixes]
+    prefixes = [_canonical(base_url).rstrip("/") + "/"] + [
+        _canonical(p).rstrip("/") + "/" for p in allowed_prefixes
+    ]
     if any(full.startswith(p) for p in prefixes):
         return None
-    return ("lies outside the manifest's folder; to read it, add its prefix to "
-            "config.allowed_prefixes")
+    return (
+        "lies outside the manifest's folder; to read it, add its prefix to config.allowed_prefixes"
+    )
 
 
 def validate_manifest(d: Any, *, url: str = "", allowed_prefixes: Sequence[str] = ()) -> None:
@@ -364,9 +401,11 @@ def validate_manifest(d: Any, *, url: str = "", allowed_prefixes: Sequence[str] 
     where = redact(url) if url else "manifest"
 
     def bad(field: str, problem: str) -> SourceError:
-        return SourceError(f"{where} is not a valid wdstream manifest: {field} {problem}. "
-                           f"Re-run the conversion or point at the shards directly.",
-                           url=url or None)
+        return SourceError(
+            f"{where} is not a valid wdstream manifest: {field} {problem}. "
+            f"Re-run the conversion or point at the shards directly.",
+            url=url or None,
+        )
 
     if not isinstance(d, dict):
         raise bad("the top level", f"is a {type(d).__name__}, not an object")
@@ -375,14 +414,20 @@ def validate_manifest(d: Any, *, url: str = "", allowed_prefixes: Sequence[str] 
         raise bad("'shards'", "is missing: no 'shards' list")
     if not isinstance(shards, list):
         raise bad("'shards'", f"is a {type(shards).__name__}, not a list")
-    for name, kind in (("source", dict), ("skipped", dict), ("fields", list),
-                       ("options", dict), ("format", str)):
+    for name, kind in (
+        ("source", dict),
+        ("skipped", dict),
+        ("fields", list),
+        ("options", dict),
+        ("format", str),
+    ):
         if name in d and not isinstance(d[name], kind):
             raise bad(f"'{name}'", f"is a {type(d[name]).__name__}, not a {kind.__name__}")
     for reason, count in d.get("skipped", {}).items():
         if not _is_int(count) or count < 0:
-            raise bad(f"'skipped.{_show(reason)[1:-1]}'",
-                      f"is {_show(count)}, not a non-negative integer")
+            raise bad(
+                f"'skipped.{_show(reason)[1:-1]}'", f"is {_show(count)}, not a non-negative integer"
+            )
     if not all(isinstance(f, str) for f in d.get("fields", [])):
         raise bad("'fields'", "holds something other than strings")
     base = posixpath.dirname(url) if url else ""
@@ -396,15 +441,19 @@ def validate_manifest(d: Any, *, url: str = "", allowed_prefixes: Sequence[str] 
         for name, kinds in _SHARD_FIELDS.items():
             value = s.get(name)
             if name in s and (not isinstance(value, kinds) or isinstance(value, bool)):
-                raise bad(f"'shards[{i}].{name}'",
-                          f"is {_show(value)}, not {' or '.join(_TYPE_NAMES[k] for k in kinds)}")
+                raise bad(
+                    f"'shards[{i}].{name}'",
+                    f"is {_show(value)}, not {' or '.join(_TYPE_NAMES[k] for k in kinds)}",
+                )
         for name in ("samples", "bytes"):
             if s[name] < 0:
                 raise bad(f"'shards[{i}].{name}'", f"is {s[name]}, a negative count")
         most = _max_samples(s["url"], s["bytes"])
         if most is not None and s["samples"] > most:
-            raise bad(f"'shards[{i}].samples'", f"is {s['samples']}, more than its "
-                      f"{s['bytes']} bytes can hold (at most {most})")
+            raise bad(
+                f"'shards[{i}].samples'",
+                f"is {s['samples']}, more than its {s['bytes']} bytes can hold (at most {most})",
+            )
         if url:
             for name in ("url", "index"):
                 if s.get(name) is not None:

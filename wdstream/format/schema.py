@@ -36,13 +36,41 @@ def shard_stem(name: str) -> str:
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm")
 #: Every audio extension the converter writes; all but m4a/aac are opened by soundfile.
-AUDIO_EXTS = ("flac", "wav", "mp3", "ogg", "opus", "aiff", "aif", "aifc", "w64", "caf", "au",
-              "snd", "nist", "sph", "voc", "svx", "ircam", "paf", "htk", "xi", "avr", "wve",
-              "sds", "mpc2k", "pvf")
+AUDIO_EXTS = (
+    "flac",
+    "wav",
+    "mp3",
+    "ogg",
+    "opus",
+    "aiff",
+    "aif",
+    "aifc",
+    "w64",
+    "caf",
+    "au",
+    "snd",
+    "nist",
+    "sph",
+    "voc",
+    "svx",
+    "ircam",
+    "paf",
+    "htk",
+    "xi",
+    "avr",
+    "wve",
+    "sds",
+    "mpc2k",
+    "pvf",
+)
 TEXT_EXTS = ("txt", "text", "caption", "transcript")
 
-_MODALITY = {**{e: "image" for e in IMAGE_EXTS}, **{e: "audio" for e in AUDIO_EXTS},
-             **{e: "text" for e in TEXT_EXTS}, "json": "json"}
+_MODALITY = {
+    **{e: "image" for e in IMAGE_EXTS},
+    **{e: "audio" for e in AUDIO_EXTS},
+    **{e: "text" for e in TEXT_EXTS},
+    "json": "json",
+}
 MODALITY_BY_EXT = MappingProxyType(_MODALITY)
 
 

@@ -37,8 +37,18 @@ from .. import storage
 from ..errors import SourceError, redact
 from .schema import shard_stem
 
-__all__ = ["COMPACT_VERSION", "DETAILS_NAME", "ShardTable", "is_compact", "compact_parts",
-           "expand_compact", "load_shard_table", "parse_reader_part", "save_compact", "upgrade_manifest"]
+__all__ = [
+    "COMPACT_VERSION",
+    "DETAILS_NAME",
+    "ShardTable",
+    "is_compact",
+    "compact_parts",
+    "expand_compact",
+    "load_shard_table",
+    "parse_reader_part",
+    "save_compact",
+    "upgrade_manifest",
+]
 
 COMPACT_VERSION = 2
 DETAILS_NAME = "manifest.details.json"
@@ -78,23 +88,30 @@ class _Names:
         self.starts = np.concatenate([[0], ends + 1, [len(self.blob) + 1]]).astype(np.int64)
 
     def __getitem__(self, i: int) -> str:
-        return self.blob[int(self.starts[i]):int(self.starts[i + 1]) - 1].decode()
+        return self.blob[int(self.starts[i]) : int(self.starts[i + 1]) - 1].decode()
 
 
 class ShardTable:
     """The shards of a manifest as columns: ``len(table)``, ``samples`` (int64 array),
     ``url(i)`` and ``index_url(i)``. Built by :func:`load_shard_table`."""
 
-    def __init__(self, base_url: str, names: str, samples: np.ndarray,
-                 index: dict[str, str] | None, nbytes: np.ndarray | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        names: str,
+        samples: np.ndarray,
+        index: dict[str, str] | None,
+        nbytes: np.ndarray | None = None,
+    ):
         self.base_url = base_url
         self.samples = np.asarray(samples, dtype=np.int64)
         #: each shard's size in bytes, when the manifest says (the reader checks it at open)
         self.bytes = None if nbytes is None else np.asarray(nbytes, dtype=np.int64)
         self._names = _Names(names, len(self.samples))
         self._suffix = index.get("suffix") if index else None
-        self._index_names = _Names(index["names"], len(self.samples)) \
-            if index and "names" in index else None
+        self._index_names = (
+            _Names(index["names"], len(self.samples)) if index and "names" in index else None
+        )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -131,16 +148,23 @@ class ShardTable:
 
 def is_compact(d: Any) -> bool:
     """True for a parsed version-2 manifest (``shards`` as columns)."""
-    return isinstance(d, dict) and d.get("version") == COMPACT_VERSION \
+    return (
+        isinstance(d, dict)
+        and d.get("version") == COMPACT_VERSION
         and isinstance(d.get("shards"), dict)
+    )
 
 
 def compact_parts(d: dict[str, Any], details_name: str = DETAILS_NAME) -> tuple[bytes, bytes]:
     """``(manifest.json, manifest.details.json)`` bytes of version 2 from a version-1 dict
     (``Manifest.to_dict()``); the reader part names its details part ``details_name``."""
     shards = d["shards"]
-    details = {"format": "wdstream-manifest-details", "version": COMPACT_VERSION,
-               "count": len(shards), **{f: [s.get(f) for s in shards] for f in _DETAIL_FIELDS}}
+    details = {
+        "format": "wdstream-manifest-details",
+        "version": COMPACT_VERSION,
+        "count": len(shards),
+        **{f: [s.get(f) for s in shards] for f in _DETAIL_FIELDS},
+    }
     head = _compact_head(d)
     head["details"] = details_name
     return json.dumps(head, indent=1).encode(), json.dumps(details).encode()
@@ -155,16 +179,25 @@ def _compact_head(d: dict[str, Any]) -> dict[str, Any]:
     indexes = [s.get("index") for s in shards]
     index: dict[str, str] | None = None
     if any(indexes):
-        suffixes = {i[len(shard_stem(n)):] if i and i.startswith(shard_stem(n)) else None
-                    for n, i in zip(names, indexes, strict=True)}
+        suffixes = {
+            i[len(shard_stem(n)) :] if i and i.startswith(shard_stem(n)) else None
+            for n, i in zip(names, indexes, strict=True)
+        }
         if len(suffixes) == 1 and None not in suffixes:
             index = {"suffix": suffixes.pop()}
         else:
             index = {"names": "\n".join(i or "" for i in indexes)}
     head = {k: v for k, v in d.items() if k != "shards"}
-    head.update(version=COMPACT_VERSION, details=DETAILS_NAME,
-                shards={"count": len(shards), "names": "\n".join(names),
-                        "samples": _rle([int(s["samples"]) for s in shards]), "index": index})
+    head.update(
+        version=COMPACT_VERSION,
+        details=DETAILS_NAME,
+        shards={
+            "count": len(shards),
+            "names": "\n".join(names),
+            "samples": _rle([int(s["samples"]) for s in shards]),
+            "index": index,
+        },
+    )
     sizes = [s.get("bytes") for s in shards]
     if shards and all(isinstance(b, int) and not isinstance(b, bool) for b in sizes):
         head["shards"]["bytes"] = sizes  # lets a reader check a shard's size when it opens it
@@ -179,16 +212,23 @@ def _table(d: dict[str, Any], base_url: str) -> ShardTable:
         sizes = np.asarray(sizes, dtype=np.int64)
         if sizes.shape != (count,) or (sizes < 0).any():
             raise ValueError(f"'shards.bytes' must be {count} non-negative sizes")
-    table = ShardTable(base_url, cols["names"], _unrle(cols["samples"], count, "sample counts"),
-                       cols.get("index"), sizes)
+    table = ShardTable(
+        base_url,
+        cols["names"],
+        _unrle(cols["samples"], count, "sample counts"),
+        cols.get("index"),
+        sizes,
+    )
     if "samples" in d and int(d["samples"]) != int(table.samples.sum()):
-        raise ValueError(f"manifest total {d['samples']} != sum of shard counts "
-                         f"{int(table.samples.sum())}")
+        raise ValueError(
+            f"manifest total {d['samples']} != sum of shard counts {int(table.samples.sum())}"
+        )
     return table
 
 
-def expand_compact(d: dict[str, Any], url: str,
-                   storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def expand_compact(
+    d: dict[str, Any], url: str, storage_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A version-2 manifest (and its details part) as the version-1 dict it was made from."""
     base = posixpath.dirname(url)
     table = _table(d, base)
@@ -197,20 +237,33 @@ def expand_compact(d: dict[str, Any], url: str,
         raise ValueError(f"'details' must name a file beside the manifest, not {name!r}")
     details_url = storage.join_url(base, name)
     try:
-        details = json.loads(storage.read_bytes(details_url, storage_options,
-                                                max_bytes=MAX_DETAILS_BYTES))
+        details = json.loads(
+            storage.read_bytes(details_url, storage_options, max_bytes=MAX_DETAILS_BYTES)
+        )
     except OSError as exc:
-        raise SourceError(f"cannot read {redact(details_url)}, the per-shard part of "
-                          f"{redact(url)}: {exc}", url=details_url) from exc
+        raise SourceError(
+            f"cannot read {redact(details_url)}, the per-shard part of {redact(url)}: {exc}",
+            url=details_url,
+        ) from exc
     if details.get("count") != len(table):
-        raise ValueError(f"{redact(details_url)} describes {details.get('count')} shards, the "
-                         f"manifest {len(table)}")
-    shards = [{"url": table.name(i), "samples": int(table.samples[i]),
-               "index": table.index_name(i),
-               **{f: details[f][i] for f in _DETAIL_FIELDS if f in details}}
-              for i in range(len(table))]
-    return {**{k: v for k, v in d.items() if k not in ("shards", "details")},
-            "version": 1, "shards": shards}
+        raise ValueError(
+            f"{redact(details_url)} describes {details.get('count')} shards, the "
+            f"manifest {len(table)}"
+        )
+    shards = [
+        {
+            "url": table.name(i),
+            "samples": int(table.samples[i]),
+            "index": table.index_name(i),
+            **{f: details[f][i] for f in _DETAIL_FIELDS if f in details},
+        }
+        for i in range(len(table))
+    ]
+    return {
+        **{k: v for k, v in d.items() if k not in ("shards", "details")},
+        "version": 1,
+        "shards": shards,
+    }
 
 
 def parse_reader_part(d: Any, url: str) -> tuple[dict[str, Any], ShardTable]:
@@ -228,8 +281,9 @@ def parse_reader_part(d: Any, url: str) -> tuple[dict[str, Any], ShardTable]:
     return head, table
 
 
-def load_shard_table(url: str, storage_options: dict[str, Any] | None = None
-                     ) -> tuple[dict[str, Any], ShardTable]:
+def load_shard_table(
+    url: str, storage_options: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], ShardTable]:
     """``(header, table)`` of the manifest at ``url`` (see :func:`parse_reader_part`), unchecked
     beyond its form: readers use :func:`wdstream.format.manifest.load_reader_part`, which also
     confines the shards to the manifest's folder. Raises SourceError."""
@@ -240,9 +294,11 @@ def load_shard_table(url: str, storage_options: dict[str, Any] | None = None
     try:
         return parse_reader_part(json.loads(data), url)
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise SourceError(f"{redact(url)} is not a valid wdstream manifest: {exc}. "
-                          f"Re-run the conversion or point at the shards directly.",
-                          url=url) from exc
+        raise SourceError(
+            f"{redact(url)} is not a valid wdstream manifest: {exc}. "
+            f"Re-run the conversion or point at the shards directly.",
+            url=url,
+        ) from exc
 
 
 class _Fields:
@@ -260,9 +316,13 @@ class _Fields:
         return getattr(self._obj, name, default)
 
 
-def save_compact(manifest, output_url: str,
-                 storage_options: dict[str, Any] | None = None, *,
-                 details_name: str = DETAILS_NAME) -> str:
+def save_compact(
+    manifest,
+    output_url: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    details_name: str = DETAILS_NAME,
+) -> str:
     """Write ``manifest`` (a :class:`~wdstream.format.manifest.Manifest`) as version 2: the
     details part first (as ``details_name``: an append writes a new one, so the manifest
     being replaced stays whole), then ``manifest.json`` (a reader never sees one without the

@@ -22,9 +22,11 @@ from .tario import tar_bytes
 
 __all__ = ["MODALITIES", "synthetic_sample", "synthetic_samples", "synthetic_shards_in_memory"]
 
-_WORDS = ("a photo of the red green blue small large cat dog bird car tree house river sky "
-          "mountain person sound of music speech rain wind piano guitar drum city street "
-          "morning night bright dark quiet loud").split()
+_WORDS = (
+    "a photo of the red green blue small large cat dog bird car tree house river sky "
+    "mountain person sound of music speech rain wind piano guitar drum city street "
+    "morning night bright dark quiet loud"
+).split()
 MODALITIES = ("text", "image", "audio")
 
 
@@ -42,8 +44,9 @@ def _jpeg(rng: random.Random, size: int) -> bytes:
     img = Image.fromarray(arr, "RGB")
     draw = ImageDraw.Draw(img)
     x0, y0 = rng.randrange(w // 2), rng.randrange(h // 2)
-    draw.ellipse([x0, y0, x0 + w // 3, y0 + h // 3],
-                 fill=tuple(rng.randrange(256) for _ in range(3)))
+    draw.ellipse(
+        [x0, y0, x0 + w // 3, y0 + h // 3], fill=tuple(rng.randrange(256) for _ in range(3))
+    )
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=85)
     return buf.getvalue()
@@ -63,8 +66,15 @@ def _wav(rng: random.Random, seconds: float, rate: int) -> bytes:
     return buf.getvalue()
 
 
-def synthetic_sample(index: int, *, seed: int = 0, modalities=MODALITIES, image_size: int = 64,
-                     audio_seconds: float = 0.5, sample_rate: int = 16000) -> dict[str, bytes]:
+def synthetic_sample(
+    index: int,
+    *,
+    seed: int = 0,
+    modalities=MODALITIES,
+    image_size: int = 64,
+    audio_seconds: float = 0.5,
+    sample_rate: int = 16000,
+) -> dict[str, bytes]:
     """The member dict of synthetic sample ``index`` (``txt``, ``json``, ``jpg``, ``wav``)."""
     unknown = set(modalities) - set(MODALITIES)
     if unknown:
@@ -78,22 +88,29 @@ def synthetic_sample(index: int, *, seed: int = 0, modalities=MODALITIES, image_
         fields["jpg"] = _jpeg(rng, image_size)
     if "audio" in modalities:
         fields["wav"] = _wav(rng, audio_seconds, sample_rate)
-    meta: dict[str, Any] = {"source": "synthetic", "seed": seed, "index": index,
-                            "synthetic": True}
+    meta: dict[str, Any] = {"source": "synthetic", "seed": seed, "index": index, "synthetic": True}
     fields["json"] = json.dumps(meta, sort_keys=True).encode()
     return fields
 
 
-def synthetic_samples(n: int, *, seed: int = 0, partition: int = 0,
-                      **kwargs: Any) -> Iterator[tuple[str, dict[str, bytes]]]:
+def synthetic_samples(
+    n: int, *, seed: int = 0, partition: int = 0, **kwargs: Any
+) -> Iterator[tuple[str, dict[str, bytes]]]:
     """``(key, fields)`` for samples ``0..n-1``."""
     for i in range(n):
         yield make_key(partition, i), synthetic_sample(i, seed=seed, **kwargs)
 
 
-def synthetic_shards_in_memory(samples: int, *, seed: int = 0, modalities=MODALITIES,
-                               samples_per_shard: int = 64, **kwargs: Any) -> list[bytes]:
+def synthetic_shards_in_memory(
+    samples: int,
+    *,
+    seed: int = 0,
+    modalities=MODALITIES,
+    samples_per_shard: int = 64,
+    **kwargs: Any,
+) -> list[bytes]:
     """Synthetic shards as tar bytes in memory (the reader's fallback; nothing on disk)."""
     items = list(synthetic_samples(samples, seed=seed, modalities=modalities, **kwargs))
-    return [tar_bytes(items[i:i + samples_per_shard])
-            for i in range(0, len(items), samples_per_shard)]
+    return [
+        tar_bytes(items[i : i + samples_per_shard]) for i in range(0, len(items), samples_per_shard)
+    ]

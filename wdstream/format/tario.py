@@ -73,7 +73,7 @@ def member_header(name: str, size: int) -> bytes:
     size_field = b"%011o\0" % size
     chksum = _TEMPLATE_SUM + sum(raw) + sum(size_field)
     head = bytearray(_TEMPLATE)
-    head[:len(raw)] = raw
+    head[: len(raw)] = raw
     head[_SIZE_FIELD] = size_field
     head[_CHKSUM_FIELD] = b"%06o\0 " % chksum
     return bytes(head)
@@ -130,9 +130,9 @@ class MemberTooLarge:
         return f"member {self.name} is {self.size} bytes, over max_member_bytes {self.limit}"
 
 
-def iter_members(stream: BinaryIO, *, name: str = "<shard>",
-                 max_member_bytes: int | None = None
-                 ) -> Iterator[tuple[str, bytes | MemberTooLarge]]:
+def iter_members(
+    stream: BinaryIO, *, name: str = "<shard>", max_member_bytes: int | None = None
+) -> Iterator[tuple[str, bytes | MemberTooLarge]]:
     """Stream ``(member name, bytes)`` of regular files; plain tar or gzip-compressed.
 
     A member over ``max_member_bytes`` is not read into memory: its bytes are read and
@@ -140,14 +140,15 @@ def iter_members(stream: BinaryIO, *, name: str = "<shard>",
     Truncation or corruption raises ``tarfile.ReadError``/``EOFError`` from where it is found;
     the caller decides whether to skip the rest of the shard.
     """
-    for member, data, _start, _end in iter_members_at(stream, name=name,
-                                                      max_member_bytes=max_member_bytes):
+    for member, data, _start, _end in iter_members_at(
+        stream, name=name, max_member_bytes=max_member_bytes
+    ):
         yield member, data
 
 
-def iter_members_at(stream: BinaryIO, *, name: str = "<shard>",
-                    max_member_bytes: int | None = None
-                    ) -> Iterator[tuple[str, bytes | MemberTooLarge, int, int]]:
+def iter_members_at(
+    stream: BinaryIO, *, name: str = "<shard>", max_member_bytes: int | None = None
+) -> Iterator[tuple[str, bytes | MemberTooLarge, int, int]]:
     """As :func:`iter_members`, with the member's byte range in the (uncompressed) archive:
     ``(name, bytes, offset of its first header, end of its padded data)``."""
     with tarfile.open(fileobj=stream, mode="r|*") as tar:
@@ -163,24 +164,29 @@ def iter_members_at(stream: BinaryIO, *, name: str = "<shard>",
                         break
                     got += len(chunk)
                 if got != info.size:
-                    raise EOFError(f"{name}: member {info.name} truncated "
-                                   f"({got} of {info.size} bytes)")
+                    raise EOFError(
+                        f"{name}: member {info.name} truncated ({got} of {info.size} bytes)"
+                    )
                 end = info.offset_data + info.size + (-info.size) % BLOCK
-                yield (info.name, MemberTooLarge(info.name, info.size, max_member_bytes),
-                       info.offset, end)
+                yield (
+                    info.name,
+                    MemberTooLarge(info.name, info.size, max_member_bytes),
+                    info.offset,
+                    end,
+                )
                 continue
             data = f.read() if f is not None else b""
             if len(data) != info.size:
-                raise EOFError(f"{name}: member {info.name} truncated "
-                               f"({len(data)} of {info.size} bytes)")
+                raise EOFError(
+                    f"{name}: member {info.name} truncated ({len(data)} of {info.size} bytes)"
+                )
             end = info.offset_data + info.size + (-info.size) % BLOCK
             yield info.name, data, info.offset, end
         # tarfile ends quietly when the data stops at or inside a header; a complete archive
         # ends with a zero block, which tarfile has then read in full.
         pos = getattr(tar.fileobj, "pos", None)
         if pos is not None and pos < tar.offset + BLOCK:
-            raise EOFError(f"{name}: truncated after {tar.offset} bytes "
-                           f"(no end-of-archive marker)")
+            raise EOFError(f"{name}: truncated after {tar.offset} bytes (no end-of-archive marker)")
 
 
 def _number(field: bytes) -> int:
@@ -201,7 +207,7 @@ def _pax_path(data: bytes) -> str | None:
         if space < 0:
             break
         length = int(data[pos:space])
-        record = data[space + 1:pos + length - 1]
+        record = data[space + 1 : pos + length - 1]
         key, _, value = record.partition(b"=")
         if key == b"path":
             path = value.decode("utf-8", "surrogateescape")
@@ -209,8 +215,9 @@ def _pax_path(data: bytes) -> str | None:
     return path
 
 
-def split_members(data, *, name: str = "<shard>", max_member_bytes: int | None = None
-                  ) -> list[tuple[str, bytes | MemberTooLarge]]:
+def split_members(
+    data, *, name: str = "<shard>", max_member_bytes: int | None = None
+) -> list[tuple[str, bytes | MemberTooLarge]]:
     """``(member name, bytes)`` of the regular files in ``data``, the bytes of a span of an
     uncompressed tar that starts at a header: a minimal parser, no ``tarfile`` objects.
 
@@ -225,7 +232,7 @@ def split_members(data, *, name: str = "<shard>", max_member_bytes: int | None =
     out: list[tuple[str, bytes | MemberTooLarge]] = []
     long_name: str | None = None
     while pos + BLOCK <= end:
-        header = bytes(view[pos:pos + BLOCK])
+        header = bytes(view[pos : pos + BLOCK])
         if header == _ZERO_BLOCK:
             break
         stored = _number(header[148:156])
@@ -236,12 +243,15 @@ def split_members(data, *, name: str = "<shard>", max_member_bytes: int | None =
         start = pos + BLOCK
         stop = start + size
         if stop > end:
-            raise EOFError(f"{name}: member at byte {pos} of the span truncated "
-                           f"({end - start} of {size} bytes)")
+            raise EOFError(
+                f"{name}: member at byte {pos} of the span truncated "
+                f"({end - start} of {size} bytes)"
+            )
         pos = stop + (-size) % BLOCK
         if kind == b"L":
-            long_name = bytes(view[start:stop]).split(b"\0", 1)[0].decode(
-                "utf-8", "surrogateescape")
+            long_name = (
+                bytes(view[start:stop]).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            )
             continue
         if kind == b"x":
             long_name = _pax_path(bytes(view[start:stop])) or long_name
@@ -269,8 +279,9 @@ def split_members(data, *, name: str = "<shard>", max_member_bytes: int | None =
 _ZERO_BLOCK = bytes(BLOCK)
 
 
-def group_samples(members: Iterable[tuple], *, offsets: bool = False
-                  ) -> Iterator[dict[str, bytes | str | int]]:
+def group_samples(
+    members: Iterable[tuple], *, offsets: bool = False
+) -> Iterator[dict[str, bytes | str | int]]:
     """Group adjacent members with the same key into ``{"__key__": key, ext: bytes, ...}``.
 
     A sample with a member over the size limit (:class:`MemberTooLarge`) carries

@@ -20,7 +20,8 @@ def verify_shard(url: str, storage_options: dict[str, Any] | None = None) -> tup
             # members are counted, never held: each is read through in bounded chunks
             count = sum(1 for _ in iter_samples(reader, name=url, max_member_bytes=0))
         except ShardReadError as exc:
-            raise ShardReadError(f"{exc}. Convert it again, or remove it from the manifest",
-                                 shard=url) from exc.__cause__
+            raise ShardReadError(
+                f"{exc}. Convert it again, or remove it from the manifest", shard=url
+            ) from exc.__cause__
         reader.drain()  # the padding after the end-of-archive blocks
     return count, reader.bytes, reader.hexdigest()

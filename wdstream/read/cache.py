@@ -61,8 +61,11 @@ class LocalCache:
                 os.utime(f.fileno())  # the open file: its name may be gone already
             self._evict(keep=path)  # an open file stays readable after its name is removed
             return f
-        raise StorageError(f"{redact(url)} was evicted from the local cache {self.folder} "
-                           f"five times while it was opened: raise local_cache_bytes", url=url)
+        raise StorageError(
+            f"{redact(url)} was evicted from the local cache {self.folder} "
+            f"five times while it was opened: raise local_cache_bytes",
+            url=url,
+        )
 
     def _evict(self, keep: str) -> None:
         entries = []

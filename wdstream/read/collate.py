@@ -20,8 +20,9 @@ __all__ = ["collate", "IGNORE_INDEX"]
 IGNORE_INDEX = -100  # labels at padding positions (torch's cross-entropy default ignore_index)
 
 
-def collate(samples: list[dict], config: Config | None = None,
-            pad_token_id: int = 0) -> dict[str, Any]:
+def collate(
+    samples: list[dict], config: Config | None = None, pad_token_id: int = 0
+) -> dict[str, Any]:
     """Stack decoded samples (from :class:`wdstream.read.decode.SampleDecoder`) into a batch.
 
     Returns ``input_ids``, ``attention_mask``, ``labels`` ``[B, T]`` long (T: the longest text in
@@ -91,8 +92,12 @@ def _sizes(samples: list[dict], config: Config | None) -> tuple[int, int]:
     if config is not None:
         return config.vision_dim, config.max_audio_length
     defaults = Config()
-    size = next((int(s["pixel_values"].shape[-1]) for s in samples
-                 if s.get("pixel_values") is not None), defaults.vision_dim)
-    length = next((int(s["audio"].shape[-1]) for s in samples if s.get("audio") is not None),
-                  defaults.max_audio_length)
+    size = next(
+        (int(s["pixel_values"].shape[-1]) for s in samples if s.get("pixel_values") is not None),
+        defaults.vision_dim,
+    )
+    length = next(
+        (int(s["audio"].shape[-1]) for s in samples if s.get("audio") is not None),
+        defaults.max_audio_length,
+    )
     return size, length

@@ -40,19 +40,34 @@ __all__ = ["ResumeInfo", "EpochDataset", "ShardDataset", "MixedDataset", "read_p
 log = logging.getLogger(__name__)
 
 
-def read_plan(source: ShardSource, config, *, epoch: int, layout: Layout, rank: int,
-              worker: int, history=()) -> pipeline.Plan:
+def read_plan(
+    source: ShardSource, config, *, epoch: int, layout: Layout, rank: int, worker: int, history=()
+) -> pipeline.Plan:
     """What slot ``(rank, worker)`` of ``layout`` reads of ``source`` this epoch: a slot plan
     (exact mode: a manifest and ``config.exact``), else a stream plan (shards drawn at random
     when the epoch has a nominal length, one pass over the worker's shards when not)."""
     if source.has_manifest and config.exact:
-        pool = planner.epoch_plan(source.sizes, seed=config.seed, epoch=epoch,
-                                  shuffle=config.shuffle, history=history, layout=layout)
+        pool = planner.epoch_plan(
+            source.sizes,
+            seed=config.seed,
+            epoch=epoch,
+            shuffle=config.shuffle,
+            history=history,
+            layout=layout,
+        )
         return pool.slot(layout, rank, worker)
     endless = config.epoch_length is not None or source.has_manifest
-    return stream_plan(len(source.shards), seed=config.seed, epoch=epoch, rank=rank,
-                       worker=worker, workers=layout.workers, shuffle=config.shuffle,
-                       cache_size=config.cache_size, endless=endless)
+    return stream_plan(
+        len(source.shards),
+        seed=config.seed,
+        epoch=epoch,
+        rank=rank,
+        worker=worker,
+        workers=layout.workers,
+        shuffle=config.shuffle,
+        cache_size=config.cache_size,
+        endless=endless,
+    )
 
 
 @dataclass
@@ -68,9 +83,17 @@ class EpochDataset(torch.utils.data.IterableDataset):
     in shared memory, the layout of this run, the history of a resumed epoch, and the stats
     table. Subclasses say how many batches a rank yields and what a worker yields."""
 
-    def __init__(self, sources: Mapping[str, ShardSource], config, decoder: Callable,
-                 collate: Callable, *, rank: int = 0, world: int = 1,
-                 transform: Callable | None = None):
+    def __init__(
+        self,
+        sources: Mapping[str, ShardSource],
+        config,
+        decoder: Callable,
+        collate: Callable,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        transform: Callable | None = None,
+    ):
         super().__init__()
         self.sources = dict(sources)
         self.config = config
@@ -114,9 +137,14 @@ class EpochDataset(torch.utils.data.IterableDataset):
 
     def layout(self) -> Layout:
         c = self.config
-        return Layout(world=self.world, workers=self.slots_per_rank, batch_size=c.batch_size,
-                      cache_size=c.cache_size, drop_last=self._drop_last(),
-                      lanes=int(c.shuffle_lanes))
+        return Layout(
+            world=self.world,
+            workers=self.slots_per_rank,
+            batch_size=c.batch_size,
+            cache_size=c.cache_size,
+            drop_last=self._drop_last(),
+            lanes=int(c.shuffle_lanes),
+        )
 
     def _drop_last(self) -> bool:
         return bool(self.config.drop_last)
@@ -129,15 +157,18 @@ class EpochDataset(torch.utils.data.IterableDataset):
     # -- worker side ---------------------------------------------------------------------
     def decode_for(self, name: str, epoch: int) -> Callable[[dict], dict]:
         """The decode stage's function for source ``name``: the decoder, then the transform."""
-        return with_transform(self.decoder, self.transform, seed=self.config.seed, epoch=epoch,
-                              source=name)
+        return with_transform(
+            self.decoder, self.transform, seed=self.config.seed, epoch=epoch, source=name
+        )
 
     def _worker(self) -> World:
         world = World.detect(self.rank, self.world)
         if world.workers != self.slots_per_rank:
-            raise ConfigError(f"dataset planned for {self.slots_per_rank} workers per rank but "
-                              f"runs under {world.workers}; build it with the loader's "
-                              f"num_workers")
+            raise ConfigError(
+                f"dataset planned for {self.slots_per_rank} workers per rank but "
+                f"runs under {world.workers}; build it with the loader's "
+                f"num_workers"
+            )
         return world
 
     def __iter__(self) -> Iterator[dict]:
@@ -148,30 +179,61 @@ class EpochDataset(torch.utils.data.IterableDataset):
         counters = Counters(budget)
         epoch = self.epoch
         batches = self._batches(reader, budget, counters, epoch, world)
-        yield from tracked(batches, self.read_stats, world.worker, counters, c.batch_size,
-                           c.stats_log_every, f"epoch {epoch}, rank {self.rank}")
+        yield from tracked(
+            batches,
+            self.read_stats,
+            world.worker,
+            counters,
+            c.batch_size,
+            c.stats_log_every,
+            f"epoch {epoch}, rank {self.rank}",
+        )
         if budget.total or budget.placeholders:
-            log.warning("epoch %d, rank %d worker %d: skipped %s; %d samples not delivered",
-                        epoch, self.rank, world.worker, dict(budget.counts), budget.placeholders)
+            log.warning(
+                "epoch %d, rank %d worker %d: skipped %s; %d samples not delivered",
+                epoch,
+                self.rank,
+                world.worker,
+                dict(budget.counts),
+                budget.placeholders,
+            )
 
-    def _batches(self, reader: ShardReader, budget: ErrorBudget, counters: Counters,
-                 epoch: int, world: World) -> Iterator[dict]:  # pragma: no cover - overridden
+    def _batches(
+        self, reader: ShardReader, budget: ErrorBudget, counters: Counters, epoch: int, world: World
+    ) -> Iterator[dict]:  # pragma: no cover - overridden
         raise NotImplementedError
 
 
 class ShardDataset(EpochDataset):
     """Collated batches of one source for this process's rank and DataLoader worker."""
 
-    def __init__(self, source: ShardSource, config, decoder: Callable, collate: Callable, *,
-                 rank: int = 0, world: int = 1, transform: Callable | None = None):
-        super().__init__({source.name: source}, config, decoder, collate, rank=rank,
-                         world=world, transform=transform)
+    def __init__(
+        self,
+        source: ShardSource,
+        config,
+        decoder: Callable,
+        collate: Callable,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        transform: Callable | None = None,
+    ):
+        super().__init__(
+            {source.name: source},
+            config,
+            decoder,
+            collate,
+            rank=rank,
+            world=world,
+            transform=transform,
+        )
         self.source = source
         self.exact = bool(source.has_manifest and config.exact)
         if not self.exact and world > 1 and self.epoch_samples() is None:
             raise ConfigError(
                 f"{world} ranks read {source.name!r} without a manifest: set config.epoch_length "
-                f"(samples per epoch) so every rank yields the same number of batches")
+                f"(samples per epoch) so every rank yields the same number of batches"
+            )
 
     def identity(self) -> dict[str, Any]:
         return {"samples": self.source.samples, "shards": len(self.source.shards)}
@@ -182,9 +244,14 @@ class ShardDataset(EpochDataset):
     def pool(self, epoch: int) -> Pool:
         """What is left of ``epoch`` after the resumed history: O(shards + old slots)."""
         c = self.config
-        return planner.epoch_plan(self.source.sizes, seed=c.seed, epoch=epoch,
-                                  shuffle=c.shuffle, history=self.history(epoch),
-                                  layout=self.layout())
+        return planner.epoch_plan(
+            self.source.sizes,
+            seed=c.seed,
+            epoch=epoch,
+            shuffle=c.shuffle,
+            history=self.history(epoch),
+            layout=self.layout(),
+        )
 
     def epoch_samples(self) -> int | None:
         if self.config.epoch_length is not None:
@@ -210,19 +277,41 @@ class ShardDataset(EpochDataset):
     def _batches(self, reader, budget, counters, epoch, world) -> Iterator[dict]:
         c = self.config
         decode = self.decode_for(self.source.name, epoch)
-        plan = read_plan(self.source, c, epoch=epoch, layout=self.layout(), rank=self.rank,
-                         worker=world.worker, history=self.history(epoch))
+        plan = read_plan(
+            self.source,
+            c,
+            epoch=epoch,
+            layout=self.layout(),
+            rank=self.rank,
+            worker=world.worker,
+            history=self.history(epoch),
+        )
         if self.exact:
-            return pipeline.exact(plan, self.source, reader, decode, budget,
-                                  collate=self.collate, batch_size=c.batch_size,
-                                  threads=c.decode_threads, counters=counters)
+            return pipeline.exact(
+                plan,
+                self.source,
+                reader,
+                decode,
+                budget,
+                collate=self.collate,
+                batch_size=c.batch_size,
+                threads=c.decode_threads,
+                counters=counters,
+            )
         k = self.batches_per_rank(epoch)
         return pipeline.streaming(
-            plan, self.source, reader, decode, budget, collate=self.collate,
+            plan,
+            self.source,
+            reader,
+            decode,
+            budget,
+            collate=self.collate,
             batch_size=c.batch_size,
-            n_batches=None if k is None else planner.worker_batches(k, world.workers,
-                                                                    world.worker),
-            drop_last=c.drop_last, threads=c.decode_threads, counters=counters)
+            n_batches=None if k is None else planner.worker_batches(k, world.workers, world.worker),
+            drop_last=c.drop_last,
+            threads=c.decode_threads,
+            counters=counters,
+        )
 
 
 class MixedDataset(EpochDataset):
@@ -230,11 +319,20 @@ class MixedDataset(EpochDataset):
     :mod:`wdstream.read.mixplan`): every step's per-source counts are arithmetic, equal on
     every rank, and a mid-epoch state resumes exactly, as for one source."""
 
-    def __init__(self, sources: Mapping[str, ShardSource], config, decoder: Callable,
-                 collate: Callable, *, rank: int = 0, world: int = 1,
-                 transform: Callable | None = None):
-        super().__init__(sources, config, decoder, collate, rank=rank, world=world,
-                         transform=transform)
+    def __init__(
+        self,
+        sources: Mapping[str, ShardSource],
+        config,
+        decoder: Callable,
+        collate: Callable,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        transform: Callable | None = None,
+    ):
+        super().__init__(
+            sources, config, decoder, collate, rank=rank, world=world, transform=transform
+        )
         for name, source in self.sources.items():
             if not (source.has_manifest and config.exact):
                 raise ConfigError(f"mixed source {name!r} needs a manifest (exact mode)")
@@ -248,8 +346,10 @@ class MixedDataset(EpochDataset):
         c = self.config
         out: dict[str, Any] = {
             "sources": {n: [s.samples, len(s.shards)] for n, s in sorted(self.sources.items())},
-            "mix_exhausted": c.mix_exhausted, "max_samples_per_dataset": c.max_samples_per_dataset,
-            "weights": dict(sorted((c.weights or {}).items()))}
+            "mix_exhausted": c.mix_exhausted,
+            "max_samples_per_dataset": c.max_samples_per_dataset,
+            "weights": dict(sorted((c.weights or {}).items())),
+        }
         if c.mix_exhausted == "resample":
             out["epoch_length"] = self.epoch_samples()
         return out
@@ -258,18 +358,24 @@ class MixedDataset(EpochDataset):
         """Samples of a resampled epoch (``epoch_length``, else the sources' total)."""
         if self.config.mix_exhausted != "resample":
             return None
-        return int(self.config.epoch_length or sum(s.samples or 0
-                                                   for s in self.sources.values()))
+        return int(self.config.epoch_length or sum(s.samples or 0 for s in self.sources.values()))
 
     def plan(self, epoch: int) -> tuple[MixPlan, dict[str, Pool]]:
         """This generation's per-step counts and each source's pool: O(shards + batches)."""
         c = self.config
         cap = c.max_samples_per_dataset
-        return mixed_epoch({n: self.sources[n].sizes for n in self.names},
-                           self.weights, seed=c.seed, epoch=epoch, layout=self.layout(),
-                           mode=c.mix_exhausted, shuffle=c.shuffle,
-                           history=self.history(epoch), samples=self.epoch_samples(),
-                           caps=None if cap is None else dict.fromkeys(self.names, int(cap)))
+        return mixed_epoch(
+            {n: self.sources[n].sizes for n in self.names},
+            self.weights,
+            seed=c.seed,
+            epoch=epoch,
+            layout=self.layout(),
+            mode=c.mix_exhausted,
+            shuffle=c.shuffle,
+            history=self.history(epoch),
+            samples=self.epoch_samples(),
+            caps=None if cap is None else dict.fromkeys(self.names, int(cap)),
+        )
 
     def batches_per_rank(self, epoch: int | None = None) -> int:
         return self.plan(self.epoch if epoch is None else epoch)[0].batches
@@ -280,6 +386,16 @@ class MixedDataset(EpochDataset):
         slots = {n: pools[n].slot(mix.split(n), self.rank, world.worker) for n in mix.names}
         decoders = {n: self.decode_for(n, epoch) for n in mix.names}
         steps = range(world.worker, mix.batches, self.slots_per_rank)
-        return pipeline.mixed(mix, steps, slots, self.sources, reader, decoders, budget,
-                              collate=self.collate, batch_size=c.batch_size,
-                              threads=c.decode_threads, counters=counters)
+        return pipeline.mixed(
+            mix,
+            steps,
+            slots,
+            self.sources,
+            reader,
+            decoders,
+            budget,
+            collate=self.collate,
+            batch_size=c.batch_size,
+            threads=c.decode_threads,
+            counters=counters,
+        )

@@ -76,11 +76,13 @@ def _fail(sample: dict, reason: str, detail: Any = None) -> SampleError:
     key = sample.get("__key__", "?")
     url = sample.get("__url__") or "<unknown shard>"
     message = f"{url}: sample {key}: {reason}" + (f" ({detail})" if detail else "")
-    return SampleError(message, reason=reason, url=url if url != "<unknown shard>" else None,
-                       key=key)
+    return SampleError(
+        message, reason=reason, url=url if url != "<unknown shard>" else None, key=key
+    )
 
 
 # --------------------------------------------------------------------------- images
+
 
 def _open_image(data: bytes, max_pixels: int):
     with warnings.catch_warnings():
@@ -92,8 +94,9 @@ def _open_image(data: bytes, max_pixels: int):
             raise _BombError(str(exc)) from None
     w, h = img.size
     if w * h > max_pixels:
-        raise _BombError(f"{w}x{h} = {w * h} pixels is over the limit of {max_pixels} "
-                         f"(config.max_image_pixels)")
+        raise _BombError(
+            f"{w}x{h} = {w * h} pixels is over the limit of {max_pixels} (config.max_image_pixels)"
+        )
     return img
 
 
@@ -130,8 +133,15 @@ def image_to_rgb(img):
 
 # EXIF orientation -> pillow transpose method (as in ImageOps.exif_transpose)
 _T = Image.Transpose
-_TRANSPOSE = {2: _T.FLIP_LEFT_RIGHT, 3: _T.ROTATE_180, 4: _T.FLIP_TOP_BOTTOM, 5: _T.TRANSPOSE,
-              6: _T.ROTATE_270, 7: _T.TRANSVERSE, 8: _T.ROTATE_90}
+_TRANSPOSE = {
+    2: _T.FLIP_LEFT_RIGHT,
+    3: _T.ROTATE_180,
+    4: _T.FLIP_TOP_BOTTOM,
+    5: _T.TRANSPOSE,
+    6: _T.ROTATE_270,
+    7: _T.TRANSVERSE,
+    8: _T.ROTATE_90,
+}
 
 
 def _orientation(img) -> int:
@@ -145,8 +155,14 @@ def _orientation(img) -> int:
         return 1
 
 
-def decode_image(data: bytes, *, size: int, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
-                 max_pixels: int = 89_478_485) -> torch.Tensor:
+def decode_image(
+    data: bytes,
+    *,
+    size: int,
+    mean=(0.0, 0.0, 0.0),
+    std=(1.0, 1.0, 1.0),
+    max_pixels: int = 89_478_485,
+) -> torch.Tensor:
     """Encoded image bytes -> normalised float tensor ``[3, size, size]``.
 
     Raises ``_BombError`` over ``max_pixels``; pillow's errors for undecodable bytes pass
@@ -161,8 +177,12 @@ def decode_image(data: bytes, *, size: int, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0,
     w, h = img.size
     side = min(w, h)
     left, top = (w - side) / 2.0, (h - side) / 2.0
-    img = img.resize((size, size), Image.Resampling.BICUBIC,
-                     box=(left, top, left + side, top + side), reducing_gap=3.0)
+    img = img.resize(
+        (size, size),
+        Image.Resampling.BICUBIC,
+        box=(left, top, left + side, top + side),
+        reducing_gap=3.0,
+    )
     if orientation in _TRANSPOSE:
         img = img.transpose(_TRANSPOSE[orientation])
     return _to_tensor(img, size, mean, std)
@@ -184,6 +204,7 @@ def _to_tensor(img, size: int, mean, std) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- audio
 
+
 def _rate_fraction(orig: int, new: int) -> tuple[int, int]:
     """``(orig', new')`` with ``new'/orig' ~= new/orig`` and both terms small."""
     frac = Fraction(new, orig)
@@ -194,8 +215,9 @@ def _rate_fraction(orig: int, new: int) -> tuple[int, int]:
     return frac.denominator, frac.numerator
 
 
-def decode_audio(data: bytes, *, sample_rate: int, max_length: int,
-                 resamplers: dict | None = None) -> tuple[torch.Tensor, int]:
+def decode_audio(
+    data: bytes, *, sample_rate: int, max_length: int, resamplers: dict | None = None
+) -> tuple[torch.Tensor, int]:
     """Encoded audio -> (mono float waveform ``[max_length]`` at ``sample_rate``, true length).
 
     The true length is the resampled clip's length, capped at ``max_length``; the waveform is
@@ -245,6 +267,7 @@ def _resample(wave: torch.Tensor, orig: int, new: int, cache: dict | None) -> to
 
 # --------------------------------------------------------------------------- samples
 
+
 class SampleDecoder:
     """Decode one sample dict into tensors; every failure is a SampleError with a ``reason``.
 
@@ -289,8 +312,13 @@ class SampleDecoder:
         image = find_member(sample, "image")
         if image is not None:
             try:
-                pixel_values = decode_image(image[1], size=cfg.vision_dim, mean=cfg.image_mean,
-                                            std=cfg.image_std, max_pixels=cfg.max_image_pixels)
+                pixel_values = decode_image(
+                    image[1],
+                    size=cfg.vision_dim,
+                    mean=cfg.image_mean,
+                    std=cfg.image_std,
+                    max_pixels=cfg.max_image_pixels,
+                )
             except _BombError as exc:
                 raise _fail(sample, "image too large", exc) from None
             except Exception as exc:  # noqa: BLE001 - pillow raises many kinds
@@ -301,8 +329,11 @@ class SampleDecoder:
         if member is not None:
             try:
                 audio, audio_length = decode_audio(
-                    member[1], sample_rate=cfg.audio_sample_rate,
-                    max_length=cfg.max_audio_length, resamplers=self._resamplers)
+                    member[1],
+                    sample_rate=cfg.audio_sample_rate,
+                    max_length=cfg.max_audio_length,
+                    resamplers=self._resamplers,
+                )
             except Exception as exc:  # noqa: BLE001 - soundfile/libsndfile errors
                 raise _fail(sample, "undecodable audio", f"{member[0]}: {exc}") from exc
 
@@ -337,8 +368,11 @@ class SampleDecoder:
         if member is not None:
             raw = member[1]
             # UTF-8 takes at most 4 bytes a character: cut before decoding, then to ``limit``
-            text = raw[:4 * limit].decode("utf-8", errors="replace") \
-                if isinstance(raw, bytes) else str(raw)
+            text = (
+                raw[: 4 * limit].decode("utf-8", errors="replace")
+                if isinstance(raw, bytes)
+                else str(raw)
+            )
         else:
             for name in TEXT_JSON_FIELDS:
                 if isinstance(meta.get(name), str):
@@ -347,15 +381,20 @@ class SampleDecoder:
         if text is not None:
             text = text[:limit]
         if text is None or not text.strip():
-            raise _fail(sample, "missing text",
-                        "no txt/caption member and no text or caption in json")
+            raise _fail(
+                sample, "missing text", "no txt/caption member and no text or caption in json"
+            )
         cfg = self.config
         try:
-            ids = self.tokenizer(text, truncation=True, max_length=cfg.max_text_length,
-                                 add_special_tokens=True)["input_ids"]
+            ids = self.tokenizer(
+                text, truncation=True, max_length=cfg.max_text_length, add_special_tokens=True
+            )["input_ids"]
         except Exception as exc:  # noqa: BLE001 - tokenizer errors on odd input
             raise _fail(sample, "untokenizable text", exc) from exc
         if ids and max(ids) >= cfg.vocab_size:
-            raise _fail(sample, "token id out of range",
-                        f"id {max(ids)} >= config.vocab_size {cfg.vocab_size}")
+            raise _fail(
+                sample,
+                "token id out of range",
+                f"id {max(ids)} >= config.vocab_size {cfg.vocab_size}",
+            )
         return torch.tensor(ids, dtype=torch.long)

@@ -77,13 +77,16 @@ class ReadOptions:
 
     @classmethod
     def from_config(cls, config) -> ReadOptions:
-        return cls(storage_options=dict(config.storage_options or {}),
-                   requests=int(config.read_ahead_requests),
-                   max_bytes=int(config.read_ahead_bytes),
-                   block_size=int(config.read_block_size),
-                   max_member_bytes=config.max_member_bytes,
-                   cache_dir=config.local_cache_dir, cache_bytes=int(config.local_cache_bytes),
-                   indexes=max(INDEX_CACHE, 2 * int(config.shuffle_lanes)))
+        return cls(
+            storage_options=dict(config.storage_options or {}),
+            requests=int(config.read_ahead_requests),
+            max_bytes=int(config.read_ahead_bytes),
+            block_size=int(config.read_block_size),
+            max_member_bytes=config.max_member_bytes,
+            cache_dir=config.local_cache_dir,
+            cache_bytes=int(config.local_cache_bytes),
+            indexes=max(INDEX_CACHE, 2 * int(config.shuffle_lanes)),
+        )
 
     @property
     def request_bytes(self) -> int:
@@ -104,8 +107,9 @@ class ShardReader:
 
     def __init__(self, options: ReadOptions):
         self.options = options
-        self.cache = LocalCache(options.cache_dir, options.cache_bytes) \
-            if options.cache_dir else None
+        self.cache = (
+            LocalCache(options.cache_dir, options.cache_bytes) if options.cache_dir else None
+        )
         self._indexes: OrderedDict[str, dict | None] = OrderedDict()
         self._index_lock = threading.Lock()
         self._filesystems: dict[str, Any] = {}
@@ -113,8 +117,9 @@ class ShardReader:
         self._known_sizes: dict[str, int | None] = {}  # from the warm-up HEAD
         self._checked: set[str] = set()  # shards whose size matched the manifest's
 
-    def fetch(self, shards: Sequence[ShardRef], reads: Iterable[Read],
-              counters: Counters | None = None) -> Iterator[Fetched]:
+    def fetch(
+        self, shards: Sequence[ShardRef], reads: Iterable[Read], counters: Counters | None = None
+    ) -> Iterator[Fetched]:
         """The members of each read (``shards[read.shard]``), in order (module doc). Closing
         the iterator cancels what is queued."""
         return iter(_Run(self, shards, reads, counters or Counters()))
@@ -149,9 +154,11 @@ class ShardReader:
             except Exception as exc:
                 raise storage.translate_error(exc, shard.url, "read") from exc
         if isinstance(size, int) and size != shard.bytes:
-            raise ShardReadError(f"shard {redact(shard.url)} is {size} bytes, its manifest says "
-                                 f"{shard.bytes}: it was replaced or the manifest is wrong",
-                                 shard=shard.url)
+            raise ShardReadError(
+                f"shard {redact(shard.url)} is {size} bytes, its manifest says "
+                f"{shard.bytes}: it was replaced or the manifest is wrong",
+                shard=shard.url,
+            )
         self._checked.add(shard.url)
 
     # -- indexes -----------------------------------------------------------------------
@@ -182,8 +189,11 @@ class ShardReader:
             data = self._read_index_bytes(shard, counters)
             return parse_index(data, shard.samples)
         except Exception as exc:  # noqa: BLE001 - a missing index only costs speed
-            log.warning("no usable index for %s (%s); reading the shard from its start",
-                        redact(shard.url), exc)
+            log.warning(
+                "no usable index for %s (%s); reading the shard from its start",
+                redact(shard.url),
+                exc,
+            )
             return None
 
     def _read_index_bytes(self, shard: ShardRef, counters: Counters) -> bytes:
@@ -192,13 +202,17 @@ class ShardReader:
         data = fs.cat_file(path, start=0, end=limit + 1)
         counters.add_request(len(data), index=True)
         if len(data) > limit:
-            raise StorageError(f"{redact(shard.index_url)} is larger than {limit} bytes, the "
-                               f"most expected there; not reading it", url=shard.index_url)
+            raise StorageError(
+                f"{redact(shard.index_url)} is larger than {limit} bytes, the "
+                f"most expected there; not reading it",
+                url=shard.index_url,
+            )
         return data
 
     # -- bytes -------------------------------------------------------------------------
-    def read_range(self, shard: ShardRef, bounds: Sequence[tuple[int, int]],
-                   counters: Counters) -> list[list]:
+    def read_range(
+        self, shard: ShardRef, bounds: Sequence[tuple[int, int]], counters: Counters
+    ) -> list[list]:
         """The members of each of ``bounds`` (contiguous byte ranges of an uncompressed shard,
         in order), fetched together: one ranged GET, a seek in the local cache, or a slice of
         in-memory bytes."""
@@ -219,9 +233,14 @@ class ShardReader:
         if len(data) != end - start:
             raise EOFError(f"ranged read of bytes {start}-{end} returned {len(data)} bytes")
         view = memoryview(data)
-        return [split_members(view[a - start:b - start], name=shard.url,
-                              max_member_bytes=self.options.max_member_bytes)
-                for a, b in bounds]
+        return [
+            split_members(
+                view[a - start : b - start],
+                name=shard.url,
+                max_member_bytes=self.options.max_member_bytes,
+            )
+            for a, b in bounds
+        ]
 
     def open(self, shard: ShardRef):
         """The shard as a file object from its start (in memory, the local cache, or fsspec),
@@ -232,8 +251,9 @@ class ShardReader:
             f = self.cache.open(shard.url, self.options.storage_options)
             size = os.fstat(f.fileno()).st_size
         else:
-            f = storage.open_read(shard.url, self.options.storage_options,
-                                  block_size=self.options.block_size)
+            f = storage.open_read(
+                shard.url, self.options.storage_options, block_size=self.options.block_size
+            )
             size = getattr(f, "size", None)
         try:
             self.check_size(shard, size if isinstance(size, int) else None)
@@ -248,8 +268,9 @@ class ShardReader:
         with self.open(shard) as f:
             if offset:
                 f.seek(offset)
-            yield from iter_members(f, name=shard.url,
-                                    max_member_bytes=self.options.max_member_bytes)
+            yield from iter_members(
+                f, name=shard.url, max_member_bytes=self.options.max_member_bytes
+            )
 
 
 def _connect(fs, path: str) -> int | None:
@@ -271,11 +292,35 @@ def _connect(fs, path: str) -> int | None:
 class _Piece:
     """One request of a run (a ranged GET, or a streamed read), in plan order."""
 
-    __slots__ = ("shard", "first", "stop", "wanted", "index", "nbytes", "range", "offset",
-                 "future", "stream", "error", "part", "bounds", "carried")
+    __slots__ = (
+        "shard",
+        "first",
+        "stop",
+        "wanted",
+        "index",
+        "nbytes",
+        "range",
+        "offset",
+        "future",
+        "stream",
+        "error",
+        "part",
+        "bounds",
+        "carried",
+    )
 
-    def __init__(self, shard, first, stop, wanted, index=None, nbytes=0, byte_range=None,
-                 offset=None, error=None):
+    def __init__(
+        self,
+        shard,
+        first,
+        stop,
+        wanted,
+        index=None,
+        nbytes=0,
+        byte_range=None,
+        offset=None,
+        error=None,
+    ):
         self.shard, self.first, self.stop, self.wanted = shard, first, stop, wanted
         self.index, self.nbytes, self.range, self.error = index, nbytes, byte_range, error
         self.offset = offset  # a streamed read from this byte (sample ``first``'s header)
@@ -363,15 +408,23 @@ class _Deferred(Future):
 class _Run:
     """One sequence of reads, fetched ahead (see the module doc)."""
 
-    def __init__(self, reader: ShardReader, shards: Sequence[ShardRef], reads: Iterable[Read],
-                 counters: Counters):
+    def __init__(
+        self,
+        reader: ShardReader,
+        shards: Sequence[ShardRef],
+        reads: Iterable[Read],
+        counters: Counters,
+    ):
         self.reader, self.shards, self.counters = reader, shards, counters
         opts = reader.options
         self.requests = max(1, opts.requests)
         self.max_bytes = max(1, opts.max_bytes)
         self.request_bytes = opts.request_bytes
-        self.pool = ThreadPoolExecutor(opts.requests, thread_name_prefix="wdstream-fetch") \
-            if opts.requests > 0 else None
+        self.pool = (
+            ThreadPoolExecutor(opts.requests, thread_name_prefix="wdstream-fetch")
+            if opts.requests > 0
+            else None
+        )
         self.source = iter(reads)
         self.ahead: deque[Read] = deque()  # reads taken from the source, not yet cut
         self.pending: deque[_Piece] = deque()  # submitted, not yet consumed
@@ -456,14 +509,18 @@ class _Run:
             return  # fetched with an earlier read of the same shard
         wanted = None if read.wanted is None else np.asarray(read.wanted)
         if read.shard in self.failed:
-            self.pieces.append(_Piece(shard, read.first, read.stop, wanted,
-                                      error=self.failed[read.shard]))
+            self.pieces.append(
+                _Piece(shard, read.first, read.stop, wanted, error=self.failed[read.shard])
+            )
             return
         if idx is None or idx.get("whole") or read.stop is None:
             self.pieces.append(_Piece(shard, read.first, read.stop, wanted, idx))
             return
-        parts = [(read.first, read.stop, None)] if wanted is None else \
-            [(int(p[0]), int(p[-1]) + 1, p) for p in gap_split(wanted)]
+        parts = (
+            [(read.first, read.stop, None)]
+            if wanted is None
+            else [(int(p[0]), int(p[-1]) + 1, p) for p in gap_split(wanted)]
+        )
         offsets = idx["offsets"]
         for first, stop, part in parts:
             a = first
@@ -497,14 +554,19 @@ class _Run:
             if read.shard != i:
                 continue
             key = (read.shard, read.first, read.stop)
-            if read.wanted is not None or read.stop is None or read.first != cur or \
-                    key in self.later:
+            if (
+                read.wanted is not None
+                or read.stop is None
+                or read.first != cur
+                or key in self.later
+            ):
                 break  # the shard is read otherwise next: stop here
             nbytes = int(offsets[read.stop]) - end
             if end + nbytes - start > limit or self.carried + nbytes > self.max_bytes // 2:
                 break
-            later = _Piece(piece.shard, read.first, read.stop, None, piece.index, nbytes,
-                           (end, end + nbytes))
+            later = _Piece(
+                piece.shard, read.first, read.stop, None, piece.index, nbytes, (end, end + nbytes)
+            )
             later.carried, later.part, later.future = True, len(piece.bounds), piece
             piece.bounds.append((end, end + nbytes))
             self.later[key] = later
@@ -518,8 +580,11 @@ class _Run:
             if not ahead:
                 return None
             read = ahead[0]
-            known, idx = self._index(read.shard, block) if self.shards[read.shard].index_url \
-                and read.stop is not None else (True, None)
+            known, idx = (
+                self._index(read.shard, block)
+                if self.shards[read.shard].index_url and read.stop is not None
+                else (True, None)
+            )
             if not known:
                 return None
             self.ahead.popleft()
@@ -535,16 +600,21 @@ class _Run:
             piece = self._next_piece(block=not self.pending)
             if piece is None:
                 return
-            if piece.nbytes > 0 and not piece.carried and self.pending and \
-                    self.outstanding + piece.nbytes > self.max_bytes:
+            if (
+                piece.nbytes > 0
+                and not piece.carried
+                and self.pending
+                and self.outstanding + piece.nbytes > self.max_bytes
+            ):
                 return
             self.pieces.popleft()
             if piece.carried:
                 piece.future = piece.future.future  # the request of the piece it came with
             elif piece.error is None:
                 if piece.range is not None:
-                    piece.future = self._submit(self.reader.read_range, piece.shard,
-                                                piece.bounds, self.counters)
+                    piece.future = self._submit(
+                        self.reader.read_range, piece.shard, piece.bounds, self.counters
+                    )
                     self.outstanding += piece.nbytes
                 elif self.pool is not None:
                     piece.stream = _Stream(self._stream(piece), self.request_bytes)
@@ -582,8 +652,15 @@ class _Run:
                 current = piece = self.pending.popleft()
                 members = self._members(piece)
                 self._top_up()
-                yield Fetched(piece.shard, piece.first, piece.stop, piece.wanted, members,
-                              piece.index, piece.range is not None or piece.offset is not None)
+                yield Fetched(
+                    piece.shard,
+                    piece.first,
+                    piece.stop,
+                    piece.wanted,
+                    members,
+                    piece.index,
+                    piece.range is not None or piece.offset is not None,
+                )
         finally:
             for piece in [current, *self.pending] if current is not None else self.pending:
                 if piece.stream is not None:

@@ -33,9 +33,15 @@ __all__ = ["make_loader", "Loader", "STATE_VERSION"]
 log = logging.getLogger(__name__)
 
 
-def make_loader(source: Any, config: Config | None = None, tokenizer=None, *,
-                rank: int | None = None, world: int | None = None,
-                transform: Callable | None = None) -> Loader:
+def make_loader(
+    source: Any,
+    config: Config | None = None,
+    tokenizer=None,
+    *,
+    rank: int | None = None,
+    world: int | None = None,
+    transform: Callable | None = None,
+) -> Loader:
     """Build the loader for ``source`` (see module doc). Checks the tokenizer against
     ``config.vocab_size`` and the source's reachability before returning.
 
@@ -62,11 +68,13 @@ def make_loader(source: Any, config: Config | None = None, tokenizer=None, *,
     sources = resolve_sources(source, config)
     if not isinstance(source, dict):
         (spec,) = sources.values()
-        dataset: EpochDataset = ShardDataset(spec, config, decoder, collate_fn, rank=rank,
-                                             world=world, transform=transform)
+        dataset: EpochDataset = ShardDataset(
+            spec, config, decoder, collate_fn, rank=rank, world=world, transform=transform
+        )
     else:
-        dataset = MixedDataset(sources, config, decoder, collate_fn, rank=rank, world=world,
-                               transform=transform)
+        dataset = MixedDataset(
+            sources, config, decoder, collate_fn, rank=rank, world=world, transform=transform
+        )
     return Loader(dataset, config)
 
 
@@ -99,11 +107,15 @@ class Loader:
     def _make_dl(self):
         c = self.config
         pin = c.pin_memory == "true" or (c.pin_memory == "auto" and torch.cuda.is_available())
-        kwargs: dict[str, Any] = {"batch_size": None, "num_workers": c.num_workers,
-                                  "pin_memory": pin}
+        kwargs: dict[str, Any] = {
+            "batch_size": None,
+            "num_workers": c.num_workers,
+            "pin_memory": pin,
+        }
         if c.num_workers > 0:
-            kwargs.update(persistent_workers=c.persistent_workers,
-                          prefetch_factor=c.prefetch_factor)
+            kwargs.update(
+                persistent_workers=c.persistent_workers, prefetch_factor=c.prefetch_factor
+            )
         return wds.WebLoader(self.dataset, **kwargs)
 
     def close(self) -> None:
@@ -170,20 +182,26 @@ class Loader:
 
     def _identity(self) -> dict[str, Any]:
         """What a state must agree on to resume here: seed, shuffle and the data."""
-        return {"seed": self.config.seed, "shuffle": self.config.shuffle,
-                **self.dataset.identity()}
+        return {"seed": self.config.seed, "shuffle": self.config.shuffle, **self.dataset.identity()}
 
     def state_dict(self) -> dict[str, Any]:
         """Progress through the current epoch: JSON-serialisable, a few hundred bytes (one
         short entry per resume of the epoch)."""
         ds = self.dataset
         if not ds.exact:
-            raise WdstreamError("mid-epoch state needs exact mode: manifest sources and "
-                                "config.exact=True (shard-list sources restart their epoch)")
+            raise WdstreamError(
+                "mid-epoch state needs exact mode: manifest sources and "
+                "config.exact=True (shard-list sources restart their epoch)"
+            )
         runs = [{**layout.to_dict(), "batches": k} for layout, k in self._history()]
         runs.append({**ds.layout().to_dict(), "batches": self._batches})
-        return {"version": STATE_VERSION, "epoch": self._epoch, **self._identity(),
-                "fingerprint": ds.fingerprint(), "runs": runs}
+        return {
+            "version": STATE_VERSION,
+            "epoch": self._epoch,
+            **self._identity(),
+            "fingerprint": ds.fingerprint(),
+            "runs": runs,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume: the next iteration yields exactly what the saved run had not delivered of
@@ -201,8 +219,11 @@ class Loader:
             ds.batches_per_rank(epoch)  # plans the history once: a run that does not fit
         except ValueError as exc:  # this data raises here, not in a worker
             ds.resume = old
-            raise ConfigError(f"loader state does not fit this data: {exc}; resume with the "
-                              f"manifest it was saved on", key="runs") from exc
+            raise ConfigError(
+                f"loader state does not fit this data: {exc}; resume with the "
+                f"manifest it was saved on",
+                key="runs",
+            ) from exc
         self.close()
         self._epoch = epoch
         self._batches = 0

@@ -33,10 +33,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def mix(streams: Mapping[str, Iterator[T]], weights: Mapping[str, float] | None = None, *,
-        seed: int = 0, exhausted: str = "stop",
-        reopen: Callable[[str], Iterator[T]] | None = None,
-        caps: Mapping[str, int | None] | None = None) -> Iterator[tuple[str, T]]:
+def mix(
+    streams: Mapping[str, Iterator[T]],
+    weights: Mapping[str, float] | None = None,
+    *,
+    seed: int = 0,
+    exhausted: str = "stop",
+    reopen: Callable[[str], Iterator[T]] | None = None,
+    caps: Mapping[str, int | None] | None = None,
+) -> Iterator[tuple[str, T]]:
     """Yield ``(source name, item)`` drawn from ``streams`` by ``weights`` with a seeded RNG.
 
     Sources are ordered by name, so the sequence does not depend on dict order. A source of
@@ -59,8 +64,15 @@ def mix(streams: Mapping[str, Iterator[T]], weights: Mapping[str, float] | None 
     return _mix(dict(streams), names, probs, random.Random(seed), exhausted, reopen, caps)
 
 
-def _mix(streams: dict[str, Iterator[Any]], names: list[str], probs: dict[str, float],
-         rng: random.Random, exhausted: str, reopen, caps: dict[str, int | None]):
+def _mix(
+    streams: dict[str, Iterator[Any]],
+    names: list[str],
+    probs: dict[str, float],
+    rng: random.Random,
+    exhausted: str,
+    reopen,
+    caps: dict[str, int | None],
+):
     taken = dict.fromkeys(names, 0)
     active = [n for n in names if probs[n] > 0 and caps.get(n) != 0]
     iters = {n: iter(streams[n]) for n in names}
@@ -76,16 +88,16 @@ def _mix(streams: dict[str, Iterator[Any]], names: list[str], probs: dict[str, f
             item = next(iters[pick])
         except StopIteration:
             if exhausted == "stop":
-                log.debug("mix: source %r ran out after %d items; the mix ends", pick,
-                          taken[pick])
+                log.debug("mix: source %r ran out after %d items; the mix ends", pick, taken[pick])
                 return
             log.debug("mix: source %r ran out after %d items; reopening it", pick, taken[pick])
             iters[pick] = iter(reopen(pick))
             try:
                 item = next(iters[pick])
             except StopIteration:
-                raise SourceError(f"mixed source {pick!r} is empty after reopening; remove it "
-                                  f"or give it weight 0") from None
+                raise SourceError(
+                    f"mixed source {pick!r} is empty after reopening; remove it or give it weight 0"
+                ) from None
         taken[pick] += 1
         yield pick, item
         cap = caps.get(pick)

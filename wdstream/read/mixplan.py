@@ -41,8 +41,16 @@ from ..errors import ConfigError
 from .planner import Layout, Pool, Split, epoch_plan, slot_window
 from .seeds import derive_seed
 
-__all__ = ["BLOCK", "MixPlan", "normalise_weights", "mix_weights", "source_window",
-           "step_counts", "mix_plan", "mixed_epoch"]
+__all__ = [
+    "BLOCK",
+    "MixPlan",
+    "normalise_weights",
+    "mix_weights",
+    "source_window",
+    "step_counts",
+    "mix_plan",
+    "mixed_epoch",
+]
 
 BLOCK = 1024  # steps drawn per generator
 
@@ -61,18 +69,22 @@ def normalise_weights(names, weights: Mapping[str, float] | None) -> dict[str, f
         return {n: 1.0 / len(names) for n in names}
     unknown = sorted(set(weights) - set(names))
     if unknown:
-        raise ConfigError(f"weights name unknown source(s) {unknown}; the sources are {names}",
-                          key=unknown[0])
+        raise ConfigError(
+            f"weights name unknown source(s) {unknown}; the sources are {names}", key=unknown[0]
+        )
     missing = [n for n in names if n not in weights]
     if missing:
-        raise ConfigError(f"no weight for source(s) {missing}; give every source a weight "
-                          f"(config.weights) or none for equal weights", key=missing[0])
+        raise ConfigError(
+            f"no weight for source(s) {missing}; give every source a weight "
+            f"(config.weights) or none for equal weights",
+            key=missing[0],
+        )
     for name in names:
         w = weights[name]
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) \
-                or w < 0:
-            raise ConfigError(f"weight of {name!r} must be a finite number >= 0, not {w!r}",
-                              key=name)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ConfigError(
+                f"weight of {name!r} must be a finite number >= 0, not {w!r}", key=name
+            )
     total = float(sum(weights[n] for n in names))
     if total <= 0:
         raise ConfigError(f"the weights {dict(weights)} are all zero")
@@ -91,8 +103,17 @@ def source_window(cache_size: int, n_sources: int) -> int:
     return cache_size if cache_size <= 1 else max(1, cache_size // n_sources)
 
 
-def step_counts(probs: np.ndarray, batch_size: int, *, seed: int, epoch: int,
-                generation: int, start: int, stop: int, salt: tuple = ()) -> np.ndarray:
+def step_counts(
+    probs: np.ndarray,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    generation: int,
+    start: int,
+    stop: int,
+    salt: tuple = (),
+) -> np.ndarray:
     """``counts[j - start, s]`` for steps ``start <= j < stop``: samples of each source
     (``salt``: tells apart the draws after a capped source left the mix)."""
     out = np.zeros((max(0, stop - start), len(probs)), dtype=np.int64)
@@ -100,7 +121,7 @@ def step_counts(probs: np.ndarray, batch_size: int, *, seed: int, epoch: int,
         rng = np.random.default_rng(derive_seed(seed, epoch, generation, "mix", block, *salt))
         drawn = rng.multinomial(batch_size, probs, size=BLOCK)
         lo, hi = max(start, block * BLOCK), min(stop, (block + 1) * BLOCK)
-        out[lo - start:hi - start] = drawn[lo - block * BLOCK:hi - block * BLOCK]
+        out[lo - start : hi - start] = drawn[lo - block * BLOCK : hi - block * BLOCK]
     return out
 
 
@@ -131,8 +152,7 @@ class MixPlan:
 
     def split(self, name: str) -> Split:
         """Source ``name``'s pool laid over the slots."""
-        window = slot_window(source_window(self.layout.cache_size, len(self.names)),
-                             self.shuffle)
+        window = slot_window(source_window(self.layout.cache_size, len(self.names)), self.shuffle)
         return Split(self.layout.world, self.worker_lengths(name), window)
 
     def emitted(self, name: str, k: int) -> tuple[int, ...]:
@@ -143,13 +163,21 @@ class MixPlan:
     def batch_sources(self, step: int) -> np.ndarray:
         """Source index of each item of step ``step``'s batch, in batch order."""
         multiset = np.repeat(np.arange(len(self.names)), self.counts[step])
-        rng = np.random.default_rng([derive_seed(self.seed, self.epoch, self.generation,
-                                                 "order"), step])
+        rng = np.random.default_rng(
+            [derive_seed(self.seed, self.epoch, self.generation, "order"), step]
+        )
         return rng.permutation(multiset)
 
 
-def _stop_counts(lengths: np.ndarray, probs: np.ndarray, layout: Layout, *, seed: int,
-                 epoch: int, generation: int) -> np.ndarray:
+def _stop_counts(
+    lengths: np.ndarray,
+    probs: np.ndarray,
+    layout: Layout,
+    *,
+    seed: int,
+    epoch: int,
+    generation: int,
+) -> np.ndarray:
     """Counts of every step while each source can fill it on every rank: O(K)."""
     if (lengths[probs > 0] >= 1 << 61).all():
         raise ValueError("mode='stop' needs finite pools")
@@ -157,21 +185,36 @@ def _stop_counts(lengths: np.ndarray, probs: np.ndarray, layout: Layout, *, seed
     chunks = []
     block = 0
     while True:
-        c = step_counts(probs, layout.batch_size, seed=seed, epoch=epoch, generation=generation,
-                        start=block * BLOCK, stop=(block + 1) * BLOCK)
+        c = step_counts(
+            probs,
+            layout.batch_size,
+            seed=seed,
+            epoch=epoch,
+            generation=generation,
+            start=block * BLOCK,
+            stop=(block + 1) * BLOCK,
+        )
         used = done + np.cumsum(c, axis=0) * layout.world
         short = np.flatnonzero((used > lengths).any(axis=1))
         if short.size:
-            chunks.append(c[:short[0]])
+            chunks.append(c[: short[0]])
             return np.concatenate(chunks)
         chunks.append(c)
         done = used[-1]
         block += 1
 
 
-def _capped_counts(probs: np.ndarray, limits: np.ndarray, ends: np.ndarray, layout: Layout,
-                   k_max: int | None, *, seed: int, epoch: int,
-                   generation: int) -> np.ndarray:
+def _capped_counts(
+    probs: np.ndarray,
+    limits: np.ndarray,
+    ends: np.ndarray,
+    layout: Layout,
+    k_max: int | None,
+    *,
+    seed: int,
+    epoch: int,
+    generation: int,
+) -> np.ndarray:
     """Counts of every step when sources have caps: a source leaves the mix at its limit
     (``ends[s]``: reaching it ends the epoch instead: a pool that ran out in mode 'stop').
     Drawn in blocks as :func:`step_counts`, with one Python step per source that leaves."""
@@ -181,13 +224,24 @@ def _capped_counts(probs: np.ndarray, limits: np.ndarray, ends: np.ndarray, layo
     chunks: list[np.ndarray] = []
     step, salt = 0, ()
     while k_max is None or step < k_max:
-        end = (step // BLOCK + 1) * BLOCK if k_max is None else min((step // BLOCK + 1) * BLOCK,
-                                                                     k_max)
+        end = (
+            (step // BLOCK + 1) * BLOCK
+            if k_max is None
+            else min((step // BLOCK + 1) * BLOCK, k_max)
+        )
         p = np.where(active, probs, 0.0)
         if p.sum() <= 0:
             break
-        c = step_counts(p / p.sum(), batch, seed=seed, epoch=epoch, generation=generation,
-                        start=step, stop=end, salt=salt)
+        c = step_counts(
+            p / p.sum(),
+            batch,
+            seed=seed,
+            epoch=epoch,
+            generation=generation,
+            start=step,
+            stop=end,
+            salt=salt,
+        )
         cum = used + np.cumsum(c, axis=0) * world
         bad = np.flatnonzero((cum > limits).any(axis=1))
         if not bad.size:
@@ -197,9 +251,16 @@ def _capped_counts(probs: np.ndarray, limits: np.ndarray, ends: np.ndarray, layo
         b = int(bad[0])
         chunks.append(c[:b])
         used = used + c[:b].sum(axis=0) * world
-        row = _fill_step(c[b], probs, limits, ends, used, active, world,
-                         np.random.default_rng(derive_seed(seed, epoch, generation, "mix-cap",
-                                                           step + b)))
+        row = _fill_step(
+            c[b],
+            probs,
+            limits,
+            ends,
+            used,
+            active,
+            world,
+            np.random.default_rng(derive_seed(seed, epoch, generation, "mix-cap", step + b)),
+        )
         if row is None:
             break
         chunks.append(row[None])
@@ -211,9 +272,16 @@ def _capped_counts(probs: np.ndarray, limits: np.ndarray, ends: np.ndarray, layo
     return np.concatenate(chunks).astype(np.int64)
 
 
-def _fill_step(row: np.ndarray, probs: np.ndarray, limits: np.ndarray, ends: np.ndarray,
-               used: np.ndarray, active: np.ndarray, world: int,
-               rng: np.random.Generator) -> np.ndarray | None:
+def _fill_step(
+    row: np.ndarray,
+    probs: np.ndarray,
+    limits: np.ndarray,
+    ends: np.ndarray,
+    used: np.ndarray,
+    active: np.ndarray,
+    world: int,
+    rng: np.random.Generator,
+) -> np.ndarray | None:
     """The step's counts with every source within its limit: sources over it give what they
     have left and leave ``active``; their excess is drawn again from the others. None when
     the step cannot be filled (the epoch ends before it)."""
@@ -237,10 +305,19 @@ def _fill_step(row: np.ndarray, probs: np.ndarray, limits: np.ndarray, ends: np.
         excess = 0
 
 
-def mix_plan(pool_lengths: Mapping[str, int], weights: Mapping[str, float] | None, *,
-             seed: int, epoch: int, layout: Layout, mode: str = "stop", generation: int = 0,
-             samples: int | None = None, caps: Mapping[str, int] | None = None,
-             shuffle: bool = True) -> MixPlan:
+def mix_plan(
+    pool_lengths: Mapping[str, int],
+    weights: Mapping[str, float] | None,
+    *,
+    seed: int,
+    epoch: int,
+    layout: Layout,
+    mode: str = "stop",
+    generation: int = 0,
+    samples: int | None = None,
+    caps: Mapping[str, int] | None = None,
+    shuffle: bool = True,
+) -> MixPlan:
     """The mixed plan of one generation over pools of ``pool_lengths`` samples.
 
     ``samples`` (mode ``"resample"`` only, required there): samples this generation yields
@@ -259,11 +336,11 @@ def mix_plan(pool_lengths: Mapping[str, int], weights: Mapping[str, float] | Non
         limits = np.minimum(lengths, np.maximum(cap, 0))
         ends = (lengths <= cap) if mode == "stop" else np.zeros(len(names), dtype=bool)
         k_max = None if mode == "stop" else samples // (layout.world * layout.batch_size)
-        counts = _capped_counts(probs, limits, ends, layout, k_max, seed=seed, epoch=epoch,
-                                generation=generation)
+        counts = _capped_counts(
+            probs, limits, ends, layout, k_max, seed=seed, epoch=epoch, generation=generation
+        )
     elif mode == "stop":
-        counts = _stop_counts(lengths, probs, layout, seed=seed, epoch=epoch,
-                              generation=generation)
+        counts = _stop_counts(lengths, probs, layout, seed=seed, epoch=epoch, generation=generation)
     else:
         if samples is None or samples < 0:
             raise ValueError("mode='resample' needs samples >= 0 (the epoch's length)")
@@ -271,16 +348,25 @@ def mix_plan(pool_lengths: Mapping[str, int], weights: Mapping[str, float] | Non
         if empty:
             raise ValueError(f"cannot resample empty source(s) {empty}")
         k = samples // (layout.world * layout.batch_size)
-        counts = step_counts(probs, layout.batch_size, seed=seed, epoch=epoch,
-                             generation=generation, start=0, stop=k)
+        counts = step_counts(
+            probs, layout.batch_size, seed=seed, epoch=epoch, generation=generation, start=0, stop=k
+        )
     return MixPlan(names, layout, counts, seed, epoch, generation, shuffle)
 
 
-def mixed_epoch(sources: Mapping[str, Sequence[int]], weights: Mapping[str, float] | None, *,
-                seed: int, epoch: int, layout: Layout, mode: str = "stop",
-                shuffle: bool = True, history: Sequence[tuple[Layout, int]] = (),
-                samples: int | None = None,
-                caps: Mapping[str, int] | None = None) -> tuple[MixPlan, dict[str, Pool]]:
+def mixed_epoch(
+    sources: Mapping[str, Sequence[int]],
+    weights: Mapping[str, float] | None,
+    *,
+    seed: int,
+    epoch: int,
+    layout: Layout,
+    mode: str = "stop",
+    shuffle: bool = True,
+    history: Sequence[tuple[Layout, int]] = (),
+    samples: int | None = None,
+    caps: Mapping[str, int] | None = None,
+) -> tuple[MixPlan, dict[str, Pool]]:
     """The current generation's mixed plan and each source's pool, after ``history``.
     ``caps``: the most samples each source gives in the epoch (``max_samples_per_dataset``).
 
@@ -291,27 +377,57 @@ def mixed_epoch(sources: Mapping[str, Sequence[int]], weights: Mapping[str, floa
     cyclic = mode == "resample"
     first = history[0][0] if history else layout
     window = source_window(first.cache_size, len(sources))
-    pools = {n: epoch_plan(sizes, seed=seed, epoch=epoch, shuffle=shuffle, salt=n,
-                           cyclic=cyclic, layout=first, window=window)
-             for n, sizes in sources.items()}
+    pools = {
+        n: epoch_plan(
+            sizes,
+            seed=seed,
+            epoch=epoch,
+            shuffle=shuffle,
+            salt=n,
+            cyclic=cyclic,
+            layout=first,
+            window=window,
+        )
+        for n, sizes in sources.items()
+    }
     left = samples
     caps_left = dict(caps) if caps else None
     for generation, (old, k) in enumerate(history):
-        plan = mix_plan({n: p.length for n, p in pools.items()}, weights, seed=seed,
-                        epoch=epoch, layout=old, mode=mode, generation=generation,
-                        samples=left, caps=caps_left, shuffle=shuffle)
+        plan = mix_plan(
+            {n: p.length for n, p in pools.items()},
+            weights,
+            seed=seed,
+            epoch=epoch,
+            layout=old,
+            mode=mode,
+            generation=generation,
+            samples=left,
+            caps=caps_left,
+            shuffle=shuffle,
+        )
         if not 0 <= k <= plan.batches:
-            raise ValueError(f"{k} batches consumed but generation {generation} has "
-                             f"{plan.batches} per rank")
+            raise ValueError(
+                f"{k} batches consumed but generation {generation} has {plan.batches} per rank"
+            )
         pools = {n: p.after(plan.split(n), plan.emitted(n, k)) for n, p in pools.items()}
         if left is not None:
             left = max(0, left - k * old.world * old.batch_size)
         if caps_left is not None:
             given = plan.counts[:k].sum(axis=0) * old.world
-            caps_left = {n: c - int(given[plan.names.index(n)]) if n in plan.names else c
-                         for n, c in caps_left.items()}
-    plan = mix_plan({n: p.length for n, p in pools.items()}, weights, seed=seed, epoch=epoch,
-                    layout=layout, mode=mode, generation=len(history), samples=left,
-                    caps=caps_left, shuffle=shuffle)
+            caps_left = {
+                n: c - int(given[plan.names.index(n)]) if n in plan.names else c
+                for n, c in caps_left.items()
+            }
+    plan = mix_plan(
+        {n: p.length for n, p in pools.items()},
+        weights,
+        seed=seed,
+        epoch=epoch,
+        layout=layout,
+        mode=mode,
+        generation=len(history),
+        samples=left,
+        caps=caps_left,
+        shuffle=shuffle,
+    )
     return plan, pools
-

@@ -50,8 +50,20 @@ from .seeds import shard_order, slot_seed
 from .windows import emitted as window_emitted
 from .windows import iter_windows, window_bounds, window_order
 
-__all__ = ["INF", "Layout", "Split", "Read", "SlotPlan", "Pool", "batches_per_rank",
-           "worker_batches", "slot_window", "layout_split", "layout_emitted", "epoch_plan"]
+__all__ = [
+    "INF",
+    "Layout",
+    "Split",
+    "Read",
+    "SlotPlan",
+    "Pool",
+    "batches_per_rank",
+    "worker_batches",
+    "slot_window",
+    "layout_split",
+    "layout_emitted",
+    "epoch_plan",
+]
 
 INF = 1 << 62  # length of a cyclic pool: passes without end
 
@@ -71,8 +83,13 @@ class Layout:
     lanes: int = 0  # shards interleaved per window (config.shuffle_lanes); 0: the old order
 
     def __post_init__(self) -> None:
-        if self.world < 1 or self.workers < 1 or self.batch_size < 1 or self.cache_size < 0 \
-                or self.lanes < 0:
+        if (
+            self.world < 1
+            or self.workers < 1
+            or self.batch_size < 1
+            or self.cache_size < 0
+            or self.lanes < 0
+        ):
             raise ValueError(f"invalid layout {self}")
 
     def to_dict(self) -> dict:
@@ -149,8 +166,9 @@ def layout_split(pool_len: int, layout: Layout, shuffle: bool = True) -> Split:
 
 def layout_emitted(k: int, layout: Layout) -> tuple[int, ...]:
     """Items each worker of a rank has emitted after the rank yielded ``k`` batches."""
-    return tuple(worker_batches(k, layout.workers, w) * layout.batch_size
-                 for w in range(layout.workers))
+    return tuple(
+        worker_batches(k, layout.workers, w) * layout.batch_size for w in range(layout.workers)
+    )
 
 
 class Read(NamedTuple):
@@ -225,8 +243,13 @@ def _add(out: list, seg: Seg) -> None:
 
 def _add_read(out: list[Read], read: Read) -> None:
     last = out[-1] if out else None
-    if (read.wanted is None and last is not None and last.wanted is None
-            and last.shard == read.shard and last.stop == read.first):
+    if (
+        read.wanted is None
+        and last is not None
+        and last.wanted is None
+        and last.shard == read.shard
+        and last.stop == read.first
+    ):
         out[-1] = Read(last.shard, last.first, read.stop)
         return
     out.append(read)
@@ -273,8 +296,9 @@ class Pool:
     def batches_per_rank(self, layout: Layout) -> int:
         return batches_per_rank(self.length, layout)
 
-    def slot_segments(self, split: Split | Layout, rank: int,
-                      worker: int) -> tuple[list[Seg], int, int]:
+    def slot_segments(
+        self, split: Split | Layout, rank: int, worker: int
+    ) -> tuple[list[Seg], int, int]:
         """``(segments of this pool, length, real)`` of slot ``(rank, worker)``'s span: the
         real part, then fillers (pool items again from the start) up to ``length``."""
         if isinstance(split, Layout):
@@ -303,8 +327,17 @@ class Pool:
         root = self.root
         reads = root.to_reads(self.to_root(segs))
         seed = slot_seed(root.seed, root.epoch, self.generation, rank, worker, root.salt)
-        return SlotPlan(rank, worker, self.generation, length, real, split.window, seed,
-                        tuple(reads), root.single)
+        return SlotPlan(
+            rank,
+            worker,
+            self.generation,
+            length,
+            real,
+            split.window,
+            seed,
+            tuple(reads),
+            root.single,
+        )
 
     def after(self, split: Split, emitted: Sequence[int]) -> Pool:
         """The next generation's pool: this one less what the slots of ``split`` emitted
@@ -323,9 +356,17 @@ class _Root(Pool):
     """Generation 0: the epoch order, as runs of shards and groups of lanes (per pass when
     cyclic)."""
 
-    def __init__(self, sizes: Sequence[int], seed: int, epoch: int, shuffle: bool,
-                 cyclic: bool, salt: str, interleave: Interleave | None = None,
-                 single: bool = False):
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        seed: int,
+        epoch: int,
+        shuffle: bool,
+        cyclic: bool,
+        salt: str,
+        interleave: Interleave | None = None,
+        single: bool = False,
+    ):
         self.sizes = np.asarray(sizes, dtype=np.int64).reshape(-1)
         if (self.sizes < 0).any():
             raise ValueError("shard sizes must be >= 0")
@@ -346,8 +387,7 @@ class _Root(Pool):
             shards = shards[self.sizes[shards] > 0]
             if len(self._passes) >= 4:
                 self._passes.clear()
-            got = self._passes[pass_no] = (shards, PassOrder(self.sizes[shards],
-                                                             self.interleave))
+            got = self._passes[pass_no] = (shards, PassOrder(self.sizes[shards], self.interleave))
         return got
 
     def to_reads(self, segs: list[Seg]) -> list[Read]:
@@ -371,8 +411,7 @@ class _Root(Pool):
                 i = int(np.searchsorted(starts, a, side="right")) - 1
                 while a < b:
                     stop = min(int(starts[i + 1]), b)
-                    _add_read(out, Read(int(shards[i]), a - int(starts[i]),
-                                        stop - int(starts[i])))
+                    _add_read(out, Read(int(shards[i]), a - int(starts[i]), stop - int(starts[i])))
                     a = stop
                     i += 1
             lo += end - off
@@ -412,8 +451,9 @@ class _Rest(Pool):
         lengths = np.tile(np.asarray(split.lengths, dtype=np.int64), split.world)
         taken = np.tile(np.asarray(emitted, dtype=np.int64), split.world)
         self._real = np.clip(n_old - self._starts, 0, lengths)
-        self._window, self._a, self._b = window_bounds(taken, lengths, split.window,
-                                                       parent.root.single)
+        self._window, self._a, self._b = window_bounds(
+            taken, lengths, split.window, parent.root.single
+        )
         self._taken = taken - self._a  # items emitted of the current window
         partial = self._taken > 0
         tail_lo = np.where(partial, self._b, self._a)
@@ -422,11 +462,11 @@ class _Rest(Pool):
         for i in np.flatnonzero(partial & (self._real > self._a) & (self._real < self._b)):
             part_len[i] = len(self._partial(int(i)))  # the slot where padding starts
         pieces = np.empty(2 * slots + 1, dtype=np.int64)
-        pieces[0:2 * slots:2] = part_len
-        pieces[1:2 * slots:2] = np.clip(self._real - tail_lo, 0, None)
+        pieces[0 : 2 * slots : 2] = part_len
+        pieces[1 : 2 * slots : 2] = np.clip(self._real - tail_lo, 0, None)
         pieces[-1] = max(0, n_old - split.extent)
         self._src = np.full(2 * slots + 1, -1, dtype=np.int64)
-        self._src[1:2 * slots:2] = self._starts + tail_lo
+        self._src[1 : 2 * slots : 2] = self._starts + tail_lo
         self._src[-1] = split.extent
         self._cum = np.zeros(2 * slots + 2, dtype=np.int64)
         np.cumsum(pieces, out=self._cum[1:])
@@ -442,11 +482,10 @@ class _Rest(Pool):
         if got is None:
             rank, worker = divmod(i, self._split.workers)
             root = self.root
-            seed = slot_seed(root.seed, root.epoch, self.parent.generation, rank, worker,
-                             root.salt)
+            seed = slot_seed(root.seed, root.epoch, self.parent.generation, rank, worker, root.salt)
             a, b = int(self._a[i]), int(self._b[i])
             perm = window_order(seed, int(self._window[i]), b - a)
-            left = np.sort(perm[int(self._taken[i]):]) + a
+            left = np.sort(perm[int(self._taken[i]) :]) + a
             got = self._partials[i] = self._starts[i] + left[left < self._real[i]]
         return got
 
@@ -485,10 +524,18 @@ class _Rest(Pool):
         return out
 
 
-def epoch_plan(sizes: Sequence[int], *, seed: int, epoch: int, shuffle: bool = True,
-               history: Sequence[tuple[Layout, int]] = (), salt: str = "",
-               cyclic: bool = False, layout: Layout | None = None,
-               window: int | None = None) -> Pool:
+def epoch_plan(
+    sizes: Sequence[int],
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+    history: Sequence[tuple[Layout, int]] = (),
+    salt: str = "",
+    cyclic: bool = False,
+    layout: Layout | None = None,
+    window: int | None = None,
+) -> Pool:
     """The pool of ``epoch`` after the runs in ``history`` (``(layout, batches per rank)``
     each, oldest first). O(shards + old slots); nothing per sample.
 
@@ -503,8 +550,7 @@ def epoch_plan(sizes: Sequence[int], *, seed: int, epoch: int, shuffle: bool = T
     if first is not None and first.lanes > 0:
         single = True
         if shuffle:
-            interleave = Interleave.of(first.lanes, first.cache_size if window is None
-                                       else window)
+            interleave = Interleave.of(first.lanes, first.cache_size if window is None else window)
     pool: Pool = _Root(sizes, seed, epoch, shuffle, cyclic, salt, interleave, single)
     for layout, k in history:
         pool = pool.after_batches(layout, k)

@@ -23,8 +23,14 @@ from ..format.manifest import is_shard_source, load_manifest
 from ..format.schema import find_member
 from ..format.stream import iter_samples
 
-__all__ = ["PreviewLayout", "PreviewResult", "preview", "iter_preview_samples",
-           "resolve_shard_urls", "audio_duration"]
+__all__ = [
+    "PreviewLayout",
+    "PreviewResult",
+    "preview",
+    "iter_preview_samples",
+    "resolve_shard_urls",
+    "audio_duration",
+]
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +99,12 @@ class PreviewResult:
     lines: list[str] = field(default_factory=list)  # one per audio / text-only sample
 
 
-def resolve_shard_urls(source: str | list[str],
-                       storage_options: dict[str, Any] | None = None, *,
-                       allowed_prefixes: Sequence[str] = ()) -> list[str]:
+def resolve_shard_urls(
+    source: str | list[str],
+    storage_options: dict[str, Any] | None = None,
+    *,
+    allowed_prefixes: Sequence[str] = (),
+) -> list[str]:
     """Shard URLs for a manifest folder/URL, a brace pattern, a shard URL or a list of them.
 
     A manifest may name shards outside its own folder only below ``allowed_prefixes`` (as
@@ -104,16 +113,21 @@ def resolve_shard_urls(source: str | list[str],
     if is_shard_source(source):
         urls = storage.expand_urls(source)
     else:
-        urls = load_manifest(source, storage_options,
-                             allowed_prefixes=allowed_prefixes).shard_urls()
+        urls = load_manifest(
+            source, storage_options, allowed_prefixes=allowed_prefixes
+        ).shard_urls()
     if not urls:
         raise SourceError(f"{redact(str(source))} names no shards", url=str(source))
     return urls
 
 
-def iter_preview_samples(source: str | list[str], samples: int,
-                         storage_options: dict[str, Any] | None = None, *,
-                         allowed_prefixes: Sequence[str] = ()) -> Iterator[dict]:
+def iter_preview_samples(
+    source: str | list[str],
+    samples: int,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    allowed_prefixes: Sequence[str] = (),
+) -> Iterator[dict]:
     """The first ``samples`` samples of ``source`` in shard order, as member dicts. Raises
     SourceError as :func:`resolve_shard_urls`, ShardReadError when a shard cannot be read."""
     taken = 0
@@ -129,8 +143,9 @@ def iter_preview_samples(source: str | list[str], samples: int,
                     if taken >= samples:
                         return
             except ShardReadError as exc:
-                raise ShardReadError(f"{exc}. Run `wdstream verify` on the source.",
-                                     shard=url) from exc.__cause__
+                raise ShardReadError(
+                    f"{exc}. Run `wdstream verify` on the source.", shard=url
+                ) from exc.__cause__
 
 
 def audio_duration(data: bytes) -> float | None:
@@ -186,7 +201,7 @@ def _wrap(text: str, font, width: int, max_lines: int) -> list[str]:
         last = lines[max_lines - 1]
         while last and font.getlength(last + "…") > width:
             last = last[:-1]
-        lines = lines[:max_lines - 1] + [last.rstrip() + "…"]
+        lines = lines[: max_lines - 1] + [last.rstrip() + "…"]
     return lines
 
 
@@ -198,10 +213,15 @@ def _fit(text: str, font, width: int) -> str:
     return text + "…"
 
 
-def preview(source: str | list[str], out: str, *, samples: int = 16,
-            layout: PreviewLayout | None = None,
-            storage_options: dict[str, Any] | None = None,
-            allowed_prefixes: Sequence[str] = ()) -> PreviewResult:
+def preview(
+    source: str | list[str],
+    out: str,
+    *,
+    samples: int = 16,
+    layout: PreviewLayout | None = None,
+    storage_options: dict[str, Any] | None = None,
+    allowed_prefixes: Sequence[str] = (),
+) -> PreviewResult:
     """Draw the first ``samples`` samples of ``source`` into a PNG at ``out`` (any URL).
 
     ``allowed_prefixes``: where besides its own folder a manifest may name shards (as
@@ -214,8 +234,9 @@ def preview(source: str | list[str], out: str, *, samples: int = 16,
         raise ConfigError(f"--samples must be at least 1, not {samples}")
     layout = layout or PreviewLayout()
     font = ImageFont.load_default(size=layout.font_size)
-    items = list(iter_preview_samples(source, samples, storage_options,
-                                      allowed_prefixes=allowed_prefixes))
+    items = list(
+        iter_preview_samples(source, samples, storage_options, allowed_prefixes=allowed_prefixes)
+    )
 
     cells: list[tuple[str, Any, str]] = []  # key, thumbnail or None, caption
     lines: list[str] = []
@@ -231,8 +252,7 @@ def preview(source: str | list[str], out: str, *, samples: int = 16,
                 img.draft("RGB", (layout.thumb, layout.thumb))  # fast JPEG downscale
                 img = ImageOps.exif_transpose(img).convert("RGB")
                 # fit the cell: shrink large images, enlarge small ones (MNIST's 28 px)
-                img = ImageOps.contain(img, (layout.thumb, layout.thumb),
-                                       Image.Resampling.LANCZOS)
+                img = ImageOps.contain(img, (layout.thumb, layout.thumb), Image.Resampling.LANCZOS)
             except Exception as exc:  # draw a placeholder and say why
                 log.warning("preview: cannot decode image %s.%s: %s", key, image[0], exc)
                 img = None
@@ -250,8 +270,10 @@ def preview(source: str | list[str], out: str, *, samples: int = 16,
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     m, lh = layout.margin, layout.line_height
-    title = (f"{redact(str(source) if isinstance(source, str) else source[0])}: "
-             f"{len(items)} samples, {len(cells)} images, {n_audio} audio")
+    title = (
+        f"{redact(str(source) if isinstance(source, str) else source[0])}: "
+        f"{len(items)} samples, {len(cells)} images, {n_audio} audio"
+    )
     draw.text((m, m), _fit(title, font, width - 2 * m), fill=INK, font=font)
     y0 = m + lh + layout.gap
     captions: list[str] = []
@@ -260,8 +282,9 @@ def preview(source: str | list[str], out: str, *, samples: int = 16,
         y = y0 + (i // cols) * (layout.cell_height + layout.gap)
         draw.rectangle([x, y, x + layout.thumb - 1, y + layout.thumb - 1], outline=FRAME)
         if img is not None:
-            canvas.paste(img, (x + (layout.thumb - img.width) // 2,
-                               y + (layout.thumb - img.height) // 2))
+            canvas.paste(
+                img, (x + (layout.thumb - img.width) // 2, y + (layout.thumb - img.height) // 2)
+            )
         else:
             draw.text((x + 8, y + layout.thumb // 2), "undecodable image", fill=MUTED, font=font)
         ty = y + layout.thumb + 4
@@ -277,8 +300,21 @@ def preview(source: str | list[str], out: str, *, samples: int = 16,
     buf = io.BytesIO()
     canvas.save(buf, format="PNG", optimize=True)
     storage.write_bytes(out, buf.getvalue(), storage_options)
-    log.info("preview of %d samples (%d images, %d audio) written to %s", len(items),
-             len(cells), n_audio, redact(out))
-    return PreviewResult(url=out, samples=len(items), images=len(cells), audio=n_audio,
-                         columns=cols, rows=rows, size=(width, height), captions=captions,
-                         lines=lines)
+    log.info(
+        "preview of %d samples (%d images, %d audio) written to %s",
+        len(items),
+        len(cells),
+        n_audio,
+        redact(out),
+    )
+    return PreviewResult(
+        url=out,
+        samples=len(items),
+        images=len(cells),
+        audio=n_audio,
+        columns=cols,
+        rows=rows,
+        size=(width, height),
+        captions=captions,
+        lines=lines,
+    )

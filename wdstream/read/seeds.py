@@ -26,8 +26,9 @@ def derive_seed(*parts: int | str) -> int:
     return int(seq.generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-def shard_order(n_shards: int, seed: int, epoch: int, shuffle: bool = True,
-                pass_no: int = 0) -> np.ndarray:
+def shard_order(
+    n_shards: int, seed: int, epoch: int, shuffle: bool = True, pass_no: int = 0
+) -> np.ndarray:
     """Indices of the shards in the order ``epoch`` reads them.
 
     ``pass_no`` > 0 gives the order of a further pass over the source within the same epoch
@@ -40,8 +41,9 @@ def shard_order(n_shards: int, seed: int, epoch: int, shuffle: bool = True,
     return rng.permutation(n_shards).astype(np.int64)
 
 
-def slot_seed(seed: int, epoch: int, generation: int, rank: int, worker: int,
-              salt: str = "") -> int:
+def slot_seed(
+    seed: int, epoch: int, generation: int, rank: int, worker: int, salt: str = ""
+) -> int:
     """Seed of the window permutations of slot ``(rank, worker)`` reading ``generation``'s
     pool (``salt``: the source name when several sources share a slot)."""
     parts: tuple[int | str, ...] = (seed, epoch, generation, rank, worker, "window")

@@ -27,8 +27,16 @@ from ..errors import ErrorBudget, TooManyErrors, redact
 from ..format.index import key_hash
 from ..format.tario import group_samples
 
-__all__ = ["ShardRef", "ShardRefs", "Fetched", "span_items", "error_item", "DUPLICATE",
-           "TOO_LARGE", "UNREADABLE"]
+__all__ = [
+    "ShardRef",
+    "ShardRefs",
+    "Fetched",
+    "span_items",
+    "error_item",
+    "DUPLICATE",
+    "TOO_LARGE",
+    "UNREADABLE",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +82,12 @@ class ShardRefs(Sequence):
         if not 0 <= i < len(self):
             raise IndexError(i)
         t = self.table
-        return ShardRef(url=t.url(i), samples=int(t.samples[i]), index_url=t.index_url(i),
-                        bytes=None if t.bytes is None else int(t.bytes[i]))
+        return ShardRef(
+            url=t.url(i),
+            samples=int(t.samples[i]),
+            index_url=t.index_url(i),
+            bytes=None if t.bytes is None else int(t.bytes[i]),
+        )
 
 
 class Fetched(NamedTuple):
@@ -129,8 +141,9 @@ def _whole_shard(got: Fetched, budget: ErrorBudget) -> Iterator[dict]:
                 continue
             seen.add(key)
             if "__error__" in sample:
-                budget.record(TOO_LARGE, f"{redact(url)} key {key}",
-                              ValueError(sample["__error__"]))
+                budget.record(
+                    TOO_LARGE, f"{redact(url)} key {key}", ValueError(sample["__error__"])
+                )
                 continue
             sample["__url__"] = url
             yield sample
@@ -175,8 +188,11 @@ def _span(got: Fetched, budget: ErrorBudget) -> Iterator[dict]:
                 break
             key = sample["__key__"]
             kid = ident(key) if ids is not None else key
-            if ids is not None and (local >= len(ids) or kid != ids[local]) \
-                    and _key_positions(idx).get(kid, local) < local:
+            if (
+                ids is not None
+                and (local >= len(ids) or kid != ids[local])
+                and _key_positions(idx).get(kid, local) < local
+            ):
                 continue  # a repeated key the index left out
             duplicate = key in seen or local in dups
             seen.add(key)
@@ -184,11 +200,15 @@ def _span(got: Fetched, budget: ErrorBudget) -> Iterator[dict]:
                 if ids is not None and (local >= len(ids) or kid != ids[local]):
                     raise ValueError(
                         f"sample {local} has key {key!r}, which is not the key its "
-                        f"index names: the shard does not match its index")
+                        f"index names: the shard does not match its index"
+                    )
                 where = f"{redact(url)} key {key}"
                 if duplicate:
-                    budget.record(DUPLICATE, f"{where} (sample {local} repeats an "
-                                  f"earlier key; a placeholder takes its place)")
+                    budget.record(
+                        DUPLICATE,
+                        f"{where} (sample {local} repeats an "
+                        f"earlier key; a placeholder takes its place)",
+                    )
                     yield error_item(DUPLICATE, url, key)
                 elif "__error__" in sample:
                     budget.record(TOO_LARGE, where, ValueError(sample["__error__"]))

@@ -34,14 +34,27 @@ class StreamPlan:
     shuffle: bool = True
 
 
-def stream_plan(n_shards: int, *, seed: int, epoch: int, rank: int, worker: int, workers: int,
-                shuffle: bool, cache_size: int, endless: bool) -> StreamPlan:
+def stream_plan(
+    n_shards: int,
+    *,
+    seed: int,
+    epoch: int,
+    rank: int,
+    worker: int,
+    workers: int,
+    shuffle: bool,
+    cache_size: int,
+    endless: bool,
+) -> StreamPlan:
     """The streaming plan of slot ``(rank, worker)``: ``endless`` (the epoch has a nominal
     length) draws shards at random; else the worker's share of one pass over the epoch's shard
     order (shards split over the workers)."""
     slot_seed = derive_seed(seed, epoch, rank, worker, "stream")
-    mine = None if endless else \
-        tuple(int(i) for i in shard_order(n_shards, seed, epoch, shuffle)[worker::workers])
+    mine = (
+        None
+        if endless
+        else tuple(int(i) for i in shard_order(n_shards, seed, epoch, shuffle)[worker::workers])
+    )
     return StreamPlan(mine, slot_seed, int(cache_size), bool(shuffle))
 
 

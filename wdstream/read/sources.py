@@ -21,8 +21,13 @@ from ..format.manifest import (
 from ..format.synthetic import synthetic_shards_in_memory
 from .shards import ShardRef, ShardRefs
 
-__all__ = ["ShardSource", "resolve_source", "synthetic_source", "resolve_or_fallback",
-           "resolve_sources"]
+__all__ = [
+    "ShardSource",
+    "resolve_source",
+    "synthetic_source",
+    "resolve_or_fallback",
+    "resolve_sources",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +65,14 @@ def resolve_source(source: Any, config: Config, name: str | None = None) -> Shar
         if not urls:
             raise SourceError(f"no shard URLs in {source!r}")
         storage.check_readable(urls[0], opts)
-        return ShardSource(name=name or _short_name(urls[0]),
-                          shards=[ShardRef(url=u) for u in urls])
+        return ShardSource(
+            name=name or _short_name(urls[0]), shards=[ShardRef(url=u) for u in urls]
+        )
     if not isinstance(source, str):
-        raise ConfigError(f"unsupported source {source!r}: give a manifest URL, a brace "
-                          f"pattern, a list of shard URLs, or a dict of named sources")
+        raise ConfigError(
+            f"unsupported source {source!r}: give a manifest URL, a brace "
+            f"pattern, a list of shard URLs, or a dict of named sources"
+        )
     url = manifest_url_for(source)
     try:
         storage.check_readable(url, opts)
@@ -74,8 +82,11 @@ def resolve_source(source: Any, config: Config, name: str | None = None) -> Shar
     head, table = load_reader_part(url, opts, allowed_prefixes=config.allowed_prefixes)
     if not len(table):
         raise SourceError(f"manifest {redact(source)} lists no shards", url=source)
-    return ShardSource(name=name or (head.get("source") or {}).get("name") or _short_name(source),
-                      shards=ShardRefs(table), has_manifest=True)
+    return ShardSource(
+        name=name or (head.get("source") or {}).get("name") or _short_name(source),
+        shards=ShardRefs(table),
+        has_manifest=True,
+    )
 
 
 def _short_name(url: str) -> str:
@@ -86,10 +97,17 @@ def synthetic_source(config: Config) -> ShardSource:
     """Synthetic shards (the shard contract's seeded samples), held in memory (never disk)."""
     per = 64
     n = max(1, config.synthetic_samples)
-    blobs = synthetic_shards_in_memory(n, seed=config.seed, modalities=config.modalities,
-                                       samples_per_shard=per, sample_rate=config.audio_sample_rate)
-    shards = [ShardRef(url=f"synthetic-shard-{i:05d}", samples=min(per, n - i * per), data=b)
-              for i, b in enumerate(blobs)]
+    blobs = synthetic_shards_in_memory(
+        n,
+        seed=config.seed,
+        modalities=config.modalities,
+        samples_per_shard=per,
+        sample_rate=config.audio_sample_rate,
+    )
+    shards = [
+        ShardRef(url=f"synthetic-shard-{i:05d}", samples=min(per, n - i * per), data=b)
+        for i, b in enumerate(blobs)
+    ]
     return ShardSource(name="synthetic", shards=shards, has_manifest=True, synthetic=True)
 
 
@@ -120,9 +138,13 @@ def resolve_or_fallback(source: Any, config: Config) -> ShardSource:
         except (SourceError, StorageError) as exc:
             if config.fallback != "synthetic":
                 raise
-            log.warning("cannot read %s (%s); config.fallback='synthetic': training on %d "
-                        "SYNTHETIC samples instead, every batch has synthetic=True",
-                        redact(str(source)), exc, config.synthetic_samples)
+            log.warning(
+                "cannot read %s (%s); config.fallback='synthetic': training on %d "
+                "SYNTHETIC samples instead, every batch has synthetic=True",
+                redact(str(source)),
+                exc,
+                config.synthetic_samples,
+            )
     else:
         log.info("use_streaming=False: using %d synthetic samples", config.synthetic_samples)
     return synthetic_source(config)

@@ -26,8 +26,18 @@ from typing import Any, TypeVar
 
 from ..errors import ErrorBudget, SampleError, TooManyErrors, redact
 
-__all__ = ["Bad", "readahead", "window_shuffle", "decode_stage", "label_stage",
-           "exact_batches", "plain_batches", "good_samples", "READAHEAD_THREAD_NAME", "FILLER"]
+__all__ = [
+    "Bad",
+    "readahead",
+    "window_shuffle",
+    "decode_stage",
+    "label_stage",
+    "exact_batches",
+    "plain_batches",
+    "good_samples",
+    "READAHEAD_THREAD_NAME",
+    "FILLER",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -114,8 +124,9 @@ def window_shuffle(items: Iterable[T], plan) -> Iterator[T]:
     for index, start, stop in plan.windows():
         window: list = list(itertools.islice(it, stop - start))
         if len(window) < stop - start:
-            raise AssertionError(f"plan promised {stop - start} items in window {index}, got "
-                                 f"{len(window)}")
+            raise AssertionError(
+                f"plan promised {stop - start} items in window {index}, got {len(window)}"
+            )
         for pos in plan.window_order(index, start, stop).tolist():
             item = window[pos - start]
             window[pos - start] = None
@@ -132,8 +143,9 @@ def _timed(decoder: Callable[[dict], dict], item: dict) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def _decoded(items: Iterable[dict], decoder: Callable[[dict], dict], threads: int
-             ) -> Iterator[tuple[dict, bool, Any, float]]:
+def _decoded(
+    items: Iterable[dict], decoder: Callable[[dict], dict], threads: int
+) -> Iterator[tuple[dict, bool, Any, float]]:
     """``(item, filler, decoded or SampleError or None, seconds)`` in the order of ``items``;
     with ``threads``, decoded on a pool at most ``2 * threads`` items ahead."""
     if threads <= 0:
@@ -145,8 +157,9 @@ def _decoded(items: Iterable[dict], decoder: Callable[[dict], dict], threads: in
             yield item, filler, *_timed(decoder, item)
         return
     ahead: collections.deque = collections.deque()
-    with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="wdstream-decode") \
-            as pool:
+    with concurrent.futures.ThreadPoolExecutor(
+        threads, thread_name_prefix="wdstream-decode"
+    ) as pool:
         try:
             for item in items:
                 if "__error__" in item:
@@ -156,20 +169,26 @@ def _decoded(items: Iterable[dict], decoder: Callable[[dict], dict], threads: in
                     ahead.append((item, filler, pool.submit(_timed, decoder, item)))
                 while len(ahead) > 2 * threads:
                     item, filler, fut = ahead.popleft()
-                    yield (item, filler, None, 0.0) if fut is None else (item, filler,
-                                                                          *fut.result())
+                    yield (
+                        (item, filler, None, 0.0) if fut is None else (item, filler, *fut.result())
+                    )
             while ahead:
                 item, filler, fut = ahead.popleft()
-                yield (item, filler, None, 0.0) if fut is None else (item, filler,
-                                                                      *fut.result())
+                yield (item, filler, None, 0.0) if fut is None else (item, filler, *fut.result())
         finally:
             for _, _, fut in ahead:
                 if fut is not None:
                     fut.cancel()
 
 
-def decode_stage(items: Iterable[dict], decoder: Callable[[dict], dict], budget: ErrorBudget,
-                 *, threads: int = 0, counters=None) -> Iterator[Any]:
+def decode_stage(
+    items: Iterable[dict],
+    decoder: Callable[[dict], dict],
+    budget: ErrorBudget,
+    *,
+    threads: int = 0,
+    counters=None,
+) -> Iterator[Any]:
     """Decode each item; undecodable ones are counted, logged and passed on as ``Bad``.
 
     ``threads``: decode on that many threads, ahead of the consumer, emitting in the order of
@@ -186,8 +205,9 @@ def decode_stage(items: Iterable[dict], decoder: Callable[[dict], dict], budget:
         if isinstance(out, SampleError):
             exc = out
             reason = exc.reason or "undecodable sample"
-            budget.record(reason, f"{redact(item.get('__url__', '?'))} key {item.get('__key__')}",
-                          exc)
+            budget.record(
+                reason, f"{redact(item.get('__url__', '?'))} key {item.get('__key__')}", exc
+            )
             budget.placeholders += 1
             yield Bad(item.get("__key__"), reason)
             continue
@@ -196,8 +216,13 @@ def decode_stage(items: Iterable[dict], decoder: Callable[[dict], dict], budget:
         yield out
 
 
-def label_stage(items: Iterable[Any], source: str | None = None, *, synthetic: bool = False,
-                force_source: bool = False) -> Iterator[Any]:
+def label_stage(
+    items: Iterable[Any],
+    source: str | None = None,
+    *,
+    synthetic: bool = False,
+    force_source: bool = False,
+) -> Iterator[Any]:
     """Label decoded samples: ``source`` fills the sample's source when its metadata names
     none (``force_source``: always, as when mixing named sources); ``synthetic`` marks
     synthetic data; a ``FILLER`` mark becomes ``filler=True``. :class:`Bad` passes as is."""
@@ -214,9 +239,13 @@ def label_stage(items: Iterable[Any], source: str | None = None, *, synthetic: b
         yield out
 
 
-def exact_batches(items: Iterable[Any], batch_size: int, n_batches: int,
-                  collate: Callable[[list[dict]], dict],
-                  borrow: Callable[[], dict | None] | None = None) -> Iterator[dict]:
+def exact_batches(
+    items: Iterable[Any],
+    batch_size: int,
+    n_batches: int,
+    collate: Callable[[list[dict]], dict],
+    borrow: Callable[[], dict | None] | None = None,
+) -> Iterator[dict]:
     """Exactly ``n_batches`` batches of ``batch_size`` consecutive items.
 
     A bad item is replaced by a good sample of the same batch (or the last good one before),
@@ -236,8 +265,10 @@ def exact_batches(items: Iterable[Any], batch_size: int, n_batches: int,
             waiting.append(chunk)
             continue
         fill = good or [last_good]
-        batch = [s if not isinstance(s, Bad) else _filler(fill[i % len(fill)])
-                 for i, s in enumerate(chunk)]
+        batch = [
+            s if not isinstance(s, Bad) else _filler(fill[i % len(fill)])
+            for i, s in enumerate(chunk)
+        ]
         last_good = good[-1] if good else last_good
         for held in waiting:
             yield collate([_filler(last_good)] * len(held))
@@ -250,8 +281,10 @@ def exact_batches(items: Iterable[Any], batch_size: int, n_batches: int,
                 yield collate([_filler(last_good)] * len(held))
             return
     if waiting:
-        raise TooManyErrors(f"{len(waiting) * batch_size} samples in a row could not be read "
-                            f"or decoded; no good sample to fill the batches with")
+        raise TooManyErrors(
+            f"{len(waiting) * batch_size} samples in a row could not be read "
+            f"or decoded; no good sample to fill the batches with"
+        )
 
 
 def _filler(sample: dict) -> dict:
@@ -259,8 +292,14 @@ def _filler(sample: dict) -> dict:
     return {**sample, "filler": True}
 
 
-def plain_batches(items: Iterable[Any], batch_size: int, collate: Callable[[list[dict]], dict],
-                  *, n_batches: int | None = None, drop_last: bool = False) -> Iterator[dict]:
+def plain_batches(
+    items: Iterable[Any],
+    batch_size: int,
+    collate: Callable[[list[dict]], dict],
+    *,
+    n_batches: int | None = None,
+    drop_last: bool = False,
+) -> Iterator[dict]:
     """Batches of the good items; stops after ``n_batches`` when given."""
     batch: list[dict] = []
     count = 0

@@ -39,10 +39,17 @@ STATE_VERSION = 3
 MAX_SLOTS = 1 << 18  # ranks x workers of one run: far past any cluster, far below a blow-up
 MAX_RUNS = 1000  # resumes of one epoch
 _MAX_ALL_SLOTS = 1 << 20  # summed over the runs: the plan keeps O(slots) per earlier run
-_BOUNDS = {"world": (1, MAX_SLOTS), "workers": (1, 4096), "batch_size": (1, 1 << 24),
-           "cache_size": (0, 1 << 31), "lanes": (0, 1 << 16), "batches": (0, 1 << 48)}
-_RESTART = ("restart the epoch from its start instead (loader.set_epoch(epoch) without "
-            "load_state_dict)")
+_BOUNDS = {
+    "world": (1, MAX_SLOTS),
+    "workers": (1, 4096),
+    "batch_size": (1, 1 << 24),
+    "cache_size": (0, 1 << 31),
+    "lanes": (0, 1 << 16),
+    "batches": (0, 1 << 48),
+}
+_RESTART = (
+    "restart the epoch from its start instead (loader.set_epoch(epoch) without load_state_dict)"
+)
 
 
 def fingerprint(source) -> str:
@@ -59,8 +66,11 @@ def fingerprint(source) -> str:
 
 
 def _bad(field: str, problem: str) -> ConfigError:
-    return ConfigError(f"loader state: {field} {problem}; it is not a state this loader saved "
-                       f"(or it was damaged): {_RESTART}", key=field)
+    return ConfigError(
+        f"loader state: {field} {problem}; it is not a state this loader saved "
+        f"(or it was damaged): {_RESTART}",
+        key=field,
+    )
 
 
 def _int(value: Any, field: str, lo: int, hi: int) -> int:
@@ -91,8 +101,9 @@ def _runs(runs: Any) -> list[tuple[Layout, int]]:
                 raise _bad(f"{where}.{name}", "is missing")
             values[name] = _int(run[name], f"{where}.{name}", lo, hi)
         if values["world"] * values["workers"] > MAX_SLOTS:
-            raise _bad(where, f"has {values['world']} x {values['workers']} slots, more than "
-                       f"{MAX_SLOTS}")
+            raise _bad(
+                where, f"has {values['world']} x {values['workers']} slots, more than {MAX_SLOTS}"
+            )
         slots += values["world"] * values["workers"]
         if slots > _MAX_ALL_SLOTS:
             raise _bad("runs", f"have more than {_MAX_ALL_SLOTS} slots in all")
@@ -104,8 +115,9 @@ def _runs(runs: Any) -> list[tuple[Layout, int]]:
     return history
 
 
-def parse_state(state: Any, identity: Mapping[str, Any],
-                data_fingerprint: Any) -> tuple[int, list[tuple[Layout, int]]]:
+def parse_state(
+    state: Any, identity: Mapping[str, Any], data_fingerprint: Any
+) -> tuple[int, list[tuple[Layout, int]]]:
     """``(epoch, history)`` of a saved state, checked against this loader's ``identity``
     (seed, shuffle, the data's counts, the mix) and the data's fingerprint.
 
@@ -120,23 +132,36 @@ def parse_state(state: Any, identity: Mapping[str, Any],
             f"<= 0.1, whose per-sample shuffle buffer this version replaced by windows; it "
             f"cannot be resumed exactly. Restart that epoch from its start "
             f"(loader.set_epoch(state['epoch']) without load_state_dict), or finish it "
-            f"with wdstream <= 0.1", key="version")
+            f"with wdstream <= 0.1",
+            key="version",
+        )
     if version not in (2, STATE_VERSION):
-        raise ConfigError(f"unsupported loader state version {str(version)[:20]!r}: this "
-                          f"wdstream reads versions 2 and {STATE_VERSION}", key="version")
+        raise ConfigError(
+            f"unsupported loader state version {str(version)[:20]!r}: this "
+            f"wdstream reads versions 2 and {STATE_VERSION}",
+            key="version",
+        )
     epoch = _int(state.get("epoch"), "epoch", 0, 1 << 62)
     for key, mine in identity.items():
         if state.get(key) != mine:
-            raise ConfigError(f"loader state was saved with {key}={str(state.get(key))[:200]} "
-                              f"but this loader has {key}={mine!r}: resume with the same "
-                              f"manifest(s), seed and mix", key=key)
+            raise ConfigError(
+                f"loader state was saved with {key}={str(state.get(key))[:200]} "
+                f"but this loader has {key}={mine!r}: resume with the same "
+                f"manifest(s), seed and mix",
+                key=key,
+            )
     saved = state.get("fingerprint")
     if saved is None:
-        log.warning("loader state (version %s) has no fingerprint of its data: it cannot be "
-                    "checked to come from this dataset beyond its sample and shard counts",
-                    version)
+        log.warning(
+            "loader state (version %s) has no fingerprint of its data: it cannot be "
+            "checked to come from this dataset beyond its sample and shard counts",
+            version,
+        )
     elif saved != data_fingerprint:
-        raise ConfigError("loader state was saved on other data (its shard names or counts "
-                          "differ, though the totals match): resume with the same manifest(s), "
-                          f"or {_RESTART}", key="fingerprint")
+        raise ConfigError(
+            "loader state was saved on other data (its shard names or counts "
+            "differ, though the totals match): resume with the same manifest(s), "
+            f"or {_RESTART}",
+            key="fingerprint",
+        )
     return epoch, _runs(state.get("runs"))

@@ -24,8 +24,18 @@ __all__ = ["FIELDS", "REASON_SLOTS", "Counters", "ReadStats", "tracked"]
 log = logging.getLogger(__name__)
 
 #: The numeric columns of a worker's row in :class:`ReadStats`.
-FIELDS = ("samples", "batches", "elapsed_s", "io_wait_s", "decode_s", "blocked_s",
-          "get_requests", "bytes_read", "index_requests", "placeholders")
+FIELDS = (
+    "samples",
+    "batches",
+    "elapsed_s",
+    "io_wait_s",
+    "decode_s",
+    "blocked_s",
+    "get_requests",
+    "bytes_read",
+    "index_requests",
+    "placeholders",
+)
 #: Distinct skip reasons a row keeps by name; further reasons are summed under ``"other"``.
 REASON_SLOTS = 15
 _NAME_BYTES = 48
@@ -71,8 +81,9 @@ class ReadStats:
     def __init__(self, workers: int):
         rows = max(1, workers)
         self._t = torch.zeros((rows, len(FIELDS)), dtype=torch.float64).share_memory_()
-        self._names = torch.zeros((rows, REASON_SLOTS, _NAME_BYTES),
-                                  dtype=torch.uint8).share_memory_()
+        self._names = torch.zeros(
+            (rows, REASON_SLOTS, _NAME_BYTES), dtype=torch.uint8
+        ).share_memory_()
         self._counts = torch.zeros((rows, REASON_SLOTS + 1), dtype=torch.int64).share_memory_()
 
     def write(self, worker: int, counters: Counters) -> None:
@@ -88,7 +99,7 @@ class ReadStats:
                 continue
             raw = reason.encode("utf-8", "replace")[:_NAME_BYTES]
             names[slot].zero_()
-            names[slot, :len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
+            names[slot, : len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
             counts[slot] = n
         self._counts[worker] = counts
 
@@ -109,8 +120,14 @@ class ReadStats:
         out = []
         for worker, row in enumerate(self._t.tolist()):
             d: dict[str, Any] = dict(zip(FIELDS, row, strict=True))
-            for name in ("samples", "batches", "get_requests", "bytes_read", "index_requests",
-                         "placeholders"):
+            for name in (
+                "samples",
+                "batches",
+                "get_requests",
+                "bytes_read",
+                "index_requests",
+                "placeholders",
+            ):
                 d[name] = int(d[name])
             d["samples_per_s"] = d["samples"] / d["elapsed_s"] if d["elapsed_s"] > 0 else 0.0
             d["skipped"] = self._skipped(worker)
@@ -118,8 +135,15 @@ class ReadStats:
         return out
 
 
-def tracked(batches: Iterator[dict], stats: ReadStats, worker: int, counters: Counters,
-            batch_size: int, log_every: int, what: str) -> Iterator[dict]:
+def tracked(
+    batches: Iterator[dict],
+    stats: ReadStats,
+    worker: int,
+    counters: Counters,
+    batch_size: int,
+    log_every: int,
+    what: str,
+) -> Iterator[dict]:
     """``batches``, counting each into ``counters`` (written to ``stats`` row ``worker``)
     and the seconds spent suspended at the yield: blocked on the consumer."""
     for batch in batches:
@@ -127,11 +151,19 @@ def tracked(batches: Iterator[dict], stats: ReadStats, worker: int, counters: Co
         counters.samples += batch_size
         stats.write(worker, counters)
         if log_every and counters.batches % log_every == 0:
-            log.debug("%s worker %d: %d batches, %.1f samples/s, io wait %.2fs, decode %.2fs, "
-                      "blocked %.2fs, %d GETs, %d bytes", what, worker, counters.batches,
-                      counters.samples / max(counters.elapsed_s, 1e-9), counters.io_wait_s,
-                      counters.decode_s, counters.blocked_s, counters.get_requests,
-                      counters.bytes_read)
+            log.debug(
+                "%s worker %d: %d batches, %.1f samples/s, io wait %.2fs, decode %.2fs, "
+                "blocked %.2fs, %d GETs, %d bytes",
+                what,
+                worker,
+                counters.batches,
+                counters.samples / max(counters.elapsed_s, 1e-9),
+                counters.io_wait_s,
+                counters.decode_s,
+                counters.blocked_s,
+                counters.get_requests,
+                counters.bytes_read,
+            )
         t0 = time.perf_counter()
         yield batch
         counters.blocked_s += time.perf_counter() - t0

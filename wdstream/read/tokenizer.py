@@ -54,8 +54,11 @@ def load_tokenizer(config_or_name: Any = None):
                 url=name,
             ) from exc
     if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not a Hub id
-        raise SourceError(f"tokenizer folder {name} does not exist; set config.tokenizer to an "
-                          f"existing folder, a Hub id, or 'byt5'.", url=name)
+        raise SourceError(
+            f"tokenizer folder {name} does not exist; set config.tokenizer to an "
+            f"existing folder, a Hub id, or 'byt5'.",
+            url=name,
+        )
     try:  # the local cache first: no network at all
         return transformers.AutoTokenizer.from_pretrained(name, local_files_only=True)
     except Exception as exc:  # noqa: BLE001
@@ -71,8 +74,7 @@ def load_tokenizer(config_or_name: Any = None):
     try:
         return transformers.AutoTokenizer.from_pretrained(name)
     except Exception as exc:  # noqa: BLE001
-        raise SourceError(f"cannot load tokenizer {name!r} from the Hub: {exc}",
-                          url=name) from exc
+        raise SourceError(f"cannot load tokenizer {name!r} from the Hub: {exc}", url=name) from exc
 
 
 def max_token_id(tokenizer) -> int:

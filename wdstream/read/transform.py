@@ -28,8 +28,15 @@ class TransformedDecoder:
     returns the sample (or None after changing it in place); a SampleError it raises counts
     the sample as bad, like a decoding error."""
 
-    def __init__(self, decoder: Callable[[dict], dict], transform: Callable, *, seed: int,
-                 epoch: int, source: str):
+    def __init__(
+        self,
+        decoder: Callable[[dict], dict],
+        transform: Callable,
+        *,
+        seed: int,
+        epoch: int,
+        source: str,
+    ):
         self.decoder, self.transform = decoder, transform
         self.seed, self.epoch, self.source = seed, epoch, source
 
@@ -41,8 +48,14 @@ class TransformedDecoder:
         return out if result is None else result
 
 
-def with_transform(decoder: Callable[[dict], dict], transform: Callable | None, *, seed: int,
-                   epoch: int, source: str) -> Callable[[dict], dict]:
+def with_transform(
+    decoder: Callable[[dict], dict],
+    transform: Callable | None,
+    *,
+    seed: int,
+    epoch: int,
+    source: str,
+) -> Callable[[dict], dict]:
     """The decode stage's function for one source and epoch: ``decoder``, then ``transform``
     when there is one."""
     if transform is None:

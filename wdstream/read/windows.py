@@ -25,8 +25,16 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["window_cap", "growth_sizes", "window_index", "window_start", "window_bounds",
-           "iter_windows", "window_order", "emitted"]
+__all__ = [
+    "window_cap",
+    "growth_sizes",
+    "window_index",
+    "window_start",
+    "window_bounds",
+    "iter_windows",
+    "window_order",
+    "emitted",
+]
 
 
 def window_cap(window: int) -> int:
@@ -81,8 +89,11 @@ def window_bounds(n, length, window: int, single: bool = False):
     stop = np.minimum(np.asarray(window_start(index + 1, window)), length)
     if single:
         one = length <= window_cap(window)
-        index, start, stop = np.where(one, 0, index), np.where(one, 0, start), \
-            np.where(one, length, stop)
+        index, start, stop = (
+            np.where(one, 0, index),
+            np.where(one, 0, start),
+            np.where(one, length, stop),
+        )
     done = n >= length
     start = np.where(done, length, start)
     stop = np.where(done, length, stop)
@@ -91,8 +102,7 @@ def window_bounds(n, length, window: int, single: bool = False):
     return index, start, stop
 
 
-def iter_windows(length: int, window: int, single: bool = False
-                 ) -> Iterator[tuple[int, int, int]]:
+def iter_windows(length: int, window: int, single: bool = False) -> Iterator[tuple[int, int, int]]:
     """``(index, start, stop)`` of each window of a span of ``length`` items, in order."""
     if single and 0 < length <= window_cap(window):
         yield 0, 0, length
@@ -114,8 +124,9 @@ def window_order(slot_seed: int, index: int, size: int) -> np.ndarray:
     return rng.permutation(size).astype(np.int64)
 
 
-def emitted(n: int, length: int, window: int, slot_seed: int,
-            single: bool = False) -> tuple[int, np.ndarray]:
+def emitted(
+    n: int, length: int, window: int, slot_seed: int, single: bool = False
+) -> tuple[int, np.ndarray]:
     """Span positions emitted by a slot after its first ``n`` items: ``[0, whole)`` plus the
     (unsorted) positions ``partial`` of the current window. O(window)."""
     n = min(n, length)

@@ -43,8 +43,12 @@ class World:
         """This process's world; ``rank``/``world`` override what is detected."""
         r, w = cls.ranks()
         worker, workers = cls.dataloader_worker()
-        return cls(rank=r if rank is None else rank, world=w if world is None else world,
-                   worker=worker, workers=workers)
+        return cls(
+            rank=r if rank is None else rank,
+            world=w if world is None else world,
+            worker=worker,
+            workers=workers,
+        )
 
     @property
     def slot(self) -> int:

@@ -55,8 +55,14 @@ def _manifest(plan: JobPlan, records: dict[int, PartitionRecord], output_url: st
             skipped[reason] = skipped.get(reason, 0) + n
         fields.update(rec.fields)
     options = dict(plan.options, partitions=plan.n_partitions, columns=columns_dict(plan.columns))
-    return Manifest(shards=shards, source=plan.spec.to_dict(), skipped=skipped,
-                    fields=sorted(fields), options=options, base_url=output_url)
+    return Manifest(
+        shards=shards,
+        source=plan.spec.to_dict(),
+        skipped=skipped,
+        fields=sorted(fields),
+        options=options,
+        base_url=output_url,
+    )
 
 
 class _Bar:
@@ -67,8 +73,14 @@ class _Bar:
         self.start = time.monotonic()
         self.nbytes = 0
         if not quiet:
-            self.bar = tqdm(total=total, initial=initial, unit=" samples", unit_scale=True,
-                            desc="convert", dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                unit=" samples",
+                unit_scale=True,
+                desc="convert",
+                dynamic_ncols=True,
+            )
 
     def __call__(self, samples: int, nbytes: int) -> None:
         self.nbytes += nbytes
@@ -82,11 +94,20 @@ class _Bar:
             self.bar.close()
 
 
-def convert(source: str, output: str, *, name: str | None = None, split: str | None = None,
-            data_files: Any = None, revision: str | None = None, config: Config | None = None,
-            executor: Executor | str | None = None,
-            on_plan: Callable[[JobPlan], None] | None = None, append: bool = False,
-            **overrides: Any) -> Manifest:
+def convert(
+    source: str,
+    output: str,
+    *,
+    name: str | None = None,
+    split: str | None = None,
+    data_files: Any = None,
+    revision: str | None = None,
+    config: Config | None = None,
+    executor: Executor | str | None = None,
+    on_plan: Callable[[JobPlan], None] | None = None,
+    append: bool = False,
+    **overrides: Any,
+) -> Manifest:
     """Convert a Hugging Face dataset into WebDataset shards under ``output``; returns the
     Manifest.
 
@@ -116,13 +137,18 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
     """
     if isinstance(executor, str):
         overrides["executor"], executor = executor, None
-    config = (config or load_config()).replace(**overrides) if overrides else \
-        (config or load_config())
+    config = (
+        (config or load_config()).replace(**overrides) if overrides else (config or load_config())
+    )
     if executor is None:
         check_executor(config)  # e.g. without Ray, say how to install it before any work
-    spec = HFSource(source=source, name=name, split=split or config.split,
-                      data_files=tuple(data_files) if isinstance(data_files, list) else data_files,
-                      revision=revision)
+    spec = HFSource(
+        source=source,
+        name=name,
+        split=split or config.split,
+        data_files=tuple(data_files) if isinstance(data_files, list) else data_files,
+        revision=revision,
+    )
     output = output.rstrip("/")
     opts = dict(config.storage_options)
     storage.check_writable(output, opts)
@@ -134,8 +160,11 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
         reading = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="records")
     records_future = reading.submit(out.records) if reading else None
     early = None  # the pool's start-up (imports in a fresh process) overlaps the planning
-    if executor is None and config.executor == "local" and \
-            (config.workers or os.cpu_count() or 1) > 1:
+    if (
+        executor is None
+        and config.executor == "local"
+        and (config.workers or os.cpu_count() or 1) > 1
+    ):
         early = make_executor(config)
         early.start(convert_partition)
     try:
@@ -146,11 +175,14 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
         segment = start_append(out, plan) if append else None
         fresh = segment.fresh if segment else check_job(out, plan)
         if fresh and not segment:
-            storage.write_bytes(storage.join_url(output, f"{PARTITIONS_DIR}/{JOB_NAME}"),
-                                json.dumps(plan.to_dict(), indent=1, sort_keys=True).encode(),
-                                opts)
-        records = {} if (fresh and not segment) or records_future is None \
-            else records_future.result()
+            storage.write_bytes(
+                storage.join_url(output, f"{PARTITIONS_DIR}/{JOB_NAME}"),
+                json.dumps(plan.to_dict(), indent=1, sort_keys=True).encode(),
+                opts,
+            )
+        records = (
+            {} if (fresh and not segment) or records_future is None else records_future.result()
+        )
     except BaseException:
         if early is not None:
             early.close()
@@ -163,27 +195,44 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
     if not pending and (segment.finished if segment else out.read(MANIFEST_NAME) is not None):
         if early is not None:
             early.close()
-        log.info("%s is complete (%d partitions, %d samples); nothing to do",
-                 redact(output), plan.n_partitions, sum(r.samples for r in records.values()))
+        log.info(
+            "%s is complete (%d partitions, %d samples); nothing to do",
+            redact(output),
+            plan.n_partitions,
+            sum(r.samples for r in records.values()),
+        )
         return load_manifest(output, opts)
     if records:
         log.info("resuming: %d of %d partitions already done", len(records), plan.n_partitions)
     out.clean(pending)
     job = uuid.uuid4().hex
-    tasks = (ConvertTask(spec=spec, columns=plan.columns, partition=p,
-                         n_partitions=plan.n_partitions, output_url=output,
-                         max_samples_per_shard=config.max_samples_per_shard,
-                         max_shard_bytes=config.max_shard_bytes, limit=plan.limit_of(p - first),
-                         skip_bad_rows=config.skip_bad_rows, storage_options=opts,
-                         job=job, validate=config.validate, source_shards=plan.source_shards,
-                         resume=not fresh, first_partition=first,
-                         upload_concurrency=config.upload_concurrency,
-                         upload_buffer_bytes=config.upload_buffer_bytes,
-                         files=plan.files_of(p - first))
-             for p in pending)  # made as the executor takes them: memory bounded by in-flight
+    tasks = (
+        ConvertTask(
+            spec=spec,
+            columns=plan.columns,
+            partition=p,
+            n_partitions=plan.n_partitions,
+            output_url=output,
+            max_samples_per_shard=config.max_samples_per_shard,
+            max_shard_bytes=config.max_shard_bytes,
+            limit=plan.limit_of(p - first),
+            skip_bad_rows=config.skip_bad_rows,
+            storage_options=opts,
+            job=job,
+            validate=config.validate,
+            source_shards=plan.source_shards,
+            resume=not fresh,
+            first_partition=first,
+            upload_concurrency=config.upload_concurrency,
+            upload_buffer_bytes=config.upload_buffer_bytes,
+            files=plan.files_of(p - first),
+        )
+        for p in pending
+    )  # made as the executor takes them: memory bounded by in-flight
     batches = RecordLog(out, job[:12], records_per_batch(plan.n_partitions))
-    bar = _Bar(plan.total_rows, sum(r.samples for p, r in records.items() if p >= first),
-               config.quiet)
+    bar = _Bar(
+        plan.total_rows, sum(r.samples for p, r in records.items() if p >= first), config.quiet
+    )
     own_executor = executor is None
     executor = executor or early or make_executor(config)
     log.info("running %d partition(s)", len(pending))
@@ -205,9 +254,14 @@ def convert(source: str, output: str, *, name: str | None = None, split: str | N
         manifest = _manifest(plan, records, output)
         save_compact(manifest, output, opts)  # version 2: reader part + details part
     _warn_mixed_extensions(manifest)
-    log.info("wrote %s: %d samples in %d shards (%.1f MB); skipped %s", redact(output),
-             manifest.samples, len(manifest.shards), manifest.bytes / 1e6,
-             manifest.skipped or "none")
+    log.info(
+        "wrote %s: %d samples in %d shards (%.1f MB); skipped %s",
+        redact(output),
+        manifest.samples,
+        len(manifest.shards),
+        manifest.bytes / 1e6,
+        manifest.skipped or "none",
+    )
     return manifest
 
 
@@ -218,22 +272,45 @@ def _warn_mixed_extensions(manifest: Manifest) -> None:
         exts = sorted(e for e in manifest.fields if modality_of(e) == modality)
         if len(exts) > 1:
             flag = option.replace("_", "-")
-            log.warning("the %s members have several extensions (%s), each named by its real "
-                        "format; datasets.load_dataset('webdataset', ...) refuses shards whose "
-                        "samples differ in their member types. To name them all .%s (bytes "
-                        "untouched; decoders read the format from the bytes), convert with "
-                        "--%s %s (config %s)", modality, ", ".join(exts), exts[0], flag,
-                        exts[0], option)
+            log.warning(
+                "the %s members have several extensions (%s), each named by its real "
+                "format; datasets.load_dataset('webdataset', ...) refuses shards whose "
+                "samples differ in their member types. To name them all .%s (bytes "
+                "untouched; decoders read the format from the bytes), convert with "
+                "--%s %s (config %s)",
+                modality,
+                ", ".join(exts),
+                exts[0],
+                flag,
+                exts[0],
+                option,
+            )
 
 
-def convert_entry(entry: Entry, output: str, config: Config | None = None,
-                  on_plan: Callable[[JobPlan], None] | None = None, append: bool = False,
-                  **overrides: Any) -> Manifest:
+def convert_entry(
+    entry: Entry,
+    output: str,
+    config: Config | None = None,
+    on_plan: Callable[[JobPlan], None] | None = None,
+    append: bool = False,
+    **overrides: Any,
+) -> Manifest:
     """Convert one registry dataset with its column mapping and text template (see
     :func:`convert`; ``append`` as there); returns the Manifest."""
     config = (config or Config()).replace(
-        image_column=entry.image_column, audio_column=entry.audio_column,
-        text_columns=entry.template_columns, text_template=entry.text_template or None,
-        **overrides)
-    return convert(entry.hub_id, output, name=entry.config, split=entry.split,
-                   revision=entry.revision, config=config, on_plan=on_plan, append=append)
+        image_column=entry.image_column,
+        audio_column=entry.audio_column,
+        text_columns=entry.template_columns,
+        text_template=entry.text_template or None,
+        **overrides,
+    )
+    return convert(
+        entry.hub_id,
+        output,
+        name=entry.config,
+        split=entry.split,
+        revision=entry.revision,
+        config=config,
+        on_plan=on_plan,
+        append=append,
+    )

@@ -65,8 +65,9 @@ def _is_local_url(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 
 
-def list_shards(source: str | list[str] | tuple[str, ...],
-                storage_options: dict[str, Any] | None = None) -> list[str]:
+def list_shards(
+    source: str | list[str] | tuple[str, ...], storage_options: dict[str, Any] | None = None
+) -> list[str]:
     """Shard URLs from a brace pattern, a list of URLs, or a prefix (every ``.tar``/``.tar.gz``/
     ``.tgz`` below it, sorted). Raises SourceError when there are none."""
     if isinstance(source, (list, tuple)) or is_shard_source(source):
@@ -74,10 +75,12 @@ def list_shards(source: str | list[str] | tuple[str, ...],
     else:
         urls = [u for u in storage.find_urls(source, storage_options) if u.endswith(SHARD_EXTS)]
     if not urls:
-        raise SourceError(f"no .tar/.tar.gz shards in {redact(str(source))}: give a folder or "
-                          f"prefix that holds them, a brace pattern such as "
-                          f"'s3://bucket/data/{{00000..00099}}.tar', or a list of URLs",
-                          url=str(source))
+        raise SourceError(
+            f"no .tar/.tar.gz shards in {redact(str(source))}: give a folder or "
+            f"prefix that holds them, a brace pattern such as "
+            f"'s3://bucket/data/{{00000..00099}}.tar', or a list of URLs",
+            url=str(source),
+        )
     return urls
 
 
@@ -121,19 +124,30 @@ class ShardResult:
     reused: bool = False  # unchanged since the last run: not read again (not serialised)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"url": self.url, "info": asdict(self.info), "size": self.size,
-                "ukey": self.ukey, "whole": self.whole, "problems": self.problems,
-                "skipped": self.skipped}
+        return {
+            "url": self.url,
+            "info": asdict(self.info),
+            "size": self.size,
+            "ukey": self.ukey,
+            "whole": self.whole,
+            "problems": self.problems,
+            "skipped": self.skipped,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ShardResult:
-        return cls(url=d["url"], info=ShardInfo.from_dict(d["info"]), size=int(d["size"]),
-                   ukey=str(d["ukey"]), whole=bool(d.get("whole")),
-                   problems=list(d.get("problems", [])), skipped=dict(d.get("skipped", {})))
+        return cls(
+            url=d["url"],
+            info=ShardInfo.from_dict(d["info"]),
+            size=int(d["size"]),
+            ukey=str(d["ukey"]),
+            whole=bool(d.get("whole")),
+            problems=list(d.get("problems", [])),
+            skipped=dict(d.get("skipped", {})),
+        )
 
 
-def index_shard(task: ShardTask, progress: Callable[[int, int], None] | None = None
-                ) -> ShardResult:
+def index_shard(task: ShardTask, progress: Callable[[int, int], None] | None = None) -> ShardResult:
     """Read ``task.url`` once, write its index to ``task.index_url``, return what was found.
 
     A truncated or corrupt shard is indexed up to its last whole sample; a non-adjacent or
@@ -147,9 +161,12 @@ def index_shard(task: ShardTask, progress: Callable[[int, int], None] | None = N
     size, ukey = storage.file_identity(task.url, opts)
     if task.previous is not None:
         prev = ShardResult.from_dict(task.previous)
-        if (prev.size, prev.ukey, prev.info.url, prev.info.index) == \
-                (size, ukey, task.manifest_url, task.index) and \
-                storage.exists(task.index_url, opts):
+        if (prev.size, prev.ukey, prev.info.url, prev.info.index) == (
+            size,
+            ukey,
+            task.manifest_url,
+            task.index,
+        ) and storage.exists(task.index_url, opts):
             prev.reused = True
             if progress is not None:
                 progress(prev.info.samples, prev.info.bytes)
@@ -159,22 +176,39 @@ def index_shard(task: ShardTask, progress: Callable[[int, int], None] | None = N
     for text in scan.problems:
         log.warning("%s: %s", shown, text)
     if scan.bytes != size:
-        raise ShardReadError(f"{shown}: read {scan.bytes} bytes but the store lists {size}; "
-                             f"it changed or the read failed midway. Run the index again",
-                             shard=task.url)
+        raise ShardReadError(
+            f"{shown}: read {scan.bytes} bytes but the store lists {size}; "
+            f"it changed or the read failed midway. Run the index again",
+            shard=task.url,
+        )
     keys = scan.keys
     storage.write_bytes(task.index_url, index_bytes(scan.offsets, keys, whole=scan.whole), opts)
-    info = ShardInfo(url=task.manifest_url, samples=len(keys), bytes=scan.bytes,
-                     sha256=scan.sha256, index=task.index, first_key=keys[0] if keys else None,
-                     last_key=keys[-1] if keys else None, whole=scan.whole)
+    info = ShardInfo(
+        url=task.manifest_url,
+        samples=len(keys),
+        bytes=scan.bytes,
+        sha256=scan.sha256,
+        index=task.index,
+        first_key=keys[0] if keys else None,
+        last_key=keys[-1] if keys else None,
+        whole=scan.whole,
+    )
     if progress is not None:
         progress(len(keys), scan.bytes)
-    return ShardResult(url=task.url, info=info, size=size, ukey=ukey, whole=scan.whole,
-                       problems=scan.problems, skipped=scan.skipped)
+    return ShardResult(
+        url=task.url,
+        info=info,
+        size=size,
+        ukey=ukey,
+        whole=scan.whole,
+        problems=scan.problems,
+        skipped=scan.skipped,
+    )
 
 
-def plan_index(urls: list[str], out: str | None,
-               storage_options: dict[str, Any] | None = None) -> tuple[str, list[ShardTask]]:
+def plan_index(
+    urls: list[str], out: str | None, storage_options: dict[str, Any] | None = None
+) -> tuple[str, list[ShardTask]]:
     """``(output folder, one task per shard)``. The output defaults to the shards' folder;
     the manifest names a shard relative to it when the shard lies below it, else by its
     absolute URL. Indexes go under the output, mirroring the shards' folders."""
@@ -184,13 +218,23 @@ def plan_index(urls: list[str], out: str | None,
     for url in urls:
         # below the common folder: its path there; else (shards in several buckets) its
         # whole path, so that index names never collide
-        rel = url[len(root) + 1:] if url.startswith(root + "/") else \
-            url.split("://", 1)[-1].lstrip("/")
+        rel = (
+            url[len(root) + 1 :]
+            if url.startswith(root + "/")
+            else url.split("://", 1)[-1].lstrip("/")
+        )
         idx = index_name(rel)
         inside = url.startswith(out + "/")
-        name = url[len(out) + 1:] if inside else _absolute(url)
-        tasks.append(ShardTask(url=url, index_url=storage.join_url(out, idx), manifest_url=name,
-                               index=idx, storage_options=dict(storage_options or {})))
+        name = url[len(out) + 1 :] if inside else _absolute(url)
+        tasks.append(
+            ShardTask(
+                url=url,
+                index_url=storage.join_url(out, idx),
+                manifest_url=name,
+                index=idx,
+                storage_options=dict(storage_options or {}),
+            )
+        )
     return out, tasks
 
 
@@ -211,11 +255,20 @@ def build_manifest(results: list[ShardResult], out: str, source: Any) -> Manifes
         if r.problems:
             problems.append({"shard": redact(r.url), "problems": r.problems})
     whole = sum(1 for r in results if r.whole)
-    src = {"name": posixpath.basename(out.rstrip("/")) or "shards", "indexed": True,
-           "from": redact(source if isinstance(source, str) else f"{len(results)} URLs"),
-           "whole_only_shards": whole, "problems": problems}
-    return Manifest(shards=[r.info for r in results], source=src, skipped=skipped,
-                    options={"tool": TOOL}, base_url=out)
+    src = {
+        "name": posixpath.basename(out.rstrip("/")) or "shards",
+        "indexed": True,
+        "from": redact(source if isinstance(source, str) else f"{len(results)} URLs"),
+        "whole_only_shards": whole,
+        "problems": problems,
+    }
+    return Manifest(
+        shards=[r.info for r in results],
+        source=src,
+        skipped=skipped,
+        options={"tool": TOOL},
+        base_url=out,
+    )
 
 
 class IndexState:
@@ -244,8 +297,11 @@ class IndexState:
         self.results[result.url] = result
 
     def save(self) -> None:
-        doc = {"format": "wdstream-index-state", "version": 1,
-               "shards": [r.to_dict() for r in self.results.values()]}
+        doc = {
+            "format": "wdstream-index-state",
+            "version": 1,
+            "shards": [r.to_dict() for r in self.results.values()],
+        }
         storage.write_bytes(self.url, json.dumps(doc).encode(), self.storage_options)
 
 
@@ -283,8 +339,9 @@ def outside_prefixes(urls: list[str], out: str) -> list[str]:
 
 
 def _threads(fn, tasks, *, workers: int, progress=None):
-    with ThreadPoolExecutor(max_workers=max(1, workers),
-                            thread_name_prefix="wdstream-index") as pool:
+    with ThreadPoolExecutor(
+        max_workers=max(1, workers), thread_name_prefix="wdstream-index"
+    ) as pool:
         futures = [pool.submit(fn, t, progress) for t in tasks]
         try:
             for future in as_completed(futures):
@@ -305,13 +362,21 @@ def _check_not_a_conversion(out: str, opts: dict[str, Any]) -> None:
         raise ConfigError(
             f"{redact(url)} is a manifest that `wdstream convert` wrote: these shards are indexed "
             f"already, read them as they are (make_loader({redact(out)!r}, config)); to index "
-            f"them anyway, give --out with another folder", url=url)
+            f"them anyway, give --out with another folder",
+            url=url,
+        )
 
 
-def index_dataset(source: str | list[str], out: str | None = None, *,
-                  storage_options: dict[str, Any] | None = None, workers: int = 8,
-                  executor: Any = None, quiet: bool = False,
-                  save_every: float = 30.0) -> IndexReport:
+def index_dataset(
+    source: str | list[str],
+    out: str | None = None,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    workers: int = 8,
+    executor: Any = None,
+    quiet: bool = False,
+    save_every: float = 30.0,
+) -> IndexReport:
     """Index existing shards and write ``OUT/manifest.json`` (``OUT`` defaults to the shards'
     folder) with an index per shard under ``OUT``. No shard is written.
 
@@ -330,8 +395,11 @@ def index_dataset(source: str | list[str], out: str | None = None, *,
     try:
         storage.check_writable(out, opts)
     except StorageError as exc:
-        hint = " (the data's own folder: give --out with a folder you can write)" \
-            if out == root else ""
+        hint = (
+            " (the data's own folder: give --out with a folder you can write)"
+            if out == root
+            else ""
+        )
         raise type(exc)(f"{exc}{hint}", url=out) from exc
     _check_not_a_conversion(out, opts)
     state = IndexState(out, opts).load()
@@ -355,9 +423,11 @@ def index_dataset(source: str | list[str], out: str | None = None, *,
 
     results: dict[str, ShardResult] = {}
     last_save = time.monotonic()
-    runner = executor.map_unordered(index_shard, tasks, progress=progress) \
-        if executor is not None else _threads(index_shard, tasks, workers=workers,
-                                              progress=progress)
+    runner = (
+        executor.map_unordered(index_shard, tasks, progress=progress)
+        if executor is not None
+        else _threads(index_shard, tasks, workers=workers, progress=progress)
+    )
     try:
         for result in runner:
             results[result.url] = result
@@ -376,12 +446,23 @@ def index_dataset(source: str | list[str], out: str | None = None, *,
     ordered = [results[u] for u in urls]
     manifest = build_manifest(ordered, out, source)
     manifest_url = manifest.save(out, opts)
-    report = IndexReport(manifest=manifest, manifest_url=manifest_url, out=out, data_root=root,
-                         prefixes=outside_prefixes(urls, out),
-                         indexed=sum(1 for r in ordered if not r.reused),
-                         reused=sum(1 for r in ordered if r.reused),
-                         problems={r.url: r.problems for r in ordered if r.problems})
-    log.info("indexed %s: %d samples in %d shards (%d read, %d unchanged); skipped %s",
-             redact(manifest_url), manifest.samples, len(ordered), report.indexed,
-             report.reused, manifest.skipped or "none")
+    report = IndexReport(
+        manifest=manifest,
+        manifest_url=manifest_url,
+        out=out,
+        data_root=root,
+        prefixes=outside_prefixes(urls, out),
+        indexed=sum(1 for r in ordered if not r.reused),
+        reused=sum(1 for r in ordered if r.reused),
+        problems={r.url: r.problems for r in ordered if r.problems},
+    )
+    log.info(
+        "indexed %s: %d samples in %d shards (%d read, %d unchanged); skipped %s",
+        redact(manifest_url),
+        manifest.samples,
+        len(ordered),
+        report.indexed,
+        report.reused,
+        manifest.skipped or "none",
+    )
     return report

@@ -30,8 +30,15 @@ from ..errors import ConfigError, CredentialsError, StorageError, redact
 from ..format.manifest import MANIFEST_NAME, PARTITIONS_DIR, PartitionRecord
 from .plan import JobPlan
 
-__all__ = ["Output", "RecordLog", "CleanupError", "JOB_NAME", "check_job", "remove_leftovers",
-           "records_per_batch"]
+__all__ = [
+    "Output",
+    "RecordLog",
+    "CleanupError",
+    "JOB_NAME",
+    "check_job",
+    "remove_leftovers",
+    "records_per_batch",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +80,24 @@ def _retry(what: str, fn: Callable[[], _T], attempts: int = CLEANUP_ATTEMPTS) ->
         except Exception as exc:
             if attempt == attempts - 1:
                 raise
-            log.warning("%s failed (%s: %s); retrying", what, type(exc).__name__,
-                        str(exc).splitlines()[0] if str(exc) else "")
-            time.sleep(min(0.5 * 2 ** attempt, 4.0))
+            log.warning(
+                "%s failed (%s: %s); retrying",
+                what,
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+            )
+            time.sleep(min(0.5 * 2**attempt, 4.0))
     raise AssertionError("unreachable")
 
 
-def remove_leftovers(url: str, partition: int, keep: Iterable[str],
-                     storage_options: dict[str, Any] | None = None, *, fs=None) -> list[str]:
+def remove_leftovers(
+    url: str,
+    partition: int,
+    keep: Iterable[str],
+    storage_options: dict[str, Any] | None = None,
+    *,
+    fs=None,
+) -> list[str]:
     """After partition ``partition`` committed the files named ``keep`` under the output
     ``url``: list its own prefix (``shard-PPPPP-``, one listing) and remove the files of that
     partition that an earlier, dead attempt committed and this one did not write again.
@@ -92,8 +109,12 @@ def remove_leftovers(url: str, partition: int, keep: Iterable[str],
     for name in stale:
         log.info("removing %s left by an unfinished run", name)
         try:
-            _retry(f"removing {name}", lambda n=name: storage.remove_file(
-                storage.join_url(url, n), storage_options, fs=fs))
+            _retry(
+                f"removing {name}",
+                lambda n=name: storage.remove_file(
+                    storage.join_url(url, n), storage_options, fs=fs
+                ),
+            )
         except FileNotFoundError:
             pass
     return stale
@@ -111,8 +132,11 @@ class Output:
     def list(self, folder: str = "") -> list[str]:
         """The names in ``folder`` (relative to OUTPUT; the output itself by default), fresh
         from the store; none when it does not exist."""
-        return storage.list_names(storage.join_url(self.url, folder) if folder else self.url,
-                                  self.storage_options, fs=self.fs)
+        return storage.list_names(
+            storage.join_url(self.url, folder) if folder else self.url,
+            self.storage_options,
+            fs=self.fs,
+        )
 
     def read(self, name: str) -> bytes | None:
         """The object ``name`` (relative to OUTPUT), or None when there is none."""
@@ -124,10 +148,11 @@ class Output:
         A missing object is left out; another error is raised (StorageError)."""
         out: dict[str, bytes] = {}
         for start in range(0, len(names), 4096):  # bounded memory for the paths and futures
-            chunk = names[start:start + 4096]
+            chunk = names[start : start + 4096]
             urls = [storage.join_url(self.url, name) for name in chunk]
-            got = storage.read_many(urls, self.storage_options, fs=self.fs,
-                                    concurrency=self.concurrency)
+            got = storage.read_many(
+                urls, self.storage_options, fs=self.fs, concurrency=self.concurrency
+            )
             for name, value in zip(chunk, got, strict=True):
                 if isinstance(value, FileNotFoundError):
                     continue
@@ -157,8 +182,12 @@ class Output:
         for data in self.read_many(missing).values():
             rec = PartitionRecord.from_json(data)
             out[rec.partition] = rec
-        log.debug("read %d records from %d batches and %d part files", len(out), len(batches),
-                  len(missing))
+        log.debug(
+            "read %d records from %d batches and %d part files",
+            len(out),
+            len(batches),
+            len(missing),
+        )
         return out
 
     def clean(self, pending: Iterable[int]) -> None:
@@ -190,8 +219,9 @@ class Output:
         self._sweep_records_dir()
 
     def _sweep_records_dir(self) -> None:
-        self._remove([f"{PARTITIONS_DIR}/{n}" for n in self.list(PARTITIONS_DIR)
-                      if _PARTIAL_RE.match(n)])
+        self._remove(
+            [f"{PARTITIONS_DIR}/{n}" for n in self.list(PARTITIONS_DIR) if _PARTIAL_RE.match(n)]
+        )
 
     def _remove(self, stale: list[str]) -> None:
         """Remove the files ``stale`` (names relative to OUTPUT), each tried a few times."""
@@ -200,8 +230,10 @@ class Output:
             log.info("removing %s left by an unfinished run", shown)
             url = storage.join_url(self.url, name)
             try:
-                _retry(f"removing {shown}", lambda u=url: storage.remove_file(
-                    u, self.storage_options, fs=self.fs))
+                _retry(
+                    f"removing {shown}",
+                    lambda u=url: storage.remove_file(u, self.storage_options, fs=self.fs),
+                )
             except FileNotFoundError:
                 pass
             except Exception as exc:
@@ -214,7 +246,9 @@ class Output:
             f"could not {what} under {redact(self.url)} ({type(cause).__name__}: "
             f"{str(cause).splitlines()[0] if str(cause) else ''}) after {CLEANUP_ATTEMPTS} "
             f"tries. Every finished partition is recorded: re-run the same command to clean up "
-            f"and write the manifest", url=self.url)
+            f"and write the manifest",
+            url=self.url,
+        )
 
     def _abort_uploads(self) -> int:
         """Abort every pending multipart upload under OUTPUT, page by page (at most 1,000 a
@@ -223,21 +257,30 @@ class Output:
         aborted = 0
         while True:
             try:
-                found, marker = _retry("listing pending multipart uploads", lambda m=marker:
-                                       uploads.list_pending_uploads(self.url, fs=self.fs,
-                                                                    marker=m))
+                found, marker = _retry(
+                    "listing pending multipart uploads",
+                    lambda m=marker: uploads.list_pending_uploads(self.url, fs=self.fs, marker=m),
+                )
             except (PermissionError, CredentialsError) as exc:  # may be forbidden; not fatal
-                log.warning("could not list pending multipart uploads under %s (%s); any left "
-                            "by a killed run stay invisible but may cost storage until a "
-                            "lifecycle rule removes them", redact(self.url), type(exc).__name__)
+                log.warning(
+                    "could not list pending multipart uploads under %s (%s); any left "
+                    "by a killed run stay invisible but may cost storage until a "
+                    "lifecycle rule removes them",
+                    redact(self.url),
+                    type(exc).__name__,
+                )
                 return aborted
             except Exception as exc:
                 raise self._cleanup_error(exc, "list pending multipart uploads") from exc
             for name, upload_id in found:
                 log.info("aborting pending multipart upload of %s", name)
                 try:
-                    _retry(f"aborting the upload of {name}", lambda n=name, u=upload_id:
-                           uploads.abort_upload(storage.join_url(self.url, n), u, fs=self.fs))
+                    _retry(
+                        f"aborting the upload of {name}",
+                        lambda n=name, u=upload_id: uploads.abort_upload(
+                            storage.join_url(self.url, n), u, fs=self.fs
+                        ),
+                    )
                 except FileNotFoundError:  # NoSuchUpload: already aborted (a lost reply)
                     log.debug("upload of %s was already gone", name)
                 except Exception as exc:
@@ -271,12 +314,13 @@ class RecordLog:
         doc = {"format": BATCH_FORMAT, "records": [r.to_dict() for r in self.pending]}
         name = f"{PARTITIONS_DIR}/records-{self.job}-{self.seq:05d}.json"
         try:
-            storage.write_bytes(storage.join_url(self.out.url, name),
-                                json.dumps(doc, separators=(",", ":")).encode(),
-                                self.out.storage_options)
+            storage.write_bytes(
+                storage.join_url(self.out.url, name),
+                json.dumps(doc, separators=(",", ":")).encode(),
+                self.out.storage_options,
+            )
         except StorageError as exc:  # the part files still hold every record
-            log.warning("could not write %s (%s); a resume reads the part files instead",
-                        name, exc)
+            log.warning("could not write %s (%s); a resume reads the part files instead", name, exc)
         self.seq += 1
         self.pending = []
 
@@ -289,7 +333,9 @@ def check_job(out: Output, plan: JobPlan) -> bool:
         if out.read(MANIFEST_NAME) is not None:
             raise ConfigError(
                 f"{redact(out.url)} already holds a dataset (manifest.json) that was not made "
-                f"by this conversion; choose another OUTPUT or delete it first", url=out.url)
+                f"by this conversion; choose another OUTPUT or delete it first",
+                url=out.url,
+            )
         return True
     found = json.loads(data)
     if found != wanted:
@@ -298,5 +344,6 @@ def check_job(out: Output, plan: JobPlan) -> bool:
             f"{redact(out.url)} holds a conversion made with other options (differs in "
             f"{diff}: {[found.get(k) for k in diff]} there, {[wanted.get(k) for k in diff]} "
             f"now). Re-run with the same options to resume, or choose another OUTPUT",
-            url=out.url)
+            url=out.url,
+        )
     return False

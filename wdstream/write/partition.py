@@ -77,8 +77,10 @@ class ConvertTask:
     files: SourceFiles | None = None  # this partition's data files (None: open the source)
 
     def __str__(self) -> str:
-        return (f"partition {self.partition} of {self.n_partitions} "
-                f"({self.spec.source} -> {redact(self.output_url)})")
+        return (
+            f"partition {self.partition} of {self.n_partitions} "
+            f"({self.spec.source} -> {redact(self.output_url)})"
+        )
 
     def without_secrets(self) -> tuple[ConvertTask, dict[str, Any]]:
         """``(this task with no credentials in its storage options, those credentials)``."""
@@ -95,8 +97,10 @@ def _name_partition(exc: BaseException, task: ConvertTask) -> None:
     ColumnError, TooManyErrors...): wdstream errors get a prefix, others a note."""
     where = f"partition {task.partition} of {task.n_partitions}"
     if task.first_partition:  # an append: its partitions follow the output's earlier ones
-        where = (f"partition {task.partition} (of {task.first_partition}.."
-                 f"{task.first_partition + task.n_partitions - 1}, appended)")
+        where = (
+            f"partition {task.partition} (of {task.first_partition}.."
+            f"{task.first_partition + task.n_partitions - 1}, appended)"
+        )
     if isinstance(exc, WdstreamError) and exc.args and isinstance(exc.args[0], str):
         if not exc.args[0].startswith(where):
             exc.args = (f"{where}: {exc.args[0]}", *exc.args[1:])
@@ -126,10 +130,15 @@ def _partition_dataset(task: ConvertTask):
         raise ConfigError(
             f"{task.spec.source} now has {ds.n_shards} source shards, not the "
             f"{shards} this job was planned with; its files changed during the "
-            f"conversion. Convert it again into a new OUTPUT", url=task.output_url)
+            f"conversion. Convert it again into a new OUTPUT",
+            url=task.output_url,
+        )
     if task.n_partitions > 1:  # contiguous groups of source shards (one each without --limit)
-        ds = ds.shard(num_shards=task.n_partitions, index=task.partition - task.first_partition,
-                      contiguous=True)
+        ds = ds.shard(
+            num_shards=task.n_partitions,
+            index=task.partition - task.first_partition,
+            contiguous=True,
+        )
     if task.limit is not None:
         ds = ds.take(task.limit)
     return ds
@@ -161,10 +170,15 @@ def _convert_partition(task: ConvertTask, progress: Progress | None) -> Partitio
     ds = _partition_dataset(task)
     encoder = RowEncoder(task.columns, task.spec.source, validate=task.validate)
     budget = ErrorBudget(-1 if task.skip_bad_rows else 0, what="bad rows")
-    writer = ShardWriter(task.output_url, task.partition, max_samples=task.max_samples_per_shard,
-                         max_bytes=task.max_shard_bytes, storage_options=task.storage_options,
-                         upload_concurrency=task.upload_concurrency,
-                         upload_buffer_bytes=task.upload_buffer_bytes)
+    writer = ShardWriter(
+        task.output_url,
+        task.partition,
+        max_samples=task.max_samples_per_shard,
+        max_bytes=task.max_shard_bytes,
+        storage_options=task.storage_options,
+        upload_concurrency=task.upload_concurrency,
+        upload_buffer_bytes=task.upload_buffer_bytes,
+    )
     exts: set[str] = set()
     samples = 0
     pending_samples = pending_bytes = 0
@@ -175,8 +189,11 @@ def _convert_partition(task: ConvertTask, progress: Progress | None) -> Partitio
             try:
                 fields = encoder(row, key)
             except SkipSample as exc:
-                budget.record(str(exc), f"{redact(task.output_url)} partition "
-                              f"{task.partition} key {key}", exc.__cause__)
+                budget.record(
+                    str(exc),
+                    f"{redact(task.output_url)} partition {task.partition} key {key}",
+                    exc.__cause__,
+                )
                 continue
             writer.write(key, fields)
             exts.update(fields)
@@ -195,16 +212,26 @@ def _convert_partition(task: ConvertTask, progress: Progress | None) -> Partitio
         raise
     if task.resume and lists_by_prefix(writer.fs):
         # one listing of this partition's own prefix; locally the driver cleaned before
-        remove_leftovers(task.output_url, task.partition,
-                         [n for s in shards for n in (s.url, s.index) if n], task.storage_options,
-                         fs=writer.fs)
+        remove_leftovers(
+            task.output_url,
+            task.partition,
+            [n for s in shards for n in (s.url, s.index) if n],
+            task.storage_options,
+            fs=writer.fs,
+        )
     if progress is not None and (pending_samples or pending_bytes):
         progress(pending_samples, pending_bytes)
-    record = PartitionRecord(partition=task.partition, shards=shards, samples=samples,
-                             skipped=dict(budget.counts), fields=sorted(exts))
+    record = PartitionRecord(
+        partition=task.partition,
+        shards=shards,
+        samples=samples,
+        skipped=dict(budget.counts),
+        fields=sorted(exts),
+    )
     storage.write_bytes(
         storage.join_url(task.output_url, f"{PARTITIONS_DIR}/{record_name(task.partition)}"),
-        record.to_json(), task.storage_options)
-    log.debug("partition %d done: %d samples in %d shards", task.partition, samples,
-              len(shards))
+        record.to_json(),
+        task.storage_options,
+    )
+    log.debug("partition %d done: %d samples in %d shards", task.partition, samples, len(shards))
     return record

@@ -16,8 +16,14 @@ from ..rows.columns import ColumnMap, binary_member, resolve_columns, sample_bin
 from ..rows.source import HFSource, open_source
 from .sources.files import SourceFiles, file_group, source_files
 
-__all__ = ["JobPlan", "plan_job", "columns_dict", "describe_columns", "LIMIT_ROWS_PER_PARTITION",
-           "partition_limit"]
+__all__ = [
+    "JobPlan",
+    "plan_job",
+    "columns_dict",
+    "describe_columns",
+    "LIMIT_ROWS_PER_PARTITION",
+    "partition_limit",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +48,12 @@ class JobPlan:
             self.source_shards = self.n_partitions
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"source": self.spec.to_dict(), "columns": columns_dict(self.columns),
-             "partitions": self.n_partitions, "options": self.options}
+        d = {
+            "source": self.spec.to_dict(),
+            "columns": columns_dict(self.columns),
+            "partitions": self.n_partitions,
+            "options": self.options,
+        }
         if self.source_shards != self.n_partitions:  # a --limit job: the first partitions
             d["source_shards"] = self.source_shards
         return d
@@ -55,7 +65,7 @@ class JobPlan:
         if self.files is None:
             return None
         group = file_group(len(self.files.paths), self.n_partitions, partition)
-        return dataclasses.replace(self.files, paths=self.files.paths[group.start:group.stop])
+        return dataclasses.replace(self.files, paths=self.files.paths[group.start : group.stop])
 
     def limit_of(self, partition: int) -> int | None:
         """The rows partition ``partition`` may take (None: all of them)."""
@@ -83,8 +93,11 @@ def columns_dict(columns: ColumnMap) -> dict[str, Any]:
 def describe_columns(columns: ColumnMap | dict[str, Any]) -> str:
     """One line saying which source column becomes which member (for the console)."""
     d = columns_dict(columns) if isinstance(columns, ColumnMap) else columns
-    parts = [f"image={d.get('image') or '-'}", f"audio={d.get('audio') or '-'}",
-             f"text={','.join(d.get('text') or []) or '-'}"]
+    parts = [
+        f"image={d.get('image') or '-'}",
+        f"audio={d.get('audio') or '-'}",
+        f"text={','.join(d.get('text') or []) or '-'}",
+    ]
     if d.get("template"):
         parts.append(f"template={d['template']!r}")
     parts.append(f"json={','.join(d.get('extra') or []) or '-'}")
@@ -118,26 +131,43 @@ def plan_job(spec: HFSource, config: Config) -> JobPlan:
     if features is not None:  # media by layout and content: look at the binary columns' bytes
         samples = sample_binary_values(ds, exclude=config.drop_columns)
     else:  # the first row's encoded values: bytes, or {"bytes", "path"} dicts
-        samples = {c: _bytes_path(v) for c, v in (first or {}).items()
-                   if _bytes_path(v) is not None}
-    columns = resolve_columns(names, features, image=config.image_column,
-                              audio=config.audio_column, text=config.text_columns,
-                              samples=samples, drop=config.drop_columns)
+        samples = {
+            c: _bytes_path(v) for c, v in (first or {}).items() if _bytes_path(v) is not None
+        }
+    columns = resolve_columns(
+        names,
+        features,
+        image=config.image_column,
+        audio=config.audio_column,
+        text=config.text_columns,
+        samples=samples,
+        drop=config.drop_columns,
+    )
     if config.text_template:
         columns = dataclasses.replace(columns, template=config.text_template)
     if config.image_ext or config.audio_ext:
-        columns = dataclasses.replace(columns, image_ext=config.image_ext,
-                                      audio_ext=config.audio_ext)
+        columns = dataclasses.replace(
+            columns, image_ext=config.image_ext, audio_ext=config.audio_ext
+        )
     if not (columns.image or columns.audio or columns.text):
-        log.warning("no image, audio or text column found among %s; samples will only hold "
-                    ".json (name them with --image-column/--audio-column/--text-column)", names)
+        log.warning(
+            "no image, audio or text column found among %s; samples will only hold "
+            ".json (name them with --image-column/--audio-column/--text-column)",
+            names,
+        )
     if columns.dropped:
-        log.warning("columns %s are left out (images/audio besides the chosen ones, or "
-                    "drop_columns); they are not written", list(columns.dropped))
+        log.warning(
+            "columns %s are left out (images/audio besides the chosen ones, or "
+            "drop_columns); they are not written",
+            list(columns.dropped),
+        )
     if columns.binary:
-        log.warning("columns %s hold binary data that is neither an image nor audio; each "
-                    "is written as its own member (%s)", list(columns.binary),
-                    ", ".join(f".{binary_member(c)}" for c in columns.binary))
+        log.warning(
+            "columns %s hold binary data that is neither an image nor audio; each "
+            "is written as its own member (%s)",
+            list(columns.binary),
+            ", ".join(f".{binary_member(c)}" for c in columns.binary),
+        )
     source_shards = max(1, int(ds.n_shards))
     n_partitions = source_shards
     if config.limit is not None:  # a trial: the first source shards, a share of rows each
@@ -150,12 +180,26 @@ def plan_job(spec: HFSource, config: Config) -> JobPlan:
         total = None
     if config.limit is not None:
         total = min(total, config.limit) if total else config.limit
-    options = {"max_samples_per_shard": config.max_samples_per_shard,
-               "max_shard_bytes": config.max_shard_bytes, "limit": config.limit,
-               "skip_bad_rows": config.skip_bad_rows}
+    options = {
+        "max_samples_per_shard": config.max_samples_per_shard,
+        "max_shard_bytes": config.max_shard_bytes,
+        "limit": config.limit,
+        "skip_bad_rows": config.skip_bad_rows,
+    }
     if config.validate != "cheap":  # only when set: older jobs keep resuming
         options["validate"] = config.validate
-    log.info("source %s: columns %s; %d partition(s)", spec.source, describe_columns(columns),
-             n_partitions)
-    return JobPlan(spec=spec, columns=columns, n_partitions=n_partitions, total_rows=total,
-                   options=options, source_shards=source_shards, files=source_files(ds))
+    log.info(
+        "source %s: columns %s; %d partition(s)",
+        spec.source,
+        describe_columns(columns),
+        n_partitions,
+    )
+    return JobPlan(
+        spec=spec,
+        columns=columns,
+        n_partitions=n_partitions,
+        total_rows=total,
+        options=options,
+        source_shards=source_shards,
+        files=source_files(ds),
+    )

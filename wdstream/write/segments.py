@@ -68,8 +68,9 @@ class Segment:
 def _read_jobs(out: Output) -> list[dict[str, Any]]:
     """The job files of the output's segments, in order (``first_partition`` set)."""
     if lists_by_prefix(out.fs):  # the job files only, not every record (one small listing)
-        names = storage.list_names(storage.join_url(out.url, PARTITIONS_DIR),
-                                   out.storage_options, fs=out.fs, prefix="_job")
+        names = storage.list_names(
+            storage.join_url(out.url, PARTITIONS_DIR), out.storage_options, fs=out.fs, prefix="_job"
+        )
     else:
         names = out.list(PARTITIONS_DIR)
     numbers = sorted(int(m.group(1)) for n in names if (m := _JOB_RE.match(n)))
@@ -77,8 +78,11 @@ def _read_jobs(out: Output) -> list[dict[str, Any]]:
         return []
     wanted = [job_name(k) for k in range(len(numbers) + 1)]
     if numbers != list(range(1, len(numbers) + 1)):
-        raise ConfigError(f"{redact(out.url)}/{PARTITIONS_DIR} holds job files {numbers} with "
-                          f"gaps; it was not made by wdstream convert --append", url=out.url)
+        raise ConfigError(
+            f"{redact(out.url)}/{PARTITIONS_DIR} holds job files {numbers} with "
+            f"gaps; it was not made by wdstream convert --append",
+            url=out.url,
+        )
     data = out.read_many([f"{PARTITIONS_DIR}/{n}" for n in wanted])
     jobs = [json.loads(data[f"{PARTITIONS_DIR}/{n}"]) for n in wanted]
     jobs[0].setdefault("first_partition", 0)
@@ -102,23 +106,40 @@ def start_append(out: Output, plan: JobPlan) -> Segment:
     Raises ConfigError when ``out`` holds no finished dataset made by ``wdstream convert``, or
     when its last segment is unfinished and ``plan`` is not that segment's."""
     jobs = _read_jobs(out)
-    manifest = load_manifest(out.url, out.storage_options) \
-        if jobs and out.read(MANIFEST_NAME) is not None else None
+    manifest = (
+        load_manifest(out.url, out.storage_options)
+        if jobs and out.read(MANIFEST_NAME) is not None
+        else None
+    )
     if manifest is None:
-        what = ("an unfinished conversion: re-run its convert command without --append to "
-                "finish it, then append" if jobs else
-                f"no finished conversion (no {PARTITIONS_DIR}/{JOB_NAME}): convert without "
-                f"--append to create the dataset first")
-        raise ConfigError(f"--append adds to a finished conversion, and {redact(out.url)} "
-                          f"holds {what}", url=out.url)
+        what = (
+            "an unfinished conversion: re-run its convert command without --append to "
+            "finish it, then append"
+            if jobs
+            else f"no finished conversion (no {PARTITIONS_DIR}/{JOB_NAME}): convert without "
+            f"--append to create the dataset first"
+        )
+        raise ConfigError(
+            f"--append adds to a finished conversion, and {redact(out.url)} holds {what}",
+            url=out.url,
+        )
     covered = _covered(manifest)
     wanted = plan.to_dict()
     for k, job in enumerate(jobs):
         if _plan_of(job) == wanted:
-            log.info("%s: segment %d has this source and options (%s)", redact(out.url), k,
-                     "finished" if k < covered else "unfinished: resuming it")
-            return Segment(index=k, first_partition=int(job["first_partition"]), fresh=False,
-                           finished=k < covered, jobs=jobs[:k + 1])
+            log.info(
+                "%s: segment %d has this source and options (%s)",
+                redact(out.url),
+                k,
+                "finished" if k < covered else "unfinished: resuming it",
+            )
+            return Segment(
+                index=k,
+                first_partition=int(job["first_partition"]),
+                fresh=False,
+                finished=k < covered,
+                jobs=jobs[: k + 1],
+            )
     last = len(jobs) - 1
     if last >= covered:
         found = _plan_of(jobs[last])
@@ -128,19 +149,31 @@ def start_append(out: Output, plan: JobPlan) -> Segment:
             f"{found.get('source', {}).get('name')!r}) made with another source or options "
             f"(differs in {diff}: {[found.get(k) for k in diff]} there, "
             f"{[wanted.get(k) for k in diff]} now). Re-run that append with the same source "
-            f"and options to finish it, then append this one", url=out.url)
+            f"and options to finish it, then append this one",
+            url=out.url,
+        )
     first = int(jobs[last]["first_partition"]) + int(jobs[last]["partitions"])
     job = dict(wanted, first_partition=first)
-    storage.write_bytes(storage.join_url(out.url, f"{PARTITIONS_DIR}/{job_name(last + 1)}"),
-                        json.dumps(job, indent=1, sort_keys=True).encode(), out.storage_options)
-    log.info("%s: appending segment %d (partitions %d..%d)", redact(out.url), last + 1, first,
-             first + plan.n_partitions - 1)
-    return Segment(index=last + 1, first_partition=first, fresh=True, finished=False,
-                   jobs=[*jobs, job])
+    storage.write_bytes(
+        storage.join_url(out.url, f"{PARTITIONS_DIR}/{job_name(last + 1)}"),
+        json.dumps(job, indent=1, sort_keys=True).encode(),
+        out.storage_options,
+    )
+    log.info(
+        "%s: appending segment %d (partitions %d..%d)",
+        redact(out.url),
+        last + 1,
+        first,
+        first + plan.n_partitions - 1,
+    )
+    return Segment(
+        index=last + 1, first_partition=first, fresh=True, finished=False, jobs=[*jobs, job]
+    )
 
 
-def segments_manifest(segment: Segment, records: dict[int, PartitionRecord],
-                      output_url: str) -> Manifest:
+def segments_manifest(
+    segment: Segment, records: dict[int, PartitionRecord], output_url: str
+) -> Manifest:
     """The manifest of segments ``0..segment.index`` from their records (partition order)."""
     end = segment.first_partition + int(segment.jobs[-1]["partitions"])
     shards, skipped, fields = [], {}, set()
@@ -156,9 +189,23 @@ def segments_manifest(segment: Segment, records: dict[int, PartitionRecord],
     options = dict(first["options"], partitions=end, columns=first["columns"])
     source: dict[str, Any] = first["source"]
     if segment.index > 0:
-        source = {"segments": [
-            {"source": j["source"], "first_partition": j["first_partition"],
-             "partitions": j["partitions"], "columns": j["columns"], "options": j["options"]}
-            for j in segment.jobs]}
-    return Manifest(shards=shards, source=source, skipped=skipped, fields=sorted(fields),
-                    options=options, base_url=output_url)
+        source = {
+            "segments": [
+                {
+                    "source": j["source"],
+                    "first_partition": j["first_partition"],
+                    "partitions": j["partitions"],
+                    "columns": j["columns"],
+                    "options": j["options"],
+                }
+                for j in segment.jobs
+            ]
+        }
+    return Manifest(
+        shards=shards,
+        source=source,
+        skipped=skipped,
+        fields=sorted(fields),
+        options=options,
+        base_url=output_url,
+    )

@@ -36,9 +36,17 @@ class ShardWriter:
     their parts bounded by ``upload_buffer_bytes`` (:class:`~wdstream.uploads.UploadBudget`).
     """
 
-    def __init__(self, output_url: str, partition: int, *, max_samples: int = 1000,
-                 max_bytes: int = 256 * 2**20, storage_options: dict[str, Any] | None = None,
-                 upload_concurrency: int | None = None, upload_buffer_bytes: int | None = None):
+    def __init__(
+        self,
+        output_url: str,
+        partition: int,
+        *,
+        max_samples: int = 1000,
+        max_bytes: int = 256 * 2**20,
+        storage_options: dict[str, Any] | None = None,
+        upload_concurrency: int | None = None,
+        upload_buffer_bytes: int | None = None,
+    ):
         self.output_url = output_url.rstrip("/")
         self.partition = partition
         self.max_samples = max_samples
@@ -65,8 +73,9 @@ class ShardWriter:
         size = self.sample_size(fields)
         # the archive ends with two zero blocks and is padded to a full 10 KiB record
         end = -(-(self._tar.offset + size + 1024) // RECORD) * RECORD if self._tar else 0
-        if self._tar is not None and (len(self._offsets) >= self.max_samples or
-                                      end > self.max_bytes):
+        if self._tar is not None and (
+            len(self._offsets) >= self.max_samples or end > self.max_bytes
+        ):
             self._finish()
         if self._tar is None:
             self._start()
@@ -76,9 +85,13 @@ class ShardWriter:
     def _start(self) -> None:
         name = shard_name(self.partition, self._seq)
         path = f"{self.base_path}/{name}"
-        self._file = uploads.AtomicFile(f"{self.output_url}/{name}", fs=self.fs, path=path,
-                                        upload_concurrency=self.upload_concurrency,
-                                        upload_buffer_bytes=self.upload_buffer_bytes)
+        self._file = uploads.AtomicFile(
+            f"{self.output_url}/{name}",
+            fs=self.fs,
+            path=path,
+            upload_concurrency=self.upload_concurrency,
+            upload_buffer_bytes=self.upload_buffer_bytes,
+        )
         self._tar = TarStreamWriter(self._file)
         self._offsets, self._keys = [], []
 
@@ -93,25 +106,39 @@ class ShardWriter:
             self.shards.append(self._commit(file, offsets + [end_of_samples], keys, seq))
             return
         if self._commits is None:
-            self._commits = ThreadPoolExecutor(self.upload_concurrency,
-                                               thread_name_prefix="wdstream-commit")
+            self._commits = ThreadPoolExecutor(
+                self.upload_concurrency, thread_name_prefix="wdstream-commit"
+            )
         while len(self._committing) >= self.upload_concurrency:
             self.shards.append(self._committing.pop(0).result())
-        self._committing.append(self._commits.submit(
-            self._commit, file, offsets + [end_of_samples], keys, seq))
+        self._committing.append(
+            self._commits.submit(self._commit, file, offsets + [end_of_samples], keys, seq)
+        )
 
-    def _commit(self, file: uploads.AtomicFile, offsets: list[int], keys: list[str],
-                seq: int) -> ShardInfo:
+    def _commit(
+        self, file: uploads.AtomicFile, offsets: list[int], keys: list[str], seq: int
+    ) -> ShardInfo:
         """Publish a finished shard, then its index; the shard's ShardInfo."""
         file.commit()
         name = shard_name(self.partition, seq)
         index = index_name(name)
-        storage.write_bytes(f"{self.output_url}/{index}", index_bytes(offsets, keys),
-                            self.storage_options, fs=self.fs,  # shared across commit threads
-                            path=f"{self.base_path}/{index}")
+        storage.write_bytes(
+            f"{self.output_url}/{index}",
+            index_bytes(offsets, keys),
+            self.storage_options,
+            fs=self.fs,  # shared across commit threads
+            path=f"{self.base_path}/{index}",
+        )
         return ShardInfo(
-            url=name, samples=len(keys), bytes=file.bytes, sha256=file.hexdigest(),
-            index=index, partition=self.partition, first_key=keys[0], last_key=keys[-1])
+            url=name,
+            samples=len(keys),
+            bytes=file.bytes,
+            sha256=file.hexdigest(),
+            index=index,
+            partition=self.partition,
+            first_key=keys[0],
+            last_key=keys[-1],
+        )
 
     def _wait(self) -> None:
         try:

@@ -16,8 +16,17 @@ from ...errors import ConfigError
 from .base import Executor, Progress, TaskFailedError, merge_secrets, split_secrets
 from .local import LocalExecutor
 
-__all__ = ["Executor", "Progress", "TaskFailedError", "LocalExecutor", "split_secrets",
-           "merge_secrets", "EXECUTORS", "make_executor", "check_executor"]
+__all__ = [
+    "Executor",
+    "Progress",
+    "TaskFailedError",
+    "LocalExecutor",
+    "split_secrets",
+    "merge_secrets",
+    "EXECUTORS",
+    "make_executor",
+    "check_executor",
+]
 
 
 def _local(config: Config) -> Executor:
@@ -31,15 +40,18 @@ def _ray(config: Config) -> Executor:
 
 
 EXECUTORS: MappingProxyType[str, Callable[[Config], Executor]] = MappingProxyType(
-    {"local": _local, "ray": _ray})
+    {"local": _local, "ray": _ray}
+)
 
 
 def check_executor(config: Config) -> None:
     """Raise ConfigError before any work when ``config.executor`` is unknown or, for ``ray``,
     when Ray is not installed (saying how to install it)."""
     if config.executor not in EXECUTORS:
-        raise ConfigError(f"executor {config.executor!r} is not available; use one of "
-                          f"{sorted(EXECUTORS)}", key="executor")
+        raise ConfigError(
+            f"executor {config.executor!r} is not available; use one of {sorted(EXECUTORS)}",
+            key="executor",
+        )
     if config.executor == "ray":
         from .ray import import_ray  # ray is an optional extra
 

@@ -66,8 +66,9 @@ class Executor(abc.ABC):
     """Runs ``fn(task, progress=report)`` for every task; results come back in finishing order."""
 
     @abc.abstractmethod
-    def map_unordered(self, fn: Callable[..., Any], tasks: Iterable[Any], *,
-                      progress: Progress | None = None) -> Iterator[Any]:
+    def map_unordered(
+        self, fn: Callable[..., Any], tasks: Iterable[Any], *, progress: Progress | None = None
+    ) -> Iterator[Any]:
         """Yield ``fn(task)`` results as tasks finish. The first failure is raised (with the
         task's own exception) and the tasks not yet started are cancelled."""
 

@@ -35,8 +35,12 @@ def _init_worker(q: Any, driver_alive: Any = None) -> None:
     global _worker_queue
     _worker_queue = q
     if driver_alive is not None:
-        threading.Thread(target=_exit_when_driver_dies, args=(driver_alive,), daemon=True,
-                         name="wdstream-driver-watch").start()
+        threading.Thread(
+            target=_exit_when_driver_dies,
+            args=(driver_alive,),
+            daemon=True,
+            name="wdstream-driver-watch",
+        ).start()
 
 
 def _exit_when_driver_dies(driver_alive: Any) -> None:
@@ -50,8 +54,9 @@ def _exit_when_driver_dies(driver_alive: Any) -> None:
         driver_alive.recv_bytes()
     except (EOFError, OSError):
         pass
-    log.warning("the converter's driver is gone; worker %d stops without committing more",
-                os.getpid())
+    log.warning(
+        "the converter's driver is gone; worker %d stops without committing more", os.getpid()
+    )
     logging.shutdown()
     os._exit(DRIVER_GONE_EXIT)
 
@@ -107,7 +112,8 @@ class LocalExecutor(Executor):
                 if not pending:
                     break
                 done, pending = concurrent.futures.wait(
-                    pending, timeout=0.2, return_when=concurrent.futures.FIRST_COMPLETED)
+                    pending, timeout=0.2, return_when=concurrent.futures.FIRST_COMPLETED
+                )
                 self._drain(progress)
                 for future in done:
                     yield future.result()
@@ -127,8 +133,11 @@ class LocalExecutor(Executor):
         self._queue = ctx.Queue()
         self._alive_r, self._alive = ctx.Pipe(duplex=False)
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=ctx,
-            initializer=_init_worker, initargs=(self._queue, self._alive_r))
+            max_workers=self.workers,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(self._queue, self._alive_r),
+        )
 
     def start(self, fn) -> None:
         """Start the workers now (for tasks of ``fn``), so their start-up (a fork server that

@@ -58,8 +58,10 @@ def import_ray():
     try:
         import ray
     except ImportError as exc:
-        raise ConfigError(f"the ray executor needs Ray, which is not installed ({exc}); "
-                          f"install it with: {INSTALL_HINT}") from exc
+        raise ConfigError(
+            f"the ray executor needs Ray, which is not installed ({exc}); "
+            f"install it with: {INSTALL_HINT}"
+        ) from exc
     return ray
 
 
@@ -101,8 +103,9 @@ def _remote_run(ray) -> Any:
     return _REMOTES["run"]
 
 
-def _run_task(fn: Callable[..., Any], task: Any, index: int, channel: Any, job: int,
-              secrets: Any) -> Any:
+def _run_task(
+    fn: Callable[..., Any], task: Any, index: int, channel: Any, job: int, secrets: Any
+) -> Any:
     """Inside a Ray worker: put the secrets back, report to the driver's channel, run ``fn``.
     A ``start`` message lets the driver take back what an earlier, dead attempt of this task
     reported; ``job`` tells one ``map_unordered`` call's messages from another's. Once the
@@ -121,8 +124,10 @@ def _run_task(fn: Callable[..., Any], task: Any, index: int, channel: Any, job: 
             stopped = ray.get(channel.put.remote(message))
         except Exception as exc:  # Ray raises several kinds for a dead actor
             lost.append(exc)
-            log.warning("the driver's channel is unreachable (%s); this task stops "
-                        "reporting", type(exc).__name__)
+            log.warning(
+                "the driver's channel is unreachable (%s); this task stops reporting",
+                type(exc).__name__,
+            )
             return
         if stopped:
             raise JobStopped(f"task {index}: its job stopped (another task failed)")
@@ -179,9 +184,16 @@ class RayExecutor(Executor):
     "Stopping"). Raises ConfigError when Ray is not installed.
     """
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None,
-                 max_retries: int = 3, *, cpus_per_task: float = 1,
-                 max_in_flight: int | None = None, stop_timeout: float = 30.0):
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        max_retries: int = 3,
+        *,
+        cpus_per_task: float = 1,
+        max_in_flight: int | None = None,
+        stop_timeout: float = 30.0,
+    ):
         self._ray = import_ray()
         self.address = address
         self.num_cpus = num_cpus
@@ -215,13 +227,15 @@ class RayExecutor(Executor):
 
     def _init_ray(self) -> None:
         ray = self._ray
-        quiet = {"log_to_driver": False, "logging_level": logging.WARNING,
-                 "configure_logging": True}
+        quiet = {
+            "log_to_driver": False,
+            "logging_level": logging.WARNING,
+            "configure_logging": True,
+        }
         if self.address:
             log.info("joining the Ray cluster at %s", self.address)
             # Ray Client (ray://) would forward these to the server's ray.init, with a warning
-            ray.init(address=self.address,
-                     **({} if self.address.startswith("ray://") else quiet))
+            ray.init(address=self.address, **({} if self.address.startswith("ray://") else quiet))
         else:
             log.info("starting a local Ray with %s CPUs", self.num_cpus or "all")
             ray.init(num_cpus=self.num_cpus, include_dashboard=False, **quiet)
@@ -236,16 +250,18 @@ class RayExecutor(Executor):
             cpus = 1.0
         return max(8, int(2 * cpus / max(self.cpus_per_task, 1e-3)))
 
-    def map_unordered(self, fn: Callable[..., Any], tasks: Iterable[Any], *,
-                      progress: Progress | None = None) -> Iterator[Any]:
+    def map_unordered(
+        self, fn: Callable[..., Any], tasks: Iterable[Any], *, progress: Progress | None = None
+    ) -> Iterator[Any]:
         tasks = iter(tasks)
         first = next(tasks, None)
         if first is None:
             return
         self._ensure_ray()
         ray = self._ray
-        run = _remote_run(ray).options(max_retries=self.max_retries, retry_exceptions=False,
-                                       num_cpus=self.cpus_per_task)
+        run = _remote_run(ray).options(
+            max_retries=self.max_retries, retry_exceptions=False, num_cpus=self.cpus_per_task
+        )
         self._jobs += 1
         job = self._jobs
         channel = self._channel
@@ -275,8 +291,9 @@ class RayExecutor(Executor):
                     submit(index, task)
                 if not refs:
                     break
-                done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0.2,
-                                   fetch_local=False)
+                done, _ = ray.wait(
+                    list(refs), num_returns=len(refs), timeout=0.2, fetch_local=False
+                )
                 if not done:
                     done, _ = ray.wait(list(refs), num_returns=1, timeout=0)
                 if channel is not None and time.monotonic() - last_drain > 0.2:
@@ -298,21 +315,31 @@ class RayExecutor(Executor):
         ``stop_timeout`` seconds. No ``ray.cancel``: see the module's "Stopping"."""
         ray = self._ray
         if channel is None:
-            log.warning("%d Ray task(s) of the stopped job cannot be told to stop (the channel "
-                        "is lost); they finish on their own", len(refs))
+            log.warning(
+                "%d Ray task(s) of the stopped job cannot be told to stop (the channel "
+                "is lost); they finish on their own",
+                len(refs),
+            )
             return
         try:
             ray.get(channel.stop.remote(job), timeout=10)
         except Exception as exc:  # the channel's node died: nothing can be told
-            log.warning("could not tell %d Ray task(s) to stop (%s); they finish on their own",
-                        len(refs), type(exc).__name__)
+            log.warning(
+                "could not tell %d Ray task(s) to stop (%s); they finish on their own",
+                len(refs),
+                type(exc).__name__,
+            )
             return
-        _, running = ray.wait(refs, num_returns=len(refs), timeout=self.stop_timeout,
-                              fetch_local=False)
+        _, running = ray.wait(
+            refs, num_returns=len(refs), timeout=self.stop_timeout, fetch_local=False
+        )
         if running:
-            log.warning("%d Ray task(s) of the stopped job still run after %.0f s; they stop "
-                        "at their next progress report, or finish", len(running),
-                        self.stop_timeout)
+            log.warning(
+                "%d Ray task(s) of the stopped job still run after %.0f s; they stop "
+                "at their next progress report, or finish",
+                len(running),
+                self.stop_timeout,
+            )
 
     def _drain(self, book: _ProgressBook, channel: Any) -> Any:
         """Drain progress; returns the channel, or None once it is lost (its node died): the
@@ -321,8 +348,10 @@ class RayExecutor(Executor):
             book.drain(self._ray.get(channel.take.remote()))
             return channel
         except self._ray.exceptions.RayError as exc:
-            log.warning("lost the progress channel (%s); the job goes on without progress",
-                        type(exc).__name__)
+            log.warning(
+                "lost the progress channel (%s); the job goes on without progress",
+                type(exc).__name__,
+            )
             self._channel = None
             return None
 
@@ -342,7 +371,8 @@ class RayExecutor(Executor):
                 f"{task} failed after {self.max_retries + 1} attempt(s): "
                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. A "
                 f"worker or node died (killed, out of memory?); re-run the same command to "
-                f"resume from the finished partitions") from exc
+                f"resume from the finished partitions"
+            ) from exc
 
     def close(self) -> None:
         """Stop the channel's actor; shut Ray down if this executor started it. Idempotent."""
