@@ -42,6 +42,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shlex
 import shutil
 import statistics
@@ -734,6 +735,7 @@ def run_child(python: str, job: dict, timeout: float, watch_dir: str | None = No
         S3_ENDPOINT_URL=job["store"].get("endpoint") or "",
         LITDATA_DISABLE_VERSION_CHECK="1",
     )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -759,6 +761,8 @@ def run_child(python: str, job: dict, timeout: float, watch_dir: str | None = No
     finally:
         done.set()
         watcher.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the child and what it waited for
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     try:
         with open(out_path) as f:
             result = json.load(f)
@@ -769,6 +773,7 @@ def run_child(python: str, job: dict, timeout: float, watch_dir: str | None = No
             os.remove(p)
     result["peak_rss"] = peak["rss"]
     result["peak_pss"] = peak["pss"]
+    result["cpu_s"] = cpu  # user + system seconds of the child's whole process tree
     if watch_dir:
         result["peak_disk"] = peak["disk"]
     if proc.returncode and "error" not in result:
@@ -939,7 +944,14 @@ def run_benchmark(args) -> Results:
                             "max_batches": args.max_batches,
                             "source": source,
                         }
+                        counted = read_proxy is not None and store.label == "s3-latency"
+                        if counted:
+                            read_proxy.reset_counters()
                         r = run_child(args.python, job, args.timeout)
+                        if counted:
+                            stats = read_proxy.stats()
+                            r["gets"] = stats["gets"]
+                            r["get_bytes"] = sum(stats["get_bytes"].values())
                         shutil.rmtree(read_cache, ignore_errors=True)
                         res.reads.setdefault((name, where, workers), []).append(r)
                         print(f"round {rnd + 1} {_read_line(name, where, workers, r)}", flush=True)
@@ -988,10 +1000,12 @@ def _convert_line(name, store, r) -> str:
 def _read_line(name, store, workers, r) -> str:
     if "error" in r:
         return f"read {name:<10} {store:<5} w={workers} FAILED: {r['error']}"
+    gets = f"  {r['gets']} GETs" if "gets" in r else ""
     return (
         f"read {name:<10} {store:<5} w={workers} {r['samples'] / r['seconds']:8.1f} "
         f"samples/s  first batch {r['first_batch']:.2f} s  peak RSS "
-        f"{r['peak_rss'] / MB:.0f} MiB  ({r['samples']} samples)"
+        f"{r['peak_rss'] / MB:.0f} MiB  CPU {r.get('cpu_s', 0):.1f} s{gets}  "
+        f"({r['samples']} samples)"
     )
 
 
@@ -1012,6 +1026,11 @@ def read_stats(runs: list[dict]) -> dict | None:
         "rss": max(r["peak_rss"] for r in ok),
         "pss": max(r.get("peak_pss", 0) for r in ok),
         "samples": statistics.median(r["samples"] for r in ok),
+        # CPU seconds and GETs per 1,000 samples (GETs: reads through the S3 test proxy)
+        "cpu_per_1k": statistics.median(1000 * r.get("cpu_s", 0) / r["samples"] for r in ok),
+        "gets_per_1k": statistics.median(1000 * r["gets"] / r["samples"] for r in ok)
+        if all("gets" in r for r in ok)
+        else None,
     }
 
 
@@ -1057,9 +1076,14 @@ def render_markdown(res: Results, args) -> str:
         "given too. The decode limit reads nothing: the same decode and collate over rows "
         "already in memory, through a torch DataLoader with the same workers.",
         "",
+        "CPU is user + system seconds of the reading process tree (its DataLoader workers "
+        "included), per 1,000 samples; GETs are the requests that reached the S3 test proxy "
+        "(s3-latency only), per 1,000 samples, indexes and manifests included.",
+        "",
         "| system | store | workers | samples/s (median) | min–max | × wdstream | "
-        "first batch s | × wdstream | peak PSS MiB | × wdstream | peak RSS MiB | samples read |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "first batch s | × wdstream | peak PSS MiB | × wdstream | peak RSS MiB | "
+        "CPU s / 1k | × wdstream | GETs / 1k | samples read |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for store in read_stores:
         for workers in args.workers:
@@ -1078,15 +1102,19 @@ def render_markdown(res: Results, args) -> str:
                         runs = res.reads.get((name, store, workers), [])
                         why = why or next((r["error"] for r in runs if "error" in r), "no result")
                         lines.append(
-                            f"| {name} | {store} | {workers} | {_md(why)} | | | | | | | | |"
+                            f"| {name} | {store} | {workers} | {_md(why)} | | | | | | | | | | | |"
                         )
                         continue
+                gets = "" if st["gets_per_1k"] is None else f"{st['gets_per_1k']:.1f}"
                 lines.append(
                     f"| {label} | {store} | {workers} | {st['median']:.1f} | "
                     f"{st['min']:.1f}–{st['max']:.1f} | "
                     f"{_ratio(st['median'], base and base['median'])} | {st['first']:.2f} | "
                     f"{_ratio(st['first'], base and base['first'])} | {st['pss'] / MB:.0f} | "
                     f"{_ratio(st['pss'], base and base['pss'])} | {st['rss'] / MB:.0f} | "
+                    f"{st['cpu_per_1k']:.1f} | "
+                    f"{_ratio(st['cpu_per_1k'], base and base['cpu_per_1k'])} | "
+                    f"{gets} | "
                     f"{st['samples']:.0f} |"
                 )
     lines += ["", *read_goals(res, args, read_stores)]
