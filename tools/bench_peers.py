@@ -810,6 +810,7 @@ class Results:
     convert: dict = field(default_factory=dict)  # (system, store) -> result
     reads: dict = field(default_factory=dict)  # (system, store, workers) -> [results]
     storage: dict = field(default_factory=dict)  # (system, store) -> bytes
+    loads: list = field(default_factory=list)  # per round: the machine's load (see load_now)
 
     def save(self, path: str) -> None:
         data = {
@@ -818,6 +819,7 @@ class Results:
             "convert": {"|".join(k): v for k, v in self.convert.items()},
             "reads": {f"{s}|{st}|{w}": v for (s, st, w), v in self.reads.items()},
             "storage": {"|".join(k): v for k, v in self.storage.items()},
+            "loads": self.loads,
         }
         with open(path, "w") as f:
             json.dump(data, f, indent=1)
@@ -829,10 +831,33 @@ class Results:
         res = cls(systems=d["systems"], missing=d["missing"])
         res.convert = {tuple(k.split("|")): v for k, v in d["convert"].items()}
         res.storage = {tuple(k.split("|")): v for k, v in d["storage"].items()}
+        res.loads = d.get("loads", [])
         for k, v in d["reads"].items():
             s, st, w = k.split("|")
             res.reads[(s, st, int(w))] = v
         return res
+
+
+def load_now() -> dict:
+    """The machine's load: the 1-minute load average and, where the kernel has it, the CPU
+    pressure (``/proc/pressure/cpu``, share of the last 10 s some task waited for a CPU)."""
+    out = {"load1": round(os.getloadavg()[0], 2)}
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/pressure/cpu") as f:
+            some = f.readline().split()
+        out["cpu_some_avg10"] = float(some[1].split("=")[1])
+    return out
+
+
+def in_turns(names: list[str], seed: int, round_no: int, what: str) -> list[str]:
+    """``names`` in a seeded order for this round (printed), so that no system always runs
+    first, or always right after the heavy one."""
+    import random
+
+    order = list(names)
+    random.Random(f"{seed}/{what}/{round_no}").shuffle(order)
+    print(f"{what} round {round_no + 1} order (seed {seed}): {', '.join(order)}", flush=True)
+    return order
 
 
 def run_benchmark(args) -> Results:
@@ -889,8 +914,9 @@ def run_benchmark(args) -> Results:
         runs: dict[tuple[str, str], list[dict]] = {}
         writers = present + (["raw-limit"] if args.limits else [])
         for rnd in range(args.convert_rounds):
+            res.loads.append({"what": "convert", "round": rnd + 1, **load_now()})
             for key, store in convert_stores:
-                for name in writers:
+                for name in in_turns(writers, args.order_seed, rnd, f"convert {key}"):
                     url = store.url(name)
                     remove_tree(store, url)
                     staging = os.path.join(cache, "staging", name)
@@ -925,10 +951,12 @@ def run_benchmark(args) -> Results:
         # ---- reads, in turns: round 1 A B C ..., round 2 A B C ...
         # the decode limit (no store) runs once a round per number of workers, beside them
         for rnd in range(args.rounds):
+            res.loads.append({"what": "read", "round": rnd + 1, **load_now()})
             for i, store in enumerate(read_stores):
                 for workers in args.workers:
                     readers = present + (["decode-limit"] if args.limits and i == 0 else [])
-                    for name in readers:
+                    what = f"read {store.name} w={workers}"
+                    for name in in_turns(readers, args.order_seed, rnd, what):
                         if "error" in res.convert.get((name, store.kind), {}):
                             continue
                         where = DECODE_LIMIT_STORE if name == "decode-limit" else store.name
@@ -1067,7 +1095,21 @@ def render_markdown(res: Results, args) -> str:
         f"; {os.cpu_count()} cores, shared). "
         "Same decode for every system: `wdstream.read.decode.SampleDecoder` (resize + centre crop to "
         "224, audio to 16 kHz mono, ByT5 tokens) and `wdstream.collate.collate`. Ratios are to "
-        "wdstream in the same setting (above 1× means higher than wdstream).",
+        "wdstream in the same setting (above 1× means higher than wdstream). Within each round "
+        f"the systems run in a seeded random order (`--order-seed {args.order_seed}`, printed "
+        "by the run), so none always runs first.",
+        "",
+        "Load of the machine at the start of each round (1-minute load average; CPU pressure, "
+        "where the kernel reports it: the share of the last 10 s some task waited for a core):",
+        "",
+        "| rounds | " + " | ".join(f"{x['what']} {x['round']}" for x in res.loads) + " |",
+        "|---|" + "---:|" * len(res.loads),
+        "| load | " + " | ".join(f"{x['load1']:.1f}" for x in res.loads) + " |",
+        "| CPU pressure % | "
+        + " | ".join(
+            f"{x['cpu_some_avg10']:.0f}" if "cpu_some_avg10" in x else "—" for x in res.loads
+        )
+        + " |",
         "",
         "### Reading",
         "",
@@ -1445,6 +1487,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="interpreter for the child processes (e.g. .venv-bench/bin/python)",
     )
     p.add_argument("--cache", default=None, help="data folder (default .bench/peers-N)")
+    p.add_argument(
+        "--order-seed",
+        type=int,
+        default=0,
+        help="seed of each round's order of the systems (printed; default 0)",
+    )
     p.add_argument("--timeout", type=float, default=1800, help="seconds per child process")
     p.add_argument(
         "--out-md",
