@@ -111,7 +111,8 @@ def test_bytes_bound_limits_requests_in_flight(s3, s3_proxy):
     loader = wdstream.make_loader("s3://test/rb", config)
     proxy.reset_counters()
     assert len(keys_of_loader(loader)) == 16
-    assert proxy.stats()["max_in_flight"] <= 2  # two samples' bytes at most
+    # two samples' bytes at most (a size check's HEAD, which fetches no bytes, may be beside)
+    assert proxy.stats()["max_gets_in_flight"] <= 2
 
 
 @pytest.mark.s3
@@ -169,9 +170,34 @@ def test_one_request_goes_first_then_the_fetch_threads(s3, s3_proxy):
         assert len(keys_of_loader(loader)) == 24
     finally:
         proxy.faults = None
-    assert arrivals[0][1] == "HEAD"  # the first shard's size, which its check needs anyway
+    # the first shard's index, which the first span needs anyway; no HEAD before it
+    assert arrivals[0][1] == "GET" and arrivals[0][2].endswith(".idx")
     assert arrivals[1][0] - arrivals[0][0] >= 0.8 * ttfb  # the others waited for its answer
     assert len(arrivals) >= 6  # then the rest: sizes, indexes and spans
+
+
+@pytest.mark.s3
+def test_requests_before_a_workers_first_sample_are_pinned(s3, s3_proxy):
+    """make_loader asks for the manifest twice (a fast-failing probe, then the reader part);
+    a worker's first sample then costs two round trips: its first shard's index, alone, and
+    its first span, which does not wait for the shard's size check (a HEAD beside it)."""
+    opts = s3["storage_options"]
+    write_test_shards("s3://test/rq", [8, 8, 8], storage_options=opts, audio=False, compact=True)
+    proxy, via_proxy = s3_proxy
+    proxy.reset_counters()
+    loader = wdstream.make_loader("s3://test/rq", cfg(storage_options=via_proxy))
+    made = [(m, p.rsplit("/", 1)[-1]) for _, m, p, _ in proxy.stats()["log"]]
+    assert made == [("HEAD", "manifest.json"), ("GET", "manifest.json")]
+    proxy.reset_counters()
+    next(iter(loader))
+    log = [(m, p.rsplit("/", 1)[-1]) for _, m, p, _ in proxy.stats()["log"]]
+    first_span = next(i for i, (m, p) in enumerate(log) if m == "GET" and p.endswith(".tar"))
+    assert log[0][0] == "GET" and log[0][1].endswith(".idx")
+    # before the first span: its index, then (on fetch threads, beside it) the next shards'
+    # indexes and the shards' size checks; no span of another shard, no second index of one
+    before = log[1:first_span]
+    assert all((m, p[-4:]) in {("GET", ".idx"), ("HEAD", ".tar")} for m, p in before), log
+    assert len(before) <= 2 * 3 and len(set(before)) == len(before), log
 
 
 def keys_of_loader(loader):
