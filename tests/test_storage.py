@@ -241,3 +241,36 @@ def test_check_writable_by_two_jobs_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(storage, "remove_file", removed_by_the_other_first)
     storage.check_writable(url)
     assert os.listdir(url) == []
+
+
+@pytest.mark.s3
+def test_create_new_on_s3_without_conditional_writes_falls_back_loudly(s3, monkeypatch, caplog):
+    """An endpoint that answers NotImplemented, or a botocore too old to send If-None-Match:
+    the object is written after an existence check, with a WARNING that says a race is then
+    not detected (never a silent plain overwrite, never a failed append)."""
+    import botocore.exceptions
+    import s3fs
+
+    opts = s3["storage_options"]
+    fs = s3fs.S3FileSystem(**opts)
+    calls = fs.call_s3
+
+    for error in (
+        botocore.exceptions.ParamValidationError(report='Unknown parameter "IfNoneMatch"'),
+        botocore.exceptions.ClientError(
+            {"Error": {"Code": "NotImplemented", "Message": "no"}}, "PutObject"
+        ),
+    ):
+
+        def refuse(method, *args, error=error, **kwargs):
+            if kwargs.get("IfNoneMatch"):
+                raise error
+            return calls(method, *args, **kwargs)
+
+        monkeypatch.setattr(fs, "call_s3", refuse)
+        url = f"s3://test/fallback/{type(error).__name__}"
+        caplog.clear()
+        assert storage.create_new(url, b"1", fs=fs) is True
+        assert storage.create_new(url, b"2", fs=fs) is False
+        assert storage.read_bytes(url, opts) == b"1"
+        assert "not told apart" in caplog.text

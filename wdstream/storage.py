@@ -380,6 +380,10 @@ def _create_s3(fs, url: str, path: str, data: bytes) -> bool:
                 return _create_unguarded(
                     fs, url, path, data, "this S3 endpoint does not support If-None-Match"
                 )
+            if type(exc).__name__ == "ParamValidationError":  # botocore before 1.35.16
+                return _create_unguarded(
+                    fs, url, path, data, "this botocore cannot send If-None-Match (1.35.16+ can)"
+                )
             raise translate_error(exc, url, "write") from exc
         finally:
             fs.invalidate_cache(path)
