@@ -556,13 +556,15 @@ def epoch_plan(
     cyclic: bool = False,
     layout: Layout | None = None,
     window: int | None = None,
+    sample_bytes: float | None = None,
 ) -> Pool:
     """The pool of ``epoch`` after the runs in ``history`` (``(layout, batches per rank)``
     each, oldest first). O(shards + old slots); nothing per sample.
 
     The epoch order is interleaved as the epoch's first layout says (``history[0]``'s, else
     ``layout``; none, or ``lanes == 0``: the old order), its chunks sized for windows of
-    ``window`` samples (default: that layout's ``cache_size``). ``cyclic``: the epoch order
+    ``window`` samples (default: that layout's ``cache_size``) and samples of
+    ``sample_bytes`` bytes (the manifest's mean; None: unknown). ``cyclic``: the epoch order
     repeats in new shard orders without end (a resampled mixed source); ``salt``:
     distinguishes the window seeds of sources that share slots.
     """
@@ -571,7 +573,9 @@ def epoch_plan(
     if first is not None and first.lanes > 0:
         single = True
         if shuffle:
-            interleave = Interleave.of(first.lanes, first.cache_size if window is None else window)
+            interleave = Interleave.of(
+                first.lanes, first.cache_size if window is None else window, sample_bytes
+            )
     pool: Pool = _Root(sizes, seed, epoch, shuffle, cyclic, salt, interleave, single)
     for layout, k in history:
         pool = pool.after_batches(layout, k)
