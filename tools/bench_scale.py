@@ -393,7 +393,7 @@ def quality_case(key: str, cache: int = 1000, batch: int = 32, epochs: int = 2) 
     }
 
 
-def quality(cases=("laion", "30x10k", "docs", "small"), plot: str | None = None) -> None:
+def quality(cases=("laion", "30x10k", "docs", "small", "peers"), plot: str | None = None) -> None:
     """The shuffle-quality table of issue 21 (and, with ``plot``, shards per batch against
     cache_size for the LAION case): deterministic figures, no timing."""
     print(
