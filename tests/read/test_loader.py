@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from functools import partial
 
@@ -194,3 +195,40 @@ def test_state_stays_small_after_ten_resumes_and_the_epoch_stays_exact(shards_di
     last.load_state_dict(state)
     seen += [k for b in last for k in b["keys"]]
     assert sorted(seen) == sorted(set(seen)) and len(seen) == 103
+
+
+def test_an_epoch_left_open_ends_quietly_and_the_next_one_is_whole(shards_dir):
+    """Breaking out of an epoch and starting the next (its iterator kept, no close) gives the
+    next epoch whole; an iterator left open at interpreter exit is closed before the modules
+    go (it printed "Exception ignored" tracebacks)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    url, _ = shards_dir
+    loader = wdstream.make_loader(url, loader_config(num_workers=0))
+    it = iter(loader)
+    next(it)
+    it = iter(loader)  # the first epoch's generator is dropped here
+    assert sum(len(b["keys"]) for b in it) == len(loader) * 4
+
+    code = textwrap.dedent(
+        f"""
+        import wdstream
+        from wdstream.config import Config
+        loader = wdstream.make_loader({url!r}, Config(batch_size=4, num_workers=0,
+            vision_dim=32, max_audio_length=400, pin_memory="false"))
+        it = iter(loader)
+        print(len(next(it)["keys"]))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "4"
+    assert "Exception ignored" not in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -9,6 +9,7 @@ and returns a :class:`Loader`: an iterable of collated batches with ``set_epoch`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import weakref
@@ -78,10 +79,19 @@ def make_loader(
     return Loader(dataset, config)
 
 
-def _shutdown(dl_holder: dict) -> None:
-    it = dl_holder.get("iterator")
+def _stop_workers(it) -> None:
     if it is not None and hasattr(it, "_shutdown_workers"):
         it._shutdown_workers()
+
+
+def _shutdown(dl_holder: dict) -> None:
+    # close the epochs' generators first, while the interpreter is whole: one left open
+    # (a loop broken out of, its iterator kept) ran its cleanup at exit, when the modules
+    # it needs are already gone, and printed "Exception ignored" tracebacks
+    for gen in list(dl_holder.pop("epochs", ())):
+        with contextlib.suppress(ValueError):  # closed from inside its own loop: it ends there
+            gen.close()
+    _stop_workers(dl_holder.get("iterator"))
     dl_holder.clear()
 
 
@@ -152,6 +162,11 @@ class Loader:
         return n
 
     def __iter__(self) -> Iterator[dict]:
+        gen = self._epoch_batches()
+        self._holder.setdefault("epochs", weakref.WeakSet()).add(gen)
+        return gen
+
+    def _epoch_batches(self) -> Iterator[dict]:
         if self._dl is None:
             self._dl = self._make_dl()
         self.dataset.set_epoch(self._epoch)
@@ -162,9 +177,11 @@ class Loader:
             for batch in it:
                 self._batches += 1
                 yield batch
-        finally:
+        finally:  # its own workers only: a newer epoch's may already be starting
             if not (self.config.num_workers > 0 and self.config.persistent_workers):
-                _shutdown(self._holder)
+                _stop_workers(it)
+                if self._holder.get("iterator") is it:
+                    del self._holder["iterator"]
 
     def stats(self) -> list[dict[str, Any]]:
         """Where this rank's read time goes in the current epoch, one dict per DataLoader
