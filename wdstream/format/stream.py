@@ -25,7 +25,13 @@ from .. import storage
 from ..errors import CredentialsError, NotFoundError, ShardReadError, StorageError, redact
 from .tario import MAX_MEMBER_BYTES, group_samples, iter_members_at
 
-__all__ = ["iter_samples", "HashingReader", "ShardStream", "READ_ATTEMPTS"]
+__all__ = [
+    "iter_samples",
+    "HashingReader",
+    "ShardStream",
+    "READ_ATTEMPTS",
+    "DEFAULT_MAX_MEMBER_BYTES",
+]
 
 log = logging.getLogger(__name__)
 

@@ -480,7 +480,8 @@ def iter_members_at(
     """As :func:`iter_members`, with the member's byte range in the (uncompressed) archive:
     ``(name, bytes, offset of its first header, end of its padded data)``."""
     where = redact(name)
-    return _members(_open_stream(stream, where), where, max_member_bytes, span=False)
+    # a generator: nothing is read before the first member is asked for
+    yield from _members(_open_stream(stream, where), where, max_member_bytes, span=False)
 
 
 def split_members(
