@@ -65,15 +65,16 @@ def test_bench_peers_writes_table_and_plot(tmp_path):
     peers = text.split("## Peers", 1)[1].split("## Later", 1)[0]
     assert "tools/bench_peers.py --samples 16" in peers  # the exact command
     rows = [line.split("|")[1:-1] for line in peers.splitlines() if line.startswith("| ")]
-    read_rows = [r for r in rows if len(r) == 12 and r[0].strip() in systems]
+    read_rows = [r for r in rows if len(r) == 15 and r[0].strip() in systems]
     for store in ("local", "s3"):
         for name in systems:  # every system keeps its row, installed or not
             row = next(r for r in read_rows if r[0].strip() == name and r[1].strip() == store)
             if name in PEERS and name not in installed:
                 assert "not installed" in row[3]
-            else:  # a measured rate and its ratio to wdstream
+            else:  # a measured rate and its ratio to wdstream, and the CPU it took
                 assert float(row[3]) > 0, row
                 assert row[5].strip().endswith("×"), row
+                assert float(row[11]) > 0 and row[12].strip().endswith("×"), row
         wd = next(r for r in read_rows if r[0].strip() == "wdstream" and r[1].strip() == store)
         assert wd[5].strip() == "1.00×"
     for name in set(PEERS) - installed:  # the output says what is missing and how to get it

@@ -144,3 +144,133 @@ def test_read_many_on_s3_bounds_requests_in_flight(s3, s3_proxy, s3proxy):
     assert got[:12] == [str(i).encode() for i in range(12)]
     assert isinstance(got[12], NotFoundError)
     assert 1 < proxy.max_in_flight <= 4
+
+
+# ------------------------------------------------------------------ create if absent
+
+
+def test_create_new_local_creates_once_whole_and_leaves_no_temp_file(tmp_path):
+    url = str(tmp_path / "claims" / "_job-00001.json")
+    assert storage.create_new(url, b"first") is True
+    assert storage.create_new(url, b"second") is False
+    assert storage.read_bytes(url) == b"first"  # the loser changed nothing
+    assert os.listdir(tmp_path / "claims") == ["_job-00001.json"]  # no temp file left
+
+
+def test_create_new_local_without_hard_links_uses_o_excl(tmp_path, monkeypatch):
+    import errno
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    url = str(tmp_path / "a.json")
+    assert storage.create_new(url, b"first") is True
+    assert storage.create_new(url, b"second") is False
+    assert storage.read_bytes(url) == b"first"
+    assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_create_new_in_memory():
+    url = "memory://create-new-test/a.json"
+    try:
+        assert storage.create_new(url, b"1") is True
+        assert storage.create_new(url, b"2") is False
+        assert storage.read_bytes(url) == b"1"
+    finally:
+        storage.remove_file(url)
+
+
+@pytest.mark.s3
+def test_create_new_on_s3_sends_if_none_match_and_moto_refuses_the_second(s3_proxy):
+    """The conditional PUT goes through the test proxy unchanged (``If-None-Match: *``) and
+    moto answers 412 PreconditionFailed for an existing key: the object keeps the first bytes.
+    Of eight threads creating one key at once, exactly one succeeds."""
+    import threading
+
+    proxy, opts = s3_proxy
+    headers = []
+    proxy.faults = lambda info: (
+        headers.append(info.headers.get("if-none-match")) if info.method == "PUT" else None
+    )
+    url = "s3://test/claims/_job-00001.json"
+    assert storage.create_new(url, b"first", opts) is True
+    assert storage.create_new(url, b"second", opts) is False
+    assert storage.read_bytes(url, opts) == b"first"
+    assert headers == ["*", "*"]
+    proxy.faults = None
+    won = []
+
+    def claim(i: int) -> None:
+        if storage.create_new("s3://test/claims/race", str(i).encode(), opts):
+            won.append(i)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1
+    assert storage.read_bytes("s3://test/claims/race", opts) == str(won[0]).encode()
+
+
+@pytest.mark.s3
+def test_create_new_on_s3_whose_reply_was_lost_finds_its_own_object(s3_proxy, s3proxy):
+    """A PUT applied by the store whose reply was lost is retried by botocore and then told the
+    key exists: create_new answers False, and the object holds this writer's bytes, which is
+    how the caller tells its own claim from another's (it reads the object back)."""
+    proxy, opts = s3_proxy
+    proxy.inject(s3proxy.Fault("lost_reply"), method="PUT", path_contains="lost")
+    url = "s3://test/claims/lost.json"
+    assert storage.create_new(url, b"mine", opts) is False
+    assert storage.read_bytes(url, opts) == b"mine"
+    assert [f for f in proxy.faults_seen if "lost" in str(f)]
+
+
+def test_check_writable_by_two_jobs_at_once(tmp_path, monkeypatch):
+    """Two jobs starting on one output share the probe's name: the one whose probe the other
+    already removed is not told that the output cannot be written (issue 22: two appends at
+    once made one of them fail on the probe)."""
+    url = str(tmp_path / "out")
+    remove = storage.remove_file
+
+    def removed_by_the_other_first(probe, *args, **kwargs):
+        remove(probe, *args, **kwargs)  # the other job's removal
+        remove(probe, *args, **kwargs)  # this job's: NotFoundError
+
+    monkeypatch.setattr(storage, "remove_file", removed_by_the_other_first)
+    storage.check_writable(url)
+    assert os.listdir(url) == []
+
+
+@pytest.mark.s3
+def test_create_new_on_s3_without_conditional_writes_falls_back_loudly(s3, monkeypatch, caplog):
+    """An endpoint that answers NotImplemented, or a botocore too old to send If-None-Match:
+    the object is written after an existence check, with a WARNING that says a race is then
+    not detected (never a silent plain overwrite, never a failed append)."""
+    import botocore.exceptions
+    import s3fs
+
+    opts = s3["storage_options"]
+    fs = s3fs.S3FileSystem(**opts)
+    calls = fs.call_s3
+
+    for error in (
+        botocore.exceptions.ParamValidationError(report='Unknown parameter "IfNoneMatch"'),
+        botocore.exceptions.ClientError(
+            {"Error": {"Code": "NotImplemented", "Message": "no"}}, "PutObject"
+        ),
+    ):
+
+        def refuse(method, *args, error=error, **kwargs):
+            if kwargs.get("IfNoneMatch"):
+                raise error
+            return calls(method, *args, **kwargs)
+
+        monkeypatch.setattr(fs, "call_s3", refuse)
+        url = f"s3://test/fallback/{type(error).__name__}"
+        caplog.clear()
+        assert storage.create_new(url, b"1", fs=fs) is True
+        assert storage.create_new(url, b"2", fs=fs) is False
+        assert storage.read_bytes(url, opts) == b"1"
+        assert "not told apart" in caplog.text

@@ -42,6 +42,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shlex
 import shutil
 import statistics
@@ -734,6 +735,7 @@ def run_child(python: str, job: dict, timeout: float, watch_dir: str | None = No
         S3_ENDPOINT_URL=job["store"].get("endpoint") or "",
         LITDATA_DISABLE_VERSION_CHECK="1",
     )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -759,6 +761,8 @@ def run_child(python: str, job: dict, timeout: float, watch_dir: str | None = No
     finally:
         done.set()
         watcher.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the child and what it waited for
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     try:
         with open(out_path) as f:
             result = json.load(f)
@@ -769,6 +773,7 @@ def run_child(python: str, job: dict, timeout: float, watch_dir: str | None = No
             os.remove(p)
     result["peak_rss"] = peak["rss"]
     result["peak_pss"] = peak["pss"]
+    result["cpu_s"] = cpu  # user + system seconds of the child's whole process tree
     if watch_dir:
         result["peak_disk"] = peak["disk"]
     if proc.returncode and "error" not in result:
@@ -805,6 +810,7 @@ class Results:
     convert: dict = field(default_factory=dict)  # (system, store) -> result
     reads: dict = field(default_factory=dict)  # (system, store, workers) -> [results]
     storage: dict = field(default_factory=dict)  # (system, store) -> bytes
+    loads: list = field(default_factory=list)  # per round: the machine's load (see load_now)
 
     def save(self, path: str) -> None:
         data = {
@@ -813,6 +819,7 @@ class Results:
             "convert": {"|".join(k): v for k, v in self.convert.items()},
             "reads": {f"{s}|{st}|{w}": v for (s, st, w), v in self.reads.items()},
             "storage": {"|".join(k): v for k, v in self.storage.items()},
+            "loads": self.loads,
         }
         with open(path, "w") as f:
             json.dump(data, f, indent=1)
@@ -824,10 +831,33 @@ class Results:
         res = cls(systems=d["systems"], missing=d["missing"])
         res.convert = {tuple(k.split("|")): v for k, v in d["convert"].items()}
         res.storage = {tuple(k.split("|")): v for k, v in d["storage"].items()}
+        res.loads = d.get("loads", [])
         for k, v in d["reads"].items():
             s, st, w = k.split("|")
             res.reads[(s, st, int(w))] = v
         return res
+
+
+def load_now() -> dict:
+    """The machine's load: the 1-minute load average and, where the kernel has it, the CPU
+    pressure (``/proc/pressure/cpu``, share of the last 10 s some task waited for a CPU)."""
+    out = {"load1": round(os.getloadavg()[0], 2)}
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/pressure/cpu") as f:
+            some = f.readline().split()
+        out["cpu_some_avg10"] = float(some[1].split("=")[1])
+    return out
+
+
+def in_turns(names: list[str], seed: int, round_no: int, what: str) -> list[str]:
+    """``names`` in a seeded order for this round (printed), so that no system always runs
+    first, or always right after the heavy one."""
+    import random
+
+    order = list(names)
+    random.Random(f"{seed}/{what}/{round_no}").shuffle(order)
+    print(f"{what} round {round_no + 1} order (seed {seed}): {', '.join(order)}", flush=True)
+    return order
 
 
 def run_benchmark(args) -> Results:
@@ -884,8 +914,9 @@ def run_benchmark(args) -> Results:
         runs: dict[tuple[str, str], list[dict]] = {}
         writers = present + (["raw-limit"] if args.limits else [])
         for rnd in range(args.convert_rounds):
+            res.loads.append({"what": "convert", "round": rnd + 1, **load_now()})
             for key, store in convert_stores:
-                for name in writers:
+                for name in in_turns(writers, args.order_seed, rnd, f"convert {key}"):
                     url = store.url(name)
                     remove_tree(store, url)
                     staging = os.path.join(cache, "staging", name)
@@ -920,10 +951,12 @@ def run_benchmark(args) -> Results:
         # ---- reads, in turns: round 1 A B C ..., round 2 A B C ...
         # the decode limit (no store) runs once a round per number of workers, beside them
         for rnd in range(args.rounds):
+            res.loads.append({"what": "read", "round": rnd + 1, **load_now()})
             for i, store in enumerate(read_stores):
                 for workers in args.workers:
                     readers = present + (["decode-limit"] if args.limits and i == 0 else [])
-                    for name in readers:
+                    what = f"read {store.name} w={workers}"
+                    for name in in_turns(readers, args.order_seed, rnd, what):
                         if "error" in res.convert.get((name, store.kind), {}):
                             continue
                         where = DECODE_LIMIT_STORE if name == "decode-limit" else store.name
@@ -939,7 +972,14 @@ def run_benchmark(args) -> Results:
                             "max_batches": args.max_batches,
                             "source": source,
                         }
+                        counted = read_proxy is not None and store.label == "s3-latency"
+                        if counted:
+                            read_proxy.reset_counters()
                         r = run_child(args.python, job, args.timeout)
+                        if counted:
+                            stats = read_proxy.stats()
+                            r["gets"] = stats["gets"]
+                            r["get_bytes"] = sum(stats["get_bytes"].values())
                         shutil.rmtree(read_cache, ignore_errors=True)
                         res.reads.setdefault((name, where, workers), []).append(r)
                         print(f"round {rnd + 1} {_read_line(name, where, workers, r)}", flush=True)
@@ -988,10 +1028,12 @@ def _convert_line(name, store, r) -> str:
 def _read_line(name, store, workers, r) -> str:
     if "error" in r:
         return f"read {name:<10} {store:<5} w={workers} FAILED: {r['error']}"
+    gets = f"  {r['gets']} GETs" if "gets" in r else ""
     return (
         f"read {name:<10} {store:<5} w={workers} {r['samples'] / r['seconds']:8.1f} "
         f"samples/s  first batch {r['first_batch']:.2f} s  peak RSS "
-        f"{r['peak_rss'] / MB:.0f} MiB  ({r['samples']} samples)"
+        f"{r['peak_rss'] / MB:.0f} MiB  CPU {r.get('cpu_s', 0):.1f} s{gets}  "
+        f"({r['samples']} samples)"
     )
 
 
@@ -1012,6 +1054,11 @@ def read_stats(runs: list[dict]) -> dict | None:
         "rss": max(r["peak_rss"] for r in ok),
         "pss": max(r.get("peak_pss", 0) for r in ok),
         "samples": statistics.median(r["samples"] for r in ok),
+        # CPU seconds and GETs per 1,000 samples (GETs: reads through the S3 test proxy)
+        "cpu_per_1k": statistics.median(1000 * r.get("cpu_s", 0) / r["samples"] for r in ok),
+        "gets_per_1k": statistics.median(1000 * r["gets"] / r["samples"] for r in ok)
+        if all("gets" in r for r in ok)
+        else None,
     }
 
 
@@ -1048,7 +1095,21 @@ def render_markdown(res: Results, args) -> str:
         f"; {os.cpu_count()} cores, shared). "
         "Same decode for every system: `wdstream.read.decode.SampleDecoder` (resize + centre crop to "
         "224, audio to 16 kHz mono, ByT5 tokens) and `wdstream.collate.collate`. Ratios are to "
-        "wdstream in the same setting (above 1× means higher than wdstream).",
+        "wdstream in the same setting (above 1× means higher than wdstream). Within each round "
+        f"the systems run in a seeded random order (`--order-seed {args.order_seed}`, printed "
+        "by the run), so none always runs first.",
+        "",
+        "Load of the machine at the start of each round (1-minute load average; CPU pressure, "
+        "where the kernel reports it: the share of the last 10 s some task waited for a core):",
+        "",
+        "| rounds | " + " | ".join(f"{x['what']} {x['round']}" for x in res.loads) + " |",
+        "|---|" + "---:|" * len(res.loads),
+        "| load | " + " | ".join(f"{x['load1']:.1f}" for x in res.loads) + " |",
+        "| CPU pressure % | "
+        + " | ".join(
+            f"{x['cpu_some_avg10']:.0f}" if "cpu_some_avg10" in x else "—" for x in res.loads
+        )
+        + " |",
         "",
         "### Reading",
         "",
@@ -1057,9 +1118,14 @@ def render_markdown(res: Results, args) -> str:
         "given too. The decode limit reads nothing: the same decode and collate over rows "
         "already in memory, through a torch DataLoader with the same workers.",
         "",
+        "CPU is user + system seconds of the reading process tree (its DataLoader workers "
+        "included), per 1,000 samples; GETs are the requests that reached the S3 test proxy "
+        "(s3-latency only), per 1,000 samples, indexes and manifests included.",
+        "",
         "| system | store | workers | samples/s (median) | min–max | × wdstream | "
-        "first batch s | × wdstream | peak PSS MiB | × wdstream | peak RSS MiB | samples read |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "first batch s | × wdstream | peak PSS MiB | × wdstream | peak RSS MiB | "
+        "CPU s / 1k | × wdstream | GETs / 1k | samples read |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for store in read_stores:
         for workers in args.workers:
@@ -1078,15 +1144,19 @@ def render_markdown(res: Results, args) -> str:
                         runs = res.reads.get((name, store, workers), [])
                         why = why or next((r["error"] for r in runs if "error" in r), "no result")
                         lines.append(
-                            f"| {name} | {store} | {workers} | {_md(why)} | | | | | | | | |"
+                            f"| {name} | {store} | {workers} | {_md(why)} | | | | | | | | | | | |"
                         )
                         continue
+                gets = "" if st["gets_per_1k"] is None else f"{st['gets_per_1k']:.1f}"
                 lines.append(
                     f"| {label} | {store} | {workers} | {st['median']:.1f} | "
                     f"{st['min']:.1f}–{st['max']:.1f} | "
                     f"{_ratio(st['median'], base and base['median'])} | {st['first']:.2f} | "
                     f"{_ratio(st['first'], base and base['first'])} | {st['pss'] / MB:.0f} | "
                     f"{_ratio(st['pss'], base and base['pss'])} | {st['rss'] / MB:.0f} | "
+                    f"{st['cpu_per_1k']:.1f} | "
+                    f"{_ratio(st['cpu_per_1k'], base and base['cpu_per_1k'])} | "
+                    f"{gets} | "
                     f"{st['samples']:.0f} |"
                 )
     lines += ["", *read_goals(res, args, read_stores)]
@@ -1417,6 +1487,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="interpreter for the child processes (e.g. .venv-bench/bin/python)",
     )
     p.add_argument("--cache", default=None, help="data folder (default .bench/peers-N)")
+    p.add_argument(
+        "--order-seed",
+        type=int,
+        default=0,
+        help="seed of each round's order of the systems (printed; default 0)",
+    )
     p.add_argument("--timeout", type=float, default=1800, help="seconds per child process")
     p.add_argument(
         "--out-md",

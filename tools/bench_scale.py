@@ -108,11 +108,13 @@ def _config(world: int, **kw):
 def _worker_plan(dataset, worker: int = 0) -> tuple[int, object]:
     """What a DataLoader worker does before its first read: receive the dataset (pickled, as
     under spawn) and plan its slot; returns its reads and the first ShardRef."""
+    from wdstream.read.datasets import MixedDataset
+
     ds = pickle.loads(pickle.dumps(dataset))
-    if hasattr(ds, "parts"):
+    if isinstance(ds, MixedDataset):
         mix, pools = ds.plan(ds.epoch)
         reads = [pools[n].slot(mix.split(n), ds.rank, worker).reads for n in mix.names]
-        first = ds.parts[mix.names[0]].source.shards[reads[0][0].shard] if reads[0] else None
+        first = ds.sources[mix.names[0]].shards[reads[0][0].shard] if reads[0] else None
         return sum(len(r) for r in reads), first
     slot = ds.slot_plan(ds.epoch, worker)  # a 1-shard manifest leaves this slot empty
     return len(slot.reads), ds.source.shards[slot.reads[0].shard] if slot.reads else None

@@ -50,7 +50,9 @@ and models S3 instead:
   ``requests`` (by method), ``gets``, ``bytes_sent`` (all response body bytes),
   ``get_bytes`` (body bytes of 2xx GET responses per raw request path -- object and listing
   data, not error documents -- like the old ``CountingProxy.counts``; ``counts`` is an
-  alias), ``in_flight``/``max_in_flight`` (overall) and ``max_in_flight_by_path``, ``ranges``
+  alias), ``in_flight``/``max_in_flight`` (overall; ``max_gets_in_flight``: GETs only) and
+  ``max_in_flight_by_path``, ``log`` (``(number, method, path, Range)`` of every request, in
+  the order they arrived), ``ranges``
   (``(path, Range header)`` of every GET that had one), ``parts_in_flight``/
   ``max_parts_in_flight``/``parts`` (``PUT ...?partNumber=`` uploads), ``upstream``
   (requests sent to moto by method), ``upstream_gets`` (GETs sent to moto per path),
@@ -598,6 +600,10 @@ class S3Proxy:
             current = getattr(self, "in_flight", 0)
             by_path = getattr(self, "in_flight_by_path", Counter())
             parts = getattr(self, "parts_in_flight", 0)
+            gets = getattr(self, "gets_in_flight", 0)
+            self.gets_in_flight = gets
+            self.max_gets_in_flight = gets
+            self.log: list[tuple[int, str, str, str | None]] = []
             self.requests: Counter = Counter()
             self.gets = 0
             self.bytes_sent = 0
@@ -630,6 +636,8 @@ class S3Proxy:
                 "get_bytes": dict(self.get_bytes),
                 "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight,
+                "max_gets_in_flight": self.max_gets_in_flight,
+                "log": list(self.log),
                 "max_in_flight_by_path": dict(self.max_in_flight_by_path),
                 "ranges": list(self.ranges),
                 "parts": self.parts,
@@ -735,6 +743,7 @@ class S3Proxy:
             self._number += 1
             number = self._number
             self.requests[req.method] += 1
+            self.log.append((number, req.method, req.path, req.header("range")))
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.in_flight_by_path[req.path] += 1
@@ -743,6 +752,8 @@ class S3Proxy:
             )
             if req.method == "GET":
                 self.gets += 1
+                self.gets_in_flight += 1
+                self.max_gets_in_flight = max(self.max_gets_in_flight, self.gets_in_flight)
                 rng = req.header("range")
                 if rng:
                     self.ranges.append((req.path, rng))
@@ -768,6 +779,8 @@ class S3Proxy:
                     del self.in_flight_by_path[req.path]
                 if is_part:
                     self.parts_in_flight -= 1
+                if req.method == "GET":
+                    self.gets_in_flight -= 1
 
         try:
             info = RequestInfo(

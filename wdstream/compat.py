@@ -57,6 +57,7 @@ from .read.world import SharedEpoch, World
 from .registry import Entry, select_datasets
 from .rows.columns import ColumnMap, iter_rows, prepare
 from .rows.encode import RowEncoder
+from .rows.paths import source_roots
 from .rows.source import HFSource, open_source
 
 __all__ = ["MultimodalDataset", "PREFETCH_THREAD_NAME"]
@@ -127,10 +128,16 @@ def _shard_samples(
 
 
 def _entry_members(
-    entry: Entry, ds, world: World, budget: ErrorBudget, pass_no: int = 0
+    entry: Entry,
+    ds,
+    world: World,
+    budget: ErrorBudget,
+    pass_no: int = 0,
+    allow_paths: tuple[str, ...] = (),
 ) -> Iterator[dict]:
     """One pass over an opened Hugging Face stream, as WebDataset-style member dicts: the
-    converter's row encoder, with the entry's text template."""
+    converter's row encoder, with the entry's text template; a media path is read only in the
+    entry's own repository or folder and ``allow_paths``, as the converter does."""
     columns = ColumnMap(
         image=entry.image_column,
         audio=entry.audio_column,
@@ -140,7 +147,8 @@ def _entry_members(
     ds = prepare(ds, columns)
     if world.slots > 1:
         ds = split_dataset_by_node(ds, rank=world.slot, world_size=world.slots)
-    encoder = RowEncoder(columns, entry.name, verify=False)
+    roots = source_roots(HFSource(entry.hub_id, name=entry.config), allow=allow_paths)
+    encoder = RowEncoder(columns, entry.name, verify=False, paths=roots)
     for i, row in enumerate(iter_rows(ds, columns)):
         key = f"{entry.name}_{world.slot:04d}_{pass_no:04d}_{i:09d}"
         try:
@@ -168,7 +176,9 @@ def _hub_samples(
     cap = config.max_samples_per_dataset
 
     def members(name: str, pass_no: int) -> Iterator[dict]:
-        return _entry_members(by_name[name], streams[name], world, budget, pass_no)
+        return _entry_members(
+            by_name[name], streams[name], world, budget, pass_no, config.allow_paths
+        )
 
     return pipeline.hub_samples(
         members,

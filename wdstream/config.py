@@ -109,6 +109,8 @@ class Config:
     quiet: bool = False
     skip_bad_rows: bool = True
     drop_columns: tuple[str, ...] = ()  # source columns to leave out of the samples
+    allow_paths: tuple[str, ...] = ()  # folders (or URL prefixes) media paths may be read from,
+    # besides the source's own folder; a path elsewhere is skipped (path_outside_source)
     validate: str = "cheap"  # "cheap" (structural checks) | "full" (decode every image/clip)
     upload_concurrency: int = 4  # S3 parts (and shards) uploading at once, per writer process
     upload_buffer_bytes: int = 64 * 2**20  # bytes of parts waiting or uploading, per process
@@ -121,6 +123,7 @@ class Config:
             "modalities",
             "allowed_prefixes",
             "drop_columns",
+            "allow_paths",
         ):
             value = getattr(self, name)
             if isinstance(value, str):

@@ -3,7 +3,8 @@ writes, listings, fail-fast probes, and the one mapping of store errors onto wds
 
 Every function raises StorageError (NotFoundError, CredentialsError) naming the URL, never a
 bare botocore or fsspec error. A small object (:func:`write_bytes`) is written in one request
-or renamed into place, so it is never seen half written; streaming uploads that commit or
+or renamed into place, so it is never seen half written; :func:`create_new` writes one only
+where nothing is yet (each store's own conditional create); streaming uploads that commit or
 abort (shards) live in :mod:`wdstream.uploads`.
 """
 
@@ -12,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import inspect
+import logging
 import os
 import posixpath
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any, BinaryIO
@@ -24,6 +28,8 @@ import fsspec.asyn
 import fsspec.core
 
 from .errors import CredentialsError, NotFoundError, StorageError, redact
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "url_to_fs",
@@ -37,6 +43,7 @@ __all__ = [
     "is_s3",
     "partial_path",
     "write_bytes",
+    "create_new",
     "read_bytes",
     "read_many",
     "open_read",
@@ -122,6 +129,14 @@ def is_object_store(fs) -> bool:
 def is_s3(fs) -> bool:
     """Whether ``fs`` is S3 (s3fs): server-side prefix listings, multipart uploads."""
     return any(p in ("s3", "s3a") for p in _protocols(fs))
+
+
+def _is_gcs(fs) -> bool:
+    return any(p in ("gs", "gcs") for p in _protocols(fs))
+
+
+def _is_azure(fs) -> bool:
+    return any(p in ("az", "abfs", "abfss") for p in _protocols(fs))
 
 
 def partial_path(path: str) -> str:
@@ -247,21 +262,185 @@ def _write_local(url: str, path: str, data: bytes) -> None:
         raise translate_error(exc, url, "commit") from exc
 
 
+# --------------------------------------------------------------------- create if absent
+#
+# A claim (the job file of a conversion or of an append's segment) must be taken by one
+# writer only: "read what is there, then write" lets two writers both see the name free and
+# the second silently replace the first. Each store offers one request that creates an object
+# only where none exists, and fails otherwise; :func:`create_new` uses it, one small function
+# per store below:
+#   S3     PutObject with ``If-None-Match: *`` (AWS since 2024-08; moto honours it: 412
+#          PreconditionFailed), sent through ``call_s3`` so every s3fs release sends it;
+#   GCS    an upload with ``ifGenerationMatch=0`` (gcsfs ``pipe_file(mode="create")``);
+#   Azure  Put Blob with ``If-None-Match: *`` (adlfs ``pipe_file(overwrite=False)``);
+#   local  a hard link from a complete temp file: ``link`` fails with EEXIST, as
+#          ``O_CREAT|O_EXCL`` does, but publishes the whole file at once, where O_EXCL creates
+#          the name first and a concurrent reader could find it empty. A file system without
+#          hard links gets ``O_CREAT|O_EXCL`` itself.
+# A request whose reply was lost and that is retried finds its own object there and answers
+# "exists": the caller reads what is there and tells its own claim from another's.
+# A store without any of these (another fsspec file system, an S3-compatible endpoint that
+# answers NotImplemented) is written after an existence check, with a WARNING: a race between
+# two writers is then not detected.
+
+_CONFLICT_TRIES = 5  # S3 answers 409 ConditionalRequestConflict while another is in progress
+
+
+def create_new(
+    url: str,
+    data: bytes,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    fs=None,
+    path: str | None = None,
+) -> bool:
+    """Write the small object ``url`` (its whole bytes at once, as :func:`write_bytes`) only
+    if nothing is there yet, in one atomic step of the store. Returns True when this call
+    created it, False when an object was already there (left as it was, whoever wrote it).
+    Raises StorageError/CredentialsError naming the URL."""
+    fs, path = fs_and_path(url, storage_options, fs=fs, path=path)
+    if is_local(fs):
+        return _create_local(url, path, data)
+    if is_s3(fs):
+        return _create_s3(fs, url, path, data)
+    if _is_gcs(fs):
+        return _create_gcs(fs, url, path, data)
+    if _is_azure(fs):
+        return _create_azure(fs, url, path, data)
+    if "memory" in _protocols(fs):  # one process: its "xb" open is the check and the create
+        return _created(lambda: fs.pipe_file(path, data, mode="create"), url)
+    return _create_unguarded(fs, url, path, data, "this file system has no conditional create")
+
+
+def _created(write, url: str) -> bool:
+    """Run a conditional ``write``: True once it wrote, False when the store said the object
+    exists (FileExistsError)."""
+    try:
+        write()
+    except FileExistsError:
+        return False
+    except Exception as exc:
+        raise translate_error(exc, url, "write") from exc
+    return True
+
+
+def _create_local(url: str, path: str, data: bytes) -> bool:
+    tmp = partial_path(path)
+    try:
+        os.makedirs(posixpath.dirname(path) or ".", exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:  # no hard links here (some network or FUSE file systems)
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    except Exception as exc:
+        raise translate_error(exc, url, "write") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+
+
+def _s3_error_code(exc: BaseException) -> str:
+    """The S3 error code behind an s3fs error (its cause is botocore's ClientError)."""
+    for err in (exc, exc.__cause__):
+        response = getattr(err, "response", None)
+        if isinstance(response, dict):
+            return str((response.get("Error") or {}).get("Code") or "")
+    return ""
+
+
+def _create_s3(fs, url: str, path: str, data: bytes) -> bool:
+    bucket, key, _ = fs.split_path(path)
+    for attempt in range(_CONFLICT_TRIES):
+        try:
+            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            return True
+        except FileExistsError:
+            return False
+        except Exception as exc:
+            code = _s3_error_code(exc)
+            if code in ("PreconditionFailed", "412"):
+                return False
+            if code == "ConditionalRequestConflict" and attempt < _CONFLICT_TRIES - 1:
+                time.sleep(0.2 * 2**attempt)
+                continue
+            if code in ("NotImplemented", "501"):
+                return _create_unguarded(
+                    fs, url, path, data, "this S3 endpoint does not support If-None-Match"
+                )
+            if type(exc).__name__ == "ParamValidationError":  # botocore before 1.35.16
+                return _create_unguarded(
+                    fs, url, path, data, "this botocore cannot send If-None-Match (1.35.16+ can)"
+                )
+            raise translate_error(exc, url, "write") from exc
+        finally:
+            fs.invalidate_cache(path)
+    raise AssertionError("unreachable")
+
+
+def _create_gcs(fs, url: str, path: str, data: bytes) -> bool:
+    if "mode" not in inspect.signature(fs._pipe_file).parameters:  # gcsfs before 2024.12
+        return _create_unguarded(fs, url, path, data, "this gcsfs has no pipe_file(mode=)")
+    return _created(lambda: fs.pipe_file(path, data, mode="create"), url)
+
+
+def _create_azure(fs, url: str, path: str, data: bytes) -> bool:
+    return _created(lambda: fs.pipe_file(path, data, overwrite=False), url)
+
+
+def _create_unguarded(fs, url: str, path: str, data: bytes, why: str) -> bool:
+    log.warning(
+        "%s: %s; writing %s after checking that it does not exist, so two writers at the "
+        "same moment are not told apart (run one convert --append at a time on this output)",
+        type(fs).__name__,
+        why,
+        redact(url),
+    )
+    if exists(url, fs=fs, path=path):
+        return False
+    write_bytes(url, data, fs=fs, path=path)
+    return True
+
+
 def read_bytes(
-    url: str, storage_options: dict[str, Any] | None = None, *, max_bytes: int | None = None
+    url: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    max_bytes: int | None = None,
+    fs=None,
+    path: str | None = None,
 ) -> bytes:
     """The whole object at ``url``. With ``max_bytes``, at most that many bytes are read: a
-    larger object (or an endless one, such as ``/dev/zero``) raises StorageError."""
-    fs, path = url_to_fs(url, storage_options)
+    larger object (or an endless one, such as ``/dev/zero``) raises StorageError; memory
+    follows what is there, never the bound (a local file is read a chunk at a time, an object
+    store answers the range with the bytes it has). ``fs`` and ``path``: a filesystem
+    already open for ``url``."""
+    fs, path = fs_and_path(url, storage_options, fs=fs, path=path)
     try:
         if max_bytes is None:
             return fs.cat_file(path)
-        try:  # one ranged GET (no HEAD first): at most max_bytes + 1 bytes of any object
-            data = fs.cat_file(path, start=0, end=max_bytes + 1)
-        except Exception:
-            if fs.info(path).get("size") != 0:  # S3 refuses a range of an empty object
-                raise
-            data = b""
+        if is_local(fs):
+            with fs.open(path, "rb") as f:
+                data = _read_up_to(f, max_bytes + 1)
+        else:
+            try:  # one ranged GET (no HEAD first): at most max_bytes + 1 bytes of any object
+                data = fs.cat_file(path, start=0, end=max_bytes + 1)
+            except Exception:
+                if fs.info(path).get("size") != 0:  # S3 refuses a range of an empty object
+                    raise
+                data = b""
     except Exception as exc:
         raise translate_error(exc, url, "read") from exc
     if len(data) > max_bytes:
@@ -271,6 +450,19 @@ def read_bytes(
             url=url,
         )
     return data
+
+
+def _read_up_to(f, n: int, chunk: int = 2**20) -> bytes:
+    """At most ``n`` bytes of ``f``, read a chunk at a time (``f.read(n)`` would allocate
+    ``n`` bytes first, whatever the file holds)."""
+    parts, got = [], 0
+    while got < n:
+        data = f.read(min(chunk, n - got))
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
 
 
 def _cat_file_splits(fs) -> bool:
@@ -337,10 +529,12 @@ def read_many(
     ]
 
 
-def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
+def exists(
+    url: str, storage_options: dict[str, Any] | None = None, *, fs=None, path: str | None = None
+) -> bool:
     """Whether an object or folder is at ``url``. Raises StorageError when the store cannot
     be asked (credentials, connection)."""
-    fs, path = url_to_fs(url, storage_options)
+    fs, path = fs_and_path(url, storage_options, fs=fs, path=path)
     try:
         return fs.exists(path)
     except Exception as exc:
@@ -468,7 +662,9 @@ def check_writable(url: str, storage_options: dict[str, Any] | None = None) -> N
     except StorageError as exc:  # name the folder the user gave, not the probe
         cause = exc.__cause__
         raise (translate_error(cause, url, "write") if cause is not None else exc) from cause
-    remove_file(probe, storage_options)
+    # another job starting on the same output at once (two appends) may remove it first
+    with contextlib.suppress(NotFoundError):
+        remove_file(probe, storage_options)
 
 
 def _fast_fail_options(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:

@@ -111,7 +111,8 @@ def test_bytes_bound_limits_requests_in_flight(s3, s3_proxy):
     loader = wdstream.make_loader("s3://test/rb", config)
     proxy.reset_counters()
     assert len(keys_of_loader(loader)) == 16
-    assert proxy.stats()["max_in_flight"] <= 2  # two samples' bytes at most
+    # two samples' bytes at most (a size check's HEAD, which fetches no bytes, may be beside)
+    assert proxy.stats()["max_gets_in_flight"] <= 2
 
 
 @pytest.mark.s3
@@ -169,9 +170,34 @@ def test_one_request_goes_first_then_the_fetch_threads(s3, s3_proxy):
         assert len(keys_of_loader(loader)) == 24
     finally:
         proxy.faults = None
-    assert arrivals[0][1] == "HEAD"  # the first shard's size, which its check needs anyway
+    # the first shard's index, which the first span needs anyway; no HEAD before it
+    assert arrivals[0][1] == "GET" and arrivals[0][2].endswith(".idx")
     assert arrivals[1][0] - arrivals[0][0] >= 0.8 * ttfb  # the others waited for its answer
     assert len(arrivals) >= 6  # then the rest: sizes, indexes and spans
+
+
+@pytest.mark.s3
+def test_requests_before_a_workers_first_sample_are_pinned(s3, s3_proxy):
+    """make_loader asks for the manifest twice (a fast-failing probe, then the reader part);
+    a worker's first sample then costs two round trips: its first shard's index, alone, and
+    its first span, which does not wait for the shard's size check (a HEAD beside it)."""
+    opts = s3["storage_options"]
+    write_test_shards("s3://test/rq", [8, 8, 8], storage_options=opts, audio=False, compact=True)
+    proxy, via_proxy = s3_proxy
+    proxy.reset_counters()
+    loader = wdstream.make_loader("s3://test/rq", cfg(storage_options=via_proxy))
+    made = [(m, p.rsplit("/", 1)[-1]) for _, m, p, _ in proxy.stats()["log"]]
+    assert made == [("HEAD", "manifest.json"), ("GET", "manifest.json")]
+    proxy.reset_counters()
+    next(iter(loader))
+    log = [(m, p.rsplit("/", 1)[-1]) for _, m, p, _ in proxy.stats()["log"]]
+    first_span = next(i for i, (m, p) in enumerate(log) if m == "GET" and p.endswith(".tar"))
+    assert log[0][0] == "GET" and log[0][1].endswith(".idx")
+    # before the first span: its index, then (on fetch threads, beside it) the next shards'
+    # indexes and the shards' size checks; no span of another shard, no second index of one
+    before = log[1:first_span]
+    assert all((m, p[-4:]) in {("GET", ".idx"), ("HEAD", ".tar")} for m, p in before), log
+    assert len(before) <= 2 * 3 and len(set(before)) == len(before), log
 
 
 def keys_of_loader(loader):
@@ -302,3 +328,35 @@ def test_reads_continuing_in_the_same_shard_are_fetched_with_one_request(tmp_pat
     # A[0:10]+A[10:20] and B[0:10]+B[10:20] together; the subset and A[30:40] apart
     assert together.get_requests - together.index_requests == 4
     assert together.index_requests == apart.index_requests == 2
+
+
+def test_a_reads_last_request_takes_a_small_tail_with_it(tmp_path):
+    """A read just over the request size is one request (up to 1.25 times it), not a full
+    request and a small tail: chunks of interleaved lanes are often a little larger than a
+    request, and each would otherwise cost two."""
+    import numpy as np
+
+    from wdstream.errors import ErrorBudget
+    from wdstream.format.index import parse_index
+    from wdstream.read.fetch import ReadOptions, ShardReader
+    from wdstream.read.planner import Read
+    from wdstream.read.shards import span_items
+    from wdstream.read.sources import resolve_source
+    from wdstream.read.stats import Counters
+
+    m = write_test_shards(str(tmp_path), [20], image=False, audio=False)
+    src = resolve_source(str(tmp_path), cfg())
+    offsets = parse_index((tmp_path / m.shards[0].index).read_bytes(), 20)["offsets"]
+    span = int(offsets[20] - offsets[0])
+
+    def requests(block):
+        counters = Counters()
+        reader = ShardReader(ReadOptions(storage_options={}, requests=2, block_size=block))
+        items = list(
+            span_items(reader.fetch(src.shards, [Read(0, 0, 20)], counters), ErrorBudget(0))
+        )
+        assert [i["__key__"] for i in items] == [f"00000_{r:09d}" for r in range(20)]
+        return counters.get_requests - counters.index_requests
+
+    assert requests(int(np.ceil(span / 1.2))) == 1  # 1.2 requests' bytes: one request
+    assert requests(span // 2 + 1) == 2  # twice as large: two

@@ -81,3 +81,20 @@ def test_a_partial_pickles_and_a_sample_error_counts_as_a_bad_sample(shards):
     assert len(out) == 6
     kept = batches(shards, transform=reject_odd, num_workers=0)
     assert all(int(k[-1]) % 2 == 0 for b in kept for k in b["keys"])
+
+
+def exits(sample, generator):
+    if sample["key"].endswith("3"):
+        raise SystemExit(3)
+    return sample
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_transform_that_exits_is_named_not_a_lost_worker(shards, workers):
+    """SystemExit in a transform would end a DataLoader worker (torch then reports a lost
+    worker or a missing shared-memory file): it reaches the training loop as a TransformError
+    naming the transform, the exit and the sample."""
+    from wdstream.read.transform import TransformError
+
+    with pytest.raises(TransformError, match=r"transform exits raised SystemExit\(3\) on sample"):
+        batches(shards, transform=exits, num_workers=workers)

@@ -14,11 +14,14 @@ import pytest
 
 from wdstream.demo.data import encode_audio
 from wdstream.errors import ColumnError
+from wdstream.format.schema import AUDIO_EXTS, IMAGE_EXTS
 from wdstream.rows.columns import (
     TEXT_COLUMN_NAMES,
     ColumnMap,
     binary_member,
+    check_member_names,
     iter_rows,
+    json_key,
     prepare,
     resolve_columns,
     sample_binary_values,
@@ -259,3 +262,36 @@ def test_rows_of_a_source_without_features_pass_as_they_are():
     assert ds.features is None
     rows = list(iter_rows(ds, ColumnMap(text=("text",), extra=("n",))))
     assert rows == [{"text": "a", "n": 1}, {"text": "b", "n": None}]
+
+
+def test_two_columns_that_would_give_one_member_are_refused_naming_both():
+    """Issue 22, item 2: ``a.b`` and ``a b`` are both ``a_b.bin``; ``a_b`` too. Other member
+    names cannot meet: txt and json are fixed, image and audio extensions come from disjoint
+    lists and binary members end in .bin."""
+    features = datasets.Features(
+        {c: datasets.Value("binary") for c in ("a.b", "a b", "a_b", "txt", "jpg", "json")}
+    )
+    with pytest.raises(ColumnError) as err:
+        resolve_columns(list(features), features)
+    assert "'a.b' and 'a b'" in str(err.value) and "--drop-column" in str(err.value)
+    with pytest.raises(ColumnError, match="'a.b' and 'a_b'"):
+        resolve_columns(list(features), features, drop=["a b"])
+    found = resolve_columns(list(features), features, drop=["a b", "a_b"])
+    members = {binary_member(c) for c in found.binary}
+    assert members == {"a_b.bin", "txt.bin", "jpg.bin", "json.bin"}
+    assert not members & {"txt", "json", *IMAGE_EXTS, *AUDIO_EXTS}
+    assert not set(IMAGE_EXTS) & set(AUDIO_EXTS)
+    # names that empty out: both "column.bin"
+    with pytest.raises(ColumnError, match="column.bin"):
+        check_member_names(ColumnMap(binary=("..", "__")))
+
+
+def test_a_column_named_source_goes_under_source_column_in_the_json():
+    assert json_key("source") == "source_column" and json_key("label") == "label"
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "source": datasets.Value("string")}
+    )
+    assert resolve_columns(list(features), features).extra == ("source",)
+    both = datasets.Features({**features, "source_column": datasets.Value("string")})
+    with pytest.raises(ColumnError, match="--drop-column source_column"):
+        resolve_columns(list(both), both)

@@ -18,6 +18,7 @@ from wdstream.demo.data import encode_audio
 from wdstream.errors import ColumnError, SkipSample
 from wdstream.rows.columns import ColumnMap
 from wdstream.rows.encode import RowEncoder, encode_pil_image, encoded_bytes
+from wdstream.rows.paths import ReadRoots
 
 
 def _image(fmt: str, mode: str = "RGB") -> bytes:
@@ -86,7 +87,7 @@ def test_a_template_forms_the_text_and_drops_lines_whose_fields_are_empty():
 def test_an_image_given_by_path_is_read_from_it(tmp_path):
     jpg = _image("JPEG")
     (tmp_path / "a.jpg").write_bytes(jpg)
-    enc = RowEncoder(ColumnMap(image="i"), "s")
+    enc = RowEncoder(ColumnMap(image="i"), "s", paths=ReadRoots.of([str(tmp_path)]))
     assert enc({"i": str(tmp_path / "a.jpg")}, "k")["jpg"] == jpg
     assert enc({"i": {"bytes": None, "path": str(tmp_path / "a.jpg")}}, "k")["jpg"] == jpg
     with pytest.raises(SkipSample, match="image_unreadable") as e:
@@ -169,3 +170,43 @@ def test_row_encoder_audio_extension_and_bad_bytes():
     assert fields["b.bin"] == b"\x00"  # binary data is never dropped: a member of its own
     with pytest.raises(ColumnError, match=r"'n'.*--drop-column n"):
         enc2 = RowEncoder(ColumnMap(extra=("n",)), "src")({"n": {"x": [b"\x01"]}}, "k")
+
+
+def test_members_of_two_columns_never_overwrite_each_other():
+    """Issue 22, items 2 and 4: a source without features whose extra columns turn out to
+    hold bytes gives them members of their own at run time; two that meet stop the job (one
+    would overwrite the other). A column named source never replaces the dataset's name."""
+    with pytest.raises(ColumnError, match="'a.b' and 'a b'"):
+        RowEncoder(ColumnMap(binary=("a.b", "a b")), "s")
+    enc = RowEncoder(ColumnMap(text=("t",), extra=("a.b", "source"), binary=("a b",)), "s")
+    with pytest.raises(ColumnError, match="'a.b' and 'a b'"):
+        enc({"t": "x", "a.b": b"1", "a b": b"2", "source": "web"}, "k")
+    fields = enc({"t": "x", "a.b": 3, "a b": b"2", "source": "web"}, "k")
+    assert json.loads(fields["json"]) == {"a.b": 3, "source": "s", "source_column": "web"}
+    assert fields["a_b.bin"] == b"2"
+
+
+def test_paths_are_read_only_inside_the_roots_and_the_first_outside_is_logged(tmp_path, caplog):
+    """Issue 22, item 3 (the converter's end-to-end test is tests/write/test_hostile_rows.py)."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.bin").write_bytes(b"in")
+    (tmp_path / "secret").write_bytes(b"out")
+    enc = RowEncoder(ColumnMap(binary=("b",)), "s", paths=ReadRoots.of([str(tmp_path / "src")]))
+    assert enc({"b": {"bytes": None, "path": str(tmp_path / "src" / "a.bin")}}, "k")["b.bin"]
+    for _ in range(2):
+        with pytest.raises(SkipSample, match="path_outside_source"):
+            enc({"b": {"bytes": None, "path": str(tmp_path / "secret")}}, "k")
+    warned = [r for r in caplog.records if "outside the source" in r.getMessage()]
+    assert len(warned) == 1 and "'b'" in warned[0].getMessage()
+    with pytest.raises(SkipSample, match="path_outside_source"):  # no roots: nothing is read
+        encoded_bytes({"bytes": None, "path": str(tmp_path / "src" / "a.bin")}, "k", "binary")
+
+
+def test_unverified_audio_is_named_by_an_audio_suffix_only(tmp_path):
+    """With verify=False (the Hub stream of compat.py) an unknown clip took its member name
+    from its path's suffix: ``clip.json`` would have replaced the sample's .json."""
+    (tmp_path / "clip.json").write_bytes(b"not a known signature")
+    enc = RowEncoder(ColumnMap(audio="a"), "s", verify=False, paths=ReadRoots.of([str(tmp_path)]))
+    with pytest.raises(SkipSample, match="unknown_audio_format"):
+        enc({"a": {"bytes": None, "path": str(tmp_path / "clip.json")}}, "k")
+    assert "opus" in enc({"a": {"bytes": b"no signature", "path": "x.opus"}}, "k")

@@ -23,9 +23,9 @@ from wdstream.errors import ConfigError
 from wdstream.format.manifest import load_manifest
 from wdstream.rows.source import HFSource
 from wdstream.write.convert import convert
-from wdstream.write.output import Output
+from wdstream.write.output import Output, claim_job
 from wdstream.write.plan import plan_job
-from wdstream.write.segments import start_append
+from wdstream.write.segments import same_source, start_append
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 from faults.killing import SCRIPT, check_complete, listing  # noqa: E402
@@ -249,3 +249,137 @@ def test_kill_mid_append_then_rerun(small_hf_dataset, second_dataset, tmp_path, 
     assert sorted(n for n, v in before.items() if after.get(n) != v) == ["manifest.json"]
     keys = _loader_keys(url, opts)
     assert len(keys) == len(set(keys)) == ROWS_A + ROWS_B
+
+
+# --------------------------------------------- two appends at once (issue 22, item 1)
+
+
+def _claim_first(monkeypatch, run_other):
+    """Make ``run_other()`` happen between an append's reading of the segments and its
+    creating the next job file: the race of two appends started at once, made exact."""
+    original = storage.create_new
+    pending = [run_other]
+
+    def create_new(*args, **kwargs):
+        if pending:
+            pending.pop()()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "create_new", create_new)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_an_append_that_loses_its_segment_to_another_is_refused(
+    small_hf_dataset, second_dataset, tmp_path, request, monkeypatch, where
+):
+    """Append B reads the segments, then append C takes segment 1 before B creates its job
+    file: B is refused (ConfigError, nothing written), C's job file is untouched. Once C has
+    finished, B's command appends it as segment 2: both sources land."""
+    opts = request.getfixturevalue("s3")["storage_options"] if where == "s3" else {}
+    url = "s3://test/race" if where == "s3" else str(tmp_path / "out")
+    third = build_parquet_dataset(str(tmp_path / "c"), 8, n_files=2, seed=2)
+    kw = dict(max_samples_per_shard=4, workers=1, quiet=True, storage_options=opts)
+    convert(small_hf_dataset, url, **kw)
+    config = small_config(max_samples_per_shard=4, workers=1, storage_options=opts)
+    other = plan_job(HFSource(third), config)
+    _claim_first(monkeypatch, lambda: start_append(Output(url, opts), other))
+    with pytest.raises(ConfigError) as err:
+        convert(second_dataset, url, append=True, **kw)
+    message = str(err.value)
+    assert "another append took segment 1" in message and "unfinished append" in message
+    assert "wait until it has finished" in message and url.split("://")[-1] in message
+    job = json.loads(storage.read_bytes(f"{url}/_partitions/_job-00001.json", opts))
+    assert job["source"]["name"] == third  # the winner's claim stands
+    assert load_manifest(url, opts).samples == ROWS_A
+    convert(third, url, append=True, **kw)  # the winner finishes
+    m = convert(second_dataset, url, append=True, **kw)  # the loser, re-run: segment 2
+    assert [s["source"]["name"] for s in m.source["segments"]] == [
+        small_hf_dataset,
+        third,
+        second_dataset,
+    ]
+    check_complete(url, ROWS_A + 8 + ROWS_B, opts)
+
+
+def test_an_append_that_loses_to_a_finished_append_takes_the_next_segment(
+    small_hf_dataset, second_dataset, tmp_path, monkeypatch
+):
+    """When the append that took the segment has already finished by the time the loser
+    reads again, the loser takes the next segment: both land, no error."""
+    url = str(tmp_path / "out")
+    third = build_parquet_dataset(str(tmp_path / "c"), 8, n_files=2, seed=2)
+    kw = dict(max_samples_per_shard=4, workers=1, quiet=True)
+    convert(small_hf_dataset, url, **kw)
+    _claim_first(monkeypatch, lambda: convert(third, url, append=True, **kw))
+    m = convert(second_dataset, url, append=True, **kw)
+    assert [s["source"]["name"] for s in m.source["segments"]] == [
+        small_hf_dataset,
+        third,
+        second_dataset,
+    ]
+    check_complete(url, ROWS_A + 8 + ROWS_B, {})
+
+
+def test_two_new_conversions_into_one_output_only_one_takes_it(
+    small_hf_dataset, second_dataset, tmp_path, monkeypatch
+):
+    """Two plain conversions of different sources into one new OUTPUT at once: the job file is
+    created only where none is, so the second is refused instead of mixing its partitions
+    with the first's."""
+    url = str(tmp_path / "out")
+    kw = dict(max_samples_per_shard=4, workers=1, quiet=True)
+    other = plan_job(HFSource(second_dataset), small_config(max_samples_per_shard=4, workers=1))
+    _claim_first(monkeypatch, lambda: claim_job(Output(url, {}), other))
+    with pytest.raises(ConfigError, match="another conversion into .* started at the same time"):
+        convert(small_hf_dataset, url, **kw)
+    assert convert(second_dataset, url, **kw).samples == ROWS_B
+    check_complete(url, ROWS_B)
+
+
+# ------------------------------------------- the same source again (issue 22, item 4)
+
+
+def test_appending_the_same_source_again_is_refused_unless_allowed(
+    small_hf_dataset, tmp_path, monkeypatch, caplog
+):
+    url = str(tmp_path / "out")
+    convert(small_hf_dataset, url, max_samples_per_shard=5, workers=1, quiet=True)
+    # the same source with other options would add its 48 rows again
+    with pytest.raises(ConfigError, match="already holds source") as err:
+        convert(small_hf_dataset, url, max_samples_per_shard=7, workers=1, quiet=True, append=True)
+    assert "--allow-duplicate-source" in str(err.value) and "segment 0" in str(err.value)
+    # named another way (relative, with ./ and ..): still the same folder
+    monkeypatch.chdir(tmp_path)
+    parent, name = os.path.split(small_hf_dataset)
+    relative = os.path.join(os.path.relpath(parent, tmp_path), ".", name)
+    with pytest.raises(ConfigError, match="already holds source"):
+        convert(relative, url, limit=10, workers=1, quiet=True, append=True)
+    # the CLI: exit 2, one line
+    caplog.clear()
+    rc = main(["convert", small_hf_dataset, url, "--append", "--quiet", "--limit", "10"])
+    assert rc == 2
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0].getMessage()
+    assert "--allow-duplicate-source" in errors[0].getMessage()
+    assert main(["convert", small_hf_dataset, url, "--allow-duplicate-source", "--quiet"]) == 2
+    assert load_manifest(url).samples == ROWS_A  # nothing changed
+    # allowed: the rows are there twice, as asked
+    args = ["convert", small_hf_dataset, url, "--append", "--quiet", "--limit", "10"]
+    assert main([*args, "--allow-duplicate-source"]) == 0
+    assert load_manifest(url).samples == ROWS_A + 10
+    # re-running that same append is a no-op, with or without the flag
+    assert main(args) == 0 and main([*args, "--allow-duplicate-source"]) == 0
+    assert load_manifest(url).samples == ROWS_A + 10
+    check_complete(url, ROWS_A + 10)
+
+
+def test_same_source_means_name_config_split_and_data_files(tmp_path):
+    base = {"name": "parquet", "config": None, "split": "train", "revision": None}
+    files = {**base, "data_files": ["./d/b.parquet", "d/a.parquet"]}
+    assert same_source(files, {**base, "data_files": ["d/a.parquet", "d/b.parquet"]})
+    assert same_source(files, {**files, "revision": "v2"})  # another revision: same rows
+    assert not same_source(files, {**base, "data_files": ["d/a.parquet"]})
+    assert not same_source(files, {**files, "split": "test"})
+    assert not same_source(files, {**files, "config": "other"})
+    assert not same_source({**base, "name": "a/b"}, {**base, "name": "a/c"})
+    assert same_source({**base, "data_files": "x.csv"}, {**base, "data_files": ["x.csv"]})

@@ -173,6 +173,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "manifest covering both; nothing finished is rewritten; re-run the "
         "same command to resume it)",
     )
+    p.add_argument(
+        "--allow-duplicate-source",
+        action="store_true",
+        help="with --append: append SOURCE even when an earlier segment holds the same source "
+        "(name, config, split, data files) made with other options; its rows are then in "
+        "OUTPUT twice (default: refused)",
+    )
+    p.add_argument(
+        "--allow-path",
+        action="append",
+        default=None,
+        dest="allow_paths",
+        metavar="DIR",
+        help="a folder (local, or a URL prefix such as s3://bucket/media/) from which media "
+        "cells given by path may be read, besides the source's own folder (repeatable; "
+        "config allow_paths). A path anywhere else is not read: its row is skipped and "
+        "counted as path_outside_source",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--config",
@@ -201,6 +219,10 @@ def run(args: argparse.Namespace) -> int:
         overrides["text_columns"] = tuple(args.text_columns)
     if args.drop_columns:
         overrides["drop_columns"] = tuple(args.drop_columns)
+    if args.allow_duplicate_source and not args.append:
+        raise ConfigError("--allow-duplicate-source only applies with --append")
+    if args.allow_paths:
+        overrides["allow_paths"] = tuple(args.allow_paths)
     if args.storage_option:
         overrides["storage_options"] = parse_storage_options(args.storage_option)
     if args.quiet:
@@ -235,7 +257,17 @@ def _convert_all(args: argparse.Namespace, config):
         reg = registry.get_registry(args.registry)
         for entry in registry.select_datasets("all", args.task_type, registry=reg):
             url = join_url(output, entry.name)
-            yield url, convert_entry(entry, url, config, on_plan=_print_plan, append=args.append)
+            yield (
+                url,
+                convert_entry(
+                    entry,
+                    url,
+                    config,
+                    on_plan=_print_plan,
+                    append=args.append,
+                    allow_duplicate_source=args.allow_duplicate_source,
+                ),
+            )
         return
     if args.output is None:
         raise ConfigError("give SOURCE and OUTPUT (or --task-type T --all OUTPUT)")
@@ -243,7 +275,14 @@ def _convert_all(args: argparse.Namespace, config):
     if entry is not None:
         yield (
             args.output,
-            convert_entry(entry, args.output, config, on_plan=_print_plan, append=args.append),
+            convert_entry(
+                entry,
+                args.output,
+                config,
+                on_plan=_print_plan,
+                append=args.append,
+                allow_duplicate_source=args.allow_duplicate_source,
+            ),
         )
         return
     yield (
@@ -258,6 +297,7 @@ def _convert_all(args: argparse.Namespace, config):
             config=config,
             on_plan=_print_plan,
             append=args.append,
+            allow_duplicate_source=args.allow_duplicate_source,
         ),
     )
 

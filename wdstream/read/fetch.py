@@ -7,9 +7,11 @@ samples itself: :func:`wdstream.read.shards.span_items` reconciles what came wit
 wanted.
 
 - A read of an indexed, uncompressed shard is cut at sample boundaries into ranged GETs of
-  at most ``request_bytes`` (a wanted subset is first cut where more than :data:`MAX_GAP`
-  unwanted samples lie between two wanted ones) and split into members by
-  :func:`~wdstream.format.tario.split_members`.
+  at most ``request_bytes``, or 1.25 times that for a read's last request rather than a small
+  tail of its own (a wanted subset is first cut where more than :data:`MAX_GAP` unwanted
+  samples lie between two wanted ones), and split into members by
+  :func:`~wdstream.format.tario.split_members`. A read that continues an earlier one in the
+  same shard, within the look-ahead, is fetched with it (up to the same 1.25 times).
 - A read of a shard without an index, a compressed one, or a whole shard (streaming mode) is
   streamed from the shard's start on one fetch thread, its members handed over in chunks of
   about ``request_bytes``.
@@ -32,6 +34,7 @@ import itertools
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -114,7 +117,6 @@ class ShardReader:
         self._index_lock = threading.Lock()
         self._filesystems: dict[str, Any] = {}
         self._fs_lock = threading.Lock()
-        self._known_sizes: dict[str, int | None] = {}  # from the warm-up HEAD
         self._checked: set[str] = set()  # shards whose size matched the manifest's
 
     def fetch(
@@ -134,19 +136,21 @@ class ShardReader:
                 fs = self._filesystems.get(protocol)
                 if fs is None:
                     fs, path = storage.url_to_fs(url, self.options.storage_options)
-                    self._known_sizes[url] = _connect(fs, path)
                     self._filesystems[protocol] = fs
                     return fs, path
         return fs, storage.fs_path(fs, url)
 
     # -- the shard's size, once --------------------------------------------------------
+    def needs_size_check(self, shard: ShardRef) -> bool:
+        """Whether :meth:`check_size` still has to ask the store for the shard's size."""
+        return shard.bytes is not None and shard.data is None and shard.url not in self._checked
+
     def check_size(self, shard: ShardRef, size: int | None = None) -> None:
         """Raise ShardReadError when the shard's stored size differs from the manifest's
-        ``bytes`` (asked once per shard; ``size``: already known)."""
-        if shard.bytes is None or shard.data is not None or shard.url in self._checked:
+        ``bytes`` (asked once per shard, with a HEAD on an object store; ``size``: already
+        known, as an open file knows it)."""
+        if not self.needs_size_check(shard):
             return
-        if size is None:
-            size = self._known_sizes.pop(shard.url, None)
         if size is None:
             fs, path = self.fs_path(shard.url)
             try:
@@ -182,9 +186,7 @@ class ShardReader:
 
     def load_index(self, shard: ShardRef, counters: Counters) -> dict | None:
         """The shard's index, read with one bounded ranged GET (no HEAD first); None when it
-        is missing or unusable (a WARNING: it only costs speed). Raises ShardReadError when
-        the shard itself is bad (its size differs from the manifest's)."""
-        self.check_size(shard)
+        is missing or unusable (a WARNING: it only costs speed)."""
         try:
             data = self._read_index_bytes(shard, counters)
             return parse_index(data, shard.samples)
@@ -197,16 +199,11 @@ class ShardReader:
             return None
 
     def _read_index_bytes(self, shard: ShardRef, counters: Counters) -> bytes:
-        limit = max_index_bytes(shard.samples)
         fs, path = self.fs_path(shard.index_url)
-        data = fs.cat_file(path, start=0, end=limit + 1)
+        data = storage.read_bytes(
+            shard.index_url, max_bytes=max_index_bytes(shard.samples), fs=fs, path=path
+        )
         counters.add_request(len(data), index=True)
-        if len(data) > limit:
-            raise StorageError(
-                f"{redact(shard.index_url)} is larger than {limit} bytes, the "
-                f"most expected there; not reading it",
-                url=shard.index_url,
-            )
         return data
 
     # -- bytes -------------------------------------------------------------------------
@@ -273,22 +270,6 @@ class ShardReader:
             )
 
 
-def _connect(fs, path: str) -> int | None:
-    """Make an object store's client ready before threads use the filesystem, and return
-    the size of ``path`` (None when unknown). s3fs builds its client, and botocore its
-    request machinery, on the first requests without a lock: eight fetch threads starting at
-    once in a fresh worker each did that work (about 1 s before a worker's first response,
-    measured on loopback S3; 0.04 s once one request has gone first). One HEAD, which the
-    shard's size check needs anyway, goes first."""
-    if not storage.is_object_store(fs):
-        return None
-    try:
-        size = fs.size(path)
-    except Exception:  # noqa: BLE001 - the read itself reports it, naming the URL
-        return None
-    return size if isinstance(size, int) else None
-
-
 class _Piece:
     """One request of a run (a ranged GET, or a streamed read), in plan order."""
 
@@ -307,6 +288,7 @@ class _Piece:
         "part",
         "bounds",
         "carried",
+        "sid",
     )
 
     def __init__(
@@ -329,6 +311,7 @@ class _Piece:
         self.part = 0  # which of its request's byte ranges is this piece's
         self.bounds: list[tuple[int, int]] = [byte_range] if byte_range else []
         self.carried = False  # fetched with an earlier piece's request
+        self.sid = -1  # the shard's index in the run's shards
 
 
 class _Stream:
@@ -434,14 +417,32 @@ class _Run:
         self.failed: dict[int, BaseException] = {}  # shards that cannot be read at all
         self.later: dict[tuple[int, int, int], _Piece] = {}  # reads fetched with earlier ones
         self.carried = 0  # bytes fetched for later reads, not yet consumed
+        self.sizes: dict[int, Future] = {}  # shard -> its size check, beside its index
         first = self._peek(1)
         if first and self.pool is not None:
-            shard = shards[first[0].shard]
-            if shard.data is None:
-                try:  # made here, in the consumer's thread, before the fetch threads
-                    reader.fs_path(shard.url)
-                except StorageError:
-                    pass  # the read itself reports it, naming the shard
+            self._warm_up(first[0])
+
+    def _warm_up(self, read: Read) -> None:
+        """The first request goes alone, from the consumer's thread, before the fetch threads
+        start: s3fs builds its client, and botocore its request machinery, on the first
+        requests without a lock, and eight fetch threads starting at once in a fresh worker
+        each did that work (about 1 s before a worker's first response on loopback S3; 0.04 s
+        once one request has gone first). That request is the first shard's index, which
+        the first span needs anyway (no HEAD first: the size check runs beside it)."""
+        shard = self.shards[read.shard]
+        if shard.data is not None:
+            return
+        try:
+            self.reader.fs_path(shard.url)
+        except StorageError:
+            return  # the read itself reports it, naming the shard
+        if (
+            shard.index_url is not None
+            and read.stop is not None
+            and not self.reader.cached_index(shard)[0]
+        ):
+            self.reader.remember_index(shard, self.reader.load_index(shard, self.counters))
+            self._check_size_beside(read.shard)
 
     def _submit(self, fn, *args) -> Future:
         if self.pool is None:
@@ -456,12 +457,31 @@ class _Run:
             self.ahead.append(read)
         return self.ahead
 
-    # -- indexes -----------------------------------------------------------------------
+    # -- indexes and sizes -------------------------------------------------------------
     def _load_index(self, shard: ShardRef):
         try:
             return self.reader.load_index(shard, self.counters)
         except Exception as exc:  # noqa: BLE001 - the shard itself is bad: every read fails
             return _Failed(exc)
+
+    def _check_size_beside(self, i: int) -> None:
+        """Start the size check of shard ``i`` (a HEAD on an object store) on a fetch thread,
+        beside its index, so that it adds no round trip before the first span; the first
+        span consumed waits for it (:meth:`_size_error`)."""
+        if i not in self.sizes and self.reader.needs_size_check(self.shards[i]):
+            self.sizes[i] = self._submit(self.reader.check_size, self.shards[i])
+
+    def _size_error(self, i: int) -> BaseException | None:
+        """The error of shard ``i``'s size check (None when it passed, or none was made)."""
+        fut = self.sizes.get(i)
+        if fut is None:
+            return self.failed.get(i)
+        try:
+            fut.result()
+        except Exception as exc:  # noqa: BLE001 - counted by span_items, as the read's error
+            self.failed[i] = exc
+        del self.sizes[i]
+        return self.failed.get(i)
 
     def _prefetch_indexes(self) -> None:
         """Start fetching the indexes of the next few shards the plan reads."""
@@ -475,6 +495,7 @@ class _Run:
             shard = self.shards[i]
             if i in self.indexes or i in self.failed or self.reader.cached_index(shard)[0]:
                 continue
+            self._check_size_beside(i)
             self.indexes[i] = self.pool.submit(self._load_index, shard)
             started += 1
 
@@ -488,6 +509,7 @@ class _Run:
             known, idx = self.reader.cached_index(shard)
             if known:
                 return True, idx
+            self._check_size_beside(i)
             fut = self.indexes[i] = self._submit(self._load_index, shard)
         if not fut.done() and not block:
             return False, None
@@ -525,9 +547,12 @@ class _Run:
         for first, stop, part in parts:
             a = first
             while a < stop:
-                limit = int(offsets[a]) + self.request_bytes
-                b = int(np.searchsorted(offsets, limit, side="right")) - 1
-                b = min(stop, max(a + 1, b))
+                if int(offsets[stop]) - int(offsets[a]) <= self.request_bytes * 5 // 4:
+                    b = stop  # the rest in one request: no tail smaller than it must be
+                else:
+                    limit = int(offsets[a]) + self.request_bytes
+                    b = int(np.searchsorted(offsets, limit, side="right")) - 1
+                    b = min(stop, max(a + 1, b))
                 sub = None if part is None else part[(part >= a) & (part < b)]
                 if sub is None or len(sub):
                     start, end = int(offsets[a]), int(offsets[b])
@@ -589,6 +614,8 @@ class _Run:
                 return None
             self.ahead.popleft()
             self._cut(read, idx)
+            for piece in self.pieces:
+                piece.sid = read.shard
         return self.pieces[0]
 
     def _stream(self, piece: _Piece) -> Iterator[tuple[str, Any]]:
@@ -634,6 +661,9 @@ class _Run:
             members = piece.future.result()[piece.part]
         except Exception as exc:  # noqa: BLE001 - counted by span_items
             members = exc
+        error = self._size_error(piece.sid)
+        if error is not None:
+            members = error
         self.counters.io_wait_s += time.perf_counter() - t0
         if piece.carried:
             self.carried -= piece.nbytes
@@ -669,7 +699,7 @@ class _Run:
                     piece.future.cancel()
             for fut in self.indexes.values():
                 fut.cancel()
-            if self.pool is not None:
+            if self.pool is not None and not sys.is_finalizing():
                 self.pool.shutdown(wait=True, cancel_futures=True)
 
 

@@ -12,9 +12,17 @@ from collections.abc import Callable
 
 import torch
 
+from ..errors import WdstreamError
 from .seeds import derive_seed
 
-__all__ = ["TransformedDecoder", "transform_seed", "with_transform"]
+__all__ = ["TransformedDecoder", "TransformError", "transform_seed", "with_transform"]
+
+
+class TransformError(WdstreamError, RuntimeError):
+    """The user's transform ended with ``SystemExit`` (or another exception that is not an
+    ``Exception``): raised in its place, naming it, the sample and the source. Inside a
+    DataLoader worker a SystemExit would end the worker, and torch would report a lost
+    worker (or a missing shared-memory file) instead of the cause."""
 
 
 def transform_seed(seed: int, epoch: int, source: str, key: str) -> int:
@@ -44,7 +52,18 @@ class TransformedDecoder:
         out = self.decoder(item)
         generator = torch.Generator()
         generator.manual_seed(transform_seed(self.seed, self.epoch, self.source, out["key"]))
-        result = self.transform(out, generator)
+        try:
+            result = self.transform(out, generator)
+        except (Exception, KeyboardInterrupt):
+            raise  # an Exception reaches the training loop as itself; Ctrl-C stays Ctrl-C
+        except BaseException as exc:  # SystemExit, GeneratorExit: would kill a worker
+            name = getattr(self.transform, "__name__", type(self.transform).__name__)
+            raise TransformError(
+                f"transform {name} raised {type(exc).__name__}({exc}) on sample {out['key']} "
+                f"of {self.source!r}: a transform must return the sample, or raise "
+                f"wdstream.SampleError to skip it",
+                key=out["key"],
+            ) from exc
         return out if result is None else result
 
 

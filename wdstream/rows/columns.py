@@ -29,6 +29,9 @@ from ..format.schema import AUDIO_EXTS, IMAGE_EXTS, audio_ext, image_ext
 __all__ = [
     "ColumnMap",
     "binary_member",
+    "json_key",
+    "check_member_names",
+    "SOURCE_KEY",
     "TEXT_COLUMN_NAMES",
     "resolve_columns",
     "sample_binary_values",
@@ -74,6 +77,47 @@ def binary_member(column: str) -> str:
     slashes or spaces; WebDataset splits a member name at its first dot)."""
     safe = re.sub(r"[^A-Za-z0-9_-]+", "_", column).strip("_") or "column"
     return f"{safe}.bin"
+
+
+#: The ``.json`` key of the dataset's name; a column of that name goes under ``source_column``.
+SOURCE_KEY = "source"
+_SOURCE_COLUMN_KEY = "source_column"
+
+
+def json_key(column: str) -> str:
+    """The key of column ``column`` in the sample's ``.json``: its name, except that a column
+    named ``source`` goes under ``source_column`` (``source`` holds the dataset's name, which
+    readers use to label and mix samples)."""
+    return _SOURCE_COLUMN_KEY if column == SOURCE_KEY else column
+
+
+def check_member_names(columns: ColumnMap) -> None:
+    """Raise ColumnError when two columns would be written under one name, one overwriting
+    the other in every row: two binary columns whose safe names are equal (``a.b`` and
+    ``a b`` are both ``a_b.bin``), or a column named ``source`` beside one named
+    ``source_column`` (both are ``source_column`` in the ``.json``). The other members cannot
+    collide: ``txt`` and ``json`` are fixed, the image's and the audio's extensions are from
+    disjoint lists, and binary members end in ``.bin``, which none of those do."""
+    seen: dict[str, str] = {}
+    for c in columns.binary:
+        member = binary_member(c)
+        if member in seen:
+            raise ColumnError(
+                f"columns {seen[member]!r} and {c!r} would both be written as the member "
+                f".{member} (a member name keeps letters, digits, '_' and '-'), so one would "
+                f"overwrite the other in every row. Leave one out with --drop-column "
+                f"{c!r} (config drop_columns), or rename it in the source",
+                key=c,
+            )
+        seen[member] = c
+    if SOURCE_KEY in columns.extra and _SOURCE_COLUMN_KEY in columns.extra:
+        raise ColumnError(
+            f"columns {SOURCE_KEY!r} and {_SOURCE_COLUMN_KEY!r} would both be stored under "
+            f"{_SOURCE_COLUMN_KEY!r} in the sample's .json ({SOURCE_KEY!r} holds the "
+            f"dataset's name there). Leave one out with --drop-column {_SOURCE_COLUMN_KEY} "
+            f"(config drop_columns), or rename it in the source",
+            key=_SOURCE_COLUMN_KEY,
+        )
 
 
 def _feature_kind(feature: Any) -> str | None:
@@ -176,9 +220,10 @@ def resolve_columns(
     ``.json``. Every other column goes into the sample's ``.json``; further image/audio columns
     and the ``drop`` columns are left out (``dropped``) and reported.
 
-    Raises ColumnError naming a missing column and listing the existing ones, and for a column
-    holding binary data nested inside another type (it cannot go into JSON), naming the flag
-    that leaves it out.
+    Raises ColumnError naming a missing column and listing the existing ones, for a column
+    holding binary data nested inside another type (it cannot go into JSON), and for two
+    columns that would be written under one name (:func:`check_member_names`), naming the
+    flag that leaves one out.
     """
     columns = list(columns)
     for name in [image, audio, *text, *drop]:
@@ -227,9 +272,11 @@ def resolve_columns(
         )
     binary = tuple(c for c in rest if kinds[c] == "binary")
     extra = tuple(c for c in rest if c not in binary)
-    return ColumnMap(
+    found = ColumnMap(
         image=image, audio=audio, text=tuple(text), extra=extra, dropped=dropped, binary=binary
     )
+    check_member_names(found)
+    return found
 
 
 def prepare(ds, columns: ColumnMap):

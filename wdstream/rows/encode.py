@@ -5,7 +5,8 @@ names) into ``{ext: bytes}`` members: encoded images and audio pass through byte
 their own format's extension; decoded ones (PIL images, audio arrays) are encoded once. The
 text comes from the text columns or from a :class:`~wdstream.rows.template.TextTemplate` over
 them; ``extra`` columns go into the ``.json`` and binary columns become ``<column>.bin``
-members, so no byte is lost.
+members, so no byte is lost. A cell given by path is read only inside the source's own folders
+or allowed ones (:mod:`wdstream.rows.paths`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ import datetime
 import decimal
 import io
 import json
+import logging
 import posixpath
 from typing import Any
 
-from ..errors import ColumnError, SkipSample
-from ..format.schema import audio_ext, image_ext
+from .. import storage
+from ..errors import ColumnError, SkipSample, redact
+from ..format.schema import AUDIO_EXTS, audio_ext, image_ext
 from ..format.tario import MAX_MEMBER_BYTES
-from .columns import ColumnMap, binary_member
+from .columns import ColumnMap, binary_member, check_member_names, json_key
+from .paths import PathOutsideSource, ReadRoots
 from .template import TextTemplate
 from .validate import (
     SOUNDFILE_EXT,
@@ -31,6 +35,8 @@ from .validate import (
 )
 
 __all__ = ["RowEncoder", "encode_pil_image", "encoded_bytes"]
+
+log = logging.getLogger(__name__)
 
 #: Audio formats soundfile cannot open; kept unverified (there is no decoder here to check).
 _UNVERIFIABLE_AUDIO = ("m4a", "aac", "mp4", "wma")
@@ -96,18 +102,20 @@ def _json_safe(value: Any) -> Any:
 
 
 def _read_path(path: str) -> bytes:
-    import fsspec
-
-    with fsspec.open(path, "rb") as f:
-        return f.read()
+    # no storage options: the output's credentials are never sent where a dataset points
+    return storage.read_bytes(path, max_bytes=MAX_MEMBER_BYTES)
 
 
 class RowEncoder:
     """Turn one row (a dict of mapped columns) into WebDataset members.
 
     ``txt``: the text column(s), joined by newlines, or formed by ``columns.template``.
-    ``json``: ``{"source": name, ...other columns}`` made JSON-safe; a binary column:
-    ``<column>.bin`` (:func:`~wdstream.rows.columns.binary_member`). The image goes under its
+    ``json``: ``{"source": name, ...other columns}`` made JSON-safe (a column named
+    ``source`` goes under ``source_column``: :func:`~wdstream.rows.columns.json_key`); a
+    binary column: ``<column>.bin`` (:func:`~wdstream.rows.columns.binary_member`). A cell
+    given by path is read only inside ``paths`` (:class:`~wdstream.rows.paths.ReadRoots`;
+    None: nowhere), else its row raises :class:`~wdstream.rows.paths.PathOutsideSource`
+    (``path_outside_source``; the first one is logged with its column). The image goes under its
     own format's extension and the audio likewise, byte for byte when they arrive encoded;
     ``columns.image_ext``/``audio_ext`` name every one with that extension instead (the bytes
     stay as they are). A row whose image or audio is missing its bytes or fails the checks of
@@ -115,17 +123,26 @@ class RowEncoder:
     ``verify``, soundfile ``info``; ``"full"``: decoded whole; ``verify=False`` skips them)
     raises :class:`~wdstream.errors.SkipSample` with the reason (``bad_image``, ``bad_audio``,
     ...); so does a row with a member over ``format.tario.MAX_MEMBER_BYTES``
-    (``member_too_large``). A column holding binary data inside another type raises
-    :class:`~wdstream.errors.ColumnError`.
+    (``member_too_large``). A column holding binary data inside another type, or two columns
+    that would give one member, raise :class:`~wdstream.errors.ColumnError`.
     """
 
     def __init__(
-        self, columns: ColumnMap, source_name: str, *, verify: bool = True, validate: str = "cheap"
+        self,
+        columns: ColumnMap,
+        source_name: str,
+        *,
+        verify: bool = True,
+        validate: str = "cheap",
+        paths: ReadRoots | None = None,
     ):
         self.columns = columns
         self.source_name = source_name
         self.verify = verify
         self.validate = validate
+        self.paths = paths if paths is not None else ReadRoots()
+        self._outside_logged = False
+        check_member_names(columns)
         self._template = (
             TextTemplate(columns.template, f"text template of {source_name}")
             if columns.template
@@ -141,13 +158,14 @@ class RowEncoder:
             parts = [row.get(c) for c in cols.text]
             fields["txt"] = "\n".join("" if p is None else str(p) for p in parts).encode()
         meta: dict[str, Any] = {"source": self.source_name}
+        binary: dict[str, str] = {}  # member -> the column it came from
         for c in cols.extra:
             value = row.get(c)
             if isinstance(value, (bytes, bytearray, memoryview)):
-                fields[binary_member(c)] = bytes(value)  # a source without features
+                self._put_binary(fields, binary, c, bytes(value))  # a source without features
                 continue
             try:
-                meta[c] = _json_safe(value)
+                meta[json_key(c)] = _json_safe(value)
             except _BinaryValue:
                 raise ColumnError(
                     f"column {c!r} holds binary data inside a {type(value).__name__}, which "
@@ -161,9 +179,9 @@ class RowEncoder:
             if value is not None:
                 data, path = _bytes_and_path(value)
                 if data is None and path:
-                    data, path = encoded_bytes(value, key, "binary")
+                    data, path = self._encoded(value, key, "binary", c)
                 if data is not None:
-                    fields[binary_member(c)] = data
+                    self._put_binary(fields, binary, c, data)
         fields["json"] = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode()
         if cols.image is not None and row.get(cols.image) is not None:
             ext, data = self._image(row[cols.image], key)
@@ -176,12 +194,46 @@ class RowEncoder:
                 raise SkipSample("member_too_large", key=key)
         return fields
 
+    def _put_binary(
+        self, fields: dict[str, bytes], binary: dict[str, str], column: str, data: bytes
+    ) -> None:
+        """``column``'s bytes as its own member; a member another column already gave (two
+        names made the same safe name) stops the job: one column's bytes would be lost."""
+        member = binary_member(column)
+        if member in binary:
+            raise ColumnError(
+                f"columns {binary[member]!r} and {column!r} would both be written as the member "
+                f".{member}, and one would overwrite the other. Leave one out with --drop-column "
+                f"(config drop_columns), or rename it in the source",
+                key=column,
+            )
+        binary[member] = column
+        fields[member] = data
+
+    def _encoded(self, value: Any, key: str, kind: str, column: str) -> tuple[bytes, str | None]:
+        """:func:`encoded_bytes` within ``self.paths``; the first path outside it is logged
+        with its column."""
+        try:
+            return encoded_bytes(value, key, kind, self.paths)
+        except PathOutsideSource as exc:
+            if not self._outside_logged:
+                self._outside_logged = True
+                log.warning(
+                    "column %r of %s names the file %s, outside the source's folders: not "
+                    "read; such rows are skipped and counted as path_outside_source. If you "
+                    "trust it, allow its folder with --allow-path DIR (config allow_paths)",
+                    column,
+                    self.source_name,
+                    redact(exc.path),
+                )
+            raise
+
     def _image(self, value: Any, key: str) -> tuple[str, bytes]:
         from PIL import Image
 
         if isinstance(value, Image.Image):
             return encode_pil_image(value)
-        data, path = encoded_bytes(value, key, "image")
+        data, path = self._encoded(value, key, "image", self.columns.image)
         ext = image_ext(data)
         if self.verify or ext is None:
             if ext is not None and not image_is_complete(ext, data):
@@ -202,11 +254,12 @@ class RowEncoder:
     def _audio(self, value: Any, key: str) -> tuple[str, bytes]:
         if isinstance(value, dict) and value.get("array") is not None:
             return _encode_array_audio(value)
-        data, path = encoded_bytes(value, key, "audio")
+        data, path = self._encoded(value, key, "audio", self.columns.audio)
         ext = audio_ext(data)
         if not self.verify:
-            if ext is None and path:
+            if ext is None and path:  # only an audio extension: never txt, json or an image's
                 ext = posixpath.splitext(path)[1].lstrip(".").lower() or None
+                ext = ext if ext in AUDIO_EXTS else None
             if ext is None:
                 raise SkipSample("unknown_audio_format", key=key)
             return ext, data
@@ -236,13 +289,19 @@ class RowEncoder:
         return ext, data
 
 
-def encoded_bytes(value: Any, key: str, kind: str) -> tuple[bytes, str | None]:
-    """The encoded bytes of an image/audio cell (read from its path when it has no bytes).
-    Raises SkipSample(``<kind>_unreadable`` / ``<kind>_empty``)."""
+def encoded_bytes(
+    value: Any, key: str, kind: str, paths: ReadRoots | None = None
+) -> tuple[bytes, str | None]:
+    """The encoded bytes of an image/audio cell, read from its path when it has no bytes and
+    the path lies inside ``paths`` (None: nowhere). Raises PathOutsideSource
+    (``path_outside_source``), SkipSample(``<kind>_unreadable`` / ``<kind>_empty``)."""
     data, path = _bytes_and_path(value)
     if data is None and path:
+        where = (paths or ReadRoots()).resolve(path)
+        if where is None:
+            raise PathOutsideSource(path, key=key)
         try:
-            data = _read_path(path)
+            data = _read_path(where)
         except OSError as exc:
             raise SkipSample(f"{kind}_unreadable", key=key) from exc
     if not data:

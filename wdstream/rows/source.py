@@ -28,7 +28,14 @@ from huggingface_hub.utils import (
 from ..errors import HubUnreachableError, SourceError
 from ..hub import check_hub_reachable
 
-__all__ = ["HFSource", "open_source", "map_load_error", "near_local_folder", "LOCAL_BUILDERS"]
+__all__ = [
+    "HFSource",
+    "open_source",
+    "map_load_error",
+    "near_local_folder",
+    "local_source_path",
+    "LOCAL_BUILDERS",
+]
 
 #: Builders that read local ``data_files`` and never need the Hub.
 LOCAL_BUILDERS = (
@@ -108,6 +115,12 @@ def _is_local_path(source: str) -> bool:
 
 def _local_path(source: str) -> str:
     return os.path.expanduser(source.removeprefix("file://"))
+
+
+def local_source_path(source: str) -> str | None:
+    """The local path ``source`` names (``~`` expanded, ``file://`` removed), or None when it
+    is a Hub id or a builder name."""
+    return _local_path(source) if _is_local_path(source) else None
 
 
 def _needs_hub(spec: HFSource) -> bool:

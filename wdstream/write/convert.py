@@ -8,7 +8,6 @@ dead attempts left (:mod:`.output`) and writes ``OUTPUT/manifest.json`` last.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import logging
 import os
 import time
@@ -33,7 +32,7 @@ from ..format.shardtable import save_compact
 from ..registry import Entry
 from ..rows.source import HFSource
 from .executors import Executor, check_executor, make_executor
-from .output import JOB_NAME, Output, RecordLog, check_job, records_per_batch
+from .output import JOB_NAME, Output, RecordLog, claim_job, records_per_batch
 from .partition import ConvertTask, convert_partition
 from .plan import JobPlan, columns_dict, plan_job
 from .segments import details_name, segments_manifest, start_append
@@ -106,6 +105,7 @@ def convert(
     executor: Executor | str | None = None,
     on_plan: Callable[[JobPlan], None] | None = None,
     append: bool = False,
+    allow_duplicate_source: bool = False,
     **overrides: Any,
 ) -> Manifest:
     """Convert a Hugging Face dataset into WebDataset shards under ``output``; returns the
@@ -132,8 +132,10 @@ def convert(
     ``append=True`` adds this source to the finished dataset in ``output`` as a new segment
     (:mod:`.segments`): new partitions numbered after its last one, a manifest covering both;
     nothing finished is rewritten. Re-running the same append resumes or is a no-op. Raises
-    ConfigError when ``output`` holds no finished conversion, or an unfinished append of
-    another source or options.
+    ConfigError when ``output`` holds no finished conversion, an unfinished append of another
+    source or options (another append may be running: two appends that start at once never
+    both take one segment, the second one is refused), or the same source with other options
+    (it would duplicate its rows) unless ``allow_duplicate_source=True``.
     """
     if isinstance(executor, str):
         overrides["executor"], executor = executor, None
@@ -172,17 +174,20 @@ def convert(
             plan = plan_job(spec, config)
         if on_plan is not None:
             on_plan(plan)
-        segment = start_append(out, plan) if append else None
-        fresh = segment.fresh if segment else check_job(out, plan)
-        if fresh and not segment:
-            storage.write_bytes(
-                storage.join_url(output, f"{PARTITIONS_DIR}/{JOB_NAME}"),
-                json.dumps(plan.to_dict(), indent=1, sort_keys=True).encode(),
-                opts,
-            )
+        segment = (
+            start_append(out, plan, allow_duplicate_source=allow_duplicate_source)
+            if append
+            else None
+        )
+        fresh = segment.fresh if segment else claim_job(out, plan)
         records = (
             {} if (fresh and not segment) or records_future is None else records_future.result()
         )
+        if segment is not None and any(p not in records for p in range(segment.first_partition)):
+            # another append finished a segment while this one started: the records read
+            # early lack its partitions, which this segment's manifest must list too
+            log.info("%s: reading the records again (another append finished)", redact(output))
+            records = out.records()
     except BaseException:
         if early is not None:
             early.close()
@@ -226,6 +231,7 @@ def convert(
             upload_concurrency=config.upload_concurrency,
             upload_buffer_bytes=config.upload_buffer_bytes,
             files=plan.files_of(p - first),
+            read_roots=plan.read_roots,
         )
         for p in pending
     )  # made as the executor takes them: memory bounded by in-flight
@@ -293,10 +299,12 @@ def convert_entry(
     config: Config | None = None,
     on_plan: Callable[[JobPlan], None] | None = None,
     append: bool = False,
+    allow_duplicate_source: bool = False,
     **overrides: Any,
 ) -> Manifest:
     """Convert one registry dataset with its column mapping and text template (see
-    :func:`convert`; ``append`` as there); returns the Manifest."""
+    :func:`convert`; ``append`` and ``allow_duplicate_source`` as there); returns the
+    Manifest."""
     config = (config or Config()).replace(
         image_column=entry.image_column,
         audio_column=entry.audio_column,
@@ -313,4 +321,5 @@ def convert_entry(
         config=config,
         on_plan=on_plan,
         append=append,
+        allow_duplicate_source=allow_duplicate_source,
     )

@@ -36,6 +36,7 @@ __all__ = [
     "CleanupError",
     "JOB_NAME",
     "check_job",
+    "claim_job",
     "remove_leftovers",
     "records_per_batch",
 ]
@@ -346,4 +347,35 @@ def check_job(out: Output, plan: JobPlan) -> bool:
             f"now). Re-run with the same options to resume, or choose another OUTPUT",
             url=out.url,
         )
+    return False
+
+
+def claim_job(out: Output, plan: JobPlan) -> bool:
+    """:func:`check_job`, then, for a fresh OUTPUT, take it: its job file is created only where
+    none is (:func:`wdstream.storage.create_new`), so of two conversions started at once into
+    one new OUTPUT only one takes it. Returns True when this call created the job file (fresh),
+    False when OUTPUT holds this same job (resume). Raises ConfigError as check_job does,
+    saying when another conversion took OUTPUT first."""
+    if not check_job(out, plan):
+        return False
+    if storage.create_new(
+        storage.join_url(out.url, f"{PARTITIONS_DIR}/{JOB_NAME}"),
+        json.dumps(plan.to_dict(), indent=1, sort_keys=True).encode(),
+        out.storage_options,
+        fs=out.fs,
+    ):
+        return True
+    try:  # another conversion created it between the check and now: this job, or another?
+        if check_job(out, plan):
+            raise ConfigError(
+                f"{redact(out.url)}/{PARTITIONS_DIR}/{JOB_NAME} came and went while this "
+                f"conversion started; re-run the command",
+                url=out.url,
+            )
+    except ConfigError as exc:
+        raise ConfigError(
+            f"another conversion into {redact(out.url)} started at the same time and took it "
+            f"first: {exc}",
+            url=out.url,
+        ) from None
     return False

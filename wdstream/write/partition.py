@@ -22,6 +22,7 @@ from ..format.manifest import PARTITIONS_DIR, PartitionRecord
 from ..format.schema import make_key
 from ..rows.columns import ColumnMap, iter_rows, prepare
 from ..rows.encode import RowEncoder
+from ..rows.paths import ReadRoots
 from ..rows.source import HFSource, open_source
 from .executors.base import Progress, merge_secrets, split_secrets
 from .output import lists_by_prefix, remove_leftovers
@@ -53,7 +54,9 @@ class ConvertTask:
     after the output's last one): ``partition`` names the shards, keys and record, and the
     task reads group ``partition - first_partition`` of the source. ``files``, when the
     source's shards are data files (parquet, arrow), are that group's files: the worker opens
-    only them, instead of resolving every file of the source again.
+    only them, instead of resolving every file of the source again. ``read_roots``: the
+    folders a media cell's path may be read from (the source's own and the allowed ones,
+    :mod:`wdstream.rows.paths`); a row naming a path elsewhere is skipped and counted.
     """
 
     spec: HFSource
@@ -75,6 +78,7 @@ class ConvertTask:
     upload_concurrency: int = 4
     upload_buffer_bytes: int = 64 * 2**20
     files: SourceFiles | None = None  # this partition's data files (None: open the source)
+    read_roots: ReadRoots = field(default_factory=ReadRoots)  # where media paths may be read
 
     def __str__(self) -> str:
         return (
@@ -168,7 +172,9 @@ def convert_partition(task: ConvertTask, progress: Progress | None = None) -> Pa
 
 def _convert_partition(task: ConvertTask, progress: Progress | None) -> PartitionRecord:
     ds = _partition_dataset(task)
-    encoder = RowEncoder(task.columns, task.spec.source, validate=task.validate)
+    encoder = RowEncoder(
+        task.columns, task.spec.source, validate=task.validate, paths=task.read_roots
+    )
     budget = ErrorBudget(-1 if task.skip_bad_rows else 0, what="bad rows")
     writer = ShardWriter(
         task.output_url,

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..config import Config
 from ..rows.columns import ColumnMap, binary_member, resolve_columns, sample_binary_values
+from ..rows.paths import ReadRoots, source_roots
 from ..rows.source import HFSource, open_source
 from .sources.files import SourceFiles, file_group, source_files
 
@@ -42,6 +43,7 @@ class JobPlan:
     options: dict[str, Any]
     source_shards: int = 0  # the source's shards (data files); 0: as many as partitions
     files: SourceFiles | None = None  # the source's data files, one per shard (not in _job.json)
+    read_roots: ReadRoots = ReadRoots()  # where media paths may be read (not in _job.json)
 
     def __post_init__(self):
         if not self.source_shards:
@@ -188,6 +190,9 @@ def plan_job(spec: HFSource, config: Config) -> JobPlan:
     }
     if config.validate != "cheap":  # only when set: older jobs keep resuming
         options["validate"] = config.validate
+    if config.allow_paths:  # which rows are read; only when set: older jobs keep resuming
+        options["allow_paths"] = sorted(config.allow_paths)
+    files = source_files(ds)
     log.info(
         "source %s: columns %s; %d partition(s)",
         spec.source,
@@ -201,5 +206,8 @@ def plan_job(spec: HFSource, config: Config) -> JobPlan:
         total_rows=total,
         options=options,
         source_shards=source_shards,
-        files=source_files(ds),
+        files=files,
+        read_roots=source_roots(
+            spec, files.paths if files is not None else (), allow=config.allow_paths
+        ),
     )
