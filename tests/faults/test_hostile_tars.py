@@ -112,3 +112,92 @@ def test_index_verify_and_read_3_gib_claims_in_bounded_memory(tmp_path):
     assert len(got["exact"]) == 6 and set(got["exact"]) == {"b0", "b2", "c0", "c2"}
     assert got["streaming"] == ["b0", "b2", "c0", "c2"]
     assert "member b1.bin is 3221225472 bytes, over max_member_bytes" in out.stderr
+
+
+# -- a shard changed under its index: the exact reader's spans meet the hostile header ---------
+def _checksum(h: bytearray) -> bytes:
+    h[148:156] = b" " * 8
+    h[148:156] = b"%06o\0 " % sum(h)
+    return bytes(h)
+
+
+def _negative_size(header: bytes) -> bytes:
+    """``header`` with a base-256 size of -512: the span parser used to step from this
+    header back to itself, forever (2.1 GB after 120 s)."""
+    h = bytearray(header)
+    h[124:136] = b"\xff" + ((1 << 88) - 512).to_bytes(11, "big")
+    return _checksum(h)
+
+
+def _pax_of_length_0(header: bytes) -> bytes:
+    """A pax header and its record block, ``0 path=x.txt``: the pax parser used to loop on
+    it forever."""
+    h = bytearray(header)
+    h[:100] = b"././@PaxHeader".ljust(100, b"\0")
+    h[124:136] = b"%011o\0" % 512
+    h[156:157] = b"x"
+    return _checksum(h) + b"0 path=x.txt\n".ljust(512, b"\0")
+
+
+READ_CHILD = r"""
+import json, logging, sys
+import wdstream
+
+wdstream.make_loader, wdstream.Config  # torch is imported before the limit
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+limit_memory()
+alarm(100)  # a hang ends as Hang, a traceback and rc 1, before the parent's timeout
+out = {}
+for workers in (0, 2):
+    config = wdstream.Config(batch_size=2, num_workers=workers, cache_size=0, shuffle=False,
+                             vision_dim=16, max_text_length=16, persistent_workers=False,
+                             error_tolerance=-1)
+    loader = wdstream.make_loader(sys.argv[1], config)
+    keys = [k for batch in loader for k in batch["keys"]]
+    out[workers] = {"keys": keys, "stats": loader.stats()}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "damage, words",
+    [(_negative_size, "claims a size of -512 bytes"), (_pax_of_length_0, "a record of length 0")],
+)
+def test_a_hostile_header_under_an_index_is_counted_by_the_exact_reader(tmp_path, damage, words):
+    """Item 6 end to end: a shard whose bytes changed under its index (same size, so the
+    reader's size check passes) to hide a header with a negative size, or a pax record of
+    length 0. The exact reader, with 0 and 2 workers, ends in bounded time and memory,
+    delivers the other samples and counts the damaged one; verify fails the shard."""
+    from wdstream.cli import main
+    from wdstream.format.index import parse_index
+    from wdstream.format.tario import tar_bytes
+    from wdstream.write.indexer import index_dataset
+
+    keys = [f"{s:05d}{i:04d}" for s in range(2) for i in range(6)]
+    for s in range(2):
+        samples = [(k, {"txt": k.encode() * 150, "json": b"{}"}) for k in keys[6 * s : 6 * s + 6]]
+        (tmp_path / f"{s:05d}.tar").write_bytes(tar_bytes(samples))
+    m = index_dataset(str(tmp_path), quiet=True).manifest
+    assert main(["verify", str(tmp_path)]) == 0
+    offsets = parse_index((tmp_path / m.shards[1].index).read_bytes())["offsets"]
+    shard = bytearray((tmp_path / "00001.tar").read_bytes())
+    at = int(offsets[3])  # sample 00001003's first header
+    bad = damage(bytes(shard[at : at + 512]))
+    shard[at : at + len(bad)] = bad
+    (tmp_path / "00001.tar").write_bytes(bytes(shard))
+
+    out = run_child(READ_CHILD, str(tmp_path), timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    for workers in ("0", "2"):
+        delivered, rows = set(got[workers]["keys"]), got[workers]["stats"]
+        placeholders = sum(row["placeholders"] for row in rows)
+        # every batch is whole; the damaged sample is never delivered, and is counted
+        assert len(got[workers]["keys"]) == 12, (workers, got[workers])
+        assert "000010003" not in delivered and set(keys[:6]) <= delivered
+        assert len(delivered) + placeholders == 12, (workers, sorted(delivered), rows)
+        assert any(row["skipped"] for row in rows), rows
+    assert f"00001.tar: unreadable shard ({tmp_path}/00001.tar: " in out.stderr
+    assert words in out.stderr, out.stderr[-3000:]
+    assert main(["verify", str(tmp_path)]) == 1
