@@ -23,6 +23,8 @@ __all__ = [
     "NotFoundError",
     "CredentialsError",
     "ShardReadError",
+    "TarFormatError",
+    "TarTruncatedError",
     "SampleError",
     "SkipSample",
     "TooManyErrors",
@@ -129,6 +131,17 @@ class CredentialsError(StorageError):
 
 class ShardReadError(WdstreamError, OSError):
     """A shard is truncated, corrupt or unreadable."""
+
+
+class TarFormatError(WdstreamError, ValueError):
+    """A tar archive is malformed, or uses a feature wdstream does not read: a bad checksum or
+    number field, an absurd size, a malformed pax record, an ambiguous entry. The message
+    names the shard and the byte of the header."""
+
+
+class TarTruncatedError(WdstreamError, EOFError):
+    """A tar archive ends early: inside a header or a member, or (a whole shard) without its
+    end-of-archive marker. The message names the shard and the byte where it ends."""
 
 
 class SampleError(WdstreamError, ValueError):

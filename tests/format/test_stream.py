@@ -142,3 +142,52 @@ def test_scan_shard_gives_the_index_of_a_whole_and_of_a_truncated_shard(tmp_path
     assert scan.skipped == {"truncated or corrupt shard": 1}
     assert "indexed its first 3 whole samples" in scan.problems[0]
     assert scan.bytes == cut  # the whole file was read and hashed
+
+
+# -- ShardStream: the listed size bounds what is read; failed reads are retried in place ------
+def test_shard_stream_never_reads_past_the_listed_size():
+    from wdstream.format.stream import ShardStream
+
+    with ShardStream("/dev/zero", size=100_000) as f:
+        got = [f.read(30_000) for _ in range(5)]
+    assert [len(g) for g in got] == [30_000, 30_000, 30_000, 10_000, 0]
+
+
+def test_shard_stream_opens_again_at_the_byte_reached_after_a_failed_read(
+    tmp_path, monkeypatch, caplog
+):
+    from wdstream import storage
+    from wdstream.errors import StorageError
+    from wdstream.format import stream as stream_module
+
+    data, _, _ = _shard(8)
+    (tmp_path / "s.tar").write_bytes(data)
+    opened, failures = [], {"left": 2}
+    real = storage.open_read
+
+    class Flaky:
+        def __init__(self, f):
+            self.f = f
+
+        def read(self, n=-1):
+            if failures["left"] and self.f.tell() >= 3000:
+                failures["left"] -= 1
+                raise ConnectionResetError("reset by peer")
+            return self.f.read(min(n, 1000))
+
+        def close(self):
+            self.f.close()
+
+    def open_read(url, options=None, *, offset=0, **kw):
+        opened.append(offset)
+        return Flaky(real(url, options, offset=offset, **kw))
+
+    monkeypatch.setattr(stream_module.storage, "open_read", open_read)
+    scan = scan_shard(str(tmp_path / "s.tar"))
+    assert len(scan.keys) == 8 and scan.problems == []
+    assert scan.sha256 == hashlib.sha256(data).hexdigest()
+    assert opened[0] == 0 and opened[1] == opened[2] >= 3000 and len(opened) == 3
+    assert f"failed at byte {opened[1]}" in caplog.text and "opening it again there" in caplog.text
+    failures["left"] = 100  # a read that keeps failing: StorageError, not a truncated shard
+    with pytest.raises(StorageError, match=r"s\.tar at byte \d+ of \d+: 5 attempts failed"):
+        scan_shard(str(tmp_path / "s.tar"))

@@ -362,3 +362,160 @@ def test_shards_in_several_folders_keep_distinct_index_names(tmp_path, capsys):
     config = small_config(batch_size=1, allowed_prefixes=[f"{tmp_path}/"])
     keys = [k for b in wdstream.make_loader(str(out), config) for k in b["keys"]]
     assert sorted(keys) == ["000000000", "000000001", "000000002", "000010000", "000010001"]
+
+
+# -- index names never collide; verify checks each index against its shard --------------------
+def test_shards_with_one_stem_get_distinct_indexes(tmp_path):
+    """``a.tar`` and ``a.tar.gz`` (and ``A.tar`` on a disk that ignores case) used to share
+    one index: the reader then read one of them with the other's offsets."""
+    data = tmp_path / "d"
+    write_local(
+        data,
+        {
+            "a.tar": img2dataset_tar(0, 5),
+            "a.tar.gz": gzip.compress(img2dataset_tar(1, 3), mtime=0),
+            "A.tar": img2dataset_tar(2, 4),
+        },
+    )
+    report = index_dataset(str(data), quiet=True)
+    names = [s.index for s in report.manifest.shards]
+    assert len({n.casefold() for n in names}) == 3, names
+    assert all(n.endswith(".idx") and n[:2] in ("a-", "A-") for n in names), names
+    keys = [
+        k for b in wdstream.make_loader(str(data), small_config(batch_size=1)) for k in b["keys"]
+    ]
+    assert sorted(keys) == sorted(all_keys((5,)) + all_keys((0, 3)) + all_keys((0, 0, 4)))
+    assert main(["verify", str(data)]) == 0
+
+
+def test_verify_fails_an_index_that_is_not_its_shards(tmp_path, capsys):
+    data = tmp_path / "d"
+    write_local(data, {"00000.tar": img2dataset_tar(0, 6), "00001.tar": img2dataset_tar(1, 6)})
+    m = index_dataset(str(data), quiet=True).manifest
+    assert main(["verify", str(data)]) == 0
+    capsys.readouterr()
+    # the other shard's index: same count, other offsets and keys
+    (data / m.shards[1].index).write_bytes((data / m.shards[0].index).read_bytes())
+    assert main(["verify", str(data)]) == 1
+    err = capsys.readouterr().err
+    assert "FAIL 00001.tar: index 00001.idx" in err and "not this shard's index" in err
+    assert "00000.tar" not in err
+
+
+@pytest.mark.s3
+def test_shards_in_two_buckets_with_one_path_keep_their_own_indexes(s3):
+    """``s3://test/other/y.tar`` and ``s3://other/y.tar`` were both given ``other/y.idx``:
+    index and verify passed, and reading delivered 20 of 40 samples."""
+    fs, opts = s3["fs"], s3["storage_options"]
+    fs.mkdir("other")
+    fs.pipe_file("test/other/y.tar", img2dataset_tar(0, 20))
+    fs.pipe_file("other/y.tar", img2dataset_tar(1, 20))
+    urls = ["s3://test/other/y.tar", "s3://other/y.tar"]
+    report = index_dataset(urls, "s3://test/idx", storage_options=opts, quiet=True)
+    names = [s.index for s in report.manifest.shards]
+    assert len(set(names)) == 2 and all(n.startswith("other/y-") for n in names), names
+    allowed = ["s3://test/other/", "s3://other/"]
+    config = small_config(storage_options=opts, batch_size=4, allowed_prefixes=allowed)
+    keys = [k for b in wdstream.make_loader("s3://test/idx", config) for k in b["keys"]]
+    assert sorted(keys) == sorted(all_keys((20,)) + all_keys((0, 20)))
+    endpoint = ["--storage-option", f"endpoint_url={s3['endpoint']}"]
+    prefixes = [x for p in allowed for x in ("--allowed-prefix", p)]
+    assert main(["verify", "s3://test/idx", *endpoint, *prefixes]) == 0
+
+
+# -- member names that are not UTF-8 ----------------------------------------------------------
+def test_member_names_that_are_not_utf8_are_indexed_and_read(tmp_path, capsys):
+    """A key's hash is that of its bytes as the tar holds them (``surrogateescape``), when it
+    is indexed and when the reader checks it: ``key.encode()`` raised UnicodeEncodeError."""
+    buf = io.BytesIO()
+    keys = ["k\udcff\udcfe0", "ok1", "\udce9t\udce92", "ok3"]
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for k in keys:
+            info = tarfile.TarInfo(f"{k}.txt")
+            data = b"caption " + k.encode("utf-8", "surrogateescape")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    write_local(tmp_path / "d", {"00000.tar": buf.getvalue()})
+    assert main(["index", str(tmp_path / "d"), "--quiet"]) == 0
+    assert "4 samples in 1 shards" in capsys.readouterr().out
+    config = small_config(batch_size=1, shuffle=False)
+    got = [k for b in wdstream.make_loader(str(tmp_path / "d"), config) for k in b["keys"]]
+    assert got == keys
+    # a slot that starts mid-shard checks each key against its hash
+    got = [
+        k
+        for b in wdstream.make_loader(str(tmp_path / "d"), config, rank=1, world=2)
+        for k in b["keys"]
+    ]
+    assert got == keys[2:]
+    assert main(["verify", str(tmp_path / "d")]) == 0
+
+
+# -- what is not a shard, and names a manifest cannot hold -------------------------------------
+INDEX_CHILD = r"""
+import sys
+from wdstream.cli import main
+sys.exit(main(["index", *sys.argv[1:], "--quiet"]))
+"""
+
+
+def test_devices_fifos_and_folders_named_tar_are_skipped_not_read(tmp_path):
+    """A symlink to /dev/zero named z.tar made ``index`` read forever (and a FIFO block
+    forever); only regular files are indexed, and never past their listed size."""
+    from bounded import run_child
+
+    data = tmp_path / "d"
+    write_local(data, {"00000.tar": img2dataset_tar(0, 4), "00001.tar": img2dataset_tar(1, 3)})
+    os.symlink("/dev/zero", data / "z.tar")
+    os.mkfifo(data / "f.tar")
+    os.symlink(data / "00001.tar", data / "link.tar")  # a link to a shard is that shard
+    out = run_child(INDEX_CHILD, str(data), timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 file(s) not indexed" in out.stdout
+    assert "z.tar: not a regular file (a character device)" in out.stderr
+    assert "f.tar: not a regular file (a FIFO)" in out.stderr
+    m = load_manifest(str(data))
+    assert [s.url for s in m.shards] == ["00000.tar", "00001.tar", "link.tar"]
+    assert m.skipped == {"not a regular file": 2}
+    keys = [
+        k for b in wdstream.make_loader(str(data), small_config(batch_size=1)) for k in b["keys"]
+    ]
+    assert sorted(keys) == sorted(all_keys((4, 3)) + all_keys((0, 3)))
+
+
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        (b"a\nb.tar", "a newline"),
+        (b"\xff\xfe.tar", "not UTF-8"),
+        (b"a::b.tar", "'::' (fsspec URL chaining)"),
+    ],
+)
+def test_a_name_a_manifest_cannot_hold_is_skipped_and_the_rest_stays_readable(
+    tmp_path, capsys, caplog, name, why
+):
+    """A shard named with a newline used to be indexed (exit 0), and then ``make_loader``
+    refused the whole dataset (the compact manifest joins names with newlines); a name that
+    is not UTF-8 or holds '::' broke it the same way."""
+    data = tmp_path / "d"
+    write_local(data, {"00000.tar": img2dataset_tar(0, 4), "00001.tar": img2dataset_tar(1, 3)})
+    with open(os.path.join(os.fsencode(str(data)), name), "wb") as f:
+        f.write(img2dataset_tar(2, 5))
+    assert main(["index", str(data), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "7 samples in 2 shards" in out and "1 file(s) not indexed" in out
+    assert f"name a manifest cannot hold: {why}" in caplog.text
+    m = load_manifest(str(data))
+    assert m.skipped == {"name a manifest cannot hold": 1}
+    assert m.source["problems"][0]["problems"] == [
+        f"not indexed: name a manifest cannot hold: {why}"
+    ]
+    keys = [
+        k for b in wdstream.make_loader(str(data), small_config(batch_size=1)) for k in b["keys"]
+    ]
+    assert sorted(keys) == all_keys((4, 3))
+    assert main(["upgrade", str(data)]) == 0  # the compact form holds it too
+    keys = [
+        k for b in wdstream.make_loader(str(data), small_config(batch_size=1)) for k in b["keys"]
+    ]
+    assert sorted(keys) == all_keys((4, 3))

@@ -125,6 +125,12 @@ def run(args: argparse.Namespace) -> int:
             f"{', '.join(redact(u) for u in list(report.problems)[:5])}"
             f"{' ...' if len(report.problems) > 5 else ''}"
         )
+    if report.unusable:
+        shown = [ascii(redact(u))[1:-1] for u in list(report.unusable)[:5]]
+        print(
+            f"{len(report.unusable)} file(s) not indexed (logged above; counted in the "
+            f"manifest's skipped): {', '.join(shown)}{' ...' if len(report.unusable) > 5 else ''}"
+        )
     if report.outside:
         print(
             "The manifest names shards outside its own folder. Allow the reader to read "

@@ -1,4 +1,5 @@
-"""``wdstream verify URL``: re-read every shard and check its sample count and sha256."""
+"""``wdstream verify URL``: re-read every shard and check its sample count, size and sha256,
+and that its index describes it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 
 from ..errors import ShardReadError
 from ..format.manifest import load_manifest
-from ..format.verify import verify_shard
+from ..format.verify import check_shard
 from .options import (
     add_allowed_prefix_argument,
     add_storage_option_argument,
@@ -16,7 +17,7 @@ from .options import (
 
 __all__ = ["HELP", "add_arguments", "run"]
 
-HELP = "re-read every shard of a manifest and check sample counts and sha256s"
+HELP = "re-read every shard of a manifest and check sample counts, sha256s and indexes"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,20 +30,20 @@ def run(args: argparse.Namespace) -> int:
     options = parse_storage_options(args.storage_option)
     m = load_manifest(args.url, options, allowed_prefixes=args.allowed_prefix)
     bad = 0
-    for info, url in zip(m.shards, m.shard_urls(), strict=True):
+    for info, url, index_url in zip(m.shards, m.shard_urls(), m.index_urls(), strict=True):
         try:
-            samples, nbytes, sha = verify_shard(url, options)
+            problems = check_shard(
+                url,
+                options,
+                samples=info.samples,
+                nbytes=info.bytes,
+                sha256=info.sha256,
+                index_url=index_url,
+            )
         except (ShardReadError, OSError) as exc:
             print(f"FAIL {info.url}: {exc}", file=sys.stderr)
             bad += 1
             continue
-        problems = []
-        if samples != info.samples:
-            problems.append(f"{samples} samples, manifest says {info.samples}")
-        if nbytes != info.bytes:
-            problems.append(f"{nbytes} bytes, manifest says {info.bytes}")
-        if sha != info.sha256:
-            problems.append(f"sha256 {sha[:12]}..., manifest says {info.sha256[:12]}...")
         if problems:
             print(f"FAIL {info.url}: {'; '.join(problems)}", file=sys.stderr)
             bad += 1

@@ -52,8 +52,11 @@ def index_name(shard_name: str) -> str:
 
 
 def key_hash(key: str) -> int:
-    """The 64-bit hash of a sample key stored in a version-2 index."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+    """The 64-bit hash of a sample key stored in a version-2 index: of the key's bytes as
+    the tar holds them (tar names are decoded with ``surrogateescape``, so a name that is
+    not UTF-8 hashes as its own bytes, the same when it is indexed and when it is read)."""
+    raw = key.encode("utf-8", "surrogateescape")
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
 
 
 def index_bytes(offsets: list[int], keys: list[str], *, whole: bool = False) -> bytes:

@@ -1,11 +1,12 @@
-"""Deterministic tar writing and streaming tar reading, grouped into WebDataset samples.
+"""Deterministic tar writing, and tar members grouped into WebDataset samples.
 
 Writing: members get a fixed mtime, uid/gid 0, no user names, and a sorted order, so the same
 samples always give the same bytes. The byte offset of each sample's first header is returned,
 so readers can start mid-shard with a ranged read.
 
-Reading: members are streamed (``tarfile`` stream mode, gzip detected) and grouped into samples
-by WebDataset's key rule: the key is the member path up to the first dot of its base name.
+Reading: members come from :mod:`wdstream.format.tarread` (one header parser for spans and
+streams, re-exported here) and are grouped into samples by WebDataset's key rule: the key is
+the member path up to the first dot of its base name.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import io
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO
+
+from .tarread import MemberTooLarge, iter_members, iter_members_at, split_members
 
 __all__ = [
     "TarStreamWriter",
@@ -34,7 +36,6 @@ RECORD = tarfile.RECORDSIZE
 #: The largest member the converter writes (a larger cell is refused and counted). Readers skip
 #: members over ``config.max_member_bytes``, whose default is twice this.
 MAX_MEMBER_BYTES = 512 * 2**20
-_SKIP_CHUNK = 16 * 2**20  # read-and-discard step over a skipped member (bounded memory)
 _KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 
 
@@ -112,171 +113,6 @@ class TarStreamWriter:
         if pad:
             self._write(b"\0" * pad)
         return self.offset
-
-
-class MemberTooLarge:
-    """Stands in for the bytes of a member over the size limit (never read into memory)."""
-
-    __slots__ = ("name", "size", "limit")
-
-    def __init__(self, name: str, size: int, limit: int):
-        self.name, self.size, self.limit = name, size, limit
-
-    def __repr__(self) -> str:
-        return f"MemberTooLarge({self.name!r}, {self.size})"
-
-    @property
-    def reason(self) -> str:
-        return f"member {self.name} is {self.size} bytes, over max_member_bytes {self.limit}"
-
-
-def iter_members(
-    stream: BinaryIO, *, name: str = "<shard>", max_member_bytes: int | None = None
-) -> Iterator[tuple[str, bytes | MemberTooLarge]]:
-    """Stream ``(member name, bytes)`` of regular files; plain tar or gzip-compressed.
-
-    A member over ``max_member_bytes`` is not read into memory: its bytes are read and
-    discarded in bounded chunks, and a :class:`MemberTooLarge` stands in for them.
-    Truncation or corruption raises ``tarfile.ReadError``/``EOFError`` from where it is found;
-    the caller decides whether to skip the rest of the shard.
-    """
-    for member, data, _start, _end in iter_members_at(
-        stream, name=name, max_member_bytes=max_member_bytes
-    ):
-        yield member, data
-
-
-def iter_members_at(
-    stream: BinaryIO, *, name: str = "<shard>", max_member_bytes: int | None = None
-) -> Iterator[tuple[str, bytes | MemberTooLarge, int, int]]:
-    """As :func:`iter_members`, with the member's byte range in the (uncompressed) archive:
-    ``(name, bytes, offset of its first header, end of its padded data)``."""
-    with tarfile.open(fileobj=stream, mode="r|*") as tar:
-        for info in tar:
-            if not info.isreg():
-                continue
-            f = tar.extractfile(info)
-            if max_member_bytes is not None and info.size > max_member_bytes:
-                got = 0
-                while f is not None:
-                    chunk = f.read(_SKIP_CHUNK)
-                    if not chunk:
-                        break
-                    got += len(chunk)
-                if got != info.size:
-                    raise EOFError(
-                        f"{name}: member {info.name} truncated ({got} of {info.size} bytes)"
-                    )
-                end = info.offset_data + info.size + (-info.size) % BLOCK
-                yield (
-                    info.name,
-                    MemberTooLarge(info.name, info.size, max_member_bytes),
-                    info.offset,
-                    end,
-                )
-                continue
-            data = f.read() if f is not None else b""
-            if len(data) != info.size:
-                raise EOFError(
-                    f"{name}: member {info.name} truncated ({len(data)} of {info.size} bytes)"
-                )
-            end = info.offset_data + info.size + (-info.size) % BLOCK
-            yield info.name, data, info.offset, end
-        # tarfile ends quietly when the data stops at or inside a header; a complete archive
-        # ends with a zero block, which tarfile has then read in full.
-        pos = getattr(tar.fileobj, "pos", None)
-        if pos is not None and pos < tar.offset + BLOCK:
-            raise EOFError(f"{name}: truncated after {tar.offset} bytes (no end-of-archive marker)")
-
-
-def _number(field: bytes) -> int:
-    """A tar header's numeric field: octal text, or GNU base-256 when the top bit is set."""
-    if field[:1] and field[0] & 0x80:
-        n = int.from_bytes(field[1:], "big")
-        return n - (1 << (8 * len(field) - 8)) if field[0] & 0x40 else n
-    text = field.split(b"\0", 1)[0].strip(b" ")
-    return int(text, 8) if text else 0
-
-
-def _pax_path(data: bytes) -> str | None:
-    """The ``path`` record of a pax extended header, if any."""
-    path = None
-    pos = 0
-    while pos < len(data):
-        space = data.find(b" ", pos)
-        if space < 0:
-            break
-        length = int(data[pos:space])
-        record = data[space + 1 : pos + length - 1]
-        key, _, value = record.partition(b"=")
-        if key == b"path":
-            path = value.decode("utf-8", "surrogateescape")
-        pos += length
-    return path
-
-
-def split_members(
-    data, *, name: str = "<shard>", max_member_bytes: int | None = None
-) -> list[tuple[str, bytes | MemberTooLarge]]:
-    """``(member name, bytes)`` of the regular files in ``data``, the bytes of a span of an
-    uncompressed tar that starts at a header: a minimal parser, no ``tarfile`` objects.
-
-    512-byte headers (name, size, typeflag, checksum checked); GNU long names
-    (``././@LongLink``, type ``L``) and pax headers (``x``: their ``path``) apply to the next
-    member; other types are skipped. Parsing stops at the end of ``data`` or at a zero block.
-    A member whose data runs past the end raises EOFError; a bad checksum raises ValueError.
-    """
-    view = memoryview(data)
-    end = len(view)
-    pos = 0
-    out: list[tuple[str, bytes | MemberTooLarge]] = []
-    long_name: str | None = None
-    while pos + BLOCK <= end:
-        header = bytes(view[pos : pos + BLOCK])
-        if header == _ZERO_BLOCK:
-            break
-        stored = _number(header[148:156])
-        if stored != sum(header[:148]) + 256 + sum(header[156:]):
-            raise ValueError(f"{name}: bad tar header checksum at byte {pos} of the span")
-        size = _number(header[124:136])
-        kind = header[156:157]
-        start = pos + BLOCK
-        stop = start + size
-        if stop > end:
-            raise EOFError(
-                f"{name}: member at byte {pos} of the span truncated "
-                f"({end - start} of {size} bytes)"
-            )
-        pos = stop + (-size) % BLOCK
-        if kind == b"L":
-            long_name = (
-                bytes(view[start:stop]).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            )
-            continue
-        if kind == b"x":
-            long_name = _pax_path(bytes(view[start:stop])) or long_name
-            continue
-        if kind not in (b"0", b"\0", b"7"):
-            long_name = None
-            continue
-        if long_name is not None:
-            member, long_name = long_name, None
-        else:
-            member = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            prefix = header[345:500].split(b"\0", 1)[0]
-            if header[257:262] == b"ustar" and prefix:
-                member = prefix.decode("utf-8", "surrogateescape") + "/" + member
-        if max_member_bytes is not None and size > max_member_bytes:
-            out.append((member, MemberTooLarge(member, size, max_member_bytes)))
-        else:
-            out.append((member, bytes(view[start:stop])))
-    else:
-        if pos < end:
-            raise EOFError(f"{name}: span truncated inside a tar header at byte {pos}")
-    return out
-
-
-_ZERO_BLOCK = bytes(BLOCK)
 
 
 def group_samples(

@@ -2,10 +2,14 @@
 exact epochs, resume and mid-shard reads work on them as on converted shards. No shard is
 written or changed.
 
-- :func:`list_shards` turns a brace pattern, a list of URLs or a prefix into shard URLs;
+- :mod:`wdstream.write.shardlist` lists the shards (:func:`list_shards`) and says which
+  are not indexed (:func:`unusable_shard`: not a regular file, or a name a manifest cannot
+  hold: skipped and counted);
+- :func:`plan_index` gives every shard an index name no other shard has;
 - :func:`index_shard` scans one shard once (:func:`wdstream.format.scan.scan_shard`: its
-  keys, offsets, size and sha256, bad tails and repeated keys left out and reported), writes
-  its index and returns a :class:`ShardResult`;
+  keys, offsets, size and sha256, bad tails and repeated keys left out and reported; never
+  past the size the store lists; transient read errors retried), writes its index and
+  returns a :class:`ShardResult`;
 - :func:`build_manifest` puts the results together into a :class:`Manifest`;
 - :class:`IndexState` is the small ``_index_state.json`` that lets a re-run skip shards whose
   size and ``ukey`` (fsspec's store-neutral ETag) have not changed;
@@ -34,10 +38,19 @@ from ..errors import (
     StorageError,
     redact,
 )
-from ..format.index import index_bytes, index_name
-from ..format.manifest import MANIFEST_NAME, Manifest, ShardInfo, is_shard_source
+from ..format.index import index_bytes
+from ..format.manifest import MANIFEST_NAME, Manifest, ShardInfo
 from ..format.scan import scan_shard
 from ..format.schema import SHARD_EXTS
+from .shardlist import (
+    absolute,
+    index_names,
+    list_shards,
+    outside_prefixes,
+    shard_root,
+    show_name,
+    unusable_shard,
+)
 
 __all__ = [
     "SHARD_EXTS",
@@ -46,11 +59,14 @@ __all__ = [
     "ShardResult",
     "IndexState",
     "list_shards",
+    "unusable_shard",
     "shard_root",
     "plan_index",
     "index_shard",
     "build_manifest",
     "IndexReport",
+    "ShardFailure",
+    "index_shard_or_failure",
     "index_dataset",
     "outside_prefixes",
 ]
@@ -59,42 +75,7 @@ log = logging.getLogger(__name__)
 
 STATE_NAME = "_index_state.json"
 TOOL = "wdstream index"  # the manifest's options.tool: who wrote it
-
-
-def _is_local_url(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
-
-
-def list_shards(
-    source: str | list[str] | tuple[str, ...], storage_options: dict[str, Any] | None = None
-) -> list[str]:
-    """Shard URLs from a brace pattern, a list of URLs, or a prefix (every ``.tar``/``.tar.gz``/
-    ``.tgz`` below it, sorted). Raises SourceError when there are none."""
-    if isinstance(source, (list, tuple)) or is_shard_source(source):
-        urls = storage.expand_urls(list(source) if isinstance(source, tuple) else source)
-    else:
-        urls = [u for u in storage.find_urls(source, storage_options) if u.endswith(SHARD_EXTS)]
-    if not urls:
-        raise SourceError(
-            f"no .tar/.tar.gz shards in {redact(str(source))}: give a folder or "
-            f"prefix that holds them, a brace pattern such as "
-            f"'s3://bucket/data/{{00000..00099}}.tar', or a list of URLs",
-            url=str(source),
-        )
-    return urls
-
-
-def shard_root(urls: list[str]) -> str:
-    """The deepest folder that holds every shard URL."""
-    parents = [posixpath.dirname(u) for u in urls]
-    root = parents[0]
-    for p in parents[1:]:
-        while not (p == root or p.startswith(root.rstrip("/") + "/")):
-            up = posixpath.dirname(root)
-            if up == root or up.endswith(":"):  # "s3:" / "/" : nothing in common
-                break
-            root = up
-    return root
+TRUNCATED = "truncated or corrupt shard"  # scan's count of a shard whose tar ends early
 
 
 @dataclass
@@ -153,26 +134,29 @@ def index_shard(task: ShardTask, progress: Callable[[int, int], None] | None = N
     A truncated or corrupt shard is indexed up to its last whole sample; a non-adjacent or
     duplicate key is left out. Both are listed in ``problems`` and counted in ``skipped``
     (see :func:`~wdstream.format.scan.scan_shard`). A shard unchanged since ``task.previous``
-    (same size and ukey) whose index is there is not read again. Raises StorageError when the
-    shard cannot be opened, ShardReadError when it changed while it was read.
+    (same size and ukey) whose index is there is not read again, unless it was found
+    truncated. Raises StorageError when the shard cannot be opened or its reads keep failing
+    (after retries), ShardReadError when it changed while it was read.
     ``progress(samples, bytes)`` is called once at the end (the executors' progress protocol).
     """
     opts = task.storage_options
     size, ukey = storage.file_identity(task.url, opts)
     if task.previous is not None:
         prev = ShardResult.from_dict(task.previous)
-        if (prev.size, prev.ukey, prev.info.url, prev.info.index) == (
-            size,
-            ukey,
-            task.manifest_url,
-            task.index,
-        ) and storage.exists(task.index_url, opts):
+        if (
+            (prev.size, prev.ukey, prev.info.url, prev.info.index)
+            == (size, ukey, task.manifest_url, task.index)
+            # a shard found truncated is read again: an earlier version took a failed read
+            # for a truncated shard and kept it
+            and TRUNCATED not in prev.skipped
+            and storage.exists(task.index_url, opts)
+        ):
             prev.reused = True
             if progress is not None:
                 progress(prev.info.samples, prev.info.bytes)
             return prev
     shown = redact(task.url)
-    scan = scan_shard(task.url, opts)
+    scan = scan_shard(task.url, opts, size=size)
     for text in scan.problems:
         log.warning("%s: %s", shown, text)
     if scan.bytes != size:
@@ -211,21 +195,14 @@ def plan_index(
 ) -> tuple[str, list[ShardTask]]:
     """``(output folder, one task per shard)``. The output defaults to the shards' folder;
     the manifest names a shard relative to it when the shard lies below it, else by its
-    absolute URL. Indexes go under the output, mirroring the shards' folders."""
+    absolute URL. Indexes go under the output, mirroring the shards' folders; no two shards
+    get the same index name (see :func:`index_names`)."""
     root = shard_root(urls)
     out = (out or root).rstrip("/")
     tasks = []
-    for url in urls:
-        # below the common folder: its path there; else (shards in several buckets) its
-        # whole path, so that index names never collide
-        rel = (
-            url[len(root) + 1 :]
-            if url.startswith(root + "/")
-            else url.split("://", 1)[-1].lstrip("/")
-        )
-        idx = index_name(rel)
+    for url, idx in zip(urls, index_names(urls, root), strict=True):
         inside = url.startswith(out + "/")
-        name = url[len(out) + 1 :] if inside else _absolute(url)
+        name = url[len(out) + 1 :] if inside else absolute(url)
         tasks.append(
             ShardTask(
                 url=url,
@@ -238,15 +215,15 @@ def plan_index(
     return out, tasks
 
 
-def _absolute(url: str) -> str:
-    if _is_local_url(url) and not url.startswith("file://"):
-        return posixpath.abspath(url)
-    return url
-
-
-def build_manifest(results: list[ShardResult], out: str, source: Any) -> Manifest:
+def build_manifest(
+    results: list[ShardResult],
+    out: str,
+    source: Any,
+    unusable: dict[str, str] | None = None,
+) -> Manifest:
     """The manifest of indexed shards, in the order of ``results``; ``skipped`` sums what the
-    shards left out and ``source["problems"]`` says where."""
+    shards left out (and the files not indexed, ``unusable``: URL -> why) and
+    ``source["problems"]`` says where."""
     skipped: dict[str, int] = {}
     problems = []
     for r in results:
@@ -254,6 +231,10 @@ def build_manifest(results: list[ShardResult], out: str, source: Any) -> Manifes
             skipped[kind] = skipped.get(kind, 0) + n
         if r.problems:
             problems.append({"shard": redact(r.url), "problems": r.problems})
+    for url, why in (unusable or {}).items():
+        kind = why.split(":", 1)[0].split(" (", 1)[0]
+        skipped[kind] = skipped.get(kind, 0) + 1
+        problems.append({"shard": show_name(url), "problems": [f"not indexed: {why}"]})
     whole = sum(1 for r in results if r.whole)
     src = {
         "name": posixpath.basename(out.rstrip("/")) or "shards",
@@ -317,6 +298,7 @@ class IndexReport:
     indexed: int = 0  # shards read in this run
     reused: int = 0  # shards unchanged since the last run, not read again
     problems: dict[str, list[str]] = field(default_factory=dict)  # shard URL -> problems
+    unusable: dict[str, str] = field(default_factory=dict)  # files not indexed: URL -> why
 
     @property
     def outside(self) -> bool:
@@ -324,18 +306,27 @@ class IndexReport:
         return bool(self.prefixes)
 
 
-def outside_prefixes(urls: list[str], out: str) -> list[str]:
-    """The folders (``.../``) of the shards that are not below ``out``: what a reader must be
-    allowed to read besides the manifest's own folder. One folder when they share one."""
-    outside = [u for u in urls if not u.startswith(out.rstrip("/") + "/")]
-    if not outside:
-        return []
-    root = shard_root(outside)
-    if all(u.startswith(root + "/") for u in outside):
-        folders = [root]
-    else:
-        folders = sorted({posixpath.dirname(u) for u in outside})
-    return [_absolute(f).rstrip("/") + "/" for f in folders]
+@dataclass
+class ShardFailure:
+    """A shard that could not be read in this run (its reads kept failing, or it changed
+    while it was read): nothing is recorded for it, so the next run reads it again."""
+
+    url: str
+    error: str
+
+
+def index_shard_or_failure(
+    task: ShardTask, progress: Callable[[int, int], None] | None = None
+) -> ShardResult | ShardFailure:
+    """:func:`index_shard`, with a read that failed for good returned as a
+    :class:`ShardFailure` instead of raised, so the other shards go on. Credentials that are
+    refused still stop the job."""
+    try:
+        return index_shard(task, progress)
+    except CredentialsError:
+        raise
+    except (StorageError, ShardReadError) as exc:
+        return ShardFailure(task.url, str(exc))
 
 
 def _threads(fn, tasks, *, workers: int, progress=None):
@@ -392,6 +383,21 @@ def index_dataset(
     urls = list_shards(source, opts)
     out, tasks = plan_index(urls, out, opts)
     root = shard_root(urls)
+    unusable = {}
+    for task in tasks:
+        why = unusable_shard(task.url, task.manifest_url) or unusable_shard(task.url, task.index)
+        if why:
+            unusable[task.url] = why
+            log.warning("not indexing %s: %s", show_name(task.url), why)
+    if unusable:
+        tasks = [t for t in tasks if t.url not in unusable]
+        urls = [u for u in urls if u not in unusable]
+        if not tasks:
+            raise SourceError(
+                f"none of the {len(unusable)} files in {show_name(str(source))} can be "
+                f"indexed: {next(iter(unusable.values()))}",
+                url=str(source),
+            )
     try:
         storage.check_writable(out, opts)
     except StorageError as exc:
@@ -422,14 +428,19 @@ def index_dataset(
                 bar.update(1)
 
     results: dict[str, ShardResult] = {}
+    failures: dict[str, str] = {}
     last_save = time.monotonic()
     runner = (
-        executor.map_unordered(index_shard, tasks, progress=progress)
+        executor.map_unordered(index_shard_or_failure, tasks, progress=progress)
         if executor is not None
-        else _threads(index_shard, tasks, workers=workers, progress=progress)
+        else _threads(index_shard_or_failure, tasks, workers=workers, progress=progress)
     )
     try:
         for result in runner:
+            if isinstance(result, ShardFailure):
+                failures[result.url] = result.error
+                log.warning("%s", result.error)
+                continue
             results[result.url] = result
             state.add(result)
             if not result.reused and time.monotonic() - last_save > save_every:
@@ -443,8 +454,16 @@ def index_dataset(
                 state.save()
             except (StorageError, CredentialsError) as exc:  # do not hide the first error
                 log.warning("could not save %s: %s", redact(state.url), exc)
+    if failures:
+        first = next(iter(failures.values()))
+        raise StorageError(
+            f"{len(failures)} of {len(tasks)} shards could not be read ({first}); the others "
+            f"are saved in {redact(state.url)}: run the same command again to read the rest "
+            f"(no manifest written)",
+            url=next(iter(failures)),
+        )
     ordered = [results[u] for u in urls]
-    manifest = build_manifest(ordered, out, source)
+    manifest = build_manifest(ordered, out, source, unusable)
     manifest_url = manifest.save(out, opts)
     report = IndexReport(
         manifest=manifest,
@@ -455,6 +474,7 @@ def index_dataset(
         indexed=sum(1 for r in ordered if not r.reused),
         reused=sum(1 for r in ordered if r.reused),
         problems={r.url: r.problems for r in ordered if r.problems},
+        unusable=unusable,
     )
     log.info(
         "indexed %s: %d samples in %d shards (%d read, %d unchanged); skipped %s",
