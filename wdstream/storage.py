@@ -71,7 +71,7 @@ def url_to_fs(url: str, storage_options: dict[str, Any] | None = None):
     try:
         cls = stores.filesystem_class(url, storage_options)
         if cls is not None:
-            return cls(**options), cls._strip_protocol(url)
+            return cls(**options), fsspec.core.strip_protocol(url)
         return fsspec.core.url_to_fs(url, **options)
     except Exception as exc:
         missing = stores.missing_package_error(url, exc)
