@@ -328,3 +328,35 @@ def test_reads_continuing_in_the_same_shard_are_fetched_with_one_request(tmp_pat
     # A[0:10]+A[10:20] and B[0:10]+B[10:20] together; the subset and A[30:40] apart
     assert together.get_requests - together.index_requests == 4
     assert together.index_requests == apart.index_requests == 2
+
+
+def test_a_reads_last_request_takes_a_small_tail_with_it(tmp_path):
+    """A read just over the request size is one request (up to 1.25 times it), not a full
+    request and a small tail: chunks of interleaved lanes are often a little larger than a
+    request, and each would otherwise cost two."""
+    import numpy as np
+
+    from wdstream.errors import ErrorBudget
+    from wdstream.format.index import parse_index
+    from wdstream.read.fetch import ReadOptions, ShardReader
+    from wdstream.read.planner import Read
+    from wdstream.read.shards import span_items
+    from wdstream.read.sources import resolve_source
+    from wdstream.read.stats import Counters
+
+    m = write_test_shards(str(tmp_path), [20], image=False, audio=False)
+    src = resolve_source(str(tmp_path), cfg())
+    offsets = parse_index((tmp_path / m.shards[0].index).read_bytes(), 20)["offsets"]
+    span = int(offsets[20] - offsets[0])
+
+    def requests(block):
+        counters = Counters()
+        reader = ShardReader(ReadOptions(storage_options={}, requests=2, block_size=block))
+        items = list(
+            span_items(reader.fetch(src.shards, [Read(0, 0, 20)], counters), ErrorBudget(0))
+        )
+        assert [i["__key__"] for i in items] == [f"00000_{r:09d}" for r in range(20)]
+        return counters.get_requests - counters.index_requests
+
+    assert requests(int(np.ceil(span / 1.2))) == 1  # 1.2 requests' bytes: one request
+    assert requests(span // 2 + 1) == 2  # twice as large: two

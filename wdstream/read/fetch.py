@@ -7,9 +7,11 @@ samples itself: :func:`wdstream.read.shards.span_items` reconciles what came wit
 wanted.
 
 - A read of an indexed, uncompressed shard is cut at sample boundaries into ranged GETs of
-  at most ``request_bytes`` (a wanted subset is first cut where more than :data:`MAX_GAP`
-  unwanted samples lie between two wanted ones) and split into members by
-  :func:`~wdstream.format.tario.split_members`.
+  at most ``request_bytes``, or 1.25 times that for a read's last request rather than a small
+  tail of its own (a wanted subset is first cut where more than :data:`MAX_GAP` unwanted
+  samples lie between two wanted ones), and split into members by
+  :func:`~wdstream.format.tario.split_members`. A read that continues an earlier one in the
+  same shard, within the look-ahead, is fetched with it (up to the same 1.25 times).
 - A read of a shard without an index, a compressed one, or a whole shard (streaming mode) is
   streamed from the shard's start on one fetch thread, its members handed over in chunks of
   about ``request_bytes``.
@@ -550,9 +552,12 @@ class _Run:
         for first, stop, part in parts:
             a = first
             while a < stop:
-                limit = int(offsets[a]) + self.request_bytes
-                b = int(np.searchsorted(offsets, limit, side="right")) - 1
-                b = min(stop, max(a + 1, b))
+                if int(offsets[stop]) - int(offsets[a]) <= self.request_bytes * 5 // 4:
+                    b = stop  # the rest in one request: no tail smaller than it must be
+                else:
+                    limit = int(offsets[a]) + self.request_bytes
+                    b = int(np.searchsorted(offsets, limit, side="right")) - 1
+                    b = min(stop, max(a + 1, b))
                 sub = None if part is None else part[(part >= a) & (part < b)]
                 if sub is None or len(sub):
                     start, end = int(offsets[a]), int(offsets[b])
