@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import storage
+from ..config import Config
 from ..errors import NotFoundError, ShardReadError, SourceError, redact
 from ..format.index import key_hash, load_index
 from ..format.keyindex import KEYS_NAME, lookup_hash
@@ -60,8 +61,7 @@ def get_sample(
     sample = find_sample(source, key, storage_options, allowed_prefixes=allowed_prefixes)
     if not decode:
         return sample
-    from ..config import Config
-    from .decode import SampleDecoder
+    from .decode import SampleDecoder  # torch: only for decode=True
 
     cfg = config if config is not None else Config(storage_options=storage_options or {})
     return SampleDecoder(cfg)(sample)
