@@ -301,3 +301,30 @@ def test_the_cli_keeps_library_loggers_at_warning(cloud, tmp_path):
     libraries = [line for line in out.stderr.splitlines() if " wdstream" not in line]
     if cloud["store"] == "azure":
         assert any("azure" in line for line in libraries), out.stderr[-2000:]
+
+
+def test_without_node_the_azure_tests_skip_and_the_summary_says_how_to_enable_them(tmp_path):
+    """The only skip the emulator tests allow: no node on the machine (PATH without it here)."""
+    env = {**os.environ, "PATH": str(tmp_path)}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            os.path.join(ROOT, "tests", "test_stores.py"),
+            "-k",
+            "wrong_azure_key",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "1 skipped" in out.stdout
+    assert "NOTE: the Azure emulator tests were skipped" in out.stdout
+    assert "tools/test.sh" in out.stdout and "node" in out.stdout
