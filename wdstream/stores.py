@@ -308,16 +308,19 @@ def _connect(host: str, port: int, timeout: float) -> str:
         except OSError as exc:
             result.append(f"unknown host {host} ({exc})")
             return
-        try:
-            family, kind, proto, _, addr = infos[0]
-            with socket.socket(family, kind, proto) as sock:
-                sock.settimeout(timeout)
-                sock.connect(addr)
-            result.append("")
-        except ConnectionRefusedError:
-            result.append("connection refused")
-        except OSError as exc:
-            result.append(f"{type(exc).__name__}: {exc}")
+        why = ""
+        for family, kind, proto, _, addr in infos:  # each address, as the clients try them
+            try:
+                with socket.socket(family, kind, proto) as sock:
+                    sock.settimeout(timeout)
+                    sock.connect(addr)
+                result.append("")
+                return
+            except ConnectionRefusedError:
+                why = why or "connection refused"
+            except OSError as exc:
+                why = why or f"{type(exc).__name__}: {exc}"
+        result.append(why or f"no address for {host}")
 
     thread = threading.Thread(target=probe, name="wdstream-store-probe", daemon=True)
     thread.start()
