@@ -96,12 +96,13 @@ def test_unknown_log_level(capsys):
     assert code == 0  # levels are case-insensitive
 
 
-@pytest.mark.parametrize("command", ["verify", "inspect", "preview"])
+@pytest.mark.parametrize("command", ["verify", "inspect", "preview", "upgrade"])
 def test_a_manifest_naming_shards_outside_its_folder_needs_allowed_prefix(
     command, tmp_path, capsys, caplog
 ):
-    """verify, inspect and preview read a manifest as the reader does: shards outside its
-    folder are refused (exit 2, one line) unless ``--allowed-prefix`` allows them."""
+    """verify, inspect, preview and upgrade read a manifest as the reader does: shards
+    outside its folder are refused (exit 2, one line) unless ``--allowed-prefix`` allows
+    them."""
     from helpers import write_outside_manifest
 
     meta, prefix = write_outside_manifest(str(tmp_path))
@@ -122,5 +123,79 @@ def test_a_manifest_naming_shards_outside_its_folder_needs_allowed_prefix(
         assert "OK: 2 shards, 6 samples match the manifest" in text
     elif command == "inspect":
         assert "samples: 6" in text and "sample 00000_000000000" in text
+    elif command == "upgrade":
+        assert "rewritten as version 2" in text
     else:
         assert (tmp_path / "p.png").exists()
+
+
+def _one_error(caplog) -> str:
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    return errors[0]
+
+
+def _v1_shard(**changes) -> dict:
+    shard = {"url": "s.tar", "samples": 3, "bytes": 10240, "sha256": "a" * 64, **changes}
+    return {"format": "wdstream-manifest", "version": 1, "shards": [shard]}
+
+
+@pytest.mark.parametrize(
+    "manifest, field",
+    [
+        ({"version": 1, "shards": [1]}, "shards[0]"),
+        (_v1_shard(url=None), "shards[0].url"),
+        ({"shards": [{"samples": 3, "bytes": 10240, "sha256": "a"}]}, "shards[0].url"),
+        (_v1_shard(samples="x"), "shards[0].samples"),
+        (_v1_shard(bytes="x", samples=300_000_000), "shards[0].bytes"),
+        ({**_v1_shard(samples=300_000_000, bytes=300_000_000 * 512)}, "shards[0].samples"),
+        (_v1_shard(url="a\nb.tar"), "shards[0].url"),
+        (_v1_shard(index="s\n.idx"), "shards[0].index"),
+        (_v1_shard(url="../s.tar"), "shards[0].url"),
+        ({"version": 7, "shards": []}, "version"),
+    ],
+)
+def test_upgrade_refuses_a_malformed_manifest_in_one_line(
+    tmp_path, capsys, caplog, manifest, field
+):
+    """Item 13: upgrade checks its input as load_manifest does (tracebacks before, and an
+    invalid version 1 became an accepted version 2); nothing is written."""
+    import json
+
+    text = json.dumps(manifest)
+    (tmp_path / "manifest.json").write_text(text)
+    code, _ = _run(["upgrade", str(tmp_path)], capsys)
+    assert code == 2
+    assert f"'{field}'" in _one_error(caplog)
+    assert (tmp_path / "manifest.json").read_text() == text
+    assert not (tmp_path / "manifest.details.json").exists()
+
+
+def test_upgrade_reads_a_manifest_only_up_to_its_bound(tmp_path, capsys, caplog):
+    import os
+
+    os.symlink("/dev/zero", tmp_path / "manifest.json")  # read whole, it would never end
+    code, _ = _run(["upgrade", str(tmp_path)], capsys)
+    assert code == 2 and "larger than" in _one_error(caplog)
+
+
+@pytest.mark.parametrize("command", ["verify", "inspect", "upgrade"])
+@pytest.mark.parametrize(
+    "key, value, field",
+    [("names", 123, "shards.names"), ("index", 7, "shards.index"), ("count", None, "shards.count")],
+)
+def test_version_2_type_errors_exit_2_naming_the_field(
+    tmp_path, capsys, caplog, command, key, value, field
+):
+    """Item 14: ``names: 123`` or an int ``index`` were an AttributeError traceback, exit 1."""
+    import json
+
+    from wdstream.write.sources.synthetic import write_synthetic
+
+    write_synthetic(str(tmp_path), 6, seed=1, max_samples_per_shard=3)
+    head = json.loads((tmp_path / "manifest.json").read_text())
+    head["shards"][key] = value
+    (tmp_path / "manifest.json").write_text(json.dumps(head))
+    code, _ = _run([command, str(tmp_path)], capsys)
+    assert code == 2
+    assert f"'{field}'" in _one_error(caplog)

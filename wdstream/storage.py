@@ -443,20 +443,32 @@ def _create_unguarded(fs, url: str, path: str, data: bytes, why: str) -> bool:
 
 
 def read_bytes(
-    url: str, storage_options: dict[str, Any] | None = None, *, max_bytes: int | None = None
+    url: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    max_bytes: int | None = None,
+    fs=None,
+    path: str | None = None,
 ) -> bytes:
     """The whole object at ``url``. With ``max_bytes``, at most that many bytes are read: a
-    larger object (or an endless one, such as ``/dev/zero``) raises StorageError."""
-    fs, path = url_to_fs(url, storage_options)
+    larger object (or an endless one, such as ``/dev/zero``) raises StorageError; memory
+    follows what is there, never the bound (a local file is read a chunk at a time, an object
+    store answers the range with the bytes it has). ``fs`` and ``path``: a filesystem
+    already open for ``url``."""
+    fs, path = fs_and_path(url, storage_options, fs=fs, path=path)
     try:
         if max_bytes is None:
             return fs.cat_file(path)
-        try:  # one ranged GET (no HEAD first): at most max_bytes + 1 bytes of any object
-            data = fs.cat_file(path, start=0, end=max_bytes + 1)
-        except Exception:
-            if fs.info(path).get("size") != 0:  # S3 refuses a range of an empty object
-                raise
-            data = b""
+        if is_local(fs):
+            with fs.open(path, "rb") as f:
+                data = _read_up_to(f, max_bytes + 1)
+        else:
+            try:  # one ranged GET (no HEAD first): at most max_bytes + 1 bytes of any object
+                data = fs.cat_file(path, start=0, end=max_bytes + 1)
+            except Exception:
+                if fs.info(path).get("size") != 0:  # S3 refuses a range of an empty object
+                    raise
+                data = b""
     except Exception as exc:
         raise translate_error(exc, url, "read") from exc
     if len(data) > max_bytes:
@@ -486,6 +498,19 @@ def read_range(
         return fs.cat_file(path, start=start, end=end, **kwargs)
     except Exception as exc:
         raise translate_error(exc, url, "read") from exc
+
+
+def _read_up_to(f, n: int, chunk: int = 2**20) -> bytes:
+    """At most ``n`` bytes of ``f``, read a chunk at a time (``f.read(n)`` would allocate
+    ``n`` bytes first, whatever the file holds)."""
+    parts, got = [], 0
+    while got < n:
+        data = f.read(min(chunk, n - got))
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
 
 
 def _cat_file_splits(fs) -> bool:

@@ -9,7 +9,13 @@ import pytest
 
 from wdstream.errors import SourceError, StorageError
 from wdstream.format.index import load_index
-from wdstream.format.manifest import Manifest, PartitionRecord, ShardInfo, load_manifest
+from wdstream.format.manifest import (
+    Manifest,
+    PartitionRecord,
+    ShardInfo,
+    load_manifest,
+    upgrade_manifest,
+)
 
 SHARDS = [
     ShardInfo(
@@ -141,6 +147,10 @@ def test_malformed_manifests_are_refused_naming_the_field(tmp_path, d, field, pr
         ("gs://laion/shards/x.tar", ["s3://laion/shards/"], False),
         ("x.tar::s3://other/y.tar", [], False),
         ("", [], False),
+        ("x.tar?/../../etc/passwd", [], False),  # a '..' after '?' is resolved too
+        ("x.tar?v=/../../etc/passwd", [], False),
+        ("%2e%2e/x.tar", [], False),  # escaped dots, resolved by HTTP servers
+        ("sub/x.tar?versionId=3", [], True),
     ],
 )
 def test_shard_urls_are_confined_to_the_manifest_folder_or_allowed_prefixes(
@@ -183,3 +193,30 @@ def test_index_and_manifest_reads_are_bounded(tmp_path):
     os.symlink("/dev/zero", tmp_path / "manifest.json")
     with pytest.raises(SourceError, match="cannot read manifest.*larger than"):
         load_manifest(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "d",
+    [
+        [1, 2],
+        {"shards": [1]},
+        _shard(url=None),
+        _shard(samples="x"),
+        _shard(bytes="x", samples=300_000_000),
+        _shard(samples=300_000_000, bytes=300_000_000 * 512),
+        _shard(index="../idx.json"),
+        {**_good(), "version": 3},
+        {**_good(), "version": 2},
+    ],
+)
+def test_upgrade_checks_a_manifest_exactly_as_load_manifest_does(tmp_path, d):
+    """Item 13: the same SourceError (URL, field, words) before anything is written."""
+    text = json.dumps(d)
+    (tmp_path / "manifest.json").write_text(text)
+    with pytest.raises(SourceError) as loaded:
+        load_manifest(str(tmp_path))
+    with pytest.raises(SourceError) as upgraded:
+        upgrade_manifest(str(tmp_path))
+    assert str(upgraded.value) == str(loaded.value) and upgraded.value.key == loaded.value.key
+    assert (tmp_path / "manifest.json").read_text() == text
+    assert not (tmp_path / "manifest.details.json").exists()

@@ -9,12 +9,17 @@ import pickle
 import pytest
 
 from wdstream.errors import SourceError
-from wdstream.format.manifest import Manifest, ShardInfo, load_manifest, load_reader_part
+from wdstream.format.manifest import (
+    Manifest,
+    ShardInfo,
+    load_manifest,
+    load_reader_part,
+    upgrade_manifest,
+)
 from wdstream.format.shardtable import (
     DETAILS_NAME,
     load_shard_table,
     save_compact,
-    upgrade_manifest,
 )
 
 SHARDS = [

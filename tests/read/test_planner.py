@@ -311,6 +311,11 @@ def test_lanes_put_one_chunk_of_each_shard_in_a_round():
     assert [(r.shard, r.first, r.stop) for r in nxt] == [(r.shard, 10, 20) for r in reads]
     small = epoch_plan([100] * 32, seed=0, epoch=0, layout=Layout(1, 1, 8, 64, lanes=32))
     assert {r.count for r in small.reads(0, 256)} == {8}
+    # large samples: chunks of about 8 MiB (here 4 samples of 2 MiB, raised to the minimum 8),
+    # a window then holds several chunks of each lane, as many lanes as before
+    big = epoch_plan([100] * 32, seed=0, epoch=0, layout=layout, sample_bytes=2**20 * 1.5)
+    first = big.reads(0, 320)
+    assert {r.count for r in first} == {8} and len({r.shard for r in first}) == 32
 
 
 @settings(max_examples=200, deadline=None)

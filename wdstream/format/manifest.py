@@ -14,12 +14,28 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
 from .. import storage
 from ..errors import NotFoundError, SourceError, redact
-from .schema import SHARD_EXTS
-from .shardtable import ShardTable, expand_compact, is_compact, parse_reader_part
+from .checks import (
+    MAX_SHARD_BYTES,
+    MAX_SHARD_SAMPLES,
+    check_head,
+    confined,
+    invalid,
+    is_int,
+    max_samples,
+    plainly_inside,
+    show,
+)
+from .schema import SHARD_EXTS, shard_stem
+from .shardtable import (
+    DETAILS_NAME,
+    ShardTable,
+    compact_parts,
+    expand_compact,
+    is_compact,
+    parse_reader_part,
+)
 
 __all__ = [
     "ShardInfo",
@@ -30,6 +46,7 @@ __all__ = [
     "load_manifest",
     "validate_manifest",
     "load_reader_part",
+    "upgrade_manifest",
     "is_shard_source",
     "manifest_url_for",
     "missing_manifest_error",
@@ -41,8 +58,6 @@ PARTITIONS_DIR = "_partitions"
 FORMAT = "wdstream-manifest"
 VERSION = 1
 MAX_MANIFEST_BYTES = 256 * 2**20  # a larger manifest.json is refused unread
-_MIN_SAMPLE_BYTES = 512  # every tar sample holds at least one 512-byte member header
-_MAX_GZIP_RATIO = 1032  # deflate's largest expansion: at most 1032 bytes out per byte in
 
 
 @dataclass
@@ -203,26 +218,21 @@ def load_manifest(
     *,
     allowed_prefixes: Sequence[str] = (),
 ) -> Manifest:
-    """Load and check ``source`` (a folder or its ``manifest.json``).
+    """Load and check ``source`` (a folder or its ``manifest.json``; version 2 with its
+    details part).
 
-    Its shard and index URLs must lie in the manifest's own folder or under one of
-    ``allowed_prefixes`` (the user's ``config.allowed_prefixes``). Raises
+    Every count is checked before anything is allocated from it, and every URL the manifest
+    names (shards, indexes, the details part) must lie in the manifest's own folder or under
+    one of ``allowed_prefixes`` (the user's ``config.allowed_prefixes``). Raises
     ManifestNotFoundError (a NotFoundError and a SourceError, saying how to make one) when
-    there is none, and SourceError naming the URL, and the field when the manifest is
-    malformed (see :func:`validate_manifest`).
+    there is none, and SourceError naming the URL and the field when the manifest is
+    malformed (see :func:`validate_manifest` and
+    :func:`~wdstream.format.shardtable.parse_reader_part`).
     """
     url = manifest_url_for(source)
-    data = _read_manifest(url, storage_options)
-    try:
-        d = json.loads(data)
-        if is_compact(d):  # version 2: shard columns plus the details part
-            d = expand_compact(d, url, storage_options)
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise SourceError(
-            f"{redact(url)} is not a valid wdstream manifest: {exc}. "
-            f"Re-run the conversion or point at the shards directly.",
-            url=url,
-        ) from exc
+    d = _parse(url, _read_manifest(url, storage_options))
+    if is_compact(d):  # version 2: shard columns plus the details part
+        d = _guarded(url, expand_compact, d, url, storage_options)
     validate_manifest(d, url=url, allowed_prefixes=allowed_prefixes)
     return Manifest.from_dict(d, base_url=posixpath.dirname(url) or ".")
 
@@ -238,25 +248,11 @@ def _read_manifest(url: str, storage_options: dict[str, Any] | None) -> bytes:
         raise SourceError(f"cannot read manifest {redact(url)}: {exc}", url=url) from exc
 
 
-def load_reader_part(
-    source: str,
-    storage_options: dict[str, Any] | None = None,
-    *,
-    allowed_prefixes: Sequence[str] = (),
-) -> tuple[dict[str, Any], ShardTable]:
-    """What a reader needs of a manifest, checked: ``(header, shard table)``. Version 2 reads
-    only its reader part (no sha256s); version 1 is checked in full by
-    :func:`validate_manifest`. Every shard and index must lie in the manifest's folder or under
-    ``allowed_prefixes``. Raises ManifestNotFoundError or SourceError, as
-    :func:`load_manifest`."""
-    url = manifest_url_for(source)
-    data = _read_manifest(url, storage_options)
+def _guarded(url: str, fn, *args):
+    """``fn(*args)``, its ValueError, KeyError, TypeError or RecursionError (a manifest that
+    is not JSON, or a version-1 one not yet checked) raised as SourceError naming ``url``."""
     try:
-        d = json.loads(data)
-        compact = is_compact(d)
-        if not compact:
-            validate_manifest(d, url=url, allowed_prefixes=allowed_prefixes)
-        head, table = parse_reader_part(d, url)
+        return fn(*args)
     except SourceError:
         raise
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
@@ -265,80 +261,95 @@ def load_reader_part(
             f"Re-run the conversion or point at the shards directly.",
             url=url,
         ) from exc
+
+
+def _parse(url: str, data: bytes) -> Any:
+    return _guarded(url, json.loads, data)
+
+
+def load_reader_part(
+    source: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    allowed_prefixes: Sequence[str] = (),
+) -> tuple[dict[str, Any], ShardTable]:
+    """What a reader needs of a manifest, checked: ``(header, shard table)``. Version 2 reads
+    only its reader part (no sha256s), checked column by column before anything is allocated
+    from it; version 1 is checked in full by :func:`validate_manifest`. Every shard and index
+    must lie in the manifest's folder or under ``allowed_prefixes``. Raises
+    ManifestNotFoundError or SourceError, as :func:`load_manifest`."""
+    url = manifest_url_for(source)
+    d = _parse(url, _read_manifest(url, storage_options))
+    return _reader_part(d, url, allowed_prefixes)
+
+
+def _reader_part(
+    d: Any, url: str, allowed_prefixes: Sequence[str]
+) -> tuple[dict[str, Any], ShardTable]:
+    """:func:`load_reader_part` of the parsed manifest ``d``."""
+    compact = is_compact(d)
+    if not compact:
+        validate_manifest(d, url=url, allowed_prefixes=allowed_prefixes)
+    head, table = _guarded(url, parse_reader_part, d, url)
     if compact:
         _confine_table(table, url, allowed_prefixes)
-        _check_table_sizes(table, url)
     return head, table
 
 
-def _check_table_sizes(table: ShardTable, url: str) -> None:
-    """Refuse a shard that claims more samples than its bytes can hold (every sample takes at
-    least one 512-byte tar header; compressed shards are left to the read)."""
-    if table.bytes is None:
-        return
-    plain = (
-        np.array([not table.name(i).endswith((".gz", ".tgz")) for i in range(len(table))])
-        if not _plainly_tar(table)
-        else np.ones(len(table), dtype=bool)
-    )
-    too_many = np.flatnonzero(plain & (table.samples * 512 > table.bytes))
-    if len(too_many):
-        i = int(too_many[0])
-        raise SourceError(
-            f"{redact(url)} is not a valid wdstream manifest: 'shards[{i}].samples' is "
-            f"{int(table.samples[i])}, more than its {int(table.bytes[i])} bytes can hold. "
-            f"Re-run the conversion or point at the shards directly.",
-            url=url,
-        )
-
-
-def _plainly_tar(table: ShardTable) -> bool:
-    """True when no shard name is compressed (one pass over the name blob)."""
-    blob = table.names_blob()
-    return ".gz" not in blob and ".tgz" not in blob
+def upgrade_manifest(
+    source: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    allowed_prefixes: Sequence[str] = (),
+) -> bool:
+    """Rewrite a version-1 manifest (a folder or its manifest.json) as version 2, from the
+    manifest alone (no shard is read; the indexes stay as they are). The manifest is checked
+    exactly as :func:`load_manifest` checks it before anything is written; False when it
+    already is version 2 (its reader part checked as :func:`load_reader_part` does). Raises
+    ManifestNotFoundError or SourceError naming the URL and the field."""
+    url = manifest_url_for(source)
+    d = _parse(url, _read_manifest(url, storage_options))
+    if is_compact(d):
+        _reader_part(d, url, allowed_prefixes)
+        return False
+    validate_manifest(d, url=url, allowed_prefixes=allowed_prefixes)
+    head, details = _guarded(url, compact_parts, d)
+    base = posixpath.dirname(url)
+    storage.write_bytes(storage.join_url(base, DETAILS_NAME), details, storage_options)
+    storage.write_bytes(url, head, storage_options)
+    return True
 
 
 def _confine_table(table: ShardTable, url: str, allowed_prefixes: Sequence[str]) -> None:
     """Raise SourceError when a shard or index of ``table`` lies outside the manifest's folder
-    and ``allowed_prefixes``. Plain relative names (no scheme, no leading '/', no '..', no
-    '::') are inside by construction, so the usual table is checked in one pass over its
-    names."""
+    and ``allowed_prefixes``: every shard name, and every index name (listed, or made by the
+    suffix rule from each shard's stem). Plain relative names (no scheme, no leading '/', no
+    '..', no '::', no escape) and a suffix without '/' are inside by construction, so the
+    usual table is checked in one pass over its names."""
     base = posixpath.dirname(url) or "."
-    blobs = [table.names_blob()] + ([table.index_names_blob()] if table.index_names_blob() else [])
-    if all(_plainly_inside(b) for b in blobs):
+    listed = table.index_names_blob()
+    suffix = table.index_suffix()
+    if (
+        plainly_inside(table.names_blob())
+        and (listed is None or plainly_inside(listed))
+        and (suffix is None or (plainly_inside(suffix) and "/" not in suffix))
+    ):
         return
     for i in range(len(table)):
-        for what, value in (("url", table.name(i)), ("index", table.index_name(i))):
-            if value is None:
-                continue
-            why = _confined(value, base, allowed_prefixes)
+        name = table.name(i)
+        checks = [("url", name, "")]
+        if listed is not None:
+            checks.append(("index", table.index_name(i), ""))
+        elif suffix is not None:
+            rule = f" (its stem and the index suffix {show(suffix)})"
+            checks.append(("index", shard_stem(name) + suffix, rule))
+        for what, value, how in checks:
+            why = None if value is None else confined(value, base, allowed_prefixes)
             if why:
-                raise SourceError(
-                    f"{redact(url)} is not a valid wdstream manifest: 'shards[{i}].{what}' "
-                    f"{_show(redact(value))} {why}. Re-run the conversion or point at the "
-                    f"shards directly.",
-                    url=url,
-                )
-
-
-def _plainly_inside(names: str) -> bool:
-    """True when newline-joined ``names`` are all plain relative paths."""
-    return not (
-        "://" in names or names.startswith("/") or "\n/" in names or ".." in names or "::" in names
-    )
+                raise invalid(url, f"shards[{i}].{what}", f"{show(redact(value))}{how} {why}")
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _is_int(value: Any) -> bool:
-    return type(value) is int  # bool is not a count
-
-
-def _show(value: Any) -> str:
-    """A value for an error message, cut short (a hostile manifest may hold megabytes)."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 _SHARD_FIELDS: dict[str, tuple[type, ...]] = {
@@ -355,113 +366,78 @@ _REQUIRED = ("url", "samples", "bytes", "sha256")
 _TYPE_NAMES = {int: "an integer", str: "a string", type(None): "null"}
 
 
-def _max_samples(shard_url: str, nbytes: int) -> int | None:
-    """The most samples ``nbytes`` stored bytes can hold (None: no bound known)."""
-    path = shard_url.split("?", 1)[0]
-    if path.endswith(".tar"):
-        return nbytes // _MIN_SAMPLE_BYTES
-    if path.endswith((".tar.gz", ".tgz")):
-        return nbytes * _MAX_GZIP_RATIO // _MIN_SAMPLE_BYTES
-    return None
-
-
-def _canonical(url: str) -> str:
-    return url[len("file://") :] if url.startswith("file://") else url
-
-
-def _confined(value: str, base_url: str, allowed_prefixes: Sequence[str]) -> str | None:
-    """Why the shard/index URL ``value`` of a manifest in ``base_url`` may not be read (None:
-    it may): it must lie in the manifest's folder or under a prefix the user allowed."""
-    if not value or "::" in value:
-        return "is not a plain relative path or URL"
-    full = _canonical(storage.join_url(base_url, value))
-    if ".." in full.split("?", 1)[0].split("/"):
-        return "has a '..' component"
-    prefixes = [_canonical(base_url).rstrip("/") + "/"] + [
-        _canonical(p).rstrip("/") + "/" for p in allowed_prefixes
-    ]
-    if any(full.startswith(p) for p in prefixes):
-        return None
-    return (
-        "lies outside the manifest's folder; to read it, add its prefix to config.allowed_prefixes"
-    )
-
-
 def validate_manifest(d: Any, *, url: str = "", allowed_prefixes: Sequence[str] = ()) -> None:
-    """Check a parsed manifest before anything trusts it; raises SourceError naming the
-    field and the manifest URL.
+    """Check a parsed version-1 manifest before anything trusts it; raises SourceError naming
+    the field (its ``key``) and the manifest URL.
 
-    Checked: the types of every field; non-negative integer counts and sizes; the totals
+    Checked: the version and the types of every field; counts and sizes are non-negative
+    integers, at most MAX_SHARD_SAMPLES samples and MAX_SHARD_BYTES bytes a shard; the totals
     against the sum of the shards; that each shard's bytes could hold its claimed samples
     (every sample takes at least a 512-byte tar header; gzip expands at most 1032-fold); and,
     when ``url`` is given, that every shard and index URL lies in the manifest's folder or
     under one of ``allowed_prefixes`` (no ``..``, no other bucket or scheme). What a manifest
     says never widens what may be read.
     """
-    where = redact(url) if url else "manifest"
 
-    def bad(field: str, problem: str) -> SourceError:
-        return SourceError(
-            f"{where} is not a valid wdstream manifest: {field} {problem}. "
-            f"Re-run the conversion or point at the shards directly.",
-            url=url or None,
-        )
+    def bad(field: str | None, problem: str) -> SourceError:
+        return invalid(url, field, problem)
 
     if not isinstance(d, dict):
-        raise bad("the top level", f"is a {type(d).__name__}, not an object")
+        raise bad(None, f"is a {type(d).__name__}, not an object")
+    version = d.get("version", VERSION)
+    if not is_int(version) or version != VERSION:
+        if is_int(version) and version == 2:
+            raise bad("shards", "is not an object, which version 2 keeps its shards in")
+        raise bad("version", f"is {show(version)}: this wdstream reads versions 1 and 2")
     shards = d.get("shards")
     if shards is None:
-        raise bad("'shards'", "is missing: no 'shards' list")
+        raise bad("shards", "is missing: no 'shards' list")
     if not isinstance(shards, list):
-        raise bad("'shards'", f"is a {type(shards).__name__}, not a list")
-    for name, kind in (
-        ("source", dict),
-        ("skipped", dict),
-        ("fields", list),
-        ("options", dict),
-        ("format", str),
-    ):
-        if name in d and not isinstance(d[name], kind):
-            raise bad(f"'{name}'", f"is a {type(d[name]).__name__}, not a {kind.__name__}")
-    for reason, count in d.get("skipped", {}).items():
-        if not _is_int(count) or count < 0:
-            raise bad(
-                f"'skipped.{_show(reason)[1:-1]}'", f"is {_show(count)}, not a non-negative integer"
-            )
-    if not all(isinstance(f, str) for f in d.get("fields", [])):
-        raise bad("'fields'", "holds something other than strings")
+        raise bad("shards", f"is a {type(shards).__name__}, not a list")
+    check_head(d, url)
     base = posixpath.dirname(url) if url else ""
     total_samples = total_bytes = 0
     for i, s in enumerate(shards):
         if not isinstance(s, dict):
-            raise bad(f"'shards[{i}]'", f"is a {type(s).__name__}, not an object")
+            raise bad(f"shards[{i}]", f"is a {type(s).__name__}, not an object")
         for name in _REQUIRED:
             if name not in s:
-                raise bad(f"'shards[{i}].{name}'", "is missing")
+                raise bad(f"shards[{i}].{name}", "is missing")
         for name, kinds in _SHARD_FIELDS.items():
             value = s.get(name)
             if name in s and (not isinstance(value, kinds) or isinstance(value, bool)):
                 raise bad(
-                    f"'shards[{i}].{name}'",
-                    f"is {_show(value)}, not {' or '.join(_TYPE_NAMES[k] for k in kinds)}",
+                    f"shards[{i}].{name}",
+                    f"is {show(value)}, not {' or '.join(_TYPE_NAMES[k] for k in kinds)}",
                 )
         for name in ("samples", "bytes"):
             if s[name] < 0:
-                raise bad(f"'shards[{i}].{name}'", f"is {s[name]}, a negative count")
-        most = _max_samples(s["url"], s["bytes"])
+                raise bad(f"shards[{i}].{name}", f"is {s[name]}, a negative count")
+        if s["bytes"] > MAX_SHARD_BYTES:
+            raise bad(
+                f"shards[{i}].bytes",
+                f"is {s['bytes']}, more than a shard may take (at most {MAX_SHARD_BYTES})",
+            )
+        most = max_samples(s["url"], s["bytes"])
         if most is not None and s["samples"] > most:
             raise bad(
-                f"'shards[{i}].samples'",
+                f"shards[{i}].samples",
                 f"is {s['samples']}, more than its {s['bytes']} bytes can hold (at most {most})",
+            )
+        if s["samples"] > MAX_SHARD_SAMPLES:
+            raise bad(
+                f"shards[{i}].samples",
+                f"is {s['samples']}, more than a shard may hold (at most {MAX_SHARD_SAMPLES}; "
+                f"split the shard)",
             )
         if url:
             for name in ("url", "index"):
                 if s.get(name) is not None:
-                    why = _confined(s[name], base or ".", allowed_prefixes)
+                    why = confined(s[name], base or ".", allowed_prefixes)
                     if why:
-                        raise bad(f"'shards[{i}].{name}'", f"{_show(redact(s[name]))} {why}")
+                        raise bad(f"shards[{i}].{name}", f"{show(redact(s[name]))} {why}")
         total_samples += s["samples"]
         total_bytes += s["bytes"]
     for name, total in (("samples", total_samples), ("bytes", total_bytes)):
-        if name in d and (not _is_int(d[name]) or d[name] != total):
-            raise bad(f"'{name}'", f"is {_show(d[name])}, but the shards' {name} sum to {total}")
+        if name in d and (not is_int(d[name]) or d[name] != total):
+            raise bad(name, f"is {show(d[name])}, but the shards' {name} sum to {total}")

@@ -21,7 +21,9 @@ A version-1 ``manifest.json`` lists every shard as a JSON object (URL, counts, s
 
 The reader loads only the first part into a :class:`ShardTable` (numpy arrays and one blob of
 names: about 33 bytes per shard, pickled small into DataLoader workers).
-:func:`upgrade_manifest` turns a version-1 manifest into version 2 without reading a shard.
+Every column is checked (:mod:`wdstream.format.checks`) before anything is allocated from it.
+:func:`wdstream.format.manifest.upgrade_manifest` turns a version-1 manifest into version 2
+without reading a shard.
 """
 
 from __future__ import annotations
@@ -35,6 +37,19 @@ import numpy as np
 
 from .. import storage
 from ..errors import SourceError, redact
+from .checks import (
+    MAX_SHARD_BYTES,
+    MAX_SHARD_SAMPLES,
+    MIN_SAMPLE_BYTES,
+    check_head,
+    confined,
+    counts,
+    invalid,
+    is_int,
+    run_lengths,
+    show,
+    size_bound,
+)
 from .schema import shard_stem
 
 __all__ = [
@@ -47,12 +62,13 @@ __all__ = [
     "load_shard_table",
     "parse_reader_part",
     "save_compact",
-    "upgrade_manifest",
 ]
 
 COMPACT_VERSION = 2
 DETAILS_NAME = "manifest.details.json"
 MAX_DETAILS_BYTES = 1 << 30  # a details part is ~120 bytes a shard: 1 GiB is ~8M shards
+_DETAILS_BYTES_PER_SHARD = 64 << 10  # room for long keys, escaped; read only up to this
+_DETAILS_SLACK = 1 << 20
 _DETAIL_FIELDS = ("bytes", "sha256", "partition", "first_key", "last_key")
 
 
@@ -63,16 +79,6 @@ def _rle(values: list[int]) -> list[list[int]]:
             out[-1][1] += 1
         else:
             out.append([int(v), 1])
-    return out
-
-
-def _unrle(pairs: Any, count: int, what: str) -> np.ndarray:
-    arr = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    if (arr[:, 1] < 0).any() or (arr[:, 0] < 0).any():
-        raise ValueError(f"negative {what} in the shard columns")
-    out = np.repeat(arr[:, 0], arr[:, 1])
-    if len(out) != count:
-        raise ValueError(f"{len(out)} {what} for {count} shards")
     return out
 
 
@@ -89,6 +95,17 @@ class _Names:
 
     def __getitem__(self, i: int) -> str:
         return self.blob[int(self.starts[i]) : int(self.starts[i + 1]) - 1].decode()
+
+    def ends_with(self, end: bytes) -> np.ndarray:
+        """Whether each name ends with ``end`` (a bool array; one pass over the blob)."""
+        arr = np.frombuffer(self.blob, dtype=np.uint8)
+        firsts = self.starts[1:] - 1 - len(end)  # where ``end`` would start in each name
+        out = firsts >= self.starts[:-1]
+        if not len(arr):
+            return out
+        for k, byte in enumerate(end):
+            out &= arr[np.clip(firsts + k, 0, len(arr) - 1)] == byte
+        return out
 
 
 class ShardTable:
@@ -134,6 +151,10 @@ class ShardTable:
         name = self.index_name(i)
         return None if name is None else storage.join_url(self.base_url, name)
 
+    def index_suffix(self) -> str | None:
+        """The ending that names every shard's index after its stem (None: no such rule)."""
+        return self._suffix if self._index_names is None else None
+
     def names_blob(self) -> str:
         """Every shard name, newline-joined (as stored)."""
         return self._names.blob.decode()
@@ -174,9 +195,14 @@ def _compact_head(d: dict[str, Any]) -> dict[str, Any]:
     """The reader part (version 2) of a version-1 manifest dict."""
     shards = d["shards"]
     names = [s["url"] for s in shards]
-    if any("\n" in n for n in names):
-        raise ValueError("a shard name holds a newline; it cannot be written as version 2")
     indexes = [s.get("index") for s in shards]
+    for field, values in (("url", names), ("index", indexes)):
+        at = next((i for i, v in enumerate(values) if v and "\n" in v), None)
+        if at is not None:
+            raise ValueError(
+                f"'shards[{at}].{field}' holds a newline; version 2 joins names with newlines, "
+                f"so this manifest cannot be written as version 2"
+            )
     index: dict[str, str] | None = None
     if any(indexes):
         suffixes = {
@@ -204,52 +230,175 @@ def _compact_head(d: dict[str, Any]) -> dict[str, Any]:
     return head
 
 
-def _table(d: dict[str, Any], base_url: str) -> ShardTable:
+def _check_names(blob: Any, count: int, field: str, url: str, *, empty: bool) -> None:
+    """Raise SourceError unless ``blob`` is a string of ``count`` newline-joined names (none
+    empty unless ``empty``), checked before anything is built from it."""
+    if not isinstance(blob, str):
+        raise invalid(url, field, f"is {show(blob)}, not a string of newline-joined names")
+    found = blob.count("\n") + 1 if (blob or count) else 0
+    if found != count:
+        raise invalid(url, field, f"holds {found} names for {count} shards")
+    if not empty and count and (not blob or blob[0] == "\n" or blob[-1] == "\n" or "\n\n" in blob):
+        at = blob.split("\n").index("")
+        raise invalid(url, field, f"holds an empty name (shard {at})")
+    try:
+        blob.encode()
+    except UnicodeEncodeError as exc:
+        raise invalid(url, field, f"is not valid UTF-8 ({exc.reason})") from None
+
+
+def _index_rule(index: Any, count: int, url: str) -> dict[str, str] | None:
+    """The ``shards.index`` rule, checked: None, ``{"suffix": str}`` or ``{"names": str}``."""
+    if index is None:
+        return None
+    keys = set(index) & {"suffix", "names"} if isinstance(index, dict) else set()
+    if len(keys) != 1:
+        raise invalid(
+            url,
+            "shards.index",
+            f"is {show(index)}, not null, {{'suffix': ...}} or {{'names': ...}}",
+        )
+    if "suffix" in index:
+        if not isinstance(index["suffix"], str):
+            raise invalid(url, "shards.index.suffix", f"is {show(index['suffix'])}, not a string")
+        return {"suffix": index["suffix"]}
+    _check_names(index["names"], count, "shards.index.names", url, empty=True)
+    return {"names": index["names"]}
+
+
+def _table(d: dict[str, Any], url: str) -> ShardTable:
+    """The checked shard table of a version-2 reader part ``d`` (or a version-1 manifest in
+    that form). Every column is checked before anything is allocated from it: the count
+    against the names (so arrays are as long as the manifest, never as long as it claims),
+    each sample count and size in range, and the totals; no count exceeds what its shard's
+    size can hold. Raises SourceError naming the field."""
     cols = d["shards"]
-    count = int(cols["count"])
+    count = cols.get("count")
+    if not is_int(count) or count < 0:
+        raise invalid(url, "shards.count", f"is {show(count)}, not a non-negative integer")
+    _check_names(cols.get("names"), count, "shards.names", url, empty=False)
+    samples = run_lengths(
+        cols.get("samples"),
+        count,
+        "shards.samples",
+        url,
+        most=MAX_SHARD_SAMPLES,
+        what="sample counts",
+        each="shards[{i}].samples",
+    )
     sizes = cols.get("bytes")
     if sizes is not None:
-        sizes = np.asarray(sizes, dtype=np.int64)
-        if sizes.shape != (count,) or (sizes < 0).any():
-            raise ValueError(f"'shards.bytes' must be {count} non-negative sizes")
-    table = ShardTable(
-        base_url,
-        cols["names"],
-        _unrle(cols["samples"], count, "sample counts"),
-        cols.get("index"),
-        sizes,
-    )
-    if "samples" in d and int(d["samples"]) != int(table.samples.sum()):
-        raise ValueError(
-            f"manifest total {d['samples']} != sum of shard counts {int(table.samples.sum())}"
+        sizes = counts(
+            sizes, count, "shards.bytes", url, most=MAX_SHARD_BYTES, each="shards[{i}].bytes"
         )
+    index = _index_rule(cols.get("index"), count, url)
+    table = ShardTable(posixpath.dirname(url), cols["names"], samples, index, sizes)
+    total = int(table.samples.sum())  # at most count * 2**24: no overflow
+    if "samples" in d and (not is_int(d["samples"]) or d["samples"] != total):
+        raise invalid(
+            url, "samples", f"is {show(d['samples'])}, but the shards' samples sum to {total}"
+        )
+    if "bytes" in d and (not is_int(d["bytes"]) or d["bytes"] < 0):
+        raise invalid(url, "bytes", f"is {show(d['bytes'])}, not a non-negative integer")
+    if sizes is not None:
+        size_total = sum(cols["bytes"])  # Python ints
+        if "bytes" in d and d["bytes"] != size_total:
+            raise invalid(
+                url, "bytes", f"is {d['bytes']}, but the shards' bytes sum to {size_total}"
+            )
+    _check_sizes(table, d.get("bytes"), url)
     return table
+
+
+def _check_sizes(table: ShardTable, total_bytes: int | None, url: str) -> None:
+    """Refuse a shard that claims more samples than its bytes can hold (every sample takes
+    at least one 512-byte tar header; gzip expands at most 1032-fold); without per-shard
+    sizes, all samples together must fit in the manifest's total ``bytes`` when it gives one
+    (0 there means unknown, as in the synthetic manifests of the scale benchmarks)."""
+    ratios = _size_ratios(table)  # 0: a shard of unknown kind (no bound from its size)
+    if table.bytes is not None:
+        most = np.minimum(table.bytes, MAX_SHARD_BYTES) * ratios // MIN_SAMPLE_BYTES
+        too_many = np.flatnonzero((ratios > 0) & (table.samples > most))
+        if len(too_many):
+            i = int(too_many[0])
+            raise invalid(
+                url,
+                f"shards[{i}].samples",
+                f"is {int(table.samples[i])}, more than its {int(table.bytes[i])} bytes can "
+                f"hold (at most {int(most[i])})",
+            )
+    elif is_int(total_bytes) and total_bytes > 0 and len(table) and (ratios > 0).all():
+        most = total_bytes * int(ratios.max()) // MIN_SAMPLE_BYTES  # Python ints
+        total = int(table.samples.sum())
+        if total > most:
+            raise invalid(
+                url,
+                "samples",
+                f"is {total}, more than the manifest's {total_bytes} bytes can hold "
+                f"(at most {most}; its shards give no sizes)",
+            )
+
+
+def _size_ratios(table: ShardTable) -> np.ndarray:
+    """Each shard's samples-per-512-bytes ratio (1 for ``.tar``, 1032 for ``.tar.gz``, 0 when
+    unknown): one pass over the names when they all end in ``.tar``."""
+    names = table._names
+    if b"?" not in names.blob and names.ends_with(b".tar").all():
+        return np.ones(len(table), dtype=np.int64)
+    return np.array([size_bound(table.name(i)) or 0 for i in range(len(table))], dtype=np.int64)
+
+
+def _details_url(d: dict[str, Any], url: str) -> str:
+    """The URL of the details part that the version-2 manifest ``d`` at ``url`` names: a file
+    beside the manifest (no folder, no leading '.'), confined like every URL a manifest names.
+    Raises SourceError naming ``details``."""
+    name = d.get("details")
+    name = DETAILS_NAME if name is None else name
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\?#") or name[0] == ".":
+        raise invalid(url, "details", f"must name a file beside the manifest, not {show(name)}")
+    base = posixpath.dirname(url)
+    why = confined(name, base or ".", ())
+    if why:
+        raise invalid(url, "details", f"{show(name)} {why}")
+    return storage.join_url(base, name)
+
+
+def _details_budget(count: int) -> int:
+    """The most bytes the details part of ``count`` shards may take (it is read up to this)."""
+    return min(MAX_DETAILS_BYTES, _DETAILS_SLACK + _DETAILS_BYTES_PER_SHARD * count)
+
+
+def _check_details(details: Any, count: int, url: str) -> None:
+    """Raise SourceError (naming the details part at ``url`` and the field) unless
+    ``details`` holds ``count`` entries in each of its lists."""
+    if not isinstance(details, dict):
+        raise invalid(url, None, f"is a {type(details).__name__}, not an object")
+    if details.get("count") != count or not is_int(details.get("count")):
+        raise invalid(
+            url, "count", f"is {show(details.get('count'))}, but the manifest has {count} shards"
+        )
+    for f in _DETAIL_FIELDS:
+        if f in details and (not isinstance(details[f], list) or len(details[f]) != count):
+            raise invalid(url, f, f"is {show(details[f])}, not a list of {count} entries")
 
 
 def expand_compact(
     d: dict[str, Any], url: str, storage_options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """A version-2 manifest (and its details part) as the version-1 dict it was made from."""
-    base = posixpath.dirname(url)
-    table = _table(d, base)
-    name = d.get("details") or DETAILS_NAME
-    if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
-        raise ValueError(f"'details' must name a file beside the manifest, not {name!r}")
-    details_url = storage.join_url(base, name)
+    """A version-2 manifest (and its details part) as the version-1 dict it was made from;
+    both parts are checked as they are read (see :func:`parse_reader_part`). Raises
+    SourceError naming the part and the field."""
+    _, table = parse_reader_part(d, url)
+    where = _details_url(d, url)
     try:
-        details = json.loads(
-            storage.read_bytes(details_url, storage_options, max_bytes=MAX_DETAILS_BYTES)
-        )
-    except OSError as exc:
+        data = storage.read_bytes(where, storage_options, max_bytes=_details_budget(len(table)))
+        details = json.loads(data)
+    except (OSError, ValueError, RecursionError) as exc:
         raise SourceError(
-            f"cannot read {redact(details_url)}, the per-shard part of {redact(url)}: {exc}",
-            url=details_url,
+            f"cannot read {redact(where)}, the per-shard part of {redact(url)}: {exc}",
+            url=where,
         ) from exc
-    if details.get("count") != len(table):
-        raise ValueError(
-            f"{redact(details_url)} describes {details.get('count')} shards, the "
-            f"manifest {len(table)}"
-        )
+    _check_details(details, len(table), where)
     shards = [
         {
             "url": table.name(i),
@@ -267,16 +416,18 @@ def expand_compact(
 
 
 def parse_reader_part(d: Any, url: str) -> tuple[dict[str, Any], ShardTable]:
-    """``(header, table)`` of a parsed manifest at ``url``: its reader part (version 2), or the
-    shard list of a version-1 manifest turned into columns. Raises ValueError, KeyError or
-    TypeError when it is malformed."""
+    """``(header, table)`` of a parsed manifest at ``url``: its reader part (version 2),
+    checked field by field (see :func:`_table`), or the shard list of a version-1 manifest
+    turned into columns (checked by :func:`wdstream.format.manifest.validate_manifest` first).
+    Raises SourceError naming the field, or ValueError, KeyError or TypeError for a version-1
+    manifest that was not checked."""
     if not is_compact(d):  # version 1: one object per shard
         if not isinstance(d, dict) or not isinstance(d.get("shards"), list):
             raise ValueError("not a wdstream manifest: no 'shards' list")
         d = _compact_head(d)
-    table = _table(d, posixpath.dirname(url))
-    if (table.samples < 0).any():
-        raise ValueError("negative sample count")
+    check_head(d, url)
+    _details_url(d, url)
+    table = _table(d, url)
     head = {k: v for k, v in d.items() if k != "shards"}
     return head, table
 
@@ -334,23 +485,3 @@ def save_compact(
     url = storage.join_url(output_url, "manifest.json")
     storage.write_bytes(url, head, storage_options)
     return url
-
-
-def upgrade_manifest(source: str, storage_options: dict[str, Any] | None = None) -> bool:
-    """Rewrite a version-1 manifest (a folder or its manifest.json) as version 2, from the
-    manifest alone (no shard is read; the indexes stay as they are). False when it already
-    is version 2. Raises SourceError when it cannot be read."""
-    url = source if source.endswith(".json") else storage.join_url(source, "manifest.json")
-    try:
-        d = json.loads(storage.read_bytes(url, storage_options))
-    except (OSError, ValueError) as exc:
-        raise SourceError(f"cannot read manifest {redact(url)}: {exc}", url=url) from exc
-    if is_compact(d):
-        return False
-    if not isinstance(d, dict) or not isinstance(d.get("shards"), list):
-        raise SourceError(f"{redact(url)} is not a wdstream manifest", url=url)
-    head, details = compact_parts(d)
-    base = posixpath.dirname(url)
-    storage.write_bytes(storage.join_url(base, DETAILS_NAME), details, storage_options)
-    storage.write_bytes(url, head, storage_options)
-    return True

@@ -54,6 +54,7 @@ def read_plan(
             shuffle=config.shuffle,
             history=history,
             layout=layout,
+            sample_bytes=source.sample_bytes,
         )
         return pool.slot(layout, rank, worker)
     endless = config.epoch_length is not None or source.has_manifest
@@ -251,6 +252,7 @@ class ShardDataset(EpochDataset):
             shuffle=c.shuffle,
             history=self.history(epoch),
             layout=self.layout(),
+            sample_bytes=self.source.sample_bytes,
         )
 
     def epoch_samples(self) -> int | None:
@@ -375,6 +377,7 @@ class MixedDataset(EpochDataset):
             history=self.history(epoch),
             samples=self.epoch_samples(),
             caps=None if cap is None else dict.fromkeys(self.names, int(cap)),
+            sample_bytes={n: self.sources[n].sample_bytes for n in self.names},
         )
 
     def batches_per_rank(self, epoch: int | None = None) -> int:

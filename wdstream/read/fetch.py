@@ -199,16 +199,11 @@ class ShardReader:
             return None
 
     def _read_index_bytes(self, shard: ShardRef, counters: Counters) -> bytes:
-        limit = max_index_bytes(shard.samples)
         fs, path = self.fs_path(shard.index_url)
-        data = fs.cat_file(path, start=0, end=limit + 1)
+        data = storage.read_bytes(
+            shard.index_url, max_bytes=max_index_bytes(shard.samples), fs=fs, path=path
+        )
         counters.add_request(len(data), index=True)
-        if len(data) > limit:
-            raise StorageError(
-                f"{redact(shard.index_url)} is larger than {limit} bytes, the "
-                f"most expected there; not reading it",
-                url=shard.index_url,
-            )
         return data
 
     # -- bytes -------------------------------------------------------------------------

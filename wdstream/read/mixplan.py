@@ -366,9 +366,11 @@ def mixed_epoch(
     history: Sequence[tuple[Layout, int]] = (),
     samples: int | None = None,
     caps: Mapping[str, int] | None = None,
+    sample_bytes: Mapping[str, float | None] | None = None,
 ) -> tuple[MixPlan, dict[str, Pool]]:
     """The current generation's mixed plan and each source's pool, after ``history``.
-    ``caps``: the most samples each source gives in the epoch (``max_samples_per_dataset``).
+    ``caps``: the most samples each source gives in the epoch (``max_samples_per_dataset``);
+    ``sample_bytes``: each source's mean sample size, which sizes its order's chunks.
 
     ``sources`` maps names to shard sizes. Slot ``(rank, worker)`` of source ``name`` is
     ``pools[name].slot(plan.split(name), rank, worker)``; its batch ``i`` is step
@@ -387,6 +389,7 @@ def mixed_epoch(
             cyclic=cyclic,
             layout=first,
             window=window,
+            sample_bytes=(sample_bytes or {}).get(n),
         )
         for n, sizes in sources.items()
     }

@@ -21,11 +21,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Interleave", "PassOrder", "MIN_CHUNK"]
+__all__ = ["Interleave", "PassOrder", "MIN_CHUNK", "CHUNK_BYTES"]
 
 #: The fewest samples a lane gives per round: keeps each run a reader fetches from a lane
 #: large enough to be worth a request (about 1 MB at 150 KB a sample) when windows are small.
 MIN_CHUNK = 8
+#: The most bytes a chunk should hold (by the manifest's mean sample size): about one read
+#: request (``read_block_size``'s default), so that a chunk is fetched with one request; when
+#: a window holds more than one chunk of a lane, the reader joins them.
+CHUNK_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -36,13 +40,18 @@ class Interleave:
     chunk: int
 
     @classmethod
-    def of(cls, lanes: int, window: int) -> Interleave | None:
+    def of(cls, lanes: int, window: int, sample_bytes: float | None = None) -> Interleave | None:
         """The interleave that puts about one round in a window of ``window`` samples: chunks
-        of ``ceil(window / lanes)``, at least :data:`MIN_CHUNK`; None when ``lanes <= 1`` (the
-        base order)."""
+        of ``ceil(window / lanes)``, or fewer samples when that would be more than
+        :data:`CHUNK_BYTES` at ``sample_bytes`` a sample (the manifest's mean), and at least
+        :data:`MIN_CHUNK`; None when ``lanes <= 1`` (the base order). Smaller chunks keep
+        the diversity: a window then holds several chunks of each lane."""
         if lanes <= 1:
             return None
-        return cls(int(lanes), max(MIN_CHUNK, -(-int(window) // int(lanes))))
+        chunk = -(-int(window) // int(lanes))
+        if sample_bytes:
+            chunk = min(chunk, int(CHUNK_BYTES // sample_bytes))
+        return cls(int(lanes), max(MIN_CHUNK, chunk))
 
 
 class _Group:

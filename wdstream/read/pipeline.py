@@ -76,7 +76,9 @@ def items(
     window shuffle of a slot plan, the buffer of a stream plan)."""
     shards = source.shards
     if isinstance(plan, SlotPlan):
-        return window_shuffle(span_items(reader.fetch(shards, plan.reads, counters), budget), plan)
+        return window_shuffle(
+            span_items(reader.fetch(shards, plan.iter_reads(), counters), budget), plan
+        )
     if plan.shards is None and not len(shards):
         raise SourceError(f"source {source.name!r} has no shards")
     fetched = reader.fetch(shards, stream_reads(plan, len(shards)), counters)

@@ -66,6 +66,7 @@ __all__ = [
 ]
 
 INF = 1 << 62  # length of a cyclic pool: passes without end
+READ_BLOCK = 1 << 16  # positions of a span turned into reads at a time
 
 Seg = tuple[int, int] | np.ndarray  # an interval [lo, hi) of indices, or sorted indices
 
@@ -190,9 +191,10 @@ class Read(NamedTuple):
 class SlotPlan:
     """What one slot reads and how it emits it.
 
-    ``reads`` in order give the span (``length`` items) in read order; span items
-    ``[real, length)`` are fillers (padding repeats, not counted as consumed). The slot emits
-    each window's items in :meth:`window_order`.
+    :meth:`iter_reads` gives, in order, the reads of the span (``length`` items) in read
+    order, made as they are consumed (a span's reads can be many: one per chunk of a lane);
+    span items ``[real, length)`` are fillers (padding repeats, not counted as consumed). The
+    slot emits each window's items in :meth:`window_order`.
     """
 
     rank: int
@@ -202,8 +204,18 @@ class SlotPlan:
     real: int
     window: int
     seed: int
-    reads: tuple[Read, ...]
+    segments: tuple[Seg, ...]  # the span as root-index segments
+    root: _Root
     single: bool = False  # a span no longer than ``window`` is one window
+
+    def iter_reads(self) -> Iterator[Read]:
+        """The span's reads in order, made a block at a time (bounded memory)."""
+        return self.root.iter_reads(self.segments)
+
+    @property
+    def reads(self) -> tuple[Read, ...]:
+        """Every read of the span at once: O(reads), for tests and tools."""
+        return tuple(self.iter_reads())
 
     def is_filler(self, span_index):
         """True for span indices that are padding repeats (int or array)."""
@@ -325,7 +337,6 @@ class Pool:
             split = self.split(split)
         segs, length, real = self.slot_segments(split, rank, worker)
         root = self.root
-        reads = root.to_reads(self.to_root(segs))
         seed = slot_seed(root.seed, root.epoch, self.generation, rank, worker, root.salt)
         return SlotPlan(
             rank,
@@ -335,7 +346,8 @@ class Pool:
             real,
             split.window,
             seed,
-            tuple(reads),
+            tuple(self.to_root(segs)),
+            root,
             root.single,
         )
 
@@ -390,15 +402,24 @@ class _Root(Pool):
             got = self._passes[pass_no] = (shards, PassOrder(self.sizes[shards], self.interleave))
         return got
 
-    def to_reads(self, segs: list[Seg]) -> list[Read]:
+    def to_reads(self, segs: Sequence[Seg]) -> list[Read]:
         """Reads of root-index segments, in order."""
-        out: list[Read] = []
+        return list(self.iter_reads(segs))
+
+    def iter_reads(self, segs: Sequence[Seg]) -> Iterator[Read]:
+        """Reads of root-index segments, in order, made :data:`READ_BLOCK` positions at a
+        time: memory stays bounded however long the span (or however many samples a
+        manifest claims)."""
         for seg in segs:
             if isinstance(seg, tuple):
-                self._interval_reads(seg[0], seg[1], out)
+                for lo in range(seg[0], seg[1], READ_BLOCK):
+                    out: list[Read] = []
+                    self._interval_reads(lo, min(seg[1], lo + READ_BLOCK), out)
+                    yield from out
             elif len(seg):
+                out = []
                 self._array_reads(np.asarray(seg, dtype=np.int64), out)
-        return out
+                yield from out
 
     def _interval_reads(self, lo: int, hi: int, out: list[Read]) -> None:
         while lo < hi:
@@ -535,13 +556,15 @@ def epoch_plan(
     cyclic: bool = False,
     layout: Layout | None = None,
     window: int | None = None,
+    sample_bytes: float | None = None,
 ) -> Pool:
     """The pool of ``epoch`` after the runs in ``history`` (``(layout, batches per rank)``
     each, oldest first). O(shards + old slots); nothing per sample.
 
     The epoch order is interleaved as the epoch's first layout says (``history[0]``'s, else
     ``layout``; none, or ``lanes == 0``: the old order), its chunks sized for windows of
-    ``window`` samples (default: that layout's ``cache_size``). ``cyclic``: the epoch order
+    ``window`` samples (default: that layout's ``cache_size``) and samples of
+    ``sample_bytes`` bytes (the manifest's mean; None: unknown). ``cyclic``: the epoch order
     repeats in new shard orders without end (a resampled mixed source); ``salt``:
     distinguishes the window seeds of sources that share slots.
     """
@@ -550,7 +573,9 @@ def epoch_plan(
     if first is not None and first.lanes > 0:
         single = True
         if shuffle:
-            interleave = Interleave.of(first.lanes, first.cache_size if window is None else window)
+            interleave = Interleave.of(
+                first.lanes, first.cache_size if window is None else window, sample_bytes
+            )
     pool: Pool = _Root(sizes, seed, epoch, shuffle, cyclic, salt, interleave, single)
     for layout, k in history:
         pool = pool.after_batches(layout, k)

@@ -51,6 +51,16 @@ class ShardSource:
     def samples(self) -> int | None:
         return int(sum(self.sizes)) if self.has_manifest else None
 
+    @property
+    def sample_bytes(self) -> float | None:
+        """The mean bytes of a sample, when the manifest gives the shards' sizes."""
+        nbytes = getattr(getattr(self.shards, "table", None), "bytes", None)
+        samples = self.samples
+        if nbytes is None or not samples:
+            return None
+        total = int(nbytes.sum())
+        return total / samples if total > 0 else None
+
 
 def resolve_source(source: Any, config: Config, name: str | None = None) -> ShardSource:
     """Turn a manifest URL/folder, a brace pattern or a list of URLs into a ShardSource.
