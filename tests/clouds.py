@@ -148,3 +148,21 @@ def make_container(conn: str, name: str | None = None) -> str:
     name = name or f"c{uuid.uuid4().hex[:12]}"
     BlobServiceClient.from_connection_string(conn).create_container(name)
     return name
+
+
+def origin(cloud: dict) -> str:
+    """``http://127.0.0.1:PORT`` of the emulator behind a :func:`conftest.cloud` dict (Azure's
+    endpoint names the account after it)."""
+    parts = cloud["endpoint"].split("/")
+    return "/".join(parts[:3])
+
+
+def through(cloud: dict, proxy_url: str) -> dict:
+    """The cloud's storage options with its requests sent to ``proxy_url`` (a
+    tools/s3proxy.py S3Proxy in front of :func:`origin`, which counts them)."""
+    opts = dict(cloud["storage_options"])
+    if cloud["store"] == "gcs":
+        opts["endpoint_url"] = proxy_url
+    else:
+        opts["connection_string"] = opts["connection_string"].replace(origin(cloud), proxy_url)
+    return opts

@@ -173,18 +173,49 @@ def test_requests_counted_at_the_s3_proxy(small_hf_dataset, s3, s3_proxy):
         assert size < end + 1 - start < size + 512 * 8  # the sample's members, headers, padding
 
 
-def test_lookup_on_each_cloud(small_hf_dataset, cloud):
+def test_lookup_on_each_cloud(small_hf_dataset, cloud, s3proxy, caplog, capsys):
+    """As on S3, counted at a proxy in front of the emulator: 4 GETs for a converted dataset
+    and 4 for foreign shards with a key index, the last sending the sample's bytes alone;
+    ``inspect --key`` through the same store; a missing key; shards without a manifest
+    scanned with a WARNING."""
+    from clouds import origin, through
+
     opts = cloud["storage_options"]
     url = f"{cloud['url']}/lk"
     convert(small_hf_dataset, url, max_samples_per_shard=5, quiet=True, storage_options=opts)
-    expected = every_sample(url, opts)
-    for key in ("00000_000000000", "00001_000000006", "00003_000000011"):
-        assert wdstream.get_sample(url, key, opts) == expected[key]
-    with pytest.raises(wdstream.NotFoundError):
-        wdstream.get_sample(url, "00004_000000000", opts)
     raw, out = f"{cloud['url']}/raw", f"{cloud['url']}/raw-idx"
     write_foreign(raw, opts)
     index_dataset(raw, out, storage_options=opts, quiet=True)
-    for key in ("000000019", "000010000", "000020007"):
-        got = wdstream.get_sample(out, key, opts, allowed_prefixes=[f"{raw}/"])
-        assert got["__key__"] == key and got["__url__"].startswith(raw)
+    expected = every_sample(url, opts)
+    with s3proxy.S3Proxy(origin(cloud), ttfb=0.0, jitter=0.0, bandwidth=None, cache=False) as px:
+        via = through(cloud, px.url)
+        for source, key, shard, gets in (
+            (url, "00000_000000000", f"{url}/shard-00000-", 4),
+            (url, "00001_000000006", f"{url}/shard-00001-", 4),
+            (url, "00003_000000011", f"{url}/shard-00003-", 4),
+            (out, "000000019", f"{raw}/00000.tar", 4),
+            (out, "000010000", f"{raw}/00001.tar", 4),
+            (out, "000020007", f"{raw}/00002.tar.gz", None),  # compressed: read from its start
+        ):
+            px.reset_counters()
+            allowed = [f"{raw}/"] if source == out else []
+            got = wdstream.get_sample(source, key, via, allowed_prefixes=allowed)
+            assert got["__key__"] == key and got["__url__"].startswith(shard)
+            if source == url:
+                assert got == expected[key]
+            if gets is None:
+                continue
+            assert dict(px.requests) == {"GET": gets}, px.log
+            path, sent = px.log[-1][2], px.get_bytes[px.log[-1][2]]
+            assert path.replace("%2F", "/").endswith(got["__url__"].split("/", 3)[3])
+            size = sum(len(v) for k, v in got.items() if not k.startswith("__"))
+            assert size < sent < size + 512 * 8, (sent, size)
+        with pytest.raises(wdstream.NotFoundError):
+            wdstream.get_sample(url, "00004_000000000", via)
+    args = [a for k, v in opts.items() for a in ("--storage-option", f"{k}={v}")]
+    assert main(["inspect", url, "--key", "00001_000000006", *args]) == 0
+    printed = capsys.readouterr().out
+    assert "sample 00001_000000006" in printed and f"shard: {url}/shard-00001-" in printed
+    with caplog.at_level(logging.WARNING, logger="wdstream"):
+        got = wdstream.get_sample(f"{raw}/{{00000..00001}}.tar", "000010002", opts)
+    assert got["__key__"] == "000010002" and "scanning" in caplog.text
