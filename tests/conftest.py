@@ -126,14 +126,22 @@ def gcs(gcs_server):
 
 
 @pytest.fixture(scope="session")
-def azure_server(tmp_path_factory):
-    """Azurite on 127.0.0.1 and a free port; yields its connection string. Skips (and the
-    test summary says so) where node or the pinned Azurite is missing."""
-    from clouds import AZURE_SKIP, azurite_available, start_azurite, stop
+def azurite_installed():
+    """Skips (and the test summary says so) where node or the pinned Azurite is missing: the
+    one skip the emulator tests allow."""
+    from clouds import AZURE_SKIP, azurite_available
 
     if not azurite_available():
         _AZURE_SKIPPED.append(AZURE_SKIP)
         pytest.skip(AZURE_SKIP)
+
+
+@pytest.fixture(scope="session")
+def azure_server(azurite_installed, tmp_path_factory):
+    """Azurite on 127.0.0.1 and a free port; yields its connection string (skipped without
+    node: :func:`azurite_installed`)."""
+    from clouds import start_azurite, stop
+
     proc, conn = start_azurite(str(tmp_path_factory.mktemp("azurite")))
     yield conn
     stop(proc)

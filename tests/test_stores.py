@@ -62,6 +62,9 @@ def test_a_dead_endpoint_fails_within_seconds_naming_url_and_endpoint(
     with pytest.raises(StorageError, match="not reachable") as e:
         wdstream.make_loader(url, wdstream.Config(storage_options=opts, batch_size=2))
     assert endpoint in str(e.value)
+    # issue 24's bound: within 10 s on every store (the clients alone took 15 s on S3, 37 s
+    # on GCS, 90 s on Azure). A refused connection answers in milliseconds and the probe
+    # gives up after one TCP connect of at most PROBE_TIMEOUT (5 s): 10 s is twice that.
     assert took < 10 and time.monotonic() - started < 10, took
 
 
