@@ -325,6 +325,12 @@ QUALITY_CASES = {
         [(0, 0)],
     ),
     "docs": ("100 shards of 1,000, one slot", [1_000] * 100, dict(world=1, workers=1), [(0, 0)]),
+    "peers": (
+        "bench_peers' dataset: 8 shards of 175, 2 workers (a slot spans ~4 shards)",
+        [175] * 8,
+        dict(world=1, workers=2),
+        [(0, 0), (0, 1)],
+    ),
     "small": (
         "10M samples (1,000 shards of 10k), 2048 x 8: about 610 samples a slot",
         [10_000] * 1000,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import warnings
 
@@ -397,3 +398,36 @@ def test_decoder_pickles_into_workers(decoder):
     a, b = decoder(sample), clone(sample)
     for name in ("input_ids", "pixel_values", "audio"):
         torch.testing.assert_close(a[name], b[name])
+
+
+def test_codecs_are_loaded_before_workers_fork(tmp_path):
+    """A loader with workers imports the lazily loaded codecs in the training process before
+    the DataLoader forks, so no worker imports them before its first sample (a fresh
+    interpreter, where nothing imported them yet)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from helpers import write_test_shards
+
+    url = str(tmp_path / "ds")
+    write_test_shards(url, [4, 4])
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import wdstream
+        from wdstream.config import Config
+        loader = wdstream.make_loader({url!r}, Config(
+            batch_size=2, num_workers=1, persistent_workers=False, pin_memory="false"))
+        before = {{m for m in ("soundfile", "torchaudio") if m in sys.modules}}
+        batches = sum(1 for _ in loader)
+        after = {{m for m in ("soundfile", "torchaudio") if m in sys.modules}}
+        print(sorted(before), sorted(after), batches)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "[] ['soundfile', 'torchaudio'] 4"

@@ -22,7 +22,7 @@ from ..config import Config
 from ..errors import ConfigError, WdstreamError
 from .collate import collate
 from .datasets import EpochDataset, MixedDataset, ResumeInfo, ShardDataset
-from .decode import SampleDecoder
+from .decode import SampleDecoder, preload_codecs
 from .planner import Layout
 from .sources import resolve_sources
 from .state import STATE_VERSION, parse_state
@@ -113,6 +113,7 @@ class Loader:
             "pin_memory": pin,
         }
         if c.num_workers > 0:
+            preload_codecs()  # forked workers inherit them
             kwargs.update(
                 persistent_workers=c.persistent_workers, prefetch_factor=c.prefetch_factor
             )
