@@ -90,3 +90,92 @@ def small_hf_dataset(tmp_path_factory):
     """48 rows (image, audio, text, id, label) in 4 parquet files: 4 partitions."""
     folder = tmp_path_factory.mktemp("hfds")
     return build_parquet_dataset(str(folder), 48, n_files=4)
+
+
+# ------------------------------------------------------------- GCS and Azure emulators
+# google-auth must never look for the GCE metadata server (a non-loopback address) here
+os.environ["NO_GCE_CHECK"] = "true"
+_AZURE_SKIPPED: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory):
+    """fake-gcs-server on 127.0.0.1 and a free port; yields its endpoint URL."""
+    from clouds import start_fake_gcs, stop
+
+    proc, url = start_fake_gcs(str(tmp_path_factory.mktemp("fake-gcs")))
+    yield url
+    stop(proc)
+
+
+@pytest.fixture
+def gcs(gcs_server):
+    """A new empty bucket on the loopback GCS: ``{"endpoint", "storage_options", "bucket",
+    "url"}`` (options as a user passes them: endpoint_url, token=anon, project)."""
+    from clouds import make_bucket
+
+    bucket = make_bucket(gcs_server)
+    opts = {"endpoint_url": gcs_server, "token": "anon", "project": "test"}
+    return {
+        "store": "gcs",
+        "endpoint": gcs_server,
+        "storage_options": opts,
+        "bucket": bucket,
+        "url": f"gs://{bucket}",
+    }
+
+
+@pytest.fixture(scope="session")
+def azurite_installed():
+    """Skips (and the test summary says so) where node or the pinned Azurite is missing: the
+    one skip the emulator tests allow."""
+    from clouds import AZURE_SKIP, azurite_available
+
+    if not azurite_available():
+        _AZURE_SKIPPED.append(AZURE_SKIP)
+        pytest.skip(AZURE_SKIP)
+
+
+@pytest.fixture(scope="session")
+def azure_server(azurite_installed, tmp_path_factory):
+    """Azurite on 127.0.0.1 and a free port; yields its connection string (skipped without
+    node: :func:`azurite_installed`)."""
+    from clouds import start_azurite, stop
+
+    proc, conn = start_azurite(str(tmp_path_factory.mktemp("azurite")))
+    yield conn
+    stop(proc)
+
+
+@pytest.fixture
+def azure(azure_server):
+    """A new empty container on the loopback Azurite, as :func:`gcs` gives a bucket."""
+    from clouds import make_container
+
+    container = make_container(azure_server)
+    return {
+        "store": "azure",
+        "endpoint": azure_server.split("BlobEndpoint=", 1)[1].rstrip(";"),
+        "storage_options": {"connection_string": azure_server},
+        "bucket": container,
+        "url": f"az://{container}",
+    }
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("gcs", marks=[pytest.mark.gcs, pytest.mark.slow]),
+        pytest.param("azure", marks=[pytest.mark.azure, pytest.mark.slow]),
+    ]
+)
+def cloud(request):
+    """Each emulated cloud in turn (``gcs``, then ``azure``): the dict of :func:`gcs` or
+    :func:`azure`."""
+    return request.getfixturevalue(request.param)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _AZURE_SKIPPED:
+        terminalreporter.write_line(
+            f"NOTE: the Azure emulator tests were skipped: {_AZURE_SKIPPED[0]}"
+        )

@@ -31,6 +31,7 @@ SHARED = {"config", "errors", "storage", "uploads", "hub", "registry", "rows"}
 ALLOWED_INNER = {
     ("wdstream.cli.demo", "wdstream.demo.run"): "start-up time: torch, datasets, moto",
     ("wdstream.write.executors", "wdstream.write.executors.ray"): "optional extra: ray",
+    ("wdstream.read.lookup", "wdstream.read.decode"): "start-up time: torch, for decode=True",
 }
 MAX_INNER = 15
 #: libraries that run jobs, which ``format/`` (the shard contract) must not import

@@ -37,6 +37,7 @@ __all__ = [
     "load_config",
     "convert",
     "make_loader",
+    "get_sample",
     "Loader",
     "collate",
     "MultimodalDataset",
@@ -58,6 +59,7 @@ __all__ = [
 _LAZY = {
     "convert": ("wdstream.write.convert", "convert"),
     "make_loader": ("wdstream.read.loader", "make_loader"),
+    "get_sample": ("wdstream.read.lookup", "get_sample"),
     "Loader": ("wdstream.read.loader", "Loader"),
     "collate": ("wdstream.read.collate", "collate"),
     "MultimodalDataset": ("wdstream.compat", "MultimodalDataset"),

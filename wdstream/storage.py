@@ -27,6 +27,7 @@ import fsspec
 import fsspec.asyn
 import fsspec.core
 
+from . import stores
 from .errors import CredentialsError, NotFoundError, StorageError, redact
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ __all__ = [
     "create_new",
     "read_bytes",
     "read_many",
+    "read_range",
     "open_read",
     "download",
     "exists",
@@ -55,17 +57,35 @@ __all__ = [
     "remove_file",
     "check_writable",
     "check_readable",
+    "check_reachable",
     "translate_error",
 ]
 
 
 def url_to_fs(url: str, storage_options: dict[str, Any] | None = None):
-    """``(filesystem, path)`` for any fsspec URL, with the user's storage options. Raises
-    StorageError when no filesystem can be made for it (unknown protocol, missing extra)."""
+    """``(filesystem, path)`` for any fsspec URL, with the user's storage options and the
+    store's rules (:mod:`wdstream.stores`: request timeouts, gcsfs's switch). Raises
+    StorageError when no filesystem can be made for it (unknown protocol; a missing extra,
+    named), CredentialsError when its credentials are unusable."""
+    stores.prepare(url, storage_options)
+    options = stores.client_options(url, storage_options)
     try:
-        return fsspec.core.url_to_fs(url, **(storage_options or {}))
-    except (ImportError, ValueError) as exc:
-        raise StorageError(f"cannot open a filesystem for {redact(url)}: {exc}", url=url) from exc
+        cls = stores.filesystem_class(url, storage_options)
+        if cls is not None:
+            return cls(**options), fsspec.core.strip_protocol(url)
+        return fsspec.core.url_to_fs(url, **options)
+    except Exception as exc:
+        missing = stores.missing_package_error(url, exc)
+        if missing is not None:
+            raise missing from exc
+        credentials = stores.credentials_error(exc, url, "open")
+        if credentials is not None:
+            raise credentials from exc
+        if isinstance(exc, (ImportError, ValueError)):
+            raise StorageError(
+                f"cannot open a filesystem for {redact(url)}: {exc}", url=url
+            ) from exc
+        raise
 
 
 def fs_path(fs, url: str) -> str:
@@ -162,18 +182,9 @@ def translate_error(exc: BaseException, url: str, action: str) -> StorageError:
     """Map a filesystem/botocore exception onto a StorageError that names the URL."""
     text = f"{type(exc).__name__}: {exc}"
     shown = redact(url)
-    if (
-        "NoCredentials" in text
-        or "Unable to locate credentials" in text
-        or "InvalidAccessKeyId" in text
-        or "SignatureDoesNotMatch" in text
-    ):
-        return CredentialsError(
-            f"cannot {action} {shown}: no valid object-store credentials. Set AWS_ACCESS_KEY_ID/"
-            f"AWS_SECRET_ACCESS_KEY (or a profile), or pass --storage-option key=... "
-            f"--storage-option secret=...",
-            url=url,
-        )
+    credentials = stores.credentials_error(exc, url, action)
+    if credentials is not None:
+        return credentials
     if isinstance(exc, PermissionError) and ("://" not in url or url.startswith("file://")):
         folder = _local_folder(url)
         return CredentialsError(
@@ -182,17 +193,34 @@ def translate_error(exc: BaseException, url: str, action: str) -> StorageError:
             f"(ls -ld {folder}; chmod or choose another folder)",
             url=url,
         )
-    if isinstance(exc, PermissionError) or "AccessDenied" in text:
+    if (
+        isinstance(exc, PermissionError)
+        or "AccessDenied" in text
+        or "AuthorizationPermissionMismatch" in text
+        or "Forbidden" in text
+    ):
         return CredentialsError(
             f"cannot {action} {shown}: access denied; check the credentials' permissions "
             f"for this bucket/prefix",
             url=url,
         )
-    if isinstance(exc, FileNotFoundError) or "NoSuchBucket" in text or "NoSuchKey" in text:
+    if (
+        isinstance(exc, FileNotFoundError)
+        or "NoSuchBucket" in text
+        or "NoSuchKey" in text
+        or "ContainerNotFound" in text
+        or "BlobNotFound" in text
+        or "ResourceNotFoundError" in text
+    ):
         return NotFoundError(
             f"cannot {action} {shown}: it does not exist (missing bucket or prefix?)", url=url
         )
-    if "Connect" in text or "Could not connect" in text or "EndpointConnectionError" in text:
+    if (
+        "Connect" in text
+        or "Could not connect" in text
+        or "EndpointConnectionError" in text
+        or "ServiceRequestError" in text
+    ):
         return StorageError(
             f"cannot {action} {shown}: connection failed ({type(exc).__name__}); check "
             f"endpoint_url and the network",
@@ -452,6 +480,26 @@ def read_bytes(
     return data
 
 
+def read_range(
+    url: str,
+    start: int,
+    end: int,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    fs=None,
+    path: str | None = None,
+) -> bytes:
+    """Bytes ``[start, end)`` of the object at ``url`` in one ranged GET (no HEAD first);
+    fewer when the object ends before ``end``. Raises StorageError/NotFoundError naming the
+    URL."""
+    fs, path = fs_and_path(url, storage_options, fs=fs, path=path)
+    kwargs = {"max_concurrency": 1} if is_s3(fs) and _cat_file_splits(fs) else {}
+    try:
+        return fs.cat_file(path, start=start, end=end, **kwargs)
+    except Exception as exc:
+        raise translate_error(exc, url, "read") from exc
+
+
 def _read_up_to(f, n: int, chunk: int = 2**20) -> bytes:
     """At most ``n`` bytes of ``f``, read a chunk at a time (``f.read(n)`` would allocate
     ``n`` bytes first, whatever the file holds)."""
@@ -654,8 +702,27 @@ def remove_file(
         raise translate_error(exc, url, "delete") from exc
 
 
+def check_reachable(url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Fail within seconds when the store behind ``url`` cannot be reached (refused
+    connection, unknown host), with one StorageError naming the URL and the endpoint
+    (:func:`wdstream.stores.check_reachable`); then, on GCS, make sure the credentials give
+    a token (one try: gcsfs would retry a rejected key for half a minute). Raises
+    StorageError/CredentialsError."""
+    stores.check_reachable(url, storage_options)
+    if stores.store_of(url) is stores.GCS:
+        fs, _ = url_to_fs(url, storage_options)
+        credentials = getattr(fs, "credentials", None)
+        try:
+            if credentials is not None:
+                credentials.maybe_refresh()
+        except Exception as exc:
+            raise translate_error(exc, url, "open") from exc
+
+
 def check_writable(url: str, storage_options: dict[str, Any] | None = None) -> None:
-    """Fail fast, before any work, when ``url`` cannot be written (credentials, bucket, path)."""
+    """Fail fast, before any work, when ``url`` cannot be written (credentials, bucket, path,
+    an endpoint that cannot be reached)."""
+    check_reachable(url, storage_options)
     probe = join_url(url, "_wdstream_write_probe")
     try:
         write_bytes(probe, b"ok", storage_options)
@@ -667,23 +734,13 @@ def check_writable(url: str, storage_options: dict[str, Any] | None = None) -> N
         remove_file(probe, storage_options)
 
 
-def _fast_fail_options(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    """Storage options for a one-shot probe: on S3, one attempt and a short connect timeout
-    (botocore and s3fs would otherwise retry a refused connection for ~15 s)."""
-    opts = dict(storage_options or {})
-    if url.startswith(("s3://", "s3a://")):
-        ck = dict(opts.get("config_kwargs") or {})
-        ck.setdefault("retries", {"max_attempts": 1, "mode": "standard"})
-        ck.setdefault("connect_timeout", 5)
-        opts["config_kwargs"] = ck
-    return opts
-
-
 def check_readable(url: str, storage_options: dict[str, Any] | None = None) -> None:
     """Fail fast when ``url`` (a shard or manifest) cannot be reached or does not exist:
-    missing bucket or prefix, no credentials, refused connection. The error names the URL."""
-    fs, path = url_to_fs(url, _fast_fail_options(url, storage_options))
-    if "s3" in str(fs.protocol):
+    missing bucket or prefix, no credentials, refused connection, unknown host. The error
+    names the URL (and the endpoint, when it cannot be reached)."""
+    check_reachable(url, storage_options)
+    fs, path = url_to_fs(url, stores.fast_fail_options(url, storage_options))
+    if stores.store_of(url) is stores.S3:
         fs.retries = 1  # this instance is only used for the probe
     try:
         fs.info(path)

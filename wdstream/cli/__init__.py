@@ -68,7 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=str.upper,
         choices=LOG_LEVELS,
         metavar="LEVEL",
-        help=f"logging level: {', '.join(LOG_LEVELS)} (default INFO)",
+        help=f"logging level of wdstream's own messages: {', '.join(LOG_LEVELS)} (default INFO)",
+    )
+    parser.add_argument(
+        "--library-log-level",
+        default="WARNING",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        metavar="LEVEL",
+        help="logging level of the libraries wdstream uses (the Azure SDK, gcsfs, fsspec, "
+        "botocore, datasets...; default WARNING: at INFO the Azure SDK logs every request "
+        "with its headers)",
     )
     sub = parser.add_subparsers(
         dest="command",
@@ -94,9 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # the root logger (every library's) stays at --library-log-level; only wdstream's own
+    # loggers follow --log-level
     logging.basicConfig(
-        level=getattr(logging, args.log_level), format="%(levelname)s %(name)s: %(message)s"
+        level=getattr(logging, args.library_log_level),
+        format="%(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("wdstream").setLevel(getattr(logging, args.log_level))
     try:
         return int(args._run(args) or 0)
     except WdstreamError as exc:

@@ -14,6 +14,7 @@ from ..errors import ShardReadError, redact
 from ..format.manifest import is_shard_source, load_manifest
 from ..format.schema import modality_of
 from ..format.stream import iter_samples
+from ..read.lookup import find_sample
 from ..write.plan import describe_columns
 from .options import (
     add_allowed_prefix_argument,
@@ -23,12 +24,22 @@ from .options import (
 
 __all__ = ["HELP", "add_arguments", "run", "describe_member"]
 
-HELP = "print a dataset's manifest summary and its first samples (keys, fields, sizes)"
+HELP = (
+    "print a dataset's manifest summary and its first samples (keys, fields, sizes), "
+    "or one sample by its key (--key)"
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", help="output folder, its manifest.json, or one .tar shard")
     p.add_argument("--samples", type=int, default=3, help="how many samples to show")
+    p.add_argument(
+        "--key",
+        default=None,
+        metavar="KEY",
+        help="show the sample with this key (found through the manifest and the shard's "
+        "index, read with one ranged GET; shards without an index are scanned)",
+    )
     add_allowed_prefix_argument(p)
     add_storage_option_argument(p)
 
@@ -56,8 +67,20 @@ def describe_member(ext: str, data: bytes) -> str:
     return text
 
 
+def print_sample(sample: dict) -> None:
+    """A sample as ``inspect`` shows it: its key, then one line per member."""
+    print(f"sample {sample['__key__']}")
+    for ext in sorted(k for k in sample if not k.startswith("__")):
+        print(f"  .{ext}: {describe_member(ext, sample[ext])}")
+
+
 def run(args: argparse.Namespace) -> int:
     options = parse_storage_options(args.storage_option)
+    if args.key is not None:
+        sample = find_sample(args.url, args.key, options, allowed_prefixes=args.allowed_prefix)
+        print(f"shard: {redact(sample['__url__'])}")
+        print_sample(sample)
+        return 0
     if is_shard_source(args.url):
         shard_url = storage.expand_urls(args.url)[0]
     else:
@@ -83,9 +106,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             samples = iter_samples(f, name=shard_url)
             for sample in itertools.islice(samples, max(0, args.samples)):
-                print(f"sample {sample['__key__']}")
-                for ext in sorted(k for k in sample if not k.startswith("__")):
-                    print(f"  .{ext}: {describe_member(ext, sample[ext])}")
+                print_sample(sample)
         except ShardReadError as exc:
             raise ShardReadError(
                 f"{redact(shard_url)} is not a readable tar shard "

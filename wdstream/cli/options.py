@@ -86,8 +86,11 @@ def add_storage_option_argument(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="fsspec/s3fs option, repeatable (endpoint_url=..., anon=true, "
-        "key=..., secret=...; prefer AWS env variables for credentials)",
+        help="an option of the store's fsspec filesystem, repeatable: S3 (s3fs) "
+        "endpoint_url=, key=, secret=, anon=true; GCS (gcsfs) token=KEY.json|anon, project=, "
+        "endpoint_url=; Azure (adlfs) connection_string=, account_name= with account_key= or "
+        "sas_token=. Prefer each store's environment variables for credentials "
+        "(docs/distributed.md)",
     )
 
 

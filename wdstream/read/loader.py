@@ -64,9 +64,11 @@ def make_loader(
     world = w if world is None else world
     if not 0 <= rank < world:
         raise ConfigError(f"rank {rank} is outside world size {world}")
+    # the sources first: a store that cannot be reached fails within seconds, before the
+    # tokenizer is loaded (seconds more on a cold start)
+    sources = resolve_sources(source, config)
     decoder = SampleDecoder(config, tokenizer)
     collate_fn = functools.partial(collate, config=config, pad_token_id=decoder.pad_token_id)
-    sources = resolve_sources(source, config)
     if not isinstance(source, dict):
         (spec,) = sources.values()
         dataset: EpochDataset = ShardDataset(

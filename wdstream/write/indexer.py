@@ -38,7 +38,8 @@ from ..errors import (
     StorageError,
     redact,
 )
-from ..format.index import index_bytes
+from ..format.index import index_bytes, key_hash, max_index_bytes, parse_index
+from ..format.keyindex import KEYS_NAME, key_index_bytes
 from ..format.manifest import MANIFEST_NAME, Manifest, ShardInfo
 from ..format.scan import scan_shard
 from ..format.schema import SHARD_EXTS
@@ -358,6 +359,41 @@ def _check_not_a_conversion(out: str, opts: dict[str, Any]) -> None:
         )
 
 
+def write_key_index(manifest: Manifest, out: str, storage_options: dict[str, Any]) -> str:
+    """Write ``OUT/manifest.keys`` (:mod:`wdstream.format.keyindex`): every key's shard and
+    position, from the shards' own indexes (read concurrently, one GET each), so that
+    :func:`wdstream.get_sample` finds a key in a few requests although the keys of foreign
+    shards are not ordered. Returns its URL. Raises StorageError when an index cannot be
+    read, SourceError when one is malformed."""
+    import numpy as np
+
+    base = manifest.base_url or out
+    urls = [storage.join_url(base, s.index) if s.index else None for s in manifest.shards]
+    wanted = [u for u in urls if u is not None]
+    blobs = dict(zip(wanted, storage.read_many(wanted, storage_options), strict=True))
+    per_shard = []
+    for shard, url in zip(manifest.shards, urls, strict=True):
+        if url is None:
+            per_shard.append(np.empty(0, dtype="<u8"))
+            continue
+        data = blobs[url]
+        if isinstance(data, BaseException):
+            raise data
+        if len(data) > max_index_bytes(shard.samples):
+            raise SourceError(f"index {redact(url)} is larger than its bound", url=url)
+        try:
+            index = parse_index(data, shard.samples)
+        except ValueError as exc:
+            raise SourceError(f"index {redact(url)} is malformed: {exc}", url=url) from exc
+        if index.get("keys") is not None:
+            per_shard.append(np.array([key_hash(k) for k in index["keys"]], dtype="<u8"))
+        else:
+            per_shard.append(index["key_hashes"])
+    url = storage.join_url(out, KEYS_NAME)
+    storage.write_bytes(url, key_index_bytes(per_shard, len(manifest.shards)), storage_options)
+    return url
+
+
 def index_dataset(
     source: str | list[str],
     out: str | None = None,
@@ -464,6 +500,7 @@ def index_dataset(
         )
     ordered = [results[u] for u in urls]
     manifest = build_manifest(ordered, out, source, unusable)
+    write_key_index(manifest, out, opts)  # before the manifest it is for
     manifest_url = manifest.save(out, opts)
     report = IndexReport(
         manifest=manifest,
