@@ -111,10 +111,13 @@ def convert_run(run: PartitionRun, progress: Progress | None = None) -> list[Par
 
         try:
             for task in run.tasks:
+                earlier = None
                 try:
                     current = write_partition(task, progress, check)
-                except _EarlierFailed as exc:  # its own error, naming its own partition
-                    raise exc.error from None
+                except _EarlierFailed as exc:
+                    earlier = exc.error
+                if earlier is not None:  # its own error (and cause), naming its partition
+                    raise earlier
                 if committing is not None:
                     records.append(committing.result())
                 committing, current = pool.submit(finish_partition, current), None
