@@ -56,6 +56,7 @@ __all__ = [
     "find_urls",
     "remove_file",
     "check_writable",
+    "as_write_error",
     "check_readable",
     "check_reachable",
     "translate_error",
@@ -572,9 +573,18 @@ def read_many(
             with concurrent.futures.ThreadPoolExecutor(min(concurrency, len(paths))) as pool:
                 got = list(pool.map(one, paths))
     return [
-        translate_error(value, url, "read") if isinstance(value, BaseException) else value
+        _caused(translate_error(value, url, "read"), value)
+        if isinstance(value, BaseException)
+        else value
         for url, value in zip(urls, got, strict=True)
     ]
+
+
+def _caused(error: StorageError, cause: BaseException) -> StorageError:
+    """``error`` with the store's own exception as its cause, as ``raise ... from`` sets it
+    (for an error returned in an object's place, not raised)."""
+    error.__cause__ = cause
+    return error
 
 
 def exists(
@@ -727,11 +737,18 @@ def check_writable(url: str, storage_options: dict[str, Any] | None = None) -> N
     try:
         write_bytes(probe, b"ok", storage_options)
     except StorageError as exc:  # name the folder the user gave, not the probe
-        cause = exc.__cause__
-        raise (translate_error(cause, url, "write") if cause is not None else exc) from cause
+        raise as_write_error(exc, url) from exc.__cause__
     # another job starting on the same output at once (two appends) may remove it first
     with contextlib.suppress(NotFoundError):
         remove_file(probe, storage_options)
+
+
+def as_write_error(exc: StorageError, url: str) -> StorageError:
+    """``exc``, raised for an object under the folder ``url``, said of the folder itself as a
+    write (``cannot write URL: ...``), as :func:`check_writable` says it: the error a user
+    reads when an output cannot be written, whichever of its objects was asked for first."""
+    cause = exc.__cause__
+    return translate_error(cause, url, "write") if cause is not None else exc
 
 
 def check_readable(url: str, storage_options: dict[str, Any] | None = None) -> None:

@@ -253,8 +253,9 @@ def test_every_pending_upload_under_the_output_is_aborted_page_by_page(small_hf_
 
 
 def test_small_objects_are_single_puts(small_hf_dataset, s3_proxy):
-    """Records, indexes, the job file, the manifest and the write probe go up as one PUT
-    each: no multipart upload that an interrupt could leave pending."""
+    """Records, indexes, the job file and the manifest go up as one PUT each: no multipart
+    upload that an interrupt could leave pending. A fresh output has no write probe (the
+    job file is its first write)."""
     proxy, opts = s3_proxy
     log = _Log()
     proxy.faults = log
@@ -280,9 +281,9 @@ def test_small_objects_are_single_puts(small_hf_dataset, s3_proxy):
         "manifest.json",
         "_job.json",
         "part-00000.json",
-        "_wdstream_write_probe",
         "shard-00000-00000.idx",
     } <= puts
+    assert "_wdstream_write_probe" not in puts
 
 
 def _echo(task, progress=None):

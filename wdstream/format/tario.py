@@ -32,6 +32,7 @@ __all__ = [
 
 MTIME = 1_700_000_000  # fixed member mtime, so archives are byte-for-byte reproducible
 BLOCK = tarfile.BLOCKSIZE
+_ZERO_BLOCK = bytes(BLOCK)
 RECORD = tarfile.RECORDSIZE
 #: The largest member the converter writes (a larger cell is refused and counted). Readers skip
 #: members over ``config.max_member_bytes``, whose default is twice this.
@@ -96,14 +97,18 @@ class TarStreamWriter:
         self.offset += len(data)
 
     def write_sample(self, key: str, fields: dict[str, bytes]) -> int:
+        """Write a sample's members (one write of the stream: a write per header, member and
+        padding cost the converter a tenth of its CPU in Python calls); returns its offset."""
         start = self.offset
+        pieces = []
         for ext in sorted(fields):
             data = fields[ext]
-            self._write(member_header(f"{key}.{ext}", len(data)))
-            self._write(data)
+            pieces.append(member_header(f"{key}.{ext}", len(data)))
+            pieces.append(data)
             pad = (-len(data)) % BLOCK
             if pad:
-                self._write(b"\0" * pad)
+                pieces.append(_ZERO_BLOCK[:pad])
+        self._write(b"".join(pieces))
         return start
 
     def close(self) -> int:

@@ -12,14 +12,14 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from .. import storage
 from ..config import Config, load_config
-from ..errors import redact
+from ..errors import StorageError, redact
 from ..format.manifest import (
     MANIFEST_NAME,
     PARTITIONS_DIR,
@@ -32,9 +32,11 @@ from ..format.shardtable import save_compact
 from ..registry import Entry
 from ..rows.source import HFSource
 from .executors import Executor, check_executor, make_executor
+from .executors.local import LocalExecutor
 from .output import JOB_NAME, Output, RecordLog, claim_job, records_per_batch
 from .partition import ConvertTask, convert_partition
 from .plan import JobPlan, columns_dict, plan_job
+from .runs import convert_run, make_runs, run_length
 from .segments import details_name, segments_manifest, start_append
 from .torchless import without_torch
 
@@ -153,14 +155,21 @@ def convert(
     )
     output = output.rstrip("/")
     opts = dict(config.storage_options)
-    storage.check_writable(output, opts)
     out = Output(output, opts)
-    # a resume reads the finished partitions' records (requests) while the source is
-    # opened and planned (CPU); a fresh output skips it
-    reading = None
-    if out.read(f"{PARTITIONS_DIR}/{JOB_NAME}") is not None:
+    # no write probe: the job file is the output's first request (an unreachable bucket,
+    # missing credentials or a path under a file fail here) and, for a fresh output, its
+    # first write too (claim_job, before any partition runs). A resume reads the finished
+    # partitions' records and probes that it may still write (requests) while the source
+    # is opened and planned (CPU).
+    reading = probe = records_future = None
+    try:
+        resuming = out.read(f"{PARTITIONS_DIR}/{JOB_NAME}") is not None
+    except StorageError as exc:
+        raise storage.as_write_error(exc, output) from exc.__cause__
+    if resuming:
         reading = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="records")
-    records_future = reading.submit(out.records) if reading else None
+        probe = reading.submit(storage.check_writable, output, opts)
+        records_future = reading.submit(out.records)
     early = None  # the pool's start-up (imports in a fresh process) overlaps the planning
     if (
         executor is None
@@ -168,7 +177,7 @@ def convert(
         and (config.workers or os.cpu_count() or 1) > 1
     ):
         early = make_executor(config)
-        early.start(convert_partition)
+        early.start(convert_run)
     try:
         with without_torch():
             plan = plan_job(spec, config)
@@ -179,7 +188,9 @@ def convert(
             if append
             else None
         )
-        fresh = segment.fresh if segment else claim_job(out, plan)
+        if probe is not None:
+            probe.result()
+        fresh = segment.fresh if segment else _claim(out, plan)
         records = (
             {} if (fresh and not segment) or records_future is None else records_future.result()
         )
@@ -243,7 +254,7 @@ def convert(
     executor = executor or early or make_executor(config)
     log.info("running %d partition(s)", len(pending))
     try:
-        for record in executor.map_unordered(convert_partition, tasks, progress=bar):
+        for record in _run(executor, tasks, len(pending), bar):
             records[record.partition] = record
             batches.add(record)
     finally:
@@ -269,6 +280,30 @@ def convert(
         manifest.skipped or "none",
     )
     return manifest
+
+
+def _claim(out: Output, plan: JobPlan) -> bool:
+    """:func:`.output.claim_job`; a store error says the output cannot be written (for a fresh
+    output the job file is the first write)."""
+    try:
+        return claim_job(out, plan)
+    except StorageError as exc:
+        raise storage.as_write_error(exc, out.url) from exc.__cause__
+
+
+def _run(
+    executor: Executor, tasks: Iterator[ConvertTask], n: int, progress: _Bar
+) -> Iterator[PartitionRecord]:
+    """The records of ``tasks`` (``n`` of them) as the executor finishes them. A local pool's
+    worker converts runs of consecutive partitions (:mod:`.runs`: each partition's last
+    upload overlaps the next one's rows); another executor (Ray) gets one task a partition,
+    since a cluster has the CPUs to spread them."""
+    if isinstance(executor, LocalExecutor):
+        runs = make_runs(tasks, run_length(n, executor.workers))
+        for records in executor.map_unordered(convert_run, runs, progress=progress):
+            yield from records
+    else:
+        yield from executor.map_unordered(convert_partition, tasks, progress=progress)
 
 
 def _warn_mixed_extensions(manifest: Manifest) -> None:

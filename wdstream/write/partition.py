@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,7 +31,14 @@ from .sources.files import SourceFiles, open_files
 from .torchless import without_torch
 from .writer import ShardWriter
 
-__all__ = ["ConvertTask", "convert_partition", "record_name"]
+__all__ = [
+    "ConvertTask",
+    "WrittenPartition",
+    "convert_partition",
+    "finish_partition",
+    "record_name",
+    "write_partition",
+]
 
 log = logging.getLogger(__name__)
 
@@ -162,20 +170,63 @@ def convert_partition(task: ConvertTask, progress: Progress | None = None) -> Pa
     open shard is never visible (a temp name or a pending multipart upload, which the driver
     sweeps at the end of the job).
     """
+    return finish_partition(write_partition(task, progress))
+
+
+class WrittenPartition:
+    """A partition whose rows are all written (:func:`write_partition`) and whose last shards
+    may still be uploading; :func:`finish_partition` commits them, then writes the record."""
+
+    def __init__(self, task: ConvertTask, writer: ShardWriter):
+        self.task = task
+        self.writer = writer
+        self.samples = 0
+        self.exts: set[str] = set()
+        self.budget = ErrorBudget(-1 if task.skip_bad_rows else 0, what="bad rows")
+        self.pending_samples = self.pending_bytes = 0
+
+    def abort(self) -> None:
+        """Discard what is not committed (the open shard, the uploads in flight)."""
+        self.writer.abort()
+
+
+def write_partition(
+    task: ConvertTask,
+    progress: Progress | None = None,
+    check: Callable[[], None] | None = None,
+) -> WrittenPartition:
+    """The first half of :func:`convert_partition`: every row of the partition written into
+    its shards. The last shard is closed and its upload started, not awaited. ``check()`` is
+    called now and then while rows are written (a run raises there the error of the
+    partition before this one). On error the open shard is discarded and the error, naming
+    the partition, raised."""
     try:
         with without_torch():
-            return _convert_partition(task, progress)
+            return _write_rows(task, progress, check)
     except Exception as exc:
         _name_partition(exc, task)
         raise
 
 
-def _convert_partition(task: ConvertTask, progress: Progress | None) -> PartitionRecord:
+def finish_partition(written: WrittenPartition) -> PartitionRecord:
+    """The second half of :func:`convert_partition`: wait until the partition's shards are
+    committed, remove what a dead attempt left, then write the record. On error the
+    uncommitted shards are discarded, no record is written and the error names the
+    partition."""
+    try:
+        return _finish(written)
+    except Exception as exc:
+        _name_partition(exc, written.task)
+        raise
+
+
+def _write_rows(
+    task: ConvertTask, progress: Progress | None, check: Callable[[], None] | None
+) -> WrittenPartition:
     ds = _partition_dataset(task)
     encoder = RowEncoder(
         task.columns, task.spec.source, validate=task.validate, paths=task.read_roots
     )
-    budget = ErrorBudget(-1 if task.skip_bad_rows else 0, what="bad rows")
     writer = ShardWriter(
         task.output_url,
         task.partition,
@@ -185,9 +236,7 @@ def _convert_partition(task: ConvertTask, progress: Progress | None) -> Partitio
         upload_concurrency=task.upload_concurrency,
         upload_buffer_bytes=task.upload_buffer_bytes,
     )
-    exts: set[str] = set()
-    samples = 0
-    pending_samples = pending_bytes = 0
+    out = WrittenPartition(task, writer)
     last_report = time.monotonic()
     try:
         for row_index, row in enumerate(iter_rows(ds, task.columns, task.batch_size)):
@@ -195,23 +244,38 @@ def _convert_partition(task: ConvertTask, progress: Progress | None) -> Partitio
             try:
                 fields = encoder(row, key)
             except SkipSample as exc:
-                budget.record(
+                out.budget.record(
                     str(exc),
                     f"{redact(task.output_url)} partition {task.partition} key {key}",
                     exc.__cause__,
                 )
                 continue
             writer.write(key, fields)
-            exts.update(fields)
-            samples += 1
+            out.exts.update(fields)
+            out.samples += 1
+            out.pending_samples += 1
             if progress is not None:
-                pending_samples += 1
-                pending_bytes += sum(len(v) for v in fields.values())
-                now = time.monotonic()
-                if now - last_report > 0.25:
-                    progress(pending_samples, pending_bytes)
-                    pending_samples = pending_bytes = 0
-                    last_report = now
+                out.pending_bytes += sum(len(v) for v in fields.values())
+            now = time.monotonic()
+            if now - last_report > 0.25:
+                if check is not None:
+                    check()
+                if progress is not None:
+                    progress(out.pending_samples, out.pending_bytes)
+                out.pending_samples = out.pending_bytes = 0
+                last_report = now
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    if progress is not None and (out.pending_samples or out.pending_bytes):
+        progress(out.pending_samples, out.pending_bytes)  # here: the caller's thread
+    return out
+
+
+def _finish(written: WrittenPartition) -> PartitionRecord:
+    task, writer = written.task, written.writer
+    try:
         shards = writer.close()
     except BaseException:
         writer.abort()
@@ -225,19 +289,20 @@ def _convert_partition(task: ConvertTask, progress: Progress | None) -> Partitio
             task.storage_options,
             fs=writer.fs,
         )
-    if progress is not None and (pending_samples or pending_bytes):
-        progress(pending_samples, pending_bytes)
     record = PartitionRecord(
         partition=task.partition,
         shards=shards,
-        samples=samples,
-        skipped=dict(budget.counts),
-        fields=sorted(exts),
+        samples=written.samples,
+        skipped=dict(written.budget.counts),
+        fields=sorted(written.exts),
     )
     storage.write_bytes(
         storage.join_url(task.output_url, f"{PARTITIONS_DIR}/{record_name(task.partition)}"),
         record.to_json(),
         task.storage_options,
+        fs=writer.fs,
     )
-    log.debug("partition %d done: %d samples in %d shards", task.partition, samples, len(shards))
+    log.debug(
+        "partition %d done: %d samples in %d shards", task.partition, written.samples, len(shards)
+    )
     return record

@@ -149,10 +149,15 @@ class ShardWriter:
                 self._commits.shutdown(wait=True)
                 self._commits = None
 
-    def close(self) -> list[ShardInfo]:
-        """Commit the open shard (if any) and return every committed shard of this writer."""
+    def finish(self) -> None:
+        """Close the open shard (if any) and start its commit, without waiting for it: on an
+        object store its last parts upload on the commit threads. :meth:`close` waits."""
         if self._tar is not None:
             self._finish()
+
+    def close(self) -> list[ShardInfo]:
+        """Commit the open shard (if any) and return every committed shard of this writer."""
+        self.finish()
         self._wait()
         return self.shards
 
