@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import stat
+import tempfile
 
 import pytest
 
@@ -26,17 +28,43 @@ def test_a_local_permission_error_speaks_of_the_folder(tmp_path):
     assert "credentials' permissions for this bucket/prefix" in str(s3)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
 def test_an_unwritable_local_folder_names_the_folder(tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    os.chmod(ro, stat.S_IRUSR | stat.S_IXUSR)
+    """A folder nobody may write into. Root may write anywhere, so as root (CI) the check runs
+    in a forked child that has dropped to the user ``nobody`` (no exec: the interpreter may
+    live under /root, which nobody can read; what the check imports is loaded first)."""
+    check_writable(str(tmp_path / "warm"))  # loads what check_writable imports
+    base = tempfile.mkdtemp(prefix="wdstream-ro-")  # not under tmp_path: root-only (0700)
+    ro = os.path.join(base, "ro")
+    os.mkdir(ro)
+    os.chmod(base, 0o755)
+    os.chmod(ro, 0o555)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report the error's type and text through the pipe, then exit
+        os.close(read_end)
+        try:
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            try:
+                check_writable(os.path.join(ro, "out"))
+                text = "no error"
+            except Exception as exc:
+                text = f"{type(exc).__name__}: {exc}"
+            os.write(write_end, text.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
     try:
-        with pytest.raises(CredentialsError) as e:
-            check_writable(str(ro / "out"))
-        assert f"the folder {ro}" in str(e.value) and "credentials" not in str(e.value)
+        with os.fdopen(read_end, "rb") as f:
+            out = f.read().decode()
+        os.waitpid(pid, 0)
+        kind, _, message = out.partition(": ")
+        assert kind == "CredentialsError", out
+        assert f"the folder {ro}" in message and "credentials" not in message
     finally:
         os.chmod(ro, stat.S_IRWXU)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_a_missing_manifest_says_so_once_and_what_to_do(tmp_path):

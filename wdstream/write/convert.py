@@ -162,6 +162,9 @@ def convert(
     # partitions' records and probes that it may still write (requests) while the source
     # is opened and planned (CPU).
     reading = probe = records_future = None
+    # a refused port or an unknown host fails here within seconds, naming the endpoint
+    # (the clients would retry for 15-90 s); one TCP connection, remembered per process
+    storage.check_reachable(output, opts)
     try:
         resuming = out.read(f"{PARTITIONS_DIR}/{JOB_NAME}") is not None
     except StorageError as exc:
