@@ -1010,6 +1010,10 @@ def _median_run(runs: list[dict]) -> dict:
         return runs[-1]
     out = dict(ok[(len(ok) - 1) // 2])
     out["rounds"] = [r["seconds"] for r in ok]
+    cpus = [r["cpu_s"] for r in ok if "cpu_s" in r]
+    if cpus:  # CPU barely depends on other load: the median over every round, not one round's
+        out["cpu_s"] = statistics.median(cpus)
+        out["cpu_rounds"] = cpus
     out["peak_rss"] = max(r["peak_rss"] for r in ok)
     out["peak_pss"] = max(r.get("peak_pss", 0) for r in ok)
     return out
@@ -1169,9 +1173,13 @@ def render_markdown(res: Results, args) -> str:
         "same rows with pyarrow and writes the same bytes as tar shards in one process, with no "
         "checks, index or manifest. Peers that write locally then upload are timed whole.",
         "",
+        "CPU is user + system seconds of the converting process tree (its worker processes "
+        "included), per 1,000 samples, the median over the rounds.",
+        "",
         "| system | store | samples/s | min–max | × wdstream | peak PSS MiB | × wdstream | "
-        "peak RSS MiB | bytes stored MiB | × wdstream | peak local disk MiB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "peak RSS MiB | bytes stored MiB | × wdstream | peak local disk MiB | CPU s / 1k | "
+        "× wdstream |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for store in base_stores:
         base = res.convert.get(("wdstream", store), {})
@@ -1183,7 +1191,7 @@ def render_markdown(res: Results, args) -> str:
                 continue
             label = "*raw limit*" if name == "raw-limit" else name
             if why:
-                lines.append(f"| {label} | {store} | {_md(why)} | | | | | | | | |")
+                lines.append(f"| {label} | {store} | {_md(why)} | | | | | | | | | | |")
                 continue
             rate = r["samples"] / r["seconds"]
             rounds = [r["samples"] / x for x in r.get("rounds") or [r["seconds"]]]
@@ -1193,7 +1201,8 @@ def render_markdown(res: Results, args) -> str:
                 f"{_ratio(rate, base_rate)} | {r.get('peak_pss', 0) / MB:.0f} | "
                 f"{_ratio(r.get('peak_pss'), base.get('peak_pss'))} | "
                 f"{r['peak_rss'] / MB:.0f} | "
-                f"{r['bytes'] / MB:.1f} | {_ratio(r['bytes'], base.get('bytes'))} | {disk} |"
+                f"{r['bytes'] / MB:.1f} | {_ratio(r['bytes'], base.get('bytes'))} | {disk} | "
+                f"{_cpu_per_1k(r):.1f} | {_ratio(_cpu_per_1k(r), base and _cpu_per_1k(base))} |"
             )
     lines += ["", *convert_goals(res, args, base_stores)]
     lines += ["", "### What each system does here", ""]
@@ -1202,6 +1211,11 @@ def render_markdown(res: Results, args) -> str:
         state = f" **Not installed:** {res.missing[name]}." if name in res.missing else ""
         lines.append(f"- **{name}**: {s.notes}.{state}")
     return "\n".join(lines) + "\n"
+
+
+def _cpu_per_1k(r: dict) -> float:
+    """CPU seconds per 1,000 samples of a conversion result (0 when not measured)."""
+    return 1000 * r.get("cpu_s", 0) / r["samples"] if r.get("samples") else 0.0
 
 
 def _verdict(ok: bool | None) -> str:
@@ -1213,12 +1227,13 @@ def read_goals(res: Results, args, stores: list[str]) -> list[str]:
     the best peer and 0.95x the decode limit; first batch no later than the fastest peer's;
     peak PSS at most 1.1x the lowest peer's."""
     lines = [
-        "Goals (issue 12), from the medians above:",
+        "Goals (issues 12 and 23), from the medians above:",
         "",
         "| store | workers | wdstream samples/s | mark (min of 1.15× best peer, 0.95× "
         "decode limit) | throughput | first batch s vs fastest peer | first batch | "
-        "PSS MiB vs lowest peer × 1.1 | memory |",
-        "|---|---:|---:|---|---|---|---|---|---|",
+        "PSS MiB vs lowest peer × 1.1 | memory | CPU s / 1k vs lowest peer (× 1.05 with 0 "
+        "workers) | CPU |",
+        "|---|---:|---:|---|---|---|---|---|---|---|---|",
     ]
     for store in stores:
         for w in args.workers:
@@ -1232,7 +1247,9 @@ def read_goals(res: Results, args, stores: list[str]) -> list[str]:
             limit = read_stats(res.reads.get(("decode-limit", DECODE_LIMIT_STORE, w), []))
             if wd is None or not peers:
                 rate = "—" if wd is None else f"{wd['median']:.1f}"
-                lines.append(f"| {store} | {w} | {rate} | no peer measured | — | — | — | — | — |")
+                lines.append(
+                    f"| {store} | {w} | {rate} | no peer measured | — | — | — | — | — | — | — |"
+                )
                 continue
             best = max(peers, key=lambda n: peers[n]["median"])
             marks = [(1.15 * peers[best]["median"], f"1.15× {best}")]
@@ -1241,13 +1258,17 @@ def read_goals(res: Results, args, stores: list[str]) -> list[str]:
             mark, which = min(marks)
             fastest = min(peers, key=lambda n: peers[n]["first"])
             leanest = min(peers, key=lambda n: peers[n]["pss"])
+            thrifty = min(peers, key=lambda n: peers[n]["cpu_per_1k"])
+            cpu_mark = (1.05 if w == 0 else 1.0) * peers[thrifty]["cpu_per_1k"]
             lines.append(
                 f"| {store} | {w} | {wd['median']:.1f} | {mark:.1f} ({which}) | "
                 f"{_verdict(wd['median'] >= mark)} | {wd['first']:.2f} vs "
                 f"{peers[fastest]['first']:.2f} ({fastest}) | "
                 f"{_verdict(wd['first'] <= peers[fastest]['first'])} | "
                 f"{wd['pss'] / MB:.0f} vs {1.1 * peers[leanest]['pss'] / MB:.0f} ({leanest}) | "
-                f"{_verdict(wd['pss'] <= 1.1 * peers[leanest]['pss'])} |"
+                f"{_verdict(wd['pss'] <= 1.1 * peers[leanest]['pss'])} | "
+                f"{wd['cpu_per_1k']:.1f} vs {cpu_mark:.1f} ({thrifty}) | "
+                f"{_verdict(wd['cpu_per_1k'] <= cpu_mark)} |"
             )
     return lines
 
@@ -1256,11 +1277,12 @@ def convert_goals(res: Results, args, stores: list[str]) -> list[str]:
     """Issue 13's goals per store: samples/s at least the lower of 1.2x the best peer and
     0.95x the raw limit; peak PSS at most 1.2x the lowest peer's."""
     lines = [
-        "Goals (issue 13), from the medians above:",
+        "Goals (issues 13 and 23), from the medians above:",
         "",
         "| store | wdstream samples/s | mark (min of 1.2× best peer, 0.95× raw limit) | "
-        "throughput | PSS MiB vs lowest peer × 1.2 | memory |",
-        "|---|---:|---|---|---|---|",
+        "throughput | PSS MiB vs lowest peer × 1.2 | memory | CPU s / 1k vs lowest peer | "
+        "CPU |",
+        "|---|---:|---|---|---|---|---|---|",
     ]
     for store in stores:
         wd = res.convert.get(("wdstream", store), {})
@@ -1271,7 +1293,7 @@ def convert_goals(res: Results, args, stores: list[str]) -> list[str]:
         }
         peers = {n: r for n, r in peers.items() if "seconds" in r}
         if "seconds" not in wd or not peers:
-            lines.append(f"| {store} | — | no peer measured | — | — | — |")
+            lines.append(f"| {store} | — | no peer measured | — | — | — | — | — |")
             continue
         rate = {n: r["samples"] / r["seconds"] for n, r in peers.items()}
         best = max(rate, key=rate.get)
@@ -1283,11 +1305,16 @@ def convert_goals(res: Results, args, stores: list[str]) -> list[str]:
         wd_rate = wd["samples"] / wd["seconds"]
         leanest = min(peers, key=lambda n: peers[n].get("peak_pss") or float("inf"))
         lean = peers[leanest].get("peak_pss") or 0
+        thrifty = min(peers, key=lambda n: _cpu_per_1k(peers[n]) or float("inf"))
+        lowest = _cpu_per_1k(peers[thrifty])
+        wd_cpu = _cpu_per_1k(wd)
         lines.append(
             f"| {store} | {wd_rate:.1f} | {mark:.1f} ({which}) | "
             f"{_verdict(wd_rate >= mark)} | {wd.get('peak_pss', 0) / MB:.0f} vs "
             f"{1.2 * lean / MB:.0f} ({leanest}) | "
-            f"{_verdict(wd.get('peak_pss', 0) <= 1.2 * lean if lean else None)} |"
+            f"{_verdict(wd.get('peak_pss', 0) <= 1.2 * lean if lean else None)} | "
+            f"{wd_cpu:.1f} vs {lowest:.1f} ({thrifty}) | "
+            f"{_verdict(wd_cpu <= lowest if lowest and wd_cpu else None)} |"
         )
     return lines
 
