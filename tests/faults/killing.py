@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -56,6 +57,31 @@ def descendants(pid):
             out.append(child)
             todo.append(child)
     return out
+
+
+def kill_when_visible(child, url, options, target, poll=0.01):
+    """SIGKILL the conversion ``child`` once ``target`` objects are visible under ``url`` (or
+    leave it if it finished first; at most 120 s). Returns ``(its descendants seen while it
+    ran, whether it had finished)``; ``child`` is reaped either way."""
+    try:
+        deadline = time.monotonic() + 120
+        below: set[int] = set()
+        while (
+            time.monotonic() < deadline
+            and child.poll() is None
+            and len(listing(url, options)) < target
+        ):
+            below.update(descendants(child.pid))
+            time.sleep(poll)
+        below.update(descendants(child.pid))
+        finished = child.poll() is not None
+        if not finished:
+            os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    return below, finished
 
 
 def alive(pids):

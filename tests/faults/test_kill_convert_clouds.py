@@ -11,11 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import random
-import signal
-import time
 
 import pytest
-from killing import check_complete, descendants, listing, start_conversion, wait_gone
+from killing import (
+    check_complete,
+    kill_when_visible,
+    listing,
+    start_conversion,
+    wait_gone,
+)
 from test_kill_convert_s3 import _nothing_partial
 
 from wdstream.uploads import AtomicFile
@@ -46,24 +50,7 @@ def test_random_kills_then_reruns_give_identical_shards(
         workers = 2 if round_no == 0 else rng.choice((1, 2))
         target = rng.randint(1, 30)  # objects visible when it is killed (a whole output: ~38)
         child = start_conversion(small_hf_dataset, url, workers=workers, options=opts, delay=0.02)
-        try:
-            deadline = time.monotonic() + 120
-            below: set[int] = set()
-            while (
-                time.monotonic() < deadline
-                and child.poll() is None
-                and len(listing(url, opts)) < target
-            ):
-                below.update(descendants(child.pid))
-                time.sleep(0.02)
-            below.update(descendants(child.pid))
-            finished = child.poll() is not None
-            if not finished:
-                os.kill(child.pid, signal.SIGKILL)
-            child.wait(timeout=30)
-        finally:
-            if child.poll() is None:
-                child.kill()
+        below, finished = kill_when_visible(child, url, opts, target, poll=0.02)
         assert not wait_gone(sorted(below), timeout=15)
         names = _nothing_partial(url, opts)
         log.info(

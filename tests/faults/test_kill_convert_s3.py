@@ -12,7 +12,13 @@ import signal
 import time
 
 import pytest
-from killing import check_complete, descendants, listing, start_conversion, wait_gone
+from killing import (
+    check_complete,
+    kill_when_visible,
+    listing,
+    start_conversion,
+    wait_gone,
+)
 
 from wdstream.format.manifest import PartitionRecord
 from wdstream.format.verify import verify_shard
@@ -55,24 +61,7 @@ def test_ten_random_kills_then_reruns(small_hf_dataset, s3, caplog):
         # the moment: once this many objects are visible (a whole output holds about 38)
         target = rng.randint(1, 40)
         child = start_conversion(small_hf_dataset, url, workers=workers, options=opts, delay=0.02)
-        try:
-            deadline = time.monotonic() + 120
-            below: set[int] = set()
-            while (
-                time.monotonic() < deadline
-                and child.poll() is None
-                and len(listing(url, opts)) < target
-            ):
-                below.update(descendants(child.pid))
-                time.sleep(0.01)
-            below.update(descendants(child.pid))
-            finished = child.poll() is not None
-            if not finished:
-                os.kill(child.pid, signal.SIGKILL)
-            child.wait(timeout=30)
-        finally:
-            if child.poll() is None:
-                child.kill()
+        below, finished = kill_when_visible(child, url, opts, target, poll=0.01)
         assert not wait_gone(sorted(below), timeout=15)  # its workers stop with it
         names = _nothing_partial(url, opts)
         log.info(
