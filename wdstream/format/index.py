@@ -36,10 +36,13 @@ __all__ = [
     "load_index",
     "key_hash",
     "max_index_bytes",
+    "sample_span_bytes",
+    "parse_sample_span",
     "INDEX_MAGIC",
 ]
 
 INDEX_MAGIC = b"WDSIDX\x00\x02"
+_HEAD = 16  # a version-2 index: magic (8 bytes), sample count (u8), offsets (i8), hashes (u8)
 #: Bound on an index's size: a fixed slack plus, per sample, an offset and a long key.
 _INDEX_SLACK = 4096
 _INDEX_BYTES_PER_SAMPLE = 600
@@ -76,18 +79,34 @@ def index_bytes(offsets: list[int], keys: list[str], *, whole: bool = False) -> 
     )
 
 
+def sample_span_bytes(position: int) -> tuple[int, int]:
+    """The bytes ``[start, end)`` of a version-2 index that hold sample ``position``'s start
+    and end offsets (the next sample's start): one ranged read gives both."""
+    at = _HEAD + 8 * position
+    return at, at + 16
+
+
+def parse_sample_span(raw: bytes) -> tuple[int, int] | None:
+    """``(start, end)`` from the 16 bytes :func:`sample_span_bytes` names; None when fewer
+    came (the index ends before them)."""
+    if len(raw) != 16:
+        return None
+    start, end = np.frombuffer(raw, dtype="<i8", count=2)
+    return int(start), int(end)
+
+
 def _parse_binary(data: bytes, samples: int | None) -> dict[str, Any]:
-    if len(data) < 16:
+    if len(data) < _HEAD:
         raise ValueError("the index is truncated")
     n = int(np.frombuffer(data, dtype="<u8", count=1, offset=8)[0])
-    if len(data) != 16 + 8 * (n + 1) + 8 * n:
-        raise ValueError(f"the index is {len(data)} bytes, {n} samples need {16 + 16 * n + 8}")
+    if len(data) != _HEAD + 8 * (n + 1) + 8 * n:
+        raise ValueError(f"the index is {len(data)} bytes, {n} samples need {_HEAD + 16 * n + 8}")
     if samples is not None and n != samples:
         raise ValueError(f"index has {n} samples, manifest says {samples}")
-    offsets = np.frombuffer(data, dtype="<i8", count=n + 1, offset=16)
+    offsets = np.frombuffer(data, dtype="<i8", count=n + 1, offset=_HEAD)
     if (offsets < 0).any() or (np.diff(offsets) < 0).any():
         raise ValueError("the index's offsets are not ascending non-negative integers")
-    hashes = np.frombuffer(data, dtype="<u8", count=n, offset=16 + 8 * (n + 1))
+    hashes = np.frombuffer(data, dtype="<u8", count=n, offset=_HEAD + 8 * (n + 1))
     return {"offsets": offsets, "keys": None, "key_hashes": hashes}
 
 

@@ -30,7 +30,7 @@ from typing import Any
 from .. import storage
 from ..config import Config
 from ..errors import NotFoundError, ShardReadError, SourceError, redact
-from ..format.index import key_hash, load_index
+from ..format.index import key_hash, load_index, parse_sample_span, sample_span_bytes
 from ..format.keyindex import KEYS_NAME, lookup_hash
 from ..format.manifest import Manifest, is_shard_source, load_manifest, manifest_url_for
 from ..format.stream import iter_samples
@@ -201,12 +201,10 @@ def _read_at(m: Manifest, shard: int, position: int, key: str, source, opts) -> 
     if index_url is None or m.shards[shard].whole or not index_url.endswith(".idx"):
         # no index, a compressed shard (read from its start), or a version-1 (JSON) index
         return _scan([url], key, source, opts, missing_ok=True)
-    at = 16 + 8 * position  # magic, count, then offsets[n + 1] (wdstream.format.index)
-    raw = storage.read_range(index_url, at, at + 16, opts)
-    if len(raw) != 16:
+    span = parse_sample_span(storage.read_range(index_url, *sample_span_bytes(position), opts))
+    if span is None:
         return None
-    start = int.from_bytes(raw[:8], "little", signed=True)
-    end = int.from_bytes(raw[8:], "little", signed=True)
+    start, end = span
     if not 0 <= start < end <= m.shards[shard].bytes:
         return None
     return _read_span(url, start, end, key, opts)

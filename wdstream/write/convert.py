@@ -161,10 +161,10 @@ def convert(
     # first write too (claim_job, before any partition runs). A resume reads the finished
     # partitions' records and probes that it may still write (requests) while the source
     # is opened and planned (CPU).
-    reading = probe = records_future = None
     # a refused port or an unknown host fails here within seconds, naming the endpoint
     # (the clients would retry for 15-90 s); one TCP connection, remembered per process
     storage.check_reachable(output, opts)
+    reading = probe = records_future = None
     try:
         resuming = out.read(f"{PARTITIONS_DIR}/{JOB_NAME}") is not None
     except StorageError as exc:

@@ -183,7 +183,6 @@ class WrittenPartition:
         self.samples = 0
         self.exts: set[str] = set()
         self.budget = ErrorBudget(-1 if task.skip_bad_rows else 0, what="bad rows")
-        self.pending_samples = self.pending_bytes = 0
 
     def abort(self) -> None:
         """Discard what is not committed (the open shard, the uploads in flight)."""
@@ -237,6 +236,7 @@ def _write_rows(
         upload_buffer_bytes=task.upload_buffer_bytes,
     )
     out = WrittenPartition(task, writer)
+    pending_samples = pending_bytes = 0  # not yet reported to ``progress``
     last_report = time.monotonic()
     try:
         for row_index, row in enumerate(iter_rows(ds, task.columns, task.batch_size)):
@@ -253,23 +253,23 @@ def _write_rows(
             writer.write(key, fields)
             out.exts.update(fields)
             out.samples += 1
-            out.pending_samples += 1
+            pending_samples += 1
             if progress is not None:
-                out.pending_bytes += sum(len(v) for v in fields.values())
+                pending_bytes += sum(len(v) for v in fields.values())
             now = time.monotonic()
             if now - last_report > 0.25:
                 if check is not None:
                     check()
                 if progress is not None:
-                    progress(out.pending_samples, out.pending_bytes)
-                out.pending_samples = out.pending_bytes = 0
+                    progress(pending_samples, pending_bytes)
+                pending_samples = pending_bytes = 0
                 last_report = now
         writer.finish()
     except BaseException:
         writer.abort()
         raise
-    if progress is not None and (out.pending_samples or out.pending_bytes):
-        progress(out.pending_samples, out.pending_bytes)  # here: the caller's thread
+    if progress is not None and (pending_samples or pending_bytes):
+        progress(pending_samples, pending_bytes)  # here: the caller's thread
     return out
 
 
