@@ -52,6 +52,8 @@ def test_bench_peers_writes_table_and_plot(tmp_path):
         str(png),
         "--timeout",
         "300",
+        "--wdstream-set",
+        "cache_size=8",
     ]
     if not has_matplotlib:
         cmd.append("--no-plot")
@@ -64,6 +66,7 @@ def test_bench_peers_writes_table_and_plot(tmp_path):
     assert f"{mark}\n\nhand-written notes\n\n## Later" in text
     peers = text.split("## Peers", 1)[1].split("## Later", 1)[0]
     assert "tools/bench_peers.py --samples 16" in peers  # the exact command
+    assert "--wdstream-set cache_size=8" in peers  # an ablation is part of the command
     rows = [line.split("|")[1:-1] for line in peers.splitlines() if line.startswith("| ")]
     read_rows = [r for r in rows if len(r) == 15 and r[0].strip() in systems]
     for store in ("local", "s3"):
@@ -83,3 +86,24 @@ def test_bench_peers_writes_table_and_plot(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     else:
         assert not png.exists()
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("bench_peers", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # its dataclasses look their module up
+    spec.loader.exec_module(sys.modules[spec.name])
+    module = sys.modules[spec.name]
+    return module
+
+
+def test_wdstream_set_takes_config_settings_as_yaml():
+    tool = _tool()
+    assert tool._settings(["cache_size=100", "shuffle_lanes=1", "pin_memory=false"]) == {
+        "cache_size": 100,
+        "shuffle_lanes": 1,
+        "pin_memory": False,
+    }
+    for bad in ("cache_sise=100", "cache_size"):
+        with pytest.raises(ValueError, match=bad):
+            tool._settings([bad])

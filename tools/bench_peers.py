@@ -64,10 +64,10 @@ DECODE_LIMIT_STORE = "memory"  # the decode limit reads rows already in memory
 SECTION = "## Peers"
 NOTES_MARK = "<!-- notes below are kept when bench_peers.py rewrites this section -->"
 INSTALL = (
-    "python3 -m venv .venv-bench && .venv-bench/bin/pip install -e '.[test,bench]' "
-    "mosaicml-streaming==0.13.0 litdata==0.2.76 torch==2.14.1 torchaudio==2.11.0 "
-    "torchvision==0.29.1 transformers==4.57.6 datasets==4.8.5 'numpy<2.2' "
-    "fsspec==2026.2.0 s3fs==2026.2.0 moto==5.2.5 ray==2.60.0"
+    "python3 -m venv .venv-bench && .venv-bench/bin/pip install -e '.[bench]' "
+    "'moto[server]==5.2.6' ray==2.60.0 mosaicml-streaming==0.13.0 litdata==0.2.76 "
+    "torch==2.14.1 'torchaudio==2.11.*' torchvision==0.29.1 transformers==4.57.6 "
+    "'numpy==2.1.*' datasets==4.8.5 fsspec==2026.1.0 s3fs==2026.1.0"
 )
 
 
@@ -641,6 +641,8 @@ def child_main(job: dict) -> dict:
     from wdstream.read.tokenizer import load_tokenizer
 
     config = Config(batch_size=job["batch_size"], pin_memory="false", seed=0)
+    if job.get("wdstream_set"):  # --wdstream-set: an ablation of wdstream's read settings
+        config = config.replace(**job["wdstream_set"])
     tokenizer = load_tokenizer(config)
     if job["system"] == "decode-limit":
         rows = [{"key": k, **f} for k, f in iter_source(job["source"])]
@@ -971,6 +973,7 @@ def run_benchmark(args) -> Results:
                             "cache": read_cache,
                             "max_batches": args.max_batches,
                             "source": source,
+                            "wdstream_set": args.wdstream_set if name == "wdstream" else {},
                         }
                         counted = read_proxy is not None and store.label == "s3-latency"
                         if counted:
@@ -1087,8 +1090,10 @@ def render_markdown(res: Results, args) -> str:
     read_stores = [s for s in READ_STORES if s in args.stores]
     lines = [
         "The peers live in their own venv (mosaicml-streaming 0.13 pins numpy<2.2 and "
-        "transformers<5, and transformers 4.x needs huggingface-hub<1, hence datasets 4.x); "
-        "torch stays at 2.14.1 with torchvision 0.29.1. wdstream installs beside them:",
+        "transformers<5, and transformers 4.x needs huggingface-hub<1, hence datasets 4.x and "
+        "the fsspec it allows; wdstream's test extra is left out: its gcsfs pins a newer "
+        "fsspec); torch stays at 2.14.1 with torchvision 0.29.1. wdstream installs beside "
+        "them (checked in a fresh venv on 2026-12-07):",
         "",
         f"    {INSTALL}",
         "    .venv-bench/bin/python tools/bench_peers.py",
@@ -1522,6 +1527,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--timeout", type=float, default=1800, help="seconds per child process")
     p.add_argument(
+        "--wdstream-set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="a config setting for wdstream's reads, e.g. cache_size=100 or shuffle_lanes=1 "
+        "(repeatable; values are YAML: an ablation, not the default comparison)",
+    )
+    p.add_argument(
         "--out-md",
         default=os.path.join(ROOT, "docs", "benchmarks.md"),
         help="markdown file whose 'Peers' section is (re)written",
@@ -1539,8 +1552,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = [s for s in args.systems if s not in SYSTEMS]
     if unknown:
         p.error(f"unknown systems {unknown}; choose from {list(SYSTEMS)}")
+    try:
+        args.wdstream_set = _settings(args.wdstream_set)
+    except ValueError as exc:
+        p.error(str(exc))
     args.argv = argv
     return args
+
+
+def _settings(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` pairs as a dict of config settings (values parsed as YAML), checked
+    against wdstream's Config."""
+    import dataclasses
+
+    import yaml
+
+    from wdstream.config import Config
+
+    fields = {f.name for f in dataclasses.fields(Config)}
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--wdstream-set {pair!r}: expected KEY=VALUE with a Config key")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -200,6 +200,44 @@ def test_requests_before_a_workers_first_sample_are_pinned(s3, s3_proxy):
     assert len(before) <= 2 * 3 and len(set(before)) == len(before), log
 
 
+@pytest.mark.s3
+def test_spans_go_out_while_the_consumer_waits_for_one(s3, s3_proxy, s3proxy):
+    """When the index of another shard arrives while the consumer waits for a span, the
+    spans it unblocks are sent at once, not after the awaited one: fetch threads never idle
+    while the consumer waits (at an epoch's start this was one span's transfer time for
+    every other lane). The proxy answers the first span after 3 s and the other shards'
+    indexes after 0.3 s: the other shards' spans must reach it while the first one is held
+    (a reader that sent them only after the first one's answer sends them 3 s later)."""
+    import time
+
+    opts = s3["storage_options"]
+    write_test_shards("s3://test/ov", [8, 8, 8], storage_options=opts, audio=False)
+    proxy, via_proxy = s3_proxy
+    loader = wdstream.make_loader("s3://test/ov", cfg(storage_options=via_proxy))
+    held, indexes, spans = 3.0, [], []  # spans: (arrival, shard)
+
+    def rule(info):  # called under the proxy's lock: it must not block
+        name = info.path.rsplit("/", 1)[-1]
+        if info.method == "GET" and name.endswith(".idx"):
+            indexes.append(name)  # the first one goes alone; the others come late
+            return s3proxy.Fault("slow", delay=0.3) if len(indexes) > 1 else None
+        if info.method == "GET" and name.endswith(".tar") and info.range:
+            spans.append((time.monotonic(), name))
+            return s3proxy.Fault("slow", delay=held) if len(spans) == 1 else None
+        return None
+
+    proxy.faults = rule
+    try:
+        keys = keys_of_loader(loader)
+    finally:
+        proxy.faults = None
+    assert len(keys) == 24 and len(set(keys)) == 24
+    (t_first, first), others = spans[0], [(t, n) for t, n in spans[1:] if n != spans[0][1]]
+    assert {n for _, n in others} == {f"shard-0000{i}-00000.tar" for i in range(3)} - {first}
+    # both other shards' first spans went out while the first was held, not after its answer
+    assert all(t - t_first < held / 2 for t, _ in others[:2]), spans
+
+
 def keys_of_loader(loader):
     return [k for b in loader for k in b["keys"]]
 

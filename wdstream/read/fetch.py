@@ -39,7 +39,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -417,7 +417,7 @@ class _Run:
         self.failed: dict[int, BaseException] = {}  # shards that cannot be read at all
         self.later: dict[tuple[int, int, int], _Piece] = {}  # reads fetched with earlier ones
         self.carried = 0  # bytes fetched for later reads, not yet consumed
-        self.sizes: dict[int, Future] = {}  # shard -> its size check, beside its index
+        self.sizes: dict[int, Future] = {}  # shard -> its size check, beside its first span
         first = self._peek(1)
         if first and self.pool is not None:
             self._warm_up(first[0])
@@ -428,7 +428,7 @@ class _Run:
         requests without a lock, and eight fetch threads starting at once in a fresh worker
         each did that work (about 1 s before a worker's first response on loopback S3; 0.04 s
         once one request has gone first). That request is the first shard's index, which
-        the first span needs anyway (no HEAD first: the size check runs beside it)."""
+        the first span needs anyway (no HEAD first: the size check runs beside the span)."""
         shard = self.shards[read.shard]
         if shard.data is not None:
             return
@@ -442,7 +442,6 @@ class _Run:
             and not self.reader.cached_index(shard)[0]
         ):
             self.reader.remember_index(shard, self.reader.load_index(shard, self.counters))
-            self._check_size_beside(read.shard)
 
     def _submit(self, fn, *args) -> Future:
         if self.pool is None:
@@ -466,8 +465,9 @@ class _Run:
 
     def _check_size_beside(self, i: int) -> None:
         """Start the size check of shard ``i`` (a HEAD on an object store) on a fetch thread,
-        beside its index, so that it adds no round trip before the first span; the first
-        span consumed waits for it (:meth:`_size_error`)."""
+        right before its first span's request, so that it adds no round trip before the
+        first span and keeps no index or span of another shard waiting for a thread; that
+        span's members wait for it (:meth:`_size_error`)."""
         if i not in self.sizes and self.reader.needs_size_check(self.shards[i]):
             self.sizes[i] = self._submit(self.reader.check_size, self.shards[i])
 
@@ -495,7 +495,6 @@ class _Run:
             shard = self.shards[i]
             if i in self.indexes or i in self.failed or self.reader.cached_index(shard)[0]:
                 continue
-            self._check_size_beside(i)
             self.indexes[i] = self.pool.submit(self._load_index, shard)
             started += 1
 
@@ -509,7 +508,6 @@ class _Run:
             known, idx = self.reader.cached_index(shard)
             if known:
                 return True, idx
-            self._check_size_beside(i)
             fut = self.indexes[i] = self._submit(self._load_index, shard)
         if not fut.done() and not block:
             return False, None
@@ -621,10 +619,12 @@ class _Run:
     def _stream(self, piece: _Piece) -> Iterator[tuple[str, Any]]:
         return self.reader.stream_members(piece.shard, piece.offset or 0)
 
-    def _top_up(self) -> None:
+    def _top_up(self, block: bool = True) -> None:
+        """Send requests until ``requests`` are in flight or the bytes bound is reached;
+        waits for an index only when nothing is in flight and ``block``."""
         self._prefetch_indexes()
         while len(self.pending) < self.requests:
-            piece = self._next_piece(block=not self.pending)
+            piece = self._next_piece(block=block and not self.pending)
             if piece is None:
                 return
             if (
@@ -639,6 +639,7 @@ class _Run:
                 piece.future = piece.future.future  # the request of the piece it came with
             elif piece.error is None:
                 if piece.range is not None:
+                    self._check_size_beside(piece.sid)
                     piece.future = self._submit(
                         self.reader.read_range, piece.shard, piece.bounds, self.counters
                     )
@@ -650,6 +651,20 @@ class _Run:
             if piece.range is None:
                 return  # a streamed read: nothing is fetched ahead of it
 
+    def _await(self, fut: Future) -> None:
+        """Wait for ``fut`` (a request the consumer needs next); when an index the plan
+        waits for arrives first, cut and send the requests it unblocks at once, rather than
+        after ``fut``: otherwise the fetch threads idle while the consumer waits (at an
+        epoch's start, the first span's transfer time for every other lane)."""
+        if self.pool is None:
+            return  # everything is fetched in this thread: nothing to send meanwhile
+        while not fut.done():
+            waiting = [f for f in self.indexes.values() if not f.done()]
+            if not waiting or len(self.pending) >= self.requests:
+                return
+            wait([fut, *waiting], return_when=FIRST_COMPLETED)
+            self._top_up(block=False)
+
     def _members(self, piece: _Piece):
         """The piece's members (a list, or a stream), or the exception fetching raised."""
         if piece.error is not None:
@@ -657,6 +672,7 @@ class _Run:
         if piece.range is None:
             return iter(piece.stream) if piece.stream is not None else self._stream(piece)
         t0 = time.perf_counter()
+        self._await(piece.future)
         try:
             members = piece.future.result()[piece.part]
         except Exception as exc:  # noqa: BLE001 - counted by span_items
