@@ -91,9 +91,8 @@ def test_bench_peers_writes_table_and_plot(tmp_path):
 def _tool():
     spec = importlib.util.spec_from_file_location("bench_peers", TOOL)
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)  # its dataclasses look their module up
-    spec.loader.exec_module(sys.modules[spec.name])
-    module = sys.modules[spec.name]
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
     return module
 
 

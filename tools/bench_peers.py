@@ -1561,21 +1561,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def _settings(pairs: list[str]) -> dict:
-    """``KEY=VALUE`` pairs as a dict of config settings (values parsed as YAML), checked
-    against wdstream's Config."""
-    import dataclasses
-
+    """``KEY=VALUE`` pairs as a dict of config settings (values parsed as YAML), checked by
+    ``Config.replace`` (an unknown key or a bad value raises ConfigError, a ValueError)."""
     import yaml
 
     from wdstream.config import Config
 
-    fields = {f.name for f in dataclasses.fields(Config)}
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or key not in fields:
-            raise ValueError(f"--wdstream-set {pair!r}: expected KEY=VALUE with a Config key")
+        if not sep:
+            raise ValueError(f"--wdstream-set {pair!r} is not KEY=VALUE")
         out[key] = yaml.safe_load(value)
+        try:
+            Config().replace(**{key: out[key]})
+        except ValueError as exc:
+            raise ValueError(f"--wdstream-set {pair!r}: {exc}") from exc
     return out
 
 
